@@ -1,0 +1,30 @@
+"""The exceptions chunkseg raises.
+
+Each subclasses the built-in exception that callers already catch (the pattern of zarr-python's
+``zarr.errors``), so ``except ValueError`` still works.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChunksegError",
+    "ModelOutputError",
+    "OutputExistsError",
+    "ChunkAlignmentError",
+]
+
+
+class ChunksegError(Exception):
+    """Base class of every exception raised by chunkseg itself."""
+
+
+class ModelOutputError(ChunksegError, ValueError):
+    """The model returned an array of the wrong shape, dtype or with non-finite values."""
+
+
+class OutputExistsError(ChunksegError, FileExistsError):
+    """The output store already holds data and ``overwrite`` was not requested."""
+
+
+class ChunkAlignmentError(ChunksegError, ValueError):
+    """A write task would not own whole Zarr chunks (the write would be a read-modify-write)."""
