@@ -1,0 +1,43 @@
+"""chunkseg: seamless out-of-core segmentation of huge images with Dask and Zarr.
+
+A global tile grid is laid over the image; every tile runs through the model once, its logits
+are weighted by a blending window, and an overlap-add reduction across Dask chunks gives a
+seamless result that does not depend on the chunking. See :func:`predict`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("chunkseg")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+from .engine import OUTPUTS, predict, predict_to_zarr
+from .errors import ChunkAlignmentError, ChunksegError, ModelOutputError, OutputExistsError
+from .io import ingest, open_image
+from .models import ModelSpec, Normalization, as_model, load_model
+from .plan import TilePlan, plan_tiles
+from .windows import WINDOWS, get_window
+
+__all__ = [
+    "__version__",
+    "predict",
+    "predict_to_zarr",
+    "OUTPUTS",
+    "plan_tiles",
+    "TilePlan",
+    "get_window",
+    "WINDOWS",
+    "ModelSpec",
+    "Normalization",
+    "as_model",
+    "load_model",
+    "open_image",
+    "ingest",
+    "ChunksegError",
+    "ModelOutputError",
+    "OutputExistsError",
+    "ChunkAlignmentError",
+]

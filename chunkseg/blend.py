@@ -1,0 +1,268 @@
+"""Per-chunk numpy kernels: tiles through the model, weighted accumulation, fold, normalisation.
+
+Every function here is a pure ``numpy`` function of its arguments; :mod:`chunkseg.engine` wraps
+them in the Dask graph. Arrays are channels-first: an input block is ``(C_in, y, x)``, an
+accumulator ``(K + 1, y, x)`` holding ``sum(w * logits)`` in planes ``0..K-1`` and ``sum(w)`` in
+plane ``K``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ModelOutputError
+
+__all__ = [
+    "tile_starts",
+    "iter_batches",
+    "check_model_output",
+    "accumulate_block",
+    "fold_pieces",
+    "normalize_accumulator",
+    "probabilities_from_logits",
+    "labels_from_logits",
+    "labels_dtype",
+]
+
+Model = Callable[[np.ndarray], np.ndarray]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> np.ndarray:
+    """Offsets of the tiles a block owns along one axis.
+
+    A block of ``length = m * stride + overlap`` pixels owns ``m`` tiles at ``0, stride, ...``.
+
+    Parameters
+    ----------
+    length, tile, overlap : int
+        Block length, tile size and overlap, pixels.
+
+    Returns
+    -------
+    (m,) ndarray of int64
+
+    Raises
+    ------
+    ValueError
+        If ``length`` is not ``m * stride + overlap`` for some ``m >= 1``.
+    """
+    stride = tile - overlap
+    m, rest = divmod(length - overlap, stride)
+    if rest or m < 1:
+        raise ValueError(
+            f"block length {length} is not a whole number of strides ({stride}) plus the "
+            f"overlap ({overlap}); the block does not match the tile plan."
+        )
+    return np.arange(m, dtype=np.int64) * stride
+
+
+def iter_batches(
+    shape: tuple[int, int], tile: tuple[int, int], overlap: tuple[int, int], batch_size: int
+) -> Iterator[list[tuple[int, int]]]:
+    """Yield the owned tiles' ``(y0, x0)`` offsets of a block, ``batch_size`` at a time (row-major)."""
+    ys = tile_starts(shape[0], tile[0], overlap[0])
+    xs = tile_starts(shape[1], tile[1], overlap[1])
+    positions = [(int(y), int(x)) for y in ys for x in xs]
+    for i in range(0, len(positions), batch_size):
+        yield positions[i : i + batch_size]
+
+
+def check_model_output(
+    out: object, batch_shape: tuple[int, ...], classes: int | None = None
+) -> np.ndarray:
+    """Validate a model's output for a batch and return it as float32.
+
+    Parameters
+    ----------
+    out : array_like
+        What the model returned for a batch of shape ``batch_shape``.
+    batch_shape : (N, C_in, T_y, T_x)
+        Shape of the batch the model was given.
+    classes : int, optional
+        Expected number of classes ``K``; any ``K >= 1`` when None.
+
+    Returns
+    -------
+    (N, K, T_y, T_x) ndarray of float32
+
+    Raises
+    ------
+    ModelOutputError
+        If the output is not 4-D, its ``N`` or spatial size differ from the batch's, ``K``
+        differs from ``classes``, or it holds NaN or infinity.
+    """
+    arr = np.asarray(out)
+    n, _, ty, tx = batch_shape
+    fix = (
+        "A model must map a float32 batch (N, C_in, tile_y, tile_x) to logits "
+        "(N, K, tile_y, tile_x), same N and spatial size."
+    )
+    if arr.ndim != 4 or arr.shape[0] != n or arr.shape[2:] != (ty, tx):
+        raise ModelOutputError(
+            f"`model` returned an array of shape {arr.shape} for a batch of shape "
+            f"{tuple(batch_shape)}. {fix}"
+        )
+    if classes is not None and arr.shape[1] != classes:
+        raise ModelOutputError(
+            f"`model` returned {arr.shape[1]} classes, but {classes} were expected (from the "
+            f"first tile). {fix}"
+        )
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ModelOutputError(
+            f"`model` returned {bad} non-finite values (NaN or inf) for a batch of shape "
+            f"{tuple(batch_shape)}. Check the model's weights and input normalisation."
+        )
+    return arr
+
+
+def accumulate_block(
+    block: np.ndarray,
+    model: Model,
+    window: np.ndarray,
+    overlap: tuple[int, int],
+    *,
+    batch_size: int = 8,
+    classes: int | None = None,
+) -> np.ndarray:
+    """Run the model on every tile a block owns and accumulate weighted logits and weights.
+
+    Parameters
+    ----------
+    block : (C_in, B_y, B_x) ndarray
+        The chunk of the padded image plus its halo of ``overlap`` after it, any numeric dtype;
+        ``B = m * stride + overlap`` per axis.
+    model : callable
+        Maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits ``(N, K, T_y, T_x)``.
+    window : (T_y, T_x) ndarray of float32
+        Blending weights, strictly positive.
+    overlap : (int, int)
+        Tile overlap, pixels.
+    batch_size : int, default 8
+        Tiles per model call.
+    classes : int, optional
+        Expected ``K``, checked on every batch.
+
+    Returns
+    -------
+    (K + 1, B_y, B_x) ndarray of float32
+        Planes ``0..K-1``: ``sum over tiles of window * logits``; plane ``K``: ``sum of window``.
+
+    Raises
+    ------
+    ModelOutputError
+        From :func:`check_model_output`.
+
+    Notes
+    -----
+    Memory: the accumulator, ``4 (K + 1) B_y B_x`` bytes, plus one float32 batch of tiles and
+    its logits. The block is not copied as a whole.
+    """
+    ty, tx = window.shape
+    acc: np.ndarray | None = None
+    for positions in iter_batches(block.shape[1:], (ty, tx), overlap, batch_size):
+        batch = np.stack([block[:, y : y + ty, x : x + tx] for y, x in positions])
+        batch = batch.astype(np.float32, copy=False)
+        logits = check_model_output(model(batch), batch.shape, classes)
+        if acc is None:
+            classes = logits.shape[1]
+            acc = np.zeros((classes + 1,) + block.shape[1:], dtype=np.float32)
+        for (y, x), tile_logits in zip(positions, logits):
+            acc[:-1, y : y + ty, x : x + tx] += tile_logits * window
+            acc[-1, y : y + ty, x : x + tx] += window
+    assert acc is not None  # tile_starts guarantees at least one tile
+    return acc
+
+
+def fold_pieces(
+    shape: tuple[int, ...], pieces: Sequence[tuple[tuple[slice, slice], np.ndarray]]
+) -> np.ndarray:
+    """Overlap-add: sum accumulator pieces into one output chunk.
+
+    Parameters
+    ----------
+    shape : (K + 1, H_c, W_c)
+        Output chunk shape.
+    pieces : sequence of ((slice, slice), ndarray)
+        ``(dst, piece)``: ``piece`` of shape ``(K + 1, h, w)`` adds onto ``out[:, dst[0], dst[1]]``.
+
+    Returns
+    -------
+    (K + 1, H_c, W_c) ndarray of float32
+    """
+    out = np.zeros(shape, dtype=np.float32)
+    for (dy, dx), piece in pieces:
+        out[:, dy, dx] += piece
+    return out
+
+
+def normalize_accumulator(acc: np.ndarray, dtype: np.dtype | str = np.float32) -> np.ndarray:
+    """Blended logits: weighted sum divided by weight sum.
+
+    Parameters
+    ----------
+    acc : (K + 1, y, x) ndarray of float32
+    dtype : dtype, default float32
+        Output dtype (float16 halves the storage).
+
+    Returns
+    -------
+    (K, y, x) ndarray of ``dtype``
+    """
+    return (acc[:-1] / acc[-1:]).astype(dtype, copy=False)
+
+
+def probabilities_from_logits(
+    logits: np.ndarray, dtype: np.dtype | str = np.float32
+) -> np.ndarray:
+    """Class probabilities from blended logits on axis 0.
+
+    Softmax over the class axis for ``K >= 2`` (computed with the maximum subtracted);
+    the logistic sigmoid for ``K == 1``.
+
+    Parameters
+    ----------
+    logits : (K, y, x) ndarray
+    dtype : dtype, default float32
+
+    Returns
+    -------
+    (K, y, x) ndarray of ``dtype``, summing to 1 over axis 0 when ``K >= 2``
+    """
+    z = logits.astype(np.float32, copy=False)
+    if z.shape[0] == 1:
+        p = 1.0 / (1.0 + np.exp(-z))
+    else:
+        e = np.exp(z - z.max(axis=0, keepdims=True))
+        p = e / e.sum(axis=0, keepdims=True)
+    return p.astype(dtype, copy=False)
+
+
+def labels_dtype(classes: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds labels ``0..max(classes, 2) - 1``."""
+    return np.min_scalar_type(max(int(classes), 2) - 1)
+
+
+def labels_from_logits(logits: np.ndarray) -> np.ndarray:
+    """Argmax labels from blended logits on axis 0.
+
+    ``K >= 2``: ``argmax`` over the class axis (ties go to the lower class, as ``numpy.argmax``).
+    ``K == 1``: ``logit > 0`` (probability above one half) as 0/1.
+
+    Parameters
+    ----------
+    logits : (K, y, x) ndarray
+
+    Returns
+    -------
+    (y, x) ndarray of ``labels_dtype(K)``
+    """
+    k = logits.shape[0]
+    if k == 1:
+        lab = logits[0] > 0
+    else:
+        lab = np.argmax(logits, axis=0)
+    return lab.astype(labels_dtype(k))

@@ -1,0 +1,489 @@
+"""The Dask graph: pad, halo, per-chunk accumulation, overlap-add fold, normalisation, writes.
+
+The numpy kernels live in :mod:`chunkseg.blend` and the geometry in :mod:`chunkseg.plan`; this
+module only wires them into a graph::
+
+    image (y, x, c) --reflect pad--> padded (c, y', x'), chunked as the plan
+      --overlap(depth=(0, overlap))--> blocks = chunk + halo after
+      --accumulate_block--> acc (K+1, ...) per block        [each tile runs exactly once]
+      --strip tasks + fold_pieces--> (K+1, y, x) per chunk   [only halo strips move]
+      --normalize--> logits (class, y, x) --> probabilities, labels (y, x)
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import blend
+from .errors import ChunkAlignmentError, OutputExistsError
+from .io import open_image, store_has_data
+from .models import Normalization, as_model, describe_model
+from .plan import TilePlan, fold_sources, plan_tiles
+from .scheduling import compute
+from .windows import get_window, window_name
+
+__all__ = [
+    "OUTPUTS",
+    "pad_image",
+    "accumulate",
+    "fold",
+    "blend_logits",
+    "predict",
+    "predict_to_zarr",
+]
+
+OUTPUTS = ("logits", "probabilities", "labels")
+"""Names of the variables :func:`predict` can return."""
+
+
+def pad_image(image: da.Array, plan: TilePlan) -> da.Array:
+    """Reflect-pad a ``(y, x, c)`` image and lay it out channels-first in the plan's chunks.
+
+    Parameters
+    ----------
+    image : (H, W, C_in) dask array
+    plan : TilePlan
+
+    Returns
+    -------
+    (C_in, P_y, P_x) dask array
+        Same dtype; chunks ``((C_in,), *plan.padded_chunks())``. Padding is
+        ``numpy.pad(mode="reflect")``, applied lazily by indexing the border rows and columns.
+    """
+    x = image
+    for axis, (before, after) in enumerate(plan.pad_width):
+        n = x.shape[axis]
+        idx = np.pad(np.arange(n), (before, after), mode="reflect")
+        parts = []
+        if before:
+            parts.append(da.take(x, idx[:before], axis=axis))
+        parts.append(x)
+        if after:
+            parts.append(da.take(x, idx[before + n :], axis=axis))
+        x = da.concatenate(parts, axis=axis) if len(parts) > 1 else x
+    x = x.transpose(2, 0, 1)
+    return x.rechunk(((x.shape[0],),) + plan.padded_chunks())
+
+
+class TileRunner:
+    """The per-block work: model, window and settings, shipped once per worker as one object."""
+
+    def __init__(self, model, window: np.ndarray, overlap: tuple[int, int], batch_size: int,
+                 classes: int):
+        self.model = model
+        self.window = window
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.classes = classes
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        return blend.accumulate_block(block, self.model, self.window, self.overlap,
+                                      batch_size=self.batch_size, classes=self.classes)
+
+
+def _run_block(block: np.ndarray, runner: TileRunner) -> np.ndarray:
+    return runner(block)
+
+
+def accumulate(padded: da.Array, runner: TileRunner, plan: TilePlan) -> da.Array:
+    """Give each chunk its halo and run every owned tile through the model.
+
+    Parameters
+    ----------
+    padded : (C_in, P_y, P_x) dask array
+        From :func:`pad_image`.
+    runner : TileRunner
+        Put in the graph once (a single key), so a cluster ships it once per worker.
+    plan : TilePlan
+
+    Returns
+    -------
+    (K + 1, sum(B_y), sum(B_x)) dask array of float32
+        One block per chunk, ``B = chunk + overlap`` (the last block: the rest of the padded
+        image): weighted logits and the weight sum (see :func:`chunkseg.blend.accumulate_block`).
+    """
+    oy, ox = plan.overlap
+    blocks = da.overlap.overlap(padded, depth={0: 0, 1: (0, oy), 2: (0, ox)}, boundary="none",
+                                allow_rechunk=False)
+    k = runner.classes
+    runner_key = dask.delayed(runner, name=f"chunkseg-runner-{uuid.uuid4().hex}")
+    return blocks.map_blocks(
+        _run_block,
+        runner_key,
+        chunks=((k + 1,),) + blocks.chunks[1:],
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+        name=f"chunkseg-accumulate-{tokenize(blocks.name, runner_key.key)}",
+    )
+
+
+def _fold_task(shape, dsts, srcs, arrays):
+    return blend.fold_pieces(shape, [(d, a[(slice(None),) + s]) for d, s, a in
+                                     zip(dsts, srcs, arrays)])
+
+
+def fold(acc: da.Array, plan: TilePlan) -> da.Array:
+    """Overlap-add the accumulator blocks into the output chunks.
+
+    Each output chunk's task takes its own block whole (it runs where that block is) and, from
+    each neighbour, only the halo strip that falls in the chunk, cut by a small task of its own,
+    so only strips travel between workers.
+
+    Parameters
+    ----------
+    acc : (K + 1, ...) dask array
+        From :func:`accumulate`.
+    plan : TilePlan
+
+    Returns
+    -------
+    (K + 1, H, W) dask array of float32
+        Chunks ``((K + 1,), *plan.output_chunks())``.
+    """
+    src_y, src_x = fold_sources(plan)
+    token = tokenize(acc.name, plan)
+    strip_name, fold_name = f"chunkseg-strip-{token}", f"chunkseg-fold-{token}"
+    k1 = acc.shape[0]
+    out_chunks = plan.output_chunks()
+    dsk: dict = {}
+    for jy, sources_y in enumerate(src_y):
+        for jx, sources_x in enumerate(src_x):
+            dsts, srcs, arrays = [], [], []
+            for iy, sy, dy in sources_y:
+                for ix, sx, dx in sources_x:
+                    dsts.append((dy, dx))
+                    if (iy, ix) == (jy, jx):
+                        srcs.append((sy, sx))
+                        arrays.append((acc.name, 0, iy, ix))
+                    else:
+                        key = (strip_name, iy, ix, jy, jx)
+                        dsk[key] = (operator.getitem, (acc.name, 0, iy, ix),
+                                    (slice(None), sy, sx))
+                        srcs.append((slice(None), slice(None)))
+                        arrays.append(key)
+            shape = (k1, out_chunks[0][jy], out_chunks[1][jx])
+            dsk[(fold_name, 0, jy, jx)] = (_fold_task, shape, dsts, srcs, arrays)
+    graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[acc])
+    return da.Array(graph, fold_name, chunks=((k1,),) + out_chunks, dtype=np.float32,
+                    meta=np.empty((0, 0, 0), dtype=np.float32))
+
+
+def _probe_classes(padded: da.Array, model, plan: TilePlan) -> int:
+    """Run the model on the first tile of the image: number of classes, and an early check."""
+    ty, tx = plan.tile
+    first = np.asarray(padded[:, :ty, :tx].compute(scheduler="threads"))
+    batch = first[None].astype(np.float32)
+    return blend.check_model_output(model(batch), batch.shape).shape[1]
+
+
+def blend_logits(
+    image: da.Array,
+    model,
+    plan: TilePlan,
+    window: np.ndarray,
+    *,
+    batch_size: int = 8,
+    classes: int | None = None,
+) -> da.Array:
+    """Blended logits of a ``(y, x, c)`` dask image: the whole pipeline, lazily.
+
+    Parameters
+    ----------
+    image : (H, W, C_in) dask array
+    model : callable
+        float32 ``(N, C_in, T_y, T_x)`` -> logits ``(N, K, T_y, T_x)``.
+    plan : TilePlan
+    window : (T_y, T_x) ndarray of float32
+    batch_size : int, default 8
+    classes : int, optional
+        ``K``; probed on the first tile when None.
+
+    Returns
+    -------
+    (K, H, W) dask array of float32
+        Chunks ``((K,), *plan.output_chunks())``.
+    """
+    padded = pad_image(image, plan)
+    if classes is None:
+        classes = _probe_classes(padded, model, plan)
+    runner = TileRunner(model, window, plan.overlap, batch_size, classes)
+    folded = fold(accumulate(padded, runner, plan), plan)
+    return folded.map_blocks(blend.normalize_accumulator, chunks=((classes,),) + folded.chunks[1:],
+                             dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+
+
+def _normalize_outputs(outputs: str | Sequence[str]) -> tuple[str, ...]:
+    items = [o.strip() for o in outputs.split(",")] if isinstance(outputs, str) else list(outputs)
+    bad = [o for o in items if o not in OUTPUTS]
+    if bad or not items:
+        raise ValueError(
+            f"`outputs` must be a non-empty subset of {OUTPUTS}. Got {outputs!r}."
+        )
+    return tuple(dict.fromkeys(items))
+
+
+def _validate_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float16):
+        raise ValueError(f"`dtype` must be float32 or float16. Got {dtype!r}.")
+    return dt
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def predict(
+    image: Any,
+    model: Any,
+    *,
+    tile: int | tuple[int, int] = 256,
+    overlap: int | tuple[int, int] = 64,
+    window: str | np.ndarray = "gaussian",
+    chunks: int | tuple[int, int] | None = None,
+    batch_size: int = 8,
+    outputs: str | Sequence[str] = ("logits", "labels"),
+    dtype: str | np.dtype = "float32",
+    device: str = "cpu",
+    normalization: Normalization | None = None,
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Segment an image of any size with a tiled model and seamless blending, lazily.
+
+    A global grid of tiles (``tile``, ``overlap``, stride ``tile - overlap``) is laid over the
+    reflect-padded image. Each computation chunk runs the model on the tiles it owns, weights
+    each tile's logits by the blending ``window`` and accumulates them with the weights; an
+    overlap-add reduction folds the halos into the neighbouring chunks and the sum is divided
+    by the summed weights. The result is the same for any chunking.
+
+    Parameters
+    ----------
+    image : array_like, str or path
+        ``(y, x)`` or ``(y, x, c)``: numpy, dask or xarray array (dims ``y``, ``x``[, ``c``]),
+        a Zarr array/group, a Zarr store path or fsspec URL, or a small PNG/JPEG/TIFF file (see
+        :func:`chunkseg.io.open_image`).
+    model : callable, torch.nn.Module, ModelSpec or str
+        Maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits ``(N, K, T_y, T_x)``; see
+        :func:`chunkseg.models.as_model`.
+    tile : int or (int, int), default 256
+        Tile size, pixels.
+    overlap : int or (int, int), default 64
+        Overlap between tiles, pixels, ``0 <= overlap < tile``.
+    window : str or (T_y, T_x) array, default "gaussian"
+        Blending window: ``"uniform"``, ``"linear"``, ``"gaussian"``, ``"cosine"`` or weights.
+    chunks : int or (int, int), optional
+        Computation and output chunk, a multiple of the stride; default ~2048 px
+        (see :func:`chunkseg.plan.plan_tiles`).
+    batch_size : int, default 8
+        Tiles per model call.
+    outputs : str or sequence of str, default ("logits", "labels")
+        Any of ``"logits"``, ``"probabilities"``, ``"labels"`` (or a comma-separated string).
+    dtype : {"float32", "float16"}, default "float32"
+        dtype of ``logits`` and ``probabilities``.
+    device : str, default "cpu"
+        Device for torch and ONNX models.
+    normalization : Normalization, optional
+        Input normalisation ``(x * scale - mean) / std`` applied to each batch.
+    storage_options : dict, optional
+        fsspec options for a URL ``image``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed, nothing computed yet. ``logits`` and ``probabilities``: dims
+        ``("class", "y", "x")``, ``dtype``; ``labels``: dims ``("y", "x")``, the smallest unsigned
+        integer holding ``K``. Chunks equal the computation chunks. ``attrs`` record the plan,
+        window, model and chunkseg version.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad arguments (wrong image dimensionality, ``overlap >= tile``, chunks that are not
+        a multiple of the stride, unknown window or outputs...).
+    chunkseg.errors.ModelOutputError
+        If the model's output on the first tile has the wrong shape or is not finite (checked
+        here, before anything is computed), or later on any other tile.
+
+    Notes
+    -----
+    Memory per task is about ``plan.memory_per_task()`` plus the model's activations; nothing
+    image-sized is ever held. The blending (sum of windowed logits over the sum of windows)
+    matches MONAI's ``sliding_window_inference`` with ``padding_mode="reflect"``; the tiles
+    differ in placement (a global grid here).
+    """
+    outputs_ = _normalize_outputs(outputs)
+    dtype_ = _validate_dtype(dtype)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
+    arr = open_image(image, storage_options=storage_options)
+    plan = plan_tiles(arr.shape, tile, overlap, chunks)
+    weights = get_window(window, plan.tile, plan.overlap)
+    predictor = as_model(model, device=device, normalization=normalization)
+    logits = blend_logits(arr.data, predictor, plan, weights, batch_size=int(batch_size))
+    classes = logits.shape[0]
+    data_vars = {}
+    if "logits" in outputs_:
+        data_vars["logits"] = (("class", "y", "x"), logits.astype(dtype_))
+    if "probabilities" in outputs_:
+        probs = logits.map_blocks(blend.probabilities_from_logits, dtype_, dtype=dtype_,
+                                  meta=np.empty((0, 0, 0), dtype_))
+        data_vars["probabilities"] = (("class", "y", "x"), probs)
+    if "labels" in outputs_:
+        ldt = blend.labels_dtype(classes)
+        labels = logits.map_blocks(blend.labels_from_logits, drop_axis=0, dtype=ldt,
+                                   meta=np.empty((0, 0), ldt))
+        data_vars["labels"] = (("y", "x"), labels)
+    attrs = {
+        "chunkseg_version": _version(),
+        "tile": list(plan.tile),
+        "overlap": list(plan.overlap),
+        "stride": list(plan.stride),
+        "chunks": list(plan.chunks),
+        "window": window_name(window),
+        "padding": "reflect",
+        "blend": "overlap-add of window-weighted logits, divided by the summed window",
+        "classes": int(classes),
+        "batch_size": int(batch_size),
+        "model": describe_model(predictor),
+        "source": str(arr.attrs.get("source", "array")),
+    }
+    return xr.Dataset(data_vars, attrs=attrs)
+
+
+def _check_aligned(name: str, chunks: tuple[tuple[int, ...], ...], zchunks: tuple[int, ...]):
+    for axis, (sizes, z) in enumerate(zip(chunks, zchunks)):
+        if any(c != z for c in sizes[:-1]) or sizes[-1] > z:
+            raise ChunkAlignmentError(
+                f"`{name}` dask chunks {sizes} on axis {axis} do not match the Zarr chunk {z}: "
+                "a write task would not own whole chunks. Rechunk to the Zarr chunks first."
+            )
+
+
+def _same_local_store(a: Any, b: Any) -> bool:
+    if not isinstance(a, (str, os.PathLike)) or not isinstance(b, (str, os.PathLike)):
+        return False
+    if "://" in str(a) or "://" in str(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def predict_to_zarr(
+    image: Any,
+    model: Any,
+    store: Any,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    progress: bool = False,
+    compression_level: int = 3,
+    **kwargs: Any,
+) -> xr.Dataset:
+    """Run :func:`predict` and write its outputs to a Zarr v3 group, each chunk written once.
+
+    Parameters
+    ----------
+    image, model
+        As :func:`predict`.
+    store : str, os.PathLike or zarr store
+        Output group: a local path, an fsspec URL (``s3://bucket/out.zarr``) or a zarr store.
+    overwrite : bool, default False
+        Replace whatever ``store`` holds. Without it, a store that already holds data is refused
+        before anything is computed or written.
+    storage_options : dict, optional
+        fsspec options for URL inputs and outputs.
+    scheduler : None, str or distributed.Client
+        See :func:`chunkseg.scheduling.open_client`; default: dask's threaded scheduler.
+    workers : int, optional
+        Start a LocalCluster of this many worker processes.
+    progress : bool, default False
+        Show a progress bar.
+    compression_level : int, default 3
+        zstd level of every array.
+    **kwargs
+        ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
+        ``device``, ``normalization``: as :func:`predict`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The written group, opened with ``xarray.open_zarr`` (dask-backed).
+
+    Raises
+    ------
+    chunkseg.errors.OutputExistsError
+        If ``store`` holds data and ``overwrite`` is False, or ``store`` is the input itself.
+    chunkseg.errors.ChunkAlignmentError
+        If a write task would not own whole Zarr chunks (cannot happen with the plan's chunks;
+        checked before writing).
+    ValueError, TypeError, chunkseg.errors.ModelOutputError
+        As :func:`predict`, all before anything is written.
+
+    Notes
+    -----
+    Arrays: ``logits``/``probabilities`` ``(class, y, x)`` chunked ``(K, C_y, C_x)``, ``labels``
+    ``(y, x)`` chunked ``(C_y, C_x)``, zstd-compressed, ``dimension_names`` set. Written with
+    ``dask.array.store(lock=False)``: safe because every dask block is exactly one Zarr chunk
+    (checked), so there is no read-modify-write (zarr #3514, #3682).
+    """
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    if _same_local_store(image, store):
+        raise OutputExistsError(
+            f"`store` {str(store)!r} is the input image itself; choose another output path."
+        )
+    if store_has_data(store, storage_options=storage_options) and not overwrite:
+        raise OutputExistsError(
+            f"`store` {str(store)!r} already holds data. Choose a new path, or pass "
+            "overwrite=True (CLI: --overwrite) to replace it."
+        )
+    ds = predict(image, model, storage_options=storage_options, **kwargs)
+    group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
+                            attributes=ds.attrs)
+    sources, targets = [], []
+    for name, var in ds.data_vars.items():
+        data = var.data
+        zchunks = tuple(c[0] for c in data.chunks)
+        _check_aligned(name, data.chunks, zchunks)
+        target = group.create_array(
+            name, shape=data.shape, chunks=zchunks, dtype=data.dtype,
+            compressors=ZstdCodec(level=compression_level), fill_value=0,
+            dimension_names=var.dims, attributes=_var_attrs(name, ds),
+            config={"write_empty_chunks": True},
+        )
+        sources.append(data)
+        targets.append(target)
+    stored = da.store(sources, targets, lock=False, compute=False)
+    compute(stored, scheduler=scheduler, workers=workers, progress=progress)
+    zarr.consolidate_metadata(group.store)
+    return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=True)
+
+
+def _so(store: Any, storage_options: dict | None) -> dict | None:
+    return storage_options if isinstance(store, str) and "://" in store else None
+
+
+def _var_attrs(name: str, ds: xr.Dataset) -> dict:
+    k = ds.attrs["classes"]
+    return {
+        "logits": {"long_name": "blended logits", "units": "1"},
+        "probabilities": {"long_name": "class probabilities", "units": "1",
+                          "activation": "softmax" if k > 1 else "sigmoid"},
+        "labels": {"long_name": "argmax class labels", "classes": k},
+    }[name]

@@ -1,0 +1,438 @@
+"""Model adapters: anything that maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits
+``(N, K, T_y, T_x)``.
+
+Three adapters share one contract (a callable on numpy batches, picklable):
+
+- :class:`CallableAdapter` for any Python callable on numpy arrays;
+- :class:`TorchAdapter` for a ``torch.nn.Module`` or a TorchScript file (``device``,
+  ``torch.inference_mode``);
+- :class:`OnnxAdapter` for an ``.onnx`` file through ONNX Runtime.
+
+A :class:`ModelSpec` names a model by file path or ``package.module:factory`` instead of holding
+it. :func:`as_model` turns a spec into a :class:`LazyModel`, which pickles as the spec alone and
+loads the model at its first call, once per process (:func:`load_model` is cached), so a Dask
+cluster never ships the weights inside every task.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Normalization",
+    "ModelSpec",
+    "CallableAdapter",
+    "TorchAdapter",
+    "OnnxAdapter",
+    "LazyModel",
+    "as_model",
+    "load_model",
+    "describe_model",
+    "BUILTIN_MODELS",
+]
+
+
+def _as_floats(value: float | Sequence[float], name: str) -> tuple[float, ...]:
+    if np.isscalar(value):
+        return (float(value),)  # type: ignore[arg-type]
+    out = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    if not out:
+        raise ValueError(f"`{name}` must hold at least one value. Got {value!r}.")
+    return out
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Input normalisation applied to each batch before the model: ``(x * scale - mean) / std``.
+
+    ``mean`` and ``std`` hold one value for all channels or one per channel.
+    """
+
+    scale: float = 1.0
+    """Multiplier applied first (``1/255`` for uint8 images)."""
+    mean: tuple[float, ...] = (0.0,)
+    """Subtracted after scaling; one value, or one per input channel."""
+    std: tuple[float, ...] = (1.0,)
+    """Divisor after subtracting the mean; strictly positive."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", _as_floats(self.mean, "mean"))
+        object.__setattr__(self, "std", _as_floats(self.std, "std"))
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"`std` must be strictly positive. Got {self.std!r}.")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the normalisation leaves the batch unchanged."""
+        return self.scale == 1.0 and set(self.mean) == {0.0} and set(self.std) == {1.0}
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Normalise a float32 batch ``(N, C_in, y, x)``; returns float32 of the same shape.
+
+        Raises
+        ------
+        ValueError
+            If ``mean``/``std`` hold several values and their number is not ``C_in``.
+        """
+        if self.is_identity:
+            return batch
+        c = batch.shape[1]
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if len(v) not in (1, c):
+                raise ValueError(
+                    f"`{name}` has {len(v)} values but the image has {c} channels; give one "
+                    f"value or one per channel."
+                )
+        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+        return ((batch * np.float32(self.scale) - mean) / std).astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model named, not held: resolved lazily, once per process.
+
+    ``source`` is one of
+
+    - a built-in name from :data:`BUILTIN_MODELS` (``"isbi2012-unet"``);
+    - a TorchScript file (``.pt``, ``.pth``, ``.ts``, loaded with ``torch.jit.load``);
+    - an ONNX file (``.onnx``, run with ONNX Runtime);
+    - ``"package.module:factory"``: ``factory()`` (or ``factory(device=...)`` when it takes a
+      ``device`` argument) returns a ``torch.nn.Module`` or a callable on numpy batches.
+    """
+
+    source: str
+    """Built-in name, file path or ``package.module:factory``."""
+    device: str = "cpu"
+    """Torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or ONNX Runtime device."""
+    normalization: Normalization | None = None
+    """Input normalisation; None uses the built-in model's own, or the identity."""
+    options: tuple[tuple[str, Any], ...] = field(default=())
+    """Extra keyword arguments for the factory, as ``(name, value)`` pairs (hashable)."""
+
+    def resolved_normalization(self) -> Normalization:
+        """The normalisation that will be applied."""
+        if self.normalization is not None:
+            return self.normalization
+        if self.source in BUILTIN_MODELS:
+            return BUILTIN_MODELS[self.source][1]()
+        return Normalization()
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (recorded in the output's attrs)."""
+        d = asdict(self)
+        d["normalization"] = self.resolved_normalization().to_dict()
+        d["options"] = dict(self.options)
+        return d
+
+
+def _isbi_normalization() -> Normalization:
+    from .unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD
+
+    return Normalization(ISBI_SCALE, (ISBI_MEAN,), (ISBI_STD,))
+
+
+BUILTIN_MODELS: dict[str, tuple[str, Callable[[], Normalization]]] = {
+    "isbi2012-unet": ("chunkseg.unet:pretrained", _isbi_normalization),
+}
+"""Models shipped with the package: ``name -> (factory, normalisation)``."""
+
+
+class CallableAdapter:
+    """Wrap a Python callable on numpy batches.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(batch)`` with ``batch`` a float32 ``(N, C_in, T_y, T_x)`` ndarray returns logits
+        ``(N, K, T_y, T_x)`` (any array-like; converted to float32 ndarray).
+    normalization : Normalization, optional
+        Applied to the batch before ``fn``.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], Any], normalization: Normalization | None = None):
+        if not callable(fn):
+            raise TypeError(f"`model` must be callable. Got {type(fn)!r}.")
+        self.fn = fn
+        self.normalization = normalization or Normalization()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fn(self.normalization(batch)), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"CallableAdapter({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+
+class TorchAdapter:
+    """Run a ``torch.nn.Module`` (or TorchScript module) on numpy batches.
+
+    The module is moved to ``device`` and put in eval mode; each call runs under
+    ``torch.inference_mode()`` and returns float32 numpy logits on the CPU.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    device : str, default "cpu"
+        Any ``torch.device`` string.
+    normalization : Normalization, optional
+        Applied on the numpy batch before it is sent to the device.
+
+    Raises
+    ------
+    ImportError
+        If torch is not installed (``pip install "chunkseg[torch]"``).
+    """
+
+    def __init__(self, module: Any, device: str = "cpu", normalization: Normalization | None = None):
+        torch = _import_torch()
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.normalization = normalization or Normalization()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = _import_torch()
+        x = torch.from_numpy(np.ascontiguousarray(self.normalization(batch))).to(self.device)
+        with torch.inference_mode():
+            y = self.module(x)
+        return y.float().cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"TorchAdapter({type(self.module).__name__}, device={str(self.device)!r})"
+
+
+class OnnxAdapter:
+    """Run an ONNX model with ONNX Runtime on numpy batches.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.onnx`` file with one float32 input ``(N, C_in, T_y, T_x)`` and logits as first output.
+    device : str, default "cpu"
+        ``"cpu"`` uses ``CPUExecutionProvider``; ``"cuda"`` puts ``CUDAExecutionProvider`` first.
+    normalization : Normalization, optional
+
+    Raises
+    ------
+    ImportError
+        If onnxruntime is not installed (``pip install "chunkseg[onnx]"``).
+    FileNotFoundError
+        If ``path`` does not exist.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu",
+                 normalization: Normalization | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "ONNX models need onnxruntime: pip install 'chunkseg[onnx]'."
+            ) from e
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"`model` file {str(path)!r} does not exist.")
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            providers.insert(0, "CUDAExecutionProvider")
+        self.path = path
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.normalization = normalization or Normalization()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(self.normalization(batch), dtype=np.float32)
+        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"OnnxAdapter({self.path.name!r})"
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("PyTorch models need torch: pip install 'chunkseg[torch]'.") from e
+    return torch
+
+
+def _is_torch_module(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def _wrap(obj: Any, device: str, normalization: Normalization) -> Callable[[np.ndarray], np.ndarray]:
+    if _is_torch_module(obj):
+        return TorchAdapter(obj, device, normalization)
+    return CallableAdapter(obj, normalization)
+
+
+def _load_factory(source: str, device: str, options: dict) -> Any:
+    module_name, _, attr = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"`model` spec {source!r} could not be resolved ({e}). Use 'package.module:factory' "
+            f"with an importable module and a factory function in it."
+        ) from e
+    kwargs = dict(options)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "device" in params:
+        kwargs["device"] = device
+    return factory(**kwargs)
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_model(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """Load the model a spec names; cached, so each process loads each spec once.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+
+    Returns
+    -------
+    callable
+        An adapter: float32 ``(N, C_in, T_y, T_x)`` -> float32 logits ``(N, K, T_y, T_x)``,
+        normalisation included.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file spec does not exist.
+    ValueError
+        If the spec is neither a built-in name, a known file type, nor ``module:factory``.
+
+    Notes
+    -----
+    Thread-safe: concurrent first calls from the threads of one Dask worker load once.
+    ``load_model.cache_info()`` counts the loads of this process.
+    """
+    with _LOAD_LOCK:
+        return _load_model_cached(spec)
+
+
+load_model.cache_info = lambda: _load_model_cached.cache_info()  # type: ignore[attr-defined]
+load_model.cache_clear = lambda: _load_model_cached.cache_clear()  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=16)
+def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
+    norm = spec.resolved_normalization()
+    source = spec.source
+    if source in BUILTIN_MODELS:
+        return _wrap(_load_factory(BUILTIN_MODELS[source][0], spec.device, dict(spec.options)),
+                     spec.device, norm)
+    suffix = Path(source).suffix.lower()
+    if suffix == ".onnx":
+        return OnnxAdapter(source, spec.device, norm)
+    if suffix in (".pt", ".pth", ".ts"):
+        if not Path(source).exists():
+            raise FileNotFoundError(f"`model` file {source!r} does not exist.")
+        torch = _import_torch()
+        return TorchAdapter(torch.jit.load(source, map_location=spec.device), spec.device, norm)
+    if ":" in source and not Path(source).exists():
+        return _wrap(_load_factory(source, spec.device, dict(spec.options)), spec.device, norm)
+    raise ValueError(
+        f"`model` spec {source!r} is not understood. Use a built-in name "
+        f"({', '.join(BUILTIN_MODELS)}), a TorchScript file (.pt/.pth/.ts), an ONNX file "
+        f"(.onnx) or 'package.module:factory'."
+    )
+
+
+class LazyModel:
+    """A picklable handle on a :class:`ModelSpec`: loads it at first call, once per process.
+
+    Pickling sends the spec only (a few hundred bytes), never the weights.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return load_model(self.spec)(batch)
+
+    def __repr__(self) -> str:
+        return f"LazyModel({self.spec.source!r}, device={self.spec.device!r})"
+
+
+def as_model(
+    model: Any, *, device: str = "cpu", normalization: Normalization | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Turn anything chunkseg accepts as a model into a callable on numpy batches.
+
+    Parameters
+    ----------
+    model : ModelSpec, str, os.PathLike, torch.nn.Module or callable
+        A spec or a string/path (see :class:`ModelSpec`) becomes a :class:`LazyModel`; a torch
+        module a :class:`TorchAdapter`; any other callable a :class:`CallableAdapter`. An
+        adapter or LazyModel is returned as it is.
+    device : str, default "cpu"
+        Device for torch and ONNX models (ignored for plain callables).
+    normalization : Normalization, optional
+        Input normalisation; for specs it overrides the spec's own.
+
+    Returns
+    -------
+    callable
+        float32 ``(N, C_in, T_y, T_x)`` -> float32 logits ``(N, K, T_y, T_x)``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is none of the above.
+    """
+    if isinstance(model, (CallableAdapter, TorchAdapter, OnnxAdapter, LazyModel)):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        model = ModelSpec(str(model), device=device, normalization=normalization)
+    if isinstance(model, ModelSpec):
+        if normalization is not None and model.normalization is None:
+            model = ModelSpec(model.source, model.device, normalization, model.options)
+        return LazyModel(model)
+    if _is_torch_module(model):
+        return TorchAdapter(model, device, normalization)
+    if callable(model):
+        return CallableAdapter(model, normalization)
+    raise TypeError(
+        "`model` must be a callable on numpy batches, a torch.nn.Module, a ModelSpec, or a "
+        f"spec string (file path or 'package.module:factory'). Got {type(model)!r}."
+    )
+
+
+def describe_model(model: Any) -> dict:
+    """A JSON-serialisable description of a model for the output's attrs."""
+    if isinstance(model, LazyModel):
+        return {"kind": "spec", **model.spec.to_dict()}
+    if isinstance(model, TorchAdapter):
+        return {"kind": "torch", "module": type(model.module).__name__,
+                "device": str(model.device), "normalization": model.normalization.to_dict()}
+    if isinstance(model, OnnxAdapter):
+        return {"kind": "onnx", "source": str(model.path),
+                "normalization": model.normalization.to_dict()}
+    if isinstance(model, CallableAdapter):
+        name = getattr(model.fn, "__qualname__", type(model.fn).__name__)
+        return {"kind": "callable", "name": name, "normalization": model.normalization.to_dict()}
+    return {"kind": "callable", "name": type(model).__name__}

@@ -1,0 +1,393 @@
+"""Tile-grid geometry: pure numpy, no dask, no pixels read.
+
+The global grid
+---------------
+Along each axis (``y`` and ``x`` alike) an image of length ``H`` is covered by ``n = ceil(H / S)``
+tiles of length ``T`` with stride ``S = T - O``, where ``O`` is the overlap. Tile ``k`` starts at
+image coordinate ``k * S - b`` with ``b = O // 2`` and ends at ``k * S - b + T``. Its central
+*stride cell* ``[k * S, (k + 1) * S)`` lies inside the tile with ``b`` pixels of context before and
+``O - b`` after, so even the pixels on the image border are seen away from the tile's edge.
+
+The image is reflect-padded (``numpy.pad(..., mode="reflect")``, the edge pixel not repeated, as
+PyTorch's and MONAI's ``"reflect"``) by ``b`` before and ``n * S + O - b - H`` after, so that every
+tile the model sees has the full tile size, also when the image is smaller than one tile.
+
+Chunks
+------
+The computation chunk ``C`` is a multiple of the stride, ``C = m * S``. Chunk ``j`` covers
+``[j * C, (j + 1) * C)`` of the image (the last chunk is cut at ``H``) and *owns* the ``m`` tiles
+whose stride cells lie in it, so every tile of the global grid is computed exactly once. Its
+accumulator block spans the owned tiles: ``[j * C - b, (j + 1) * C + O - b)``, that is the chunk
+plus a halo of ``b`` before and ``O - b`` after. In the padded image the same block is the
+chunk of the padded image plus a halo of ``O`` after it, which is exactly what
+``dask.array.overlap.overlap`` with depth ``(0, O)`` hands each block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["TilePlan", "plan_tiles", "fold_sources", "normalize_pair", "DEFAULT_CHUNK_TARGET"]
+
+#: Default computation chunk side (pixels) that ``plan_tiles`` rounds to a multiple of the stride.
+DEFAULT_CHUNK_TARGET = 2048
+
+
+def normalize_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """Turn an int or a length-2 sequence into a ``(y, x)`` tuple of Python ints.
+
+    Parameters
+    ----------
+    value : int or sequence of 2 ints
+        One value for both axes, or one per axis in ``(y, x)`` order.
+    name : str
+        Parameter name used in error messages.
+
+    Returns
+    -------
+    tuple of 2 int
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer or a sequence of two integers.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    try:
+        items = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}."
+        ) from None
+    if len(items) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
+    ):
+        raise TypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
+    return int(items[0]), int(items[1])
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The global tile grid and chunking of one image: plain data, inspectable before any read.
+
+    Build it with :func:`plan_tiles`, which validates the arguments. All lengths are pixels,
+    all pairs are ``(y, x)``.
+    """
+
+    image_shape: tuple[int, int]
+    """Image size ``(H, W)``."""
+    tile: tuple[int, int]
+    """Tile size ``(T_y, T_x)`` the model sees."""
+    overlap: tuple[int, int]
+    """Overlap ``(O_y, O_x)`` between neighbouring tiles, ``0 <= O < T``."""
+    chunks: tuple[int, int]
+    """Computation (and output) chunk ``(C_y, C_x)``, a multiple of the stride."""
+    channels: int = 1
+    """Number of input channels ``C_in``."""
+
+    # -- per-axis geometry -------------------------------------------------------------------
+    @property
+    def stride(self) -> tuple[int, int]:
+        """``tile - overlap`` per axis."""
+        return (self.tile[0] - self.overlap[0], self.tile[1] - self.overlap[1])
+
+    @property
+    def halo_before(self) -> tuple[int, int]:
+        """Context before a tile's stride cell, ``overlap // 2``; also the padding before."""
+        return (self.overlap[0] // 2, self.overlap[1] // 2)
+
+    @property
+    def halo_after(self) -> tuple[int, int]:
+        """Context after a tile's stride cell, ``overlap - overlap // 2``."""
+        return tuple(o - b for o, b in zip(self.overlap, self.halo_before))  # type: ignore[return-value]
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Number of tiles per axis, ``ceil(H / stride)``."""
+        return tuple(math.ceil(h / s) for h, s in zip(self.image_shape, self.stride))  # type: ignore[return-value]
+
+    @property
+    def n_tiles(self) -> int:
+        """Total number of tiles the model runs on."""
+        gy, gx = self.grid_shape
+        return gy * gx
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """Shape of the reflect-padded image, ``n * stride + overlap`` per axis."""
+        return tuple(n * s + o for n, s, o in zip(self.grid_shape, self.stride, self.overlap))  # type: ignore[return-value]
+
+    @property
+    def pad_width(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((before_y, after_y), (before_x, after_x))`` reflect padding of the image."""
+        return tuple(  # type: ignore[return-value]
+            (b, p - b - h)
+            for b, p, h in zip(self.halo_before, self.padded_shape, self.image_shape)
+        )
+
+    @property
+    def tiles_per_chunk(self) -> tuple[int, int]:
+        """Tiles owned by a full chunk, ``chunk / stride`` per axis."""
+        return (self.chunks[0] // self.stride[0], self.chunks[1] // self.stride[1])
+
+    @property
+    def chunk_grid(self) -> tuple[int, int]:
+        """Number of chunks per axis, ``ceil(H / chunk)``."""
+        return tuple(math.ceil(h / c) for h, c in zip(self.image_shape, self.chunks))  # type: ignore[return-value]
+
+    @property
+    def n_chunks(self) -> int:
+        """Total number of chunks (= tasks of the per-chunk kernel)."""
+        cy, cx = self.chunk_grid
+        return cy * cx
+
+    def output_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Dask-style chunk sizes of the output (image coordinates), per axis."""
+        return tuple(  # type: ignore[return-value]
+            _split(h, c) for h, c in zip(self.image_shape, self.chunks)
+        )
+
+    def padded_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Chunk sizes of the padded image: full chunks, the last one carrying the tail."""
+        out = []
+        for axis in range(2):
+            sizes = list(_split(self.image_shape[axis], self.chunks[axis]))
+            n, s, o = self.grid_shape[axis], self.stride[axis], self.overlap[axis]
+            sizes[-1] = n * s + o - (len(sizes) - 1) * self.chunks[axis]
+            out.append(tuple(sizes))
+        return tuple(out)  # type: ignore[return-value]
+
+    def block_extents(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Per axis, ``(start, stop)`` image coordinates of each chunk's accumulator block.
+
+        Block ``j`` spans the tiles chunk ``j`` owns; starts may be negative and stops may pass
+        the image end (those parts lie in the padding and are discarded by the fold).
+        """
+        out = []
+        for axis in range(2):
+            b = self.halo_before[axis]
+            o = self.overlap[axis]
+            starts = np.cumsum((0,) + self.padded_chunks()[axis][:-1])
+            sizes = [c + o for c in self.padded_chunks()[axis][:-1]] + [
+                self.padded_chunks()[axis][-1]
+            ]
+            out.append([(int(st) - b, int(st) - b + sz) for st, sz in zip(starts, sizes)])
+        return tuple(out)  # type: ignore[return-value]
+
+    def tile_origins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Image coordinates of the first pixel of every tile, per axis (may be negative)."""
+        return tuple(  # type: ignore[return-value]
+            np.arange(n) * s - b for n, s, b in zip(self.grid_shape, self.stride, self.halo_before)
+        )
+
+    def memory_per_task(
+        self, classes: int = 2, batch_size: int = 8, input_itemsize: int = 1
+    ) -> int:
+        """Estimated peak bytes held by one per-chunk task, model activations excluded.
+
+        Counts the input block with its halo, its float32 copy, one batch of float32 tiles and
+        their logits, the float32 accumulator of ``classes + 1`` planes (weighted logits and the
+        weight sum), and the folded float32 output chunk.
+
+        Parameters
+        ----------
+        classes : int, default 2
+            Number of classes ``K`` the model returns.
+        batch_size : int, default 8
+            Tiles per model call.
+        input_itemsize : int, default 1
+            Bytes per input pixel and channel (1 for uint8).
+
+        Returns
+        -------
+        int
+            Bytes.
+        """
+        by, bx = (c + o for c, o in zip(self.chunks, self.overlap))
+        ty, tx = self.tile
+        block = by * bx * self.channels * (input_itemsize + 4)
+        batch = batch_size * ty * tx * (self.channels + classes) * 4
+        acc = (classes + 1) * by * bx * 4
+        folded = (classes + 1) * self.chunks[0] * self.chunks[1] * 4
+        return int(block + batch + acc + folded)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable description: the fields plus the derived geometry."""
+        d = asdict(self)
+        d.update(
+            stride=list(self.stride),
+            grid_shape=list(self.grid_shape),
+            n_tiles=self.n_tiles,
+            chunk_grid=list(self.chunk_grid),
+            n_chunks=self.n_chunks,
+            tiles_per_chunk=list(self.tiles_per_chunk),
+            pad_width=[list(p) for p in self.pad_width],
+            padding="reflect",
+        )
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    def summary(self, classes: int = 2, batch_size: int = 8, input_itemsize: int = 1) -> str:
+        """A few human-readable lines describing the plan (what ``chunkseg plan`` prints)."""
+        mem = self.memory_per_task(classes, batch_size, input_itemsize)
+        return "\n".join(
+            [
+                f"image     {self.image_shape[0]} x {self.image_shape[1]} (y x), "
+                f"{self.channels} channel(s)",
+                f"tile      {self.tile[0]} x {self.tile[1]}, overlap {self.overlap[0]} x "
+                f"{self.overlap[1]}, stride {self.stride[0]} x {self.stride[1]}",
+                f"tiles     {self.grid_shape[0]} x {self.grid_shape[1]} = {self.n_tiles}",
+                f"chunks    {self.chunks[0]} x {self.chunks[1]} px -> {self.chunk_grid[0]} x "
+                f"{self.chunk_grid[1]} = {self.n_chunks}, up to {self.tiles_per_chunk[0]} x "
+                f"{self.tiles_per_chunk[1]} tiles each",
+                f"padding   reflect {self.pad_width[0]} (y), {self.pad_width[1]} (x)",
+                f"memory    ~{mem / 2**20:.1f} MiB per task for {classes} classes, batch "
+                f"{batch_size} (model activations not included)",
+            ]
+        )
+
+
+def _split(length: int, chunk: int) -> tuple[int, ...]:
+    full, rest = divmod(length, chunk)
+    return (chunk,) * full + ((rest,) if rest else ())
+
+
+def plan_tiles(
+    image_shape: tuple[int, ...],
+    tile: int | tuple[int, int] = 256,
+    overlap: int | tuple[int, int] = 64,
+    chunks: int | tuple[int, int] | None = None,
+    *,
+    channels: int = 1,
+) -> TilePlan:
+    """Lay the global tile grid over an image and choose the computation chunks.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(H, W)`` or ``(H, W, C)``; only the first two entries are the spatial size. With three
+        entries, ``channels`` is taken from the third.
+    tile : int or (int, int), default 256
+        Tile size the model sees, pixels. Tiles are always full size: the image is reflect-padded.
+    overlap : int or (int, int), default 64
+        Overlap between neighbouring tiles, ``0 <= overlap < tile``. Stride is
+        ``tile - overlap``.
+    chunks : int or (int, int), optional
+        Computation chunk (also the output Zarr chunk), a multiple of the stride and at least
+        the overlap. Default: the multiple of the stride nearest to 2048 px
+        (:data:`DEFAULT_CHUNK_TARGET`), at least one stride and at least the overlap, and
+        never more than the image needs.
+    channels : int, default 1
+        Number of input channels (for the memory estimate).
+
+    Returns
+    -------
+    TilePlan
+
+    Raises
+    ------
+    TypeError
+        If a size is not an int or a pair of ints.
+    ValueError
+        If a size is not positive, ``overlap >= tile``, or ``chunks`` is not a multiple of the
+        stride or is smaller than the overlap. The message gives the nearest valid chunk sizes.
+
+    Notes
+    -----
+    See the module docstring for the geometry. The layout follows the "global grid, each tile
+    owned by one chunk" scheme; the blending matches MONAI's ``sliding_window_inference``
+    (weighted sum of windowed tile outputs divided by the summed windows).
+    """
+    if len(image_shape) not in (2, 3):
+        raise ValueError(
+            f"`image_shape` must be (H, W) or (H, W, C). Got {tuple(image_shape)!r}."
+        )
+    if len(image_shape) == 3:
+        channels = int(image_shape[2])
+    shape = (int(image_shape[0]), int(image_shape[1]))
+    tile_ = normalize_pair(tile, "tile")
+    overlap_ = normalize_pair(overlap, "overlap")
+    if min(shape) < 1:
+        raise ValueError(f"`image_shape` must be positive. Got {shape!r}.")
+    if min(tile_) < 1:
+        raise ValueError(f"`tile` must be positive. Got {tile_!r}.")
+    if min(overlap_) < 0:
+        raise ValueError(f"`overlap` must be >= 0. Got {overlap_!r}.")
+    if any(o >= t for o, t in zip(overlap_, tile_)):
+        raise ValueError(
+            f"`overlap` must be smaller than `tile` (stride = tile - overlap must be positive). "
+            f"Got overlap={overlap_!r}, tile={tile_!r}. Use e.g. overlap={tile_[0] // 4}."
+        )
+    if channels < 1:
+        raise ValueError(f"`channels` must be >= 1. Got {channels!r}.")
+    stride = tuple(t - o for t, o in zip(tile_, overlap_))
+    if chunks is None:
+        chunks_ = tuple(
+            _default_chunk(h, s, o) for h, s, o in zip(shape, stride, overlap_)
+        )
+    else:
+        chunks_ = normalize_pair(chunks, "chunks")
+        for c, s, o in zip(chunks_, stride, overlap_):
+            if c < 1 or c % s or c < o:
+                raise ValueError(
+                    f"`chunks` must be a positive multiple of the stride (tile - overlap = "
+                    f"{stride!r}) and at least the overlap {overlap_!r}, so that every tile "
+                    f"belongs to exactly one chunk. Got chunks={chunks_!r}. Nearest valid "
+                    f"values: {_valid_chunk_hint(chunks_, stride, overlap_)}."
+                )
+    return TilePlan(shape, tile_, overlap_, chunks_, channels)  # type: ignore[arg-type]
+
+
+def _min_multiple(stride: int, overlap: int) -> int:
+    return max(1, math.ceil(overlap / stride)) * stride
+
+
+def _default_chunk(length: int, stride: int, overlap: int) -> int:
+    m = max(1, round(DEFAULT_CHUNK_TARGET / stride))
+    needed = math.ceil(length / stride)  # tiles along this axis
+    return max(min(m, needed) * stride, _min_multiple(stride, overlap))
+
+
+def _valid_chunk_hint(chunks, stride, overlap) -> str:
+    hints = []
+    for c, s, o in zip(chunks, stride, overlap):
+        lo = max((c // s) * s, _min_multiple(s, o))
+        hi = max(math.ceil(c / s) * s, _min_multiple(s, o))
+        hints.append(str(lo) if lo == hi else f"{lo} or {hi}")
+    return f"{hints[0]} (y) and {hints[1]} (x)"
+
+
+def fold_sources(plan: TilePlan) -> tuple[list[list[tuple[int, slice, slice]]], ...]:
+    """Which parts of which accumulator blocks add up to each output chunk (overlap-add).
+
+    Parameters
+    ----------
+    plan : TilePlan
+
+    Returns
+    -------
+    tuple of 2 lists (y, x)
+        Entry ``[j]`` of an axis lists ``(i, src, dst)``: block ``i``'s pixels ``src`` (block
+        coordinates) add onto output chunk ``j``'s pixels ``dst`` (chunk coordinates). The entry
+        with ``i == j`` covers the whole chunk; the others are the neighbours' halo strips.
+    """
+    out = []
+    for axis in range(2):
+        extents = plan.block_extents()[axis]
+        bounds = np.cumsum((0,) + plan.output_chunks()[axis])
+        per_chunk = []
+        for j in range(len(bounds) - 1):
+            lo, hi = int(bounds[j]), int(bounds[j + 1])
+            sources = []
+            for i, (start, stop) in enumerate(extents):
+                a, b = max(lo, start), min(hi, stop)
+                if a < b:
+                    sources.append((i, slice(a - start, b - start), slice(a - lo, b - lo)))
+            per_chunk.append(sources)
+        out.append(per_chunk)
+    return tuple(out)
