@@ -471,8 +471,7 @@ def predict_to_zarr(
         targets.append(target)
     stored = da.store(sources, targets, lock=False, compute=False)
     compute(stored, scheduler=scheduler, workers=workers, progress=progress)
-    zarr.consolidate_metadata(group.store)
-    return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=True)
+    return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=False)
 
 
 def _so(store: Any, storage_options: dict | None) -> dict | None:
