@@ -22,14 +22,16 @@ def _uniform(size: int, overlap: int) -> np.ndarray:
 def _linear(size: int, overlap: int) -> np.ndarray:
     # Tent over the whole tile, sampled at pixel centres: 1/size at the edges, ~1 in the centre.
     centres = (np.arange(size) + 0.5) / size
-    return 1.0 - np.abs(2.0 * centres - 1.0)
+    w = 1.0 - np.abs(2.0 * centres - 1.0)
+    return w / w.max()
 
 
 def _gaussian(size: int, overlap: int) -> np.ndarray:
     # MONAI: sigma = 0.125 * roi size, centred on the tile, peak 1.
     sigma = 0.125 * size
     d = np.arange(size) - (size - 1) / 2.0
-    return np.exp(-0.5 * (d / sigma) ** 2)
+    w = np.exp(-0.5 * (d / sigma) ** 2)
+    return w / w.max()
 
 
 def _cosine(size: int, overlap: int) -> np.ndarray:
@@ -74,7 +76,9 @@ def window_1d(name: str, size: int, overlap: int = 0) -> np.ndarray:
     Returns
     -------
     (size,) ndarray of float64
-        Strictly positive weights, maximum 1.
+        Strictly positive weights. ``linear`` and ``gaussian`` are scaled to a maximum of
+        exactly 1 (as MONAI's importance map); ``cosine`` peaks at 1 unless the overlap is half
+        the tile or more, where it keeps the sum-to-one property instead.
 
     Raises
     ------
@@ -136,11 +140,12 @@ def get_window(
         raise ValueError(
             f"`window` array must have the tile's shape {(ty, tx)}. Got shape {w.shape}."
         )
-    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+    finite = np.isfinite(w)
+    if not finite.all() or np.any(w[finite] <= 0):
+        low = float(w[finite].min()) if finite.any() else None
         raise ValueError(
             "`window` array must be finite and strictly positive (a zero weight leaves pixels "
-            f"undefined). Got min={np.nanmin(w)!r}, non-finite values: "
-            f"{int(np.sum(~np.isfinite(w)))}."
+            f"undefined). Got min={low!r}, non-finite values: {int(np.sum(~finite))}."
         )
     return w.astype(np.float32)
 
