@@ -248,9 +248,14 @@ class OnnxAdapter:
         if device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
         self.path = path
+        self.device = device
         self.session = ort.InferenceSession(str(path), providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.normalization = normalization or Normalization()
+
+    def __reduce__(self):
+        # An InferenceSession cannot be pickled: send the path and rebuild it on arrival.
+        return (OnnxAdapter, (self.path, self.device, self.normalization))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(self.normalization(batch), dtype=np.float32)
