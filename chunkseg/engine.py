@@ -15,6 +15,7 @@ from __future__ import annotations
 import operator
 import os
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -471,7 +472,12 @@ def predict_to_zarr(
         targets.append(target)
     stored = da.store(sources, targets, lock=False, compute=False)
     compute(stored, scheduler=scheduler, workers=workers, progress=progress)
-    return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=False)
+    with warnings.catch_warnings():
+        # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
+        # and xarray warns without it; silence zarr's notice about that.
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(group.store)
+    return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=True)
 
 
 def _so(store: Any, storage_options: dict | None) -> dict | None:

@@ -1,0 +1,207 @@
+"""Command-line interface: ``chunkseg ingest | plan | predict | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .errors import ChunksegError
+
+__all__ = ["main", "build_parser"]
+
+
+def _pair(text: str) -> int | tuple[int, int]:
+    """``"256"`` -> 256, ``"256,128"`` or ``"256x128"`` -> (256, 128)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'Y,X', got {text!r}") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise argparse.ArgumentTypeError(f"expected an int or 'Y,X', got {text!r}")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _add_grid_args(p: argparse.ArgumentParser, chunk_default=None) -> None:
+    p.add_argument("--tile", type=_pair, default=256, help="tile size, px: N or Y,X (256)")
+    p.add_argument("--overlap", type=_pair, default=64, help="tile overlap, px (64)")
+    p.add_argument("--chunk", type=_pair, default=chunk_default,
+                   help="computation/output chunk, a multiple of the stride (default ~2048)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (8)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="chunkseg",
+        description="Seamless out-of-core segmentation of huge images with Dask and Zarr.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("ingest", help="convert PNG/JPEG/TIFF/Zarr to a chunked Zarr v3 store")
+    p.add_argument("source", help="image file, Zarr store or URL")
+    p.add_argument("store", help="output Zarr path or URL")
+    p.add_argument("--chunk", type=_pair, default=1024, help="Zarr chunk, px (1024)")
+    p.add_argument("--array-name", default=None, help="array inside a source Zarr group")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+
+    p = sub.add_parser("plan", help="show the tile grid and chunks, reading no pixels")
+    p.add_argument("image", help="image path/URL, or a shape such as 40000x40000[x3]")
+    _add_grid_args(p)
+    p.add_argument("--classes", type=int, default=2, help="classes, for the memory estimate")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = sub.add_parser("predict", help="segment an image and write logits/labels to Zarr")
+    p.add_argument("image", help="input image: Zarr path/URL or a PNG/JPEG/TIFF file")
+    p.add_argument("store", help="output Zarr group path or URL")
+    p.add_argument("--model", required=True,
+                   help="'isbi2012-unet', a TorchScript .pt, an .onnx, or package.module:factory")
+    _add_grid_args(p)
+    p.add_argument("--window", default="gaussian",
+                   help="uniform | linear | gaussian | cosine, or a .npy file (gaussian)")
+    p.add_argument("--outputs", default="logits,labels",
+                   help="comma-separated: logits,probabilities,labels (logits,labels)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="dtype of logits/probabilities")
+    p.add_argument("--device", default="cpu", help="torch/ONNX device (cpu)")
+    p.add_argument("--scale", type=float, default=None, help="input normalisation: x * scale")
+    p.add_argument("--mean", type=_floats, default=None, help="... minus mean (per channel)")
+    p.add_argument("--std", type=_floats, default=None, help="... divided by std (per channel)")
+    p.add_argument("--scheduler", default=None,
+                   help="'threads' (default), 'processes', or a scheduler address tcp://host:port")
+    p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("demo", help="segment a mosaic of ISBI 2012 EM sections with the shipped U-Net")
+    p.add_argument("--out", default="chunkseg-demo", help="output folder (chunkseg-demo)")
+    p.add_argument("--rows", type=int, default=5, help="mosaic rows of 512 px sections (5)")
+    p.add_argument("--cols", type=int, default=6, help="mosaic columns (6)")
+    _add_grid_args(p, chunk_default=768)
+    p.add_argument("--window", default="gaussian", help="blending window (gaussian)")
+    p.add_argument("--scheduler", default=None, help="scheduler name or address")
+    p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _window_arg(text: str):
+    if text.endswith(".npy"):
+        import numpy as np
+
+        return np.load(text)
+    return text
+
+
+def _normalization(args):
+    if args.scale is None and args.mean is None and args.std is None:
+        return None
+    from .models import Normalization
+
+    return Normalization(scale=1.0 if args.scale is None else args.scale,
+                         mean=args.mean or (0.0,), std=args.std or (1.0,))
+
+
+def _cmd_ingest(args) -> int:
+    from .io import ingest
+
+    arr = ingest(args.source, args.store, chunks=args.chunk, overwrite=args.overwrite,
+                 array_name=args.array_name, progress=True)
+    print(f"wrote {args.store}: shape {arr.shape} (y, x, c), dtype {arr.dtype}, "
+          f"chunks {arr.chunks}")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from .plan import plan_tiles
+
+    shape_text = args.image.lower().replace(",", "x")
+    if all(p.isdigit() for p in shape_text.split("x")) and 2 <= len(shape_text.split("x")) <= 3:
+        shape = tuple(int(p) for p in shape_text.split("x"))
+        itemsize = 1
+    else:
+        from .io import open_image
+
+        arr = open_image(args.image)
+        shape, itemsize = arr.shape, arr.dtype.itemsize
+    plan = plan_tiles(shape, args.tile, args.overlap, args.chunk)
+    if args.json:
+        d = plan.to_dict()
+        d["memory_per_task_bytes"] = plan.memory_per_task(args.classes, args.batch_size, itemsize)
+        print(json.dumps(d, indent=2))
+    else:
+        print(plan.summary(args.classes, args.batch_size, itemsize))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .engine import predict_to_zarr
+
+    ds = predict_to_zarr(
+        args.image, args.model, args.store, tile=args.tile, overlap=args.overlap,
+        window=_window_arg(args.window), chunks=args.chunk, batch_size=args.batch_size,
+        outputs=args.outputs, dtype=args.dtype, device=args.device,
+        normalization=_normalization(args), scheduler=args.scheduler, workers=args.workers,
+        progress=not args.no_progress, overwrite=args.overwrite,
+    )
+    names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
+    print(f"wrote {args.store}: {names}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(
+        args.out, rows=args.rows, cols=args.cols, tile=args.tile, overlap=args.overlap,
+        chunks=args.chunk, window=args.window, batch_size=args.batch_size,
+        scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    plan = result["plan"]
+    print(f"input mosaic     {result['mosaic']}  ({plan['image_shape'][0]} x "
+          f"{plan['image_shape'][1]} px)")
+    print(f"segmentation     {result['segmentation']}  (logits, probabilities, labels)")
+    print(f"figure           {result['figure']}")
+    print(f"{plan['n_tiles']} tiles in {plan['n_chunks']} chunks, predicted and written in "
+          f"{result['seconds']:.1f} s; membrane fraction {result['membrane_fraction']:.3f}")
+    print(f"open it:  python -c \"import xarray as xr; print(xr.open_zarr('{result['segmentation']}'))\"")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``chunkseg`` command. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"ingest": _cmd_ingest, "plan": _cmd_plan, "predict": _cmd_predict,
+               "demo": _cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except (ChunksegError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        print(f"chunkseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
