@@ -31,15 +31,16 @@ def _section_paths() -> list:
 def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: bool = False):
     """Write a ``rows x cols`` mosaic of ISBI 2012 test sections into a Zarr v3 array.
 
-    Sections are placed row-major (section ``r * cols + c`` at row ``r``, column ``c``); each
-    is read from its PNG and written as one 512 x 512 chunk, so the mosaic is never held whole.
+    Sections are placed row-major (section ``(r * cols + c) % 30`` at row ``r``, column ``c``,
+    so mosaics larger than the 30 sections repeat them); each is read from its PNG and written
+    as one 512 x 512 chunk, so the mosaic is never held whole.
 
     Parameters
     ----------
     store : str or Path
         Output Zarr array path.
     rows, cols : int, default 5 and 6
-        Mosaic size in sections; ``rows * cols <= 30``.
+        Mosaic size in sections (the default uses each of the 30 sections once).
     overwrite : bool, default False
         Replace an existing store.
 
@@ -51,7 +52,7 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
     Raises
     ------
     ValueError
-        If ``rows * cols`` exceeds the 30 sections or is not positive.
+        If ``rows`` or ``cols`` is not positive.
     chunkseg.errors.OutputExistsError
         If the store holds data and ``overwrite`` is False.
     """
@@ -60,10 +61,8 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
     from zarr.codecs import ZstdCodec
 
     paths = _section_paths()
-    if rows < 1 or cols < 1 or rows * cols > len(paths):
-        raise ValueError(
-            f"`rows` * `cols` must be between 1 and {len(paths)} sections. Got {rows} x {cols}."
-        )
+    if rows < 1 or cols < 1:
+        raise ValueError(f"`rows` and `cols` must be >= 1. Got {rows} x {cols}.")
     if store_has_data(store) and not overwrite:
         raise OutputExistsError(f"`store` {str(store)!r} already holds data; pass overwrite=True.")
     s = SECTION_SIZE
@@ -75,7 +74,7 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
     )
     for i in range(rows * cols):
         r, c = divmod(i, cols)
-        with paths[i].open("rb") as fh:
+        with paths[i % len(paths)].open("rb") as fh:
             section = np.asarray(Image.open(fh).convert("L"))
         arr[r * s : (r + 1) * s, c * s : (c + 1) * s, 0] = section
     return arr

@@ -7,11 +7,11 @@ import threading
 
 import dask
 import dask.array as da
-from dask.core import get_dependencies
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from dask.core import get_dependencies
 from reference import conv_model, max_rel_diff, reference_blend
 
 import chunkseg
@@ -54,7 +54,7 @@ def test_equals_reference_for_every_chunking(shape, channels, classes, window):
     for chunks in (stride, 2 * stride, (3 * stride, stride), 7 * stride):
         ds = chunkseg.predict(image, model, tile=tile, overlap=overlap, window=window,
                               chunks=chunks, batch_size=5, outputs="logits")
-        got = ds.logits.values
+        got = ds.logits.compute()
         assert got.shape == (classes,) + shape and got.dtype == np.float32
         assert max_rel_diff(got, expected) < 1e-6
         results.append(got)
@@ -94,7 +94,7 @@ def test_constant_model_gives_constant_output(window):
 
     ds = chunkseg.predict(image, const, tile=32, overlap=8, chunks=48, window=window,
                           outputs=("logits", "probabilities", "labels"))
-    logits = ds.logits.values
+    logits = ds.logits.compute()
     np.testing.assert_allclose(logits[0], -1.5, rtol=1e-6)
     np.testing.assert_allclose(logits[1], 2.25, rtol=1e-6)
     assert (ds.labels.values == 1).all()
@@ -129,7 +129,7 @@ def test_each_tile_runs_exactly_once():
 
     tile, overlap = 48, 16
     chunkseg.predict(image, recording, tile=tile, overlap=overlap, chunks=64,
-                     outputs="logits").logits.values
+                     outputs="logits").logits.compute()
     plan = plan_tiles(image.shape, tile, overlap, 64)
     # the first tile is also run once on the client to learn the number of classes
     assert len(seen) == plan.n_tiles + 1
@@ -148,7 +148,7 @@ def test_tasks_hold_only_chunk_plus_halo(monkeypatch):
     image = _image((300, 260), 2)
     tile, overlap, chunks = 40, 8, 64
     chunkseg.predict(image, _conv(2, 2), tile=tile, overlap=overlap, chunks=chunks,
-                     outputs="logits").logits.values
+                     outputs="logits").logits.compute()
     plan = plan_tiles(image.shape, tile, overlap, chunks)
     assert len(shapes) == plan.n_chunks
     expected = sorted((2, by, bx) for by in [a for a in (b - a for a, b in plan.block_extents()[0])]
@@ -182,7 +182,7 @@ def test_labels_and_probabilities_follow_logits():
     image = _image((120, 100), 3)
     ds = chunkseg.predict(image, _conv(3, 5), tile=32, overlap=8, chunks=48,
                           outputs="logits,probabilities,labels")
-    logits = ds.logits.values
+    logits = ds.logits.compute()
     probs = ds.probabilities.values
     np.testing.assert_allclose(probs.sum(axis=0), 1, rtol=1e-5)
     e = np.exp(logits - logits.max(0))
@@ -249,7 +249,7 @@ def test_every_output_chunk_written_once_whole():
     assert len(chunk_writes) == 3 * plan.n_chunks
     assert set(chunk_writes.values()) == {1}
     expected = chunkseg.predict(image, model, tile=40, overlap=10, chunks=60,
-                                outputs="logits").logits.values
+                                outputs="logits").logits.compute()
     np.testing.assert_array_equal(ds.logits.values, expected)
 
 
@@ -312,7 +312,7 @@ def test_nan_on_a_later_tile_is_reported():
     image = _image((100, 100), 1)
     image[90, 90] = np.nan  # only a tile far from the first one sees it
     with pytest.raises(ModelOutputError, match="non-finite"):
-        chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, outputs="logits").logits.values
+        chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, outputs="logits").logits.compute()
 
 
 @pytest.mark.parametrize(
@@ -346,7 +346,7 @@ def test_distributed_local_cluster_equals_threads():
     image = _image((150, 140), 1)
     model = _conv(1, 2)
     local = chunkseg.predict(image, model, tile=40, overlap=10, chunks=60, outputs="logits")
-    expected = local.logits.values
+    expected = local.logits.compute()
     with dask.config.set({"distributed.worker.daemon": False}):
         (got,) = chunkseg.scheduling.compute(local.logits.data, workers=2)
     np.testing.assert_array_equal(got, expected)

@@ -117,7 +117,7 @@ def test_spec_loaded_once_per_process():
     load_model.cache_clear()
     model = as_model(spec)
     image = np.zeros((100, 100, 3), np.float32)
-    chunkseg.predict(image, model, tile=32, overlap=8, chunks=24, outputs="logits").logits.values
+    chunkseg.predict(image, model, tile=32, overlap=8, chunks=24, outputs="logits").logits.compute()
     info = load_model.cache_info()
     assert info.misses == 1 and info.hits > 10
     assert len(pickle.dumps(model)) < 1000  # the spec travels, not the weights
