@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                    help="dtype of logits/probabilities")
     p.add_argument("--device", default="cpu", help="torch/ONNX device (cpu)")
+    p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
     p.add_argument("--scale", type=float, default=None, help="input normalisation: x * scale")
     p.add_argument("--mean", type=_floats, default=None, help="... minus mean (per channel)")
     p.add_argument("--std", type=_floats, default=None, help="... divided by std (per channel)")
@@ -154,7 +155,8 @@ def _cmd_predict(args) -> int:
         args.image, args.model, args.store, tile=args.tile, overlap=args.overlap,
         window=_window_arg(args.window), chunks=args.chunk, batch_size=args.batch_size,
         outputs=args.outputs, dtype=args.dtype, device=args.device,
-        normalization=_normalization(args), scheduler=args.scheduler, workers=args.workers,
+        normalization=_normalization(args), array_name=args.array_name,
+        scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())

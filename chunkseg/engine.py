@@ -262,6 +262,7 @@ def predict(
     device: str = "cpu",
     normalization: Normalization | None = None,
     storage_options: dict | None = None,
+    array_name: str | None = None,
 ) -> xr.Dataset:
     """Segment an image of any size with a tiled model and seamless blending, lazily.
 
@@ -301,6 +302,9 @@ def predict(
         Input normalisation ``(x * scale - mean) / std`` applied to each batch.
     storage_options : dict, optional
         fsspec options for a URL ``image``.
+    array_name : str, optional
+        Array to read inside a Zarr group ``image`` (default: ``image``, the NGFF full
+        resolution, or the only array).
 
     Returns
     -------
@@ -330,7 +334,7 @@ def predict(
     dtype_ = _validate_dtype(dtype)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
-    arr = open_image(image, storage_options=storage_options)
+    arr = open_image(image, storage_options=storage_options, array_name=array_name)
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
     weights = get_window(window, plan.tile, plan.overlap)
     predictor = as_model(model, device=device, normalization=normalization)
@@ -418,7 +422,7 @@ def predict_to_zarr(
         zstd level of every array.
     **kwargs
         ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
-        ``device``, ``normalization``: as :func:`predict`.
+        ``device``, ``normalization``, ``array_name``: as :func:`predict`.
 
     Returns
     -------

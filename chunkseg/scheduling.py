@@ -87,14 +87,14 @@ def compute(*collections: Any, scheduler: Any = None, workers: int | None = None
     """
     with open_client(scheduler, workers) as client:
         if client is None:
-            name = "threads" if scheduler is None else scheduler
             ctx: Any = contextlib.nullcontext()
             if progress:
                 from dask.diagnostics import ProgressBar
 
                 ctx = ProgressBar()
             with ctx:
-                return dask.compute(*collections, scheduler=name)
+                # scheduler=None leaves the choice to dask's config (threads by default)
+                return dask.compute(*collections, scheduler=scheduler)
         futures = client.compute(list(collections))
         if progress:
             from distributed import progress as dist_progress

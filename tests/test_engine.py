@@ -350,3 +350,13 @@ def test_distributed_local_cluster_equals_threads():
     with dask.config.set({"distributed.worker.daemon": False}):
         (got,) = chunkseg.scheduling.compute(local.logits.data, workers=2)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_xarray_to_zarr_of_lazy_dataset(tmp_path):
+    image = _image((130, 110), 1)
+    ds = chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, chunks=48,
+                          outputs="logits,labels")
+    ds.to_zarr(tmp_path / "x.zarr", zarr_format=3, consolidated=False)
+    back = xr.open_zarr(tmp_path / "x.zarr", consolidated=False)
+    np.testing.assert_array_equal(back.logits.values, ds.logits.values)
+    assert back.labels.dims == ("y", "x") and back.attrs["window"] == "gaussian"
