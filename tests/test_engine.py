@@ -54,7 +54,7 @@ def test_equals_reference_for_every_chunking(shape, channels, classes, window):
     for chunks in (stride, 2 * stride, (3 * stride, stride), 7 * stride):
         ds = chunkseg.predict(image, model, tile=tile, overlap=overlap, window=window,
                               chunks=chunks, batch_size=5, outputs="logits")
-        got = ds.logits.compute()
+        got = ds.logits.values
         assert got.shape == (classes,) + shape and got.dtype == np.float32
         assert max_rel_diff(got, expected) < 1e-6
         results.append(got)
@@ -94,7 +94,7 @@ def test_constant_model_gives_constant_output(window):
 
     ds = chunkseg.predict(image, const, tile=32, overlap=8, chunks=48, window=window,
                           outputs=("logits", "probabilities", "labels"))
-    logits = ds.logits.compute()
+    logits = ds.logits.values
     np.testing.assert_allclose(logits[0], -1.5, rtol=1e-6)
     np.testing.assert_allclose(logits[1], 2.25, rtol=1e-6)
     assert (ds.labels.values == 1).all()
@@ -182,7 +182,7 @@ def test_labels_and_probabilities_follow_logits():
     image = _image((120, 100), 3)
     ds = chunkseg.predict(image, _conv(3, 5), tile=32, overlap=8, chunks=48,
                           outputs="logits,probabilities,labels")
-    logits = ds.logits.compute()
+    logits = ds.logits.values
     probs = ds.probabilities.values
     np.testing.assert_allclose(probs.sum(axis=0), 1, rtol=1e-5)
     e = np.exp(logits - logits.max(0))
@@ -249,7 +249,7 @@ def test_every_output_chunk_written_once_whole():
     assert len(chunk_writes) == 3 * plan.n_chunks
     assert set(chunk_writes.values()) == {1}
     expected = chunkseg.predict(image, model, tile=40, overlap=10, chunks=60,
-                                outputs="logits").logits.compute()
+                                outputs="logits").logits.values
     np.testing.assert_array_equal(ds.logits.values, expected)
 
 
@@ -346,7 +346,7 @@ def test_distributed_local_cluster_equals_threads():
     image = _image((150, 140), 1)
     model = _conv(1, 2)
     local = chunkseg.predict(image, model, tile=40, overlap=10, chunks=60, outputs="logits")
-    expected = local.logits.compute()
+    expected = local.logits.values
     with dask.config.set({"distributed.worker.daemon": False}):
         (got,) = chunkseg.scheduling.compute(local.logits.data, workers=2)
     np.testing.assert_array_equal(got, expected)
