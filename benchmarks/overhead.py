@@ -6,7 +6,9 @@ For each model (the shipped U-Net and a cheap 3x3 convolution, both PyTorch on t
 - ``bare``: the model adapter called on exactly the tiles chunkseg runs (same count, same batch
   size), on batches already in memory: the floor any tiled engine has to pay;
 - ``chunkseg``: ``predict_to_zarr`` reading the Zarr store and writing logits (float32) and
-  labels, zstd-compressed.
+  labels, zstd-compressed;
+- ``no-write``: ``predict`` reading the Zarr store, with logits and labels reduced to a sum
+  instead of written: the tiling, blending and scheduling cost without the output I/O.
 
 Each run happens in a fresh subprocess, so its peak RSS (``ru_maxrss``) is its own. Prints a
 table and saves JSON to ``benchmarks/results/overhead.json``.
@@ -76,6 +78,13 @@ def run_one(mode: str, model: str, image: str, tile: int, overlap: int, chunk: i
             predictor(batch[:n])
             done += n
         result["seconds"] = time.perf_counter() - t0
+    elif mode == "no-write":
+        t0 = time.perf_counter()
+        with dask.config.set(num_workers=threads):
+            ds = chunkseg.predict(image, predictor, tile=tile, overlap=overlap, chunks=chunk,
+                                  batch_size=batch_size, outputs="logits,labels")
+            dask.compute(ds.logits.data.sum(), ds.labels.data.sum())
+        result["seconds"] = time.perf_counter() - t0
     else:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -127,11 +136,15 @@ def main(argv=None) -> None:
                   str(args.threads)]
         for model in args.models.split(","):
             bare = _subprocess(["bare", model, image] + common)
+            nowrite = _subprocess(["no-write", model, image] + common)
             engine = _subprocess(["chunkseg", model, image] + common)
             overhead = engine["seconds"] - bare["seconds"]
             rows_rows.append({
                 "model": model, "tiles": engine["tiles"], "chunks": engine["chunks"],
                 "bare_s": round(bare["seconds"], 3), "chunkseg_s": round(engine["seconds"], 3),
+                "no_write_s": round(nowrite["seconds"], 3),
+                "no_write_overhead_ms_per_tile": round(
+                    1000 * (nowrite["seconds"] - bare["seconds"]) / engine["tiles"], 3),
                 "overhead_pct": round(100 * overhead / bare["seconds"], 1),
                 "overhead_ms_per_tile": round(1000 * overhead / engine["tiles"], 3),
                 "bare_peak_rss_mib": round(bare["peak_rss_mib"]),
@@ -142,12 +155,14 @@ def main(argv=None) -> None:
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(),
             "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
-    header = ("| model | tiles | bare model (s) | chunkseg Zarr->Zarr (s) | overhead | "
-              "overhead per tile | peak RSS bare / chunkseg (MiB) |")
-    lines = [header, "|" + "---|" * 7]
+    header = ("| model | tiles | bare model (s) | chunkseg, no write (s) | chunkseg Zarr->Zarr (s) "
+              "| overhead | overhead per tile (no write / Zarr) | peak RSS bare / chunkseg (MiB) |")
+    lines = [header, "|" + "---|" * 8]
     for r in rows_rows:
-        lines.append(f"| {r['model']} | {r['tiles']} | {r['bare_s']:.2f} | {r['chunkseg_s']:.2f} | "
-                     f"{r['overhead_pct']:+.1f}% | {r['overhead_ms_per_tile']:+.2f} ms | "
+        lines.append(f"| {r['model']} | {r['tiles']} | {r['bare_s']:.2f} | {r['no_write_s']:.2f} | "
+                     f"{r['chunkseg_s']:.2f} | {r['overhead_pct']:+.1f}% | "
+                     f"{r['no_write_overhead_ms_per_tile']:+.2f} / "
+                     f"{r['overhead_ms_per_tile']:+.2f} ms | "
                      f"{r['bare_peak_rss_mib']} / {r['chunkseg_peak_rss_mib']} |")
     table = "\n".join(lines)
     print(f"{args.size}x{args.size} uint8, tile {args.tile}, overlap {args.overlap}, chunk "
