@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of logits/probabilities")
     p.add_argument("--device", default="cpu", help="torch/ONNX device (cpu)")
     p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
+    p.add_argument("--mask", default=None,
+                   help="low-resolution foreground mask (.npy, PNG/TIFF or Zarr); tiles that "
+                        "touch no foreground are skipped (NaN logits, label 0 there)")
     p.add_argument("--scale", type=float, default=None, help="input normalisation: x * scale")
     p.add_argument("--mean", type=_floats, default=None, help="... minus mean (per channel)")
     p.add_argument("--std", type=_floats, default=None, help="... divided by std (per channel)")
@@ -105,6 +108,18 @@ def _window_arg(text: str):
 
         return np.load(text)
     return text
+
+
+def _mask_arg(path: str | None):
+    if path is None:
+        return None
+    import numpy as np
+
+    if path.endswith(".npy"):
+        return np.load(path)
+    from .io import open_image
+
+    return open_image(path).data[..., 0].compute()  # a thumbnail: small by definition
 
 
 def _normalization(args):
@@ -156,6 +171,7 @@ def _cmd_predict(args) -> int:
         window=_window_arg(args.window), chunks=args.chunk, batch_size=args.batch_size,
         outputs=args.outputs, dtype=args.dtype, device=args.device,
         normalization=_normalization(args), array_name=args.array_name,
+        mask=_mask_arg(args.mask),
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite,
     )

@@ -31,7 +31,7 @@ from . import blend
 from .errors import ChunkAlignmentError, OutputExistsError
 from .io import open_image, store_has_data
 from .models import Normalization, as_model, describe_model
-from .plan import TilePlan, fold_sources, plan_tiles
+from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
 from .scheduling import compute
 from .windows import get_window, window_name
 
@@ -79,23 +79,44 @@ def pad_image(image: da.Array, plan: TilePlan) -> da.Array:
 
 
 class TileRunner:
-    """The per-block work: model, window and settings, shipped once per worker as one object."""
+    """The per-block work: model, window and settings, shipped once per worker as one object.
+
+    ``run_tiles`` (a boolean grid over all tiles) and ``predicate`` (a function of the block)
+    skip background tiles and chunks; see :func:`predict`'s ``mask``.
+    """
 
     def __init__(self, model, window: np.ndarray, overlap: tuple[int, int], batch_size: int,
-                 classes: int):
+                 classes: int, *, tiles_per_chunk: tuple[int, int] = (1, 1),
+                 run_tiles: np.ndarray | None = None, predicate=None):
         self.model = model
         self.window = window
         self.overlap = overlap
         self.batch_size = batch_size
         self.classes = classes
+        self.tiles_per_chunk = tiles_per_chunk
+        self.run_tiles = run_tiles
+        self.predicate = predicate
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def _run(self, block: np.ndarray, block_id: tuple[int, ...]) -> np.ndarray | None:
+        if self.predicate is not None and not self.predicate(block):
+            return np.zeros((0, 0), dtype=bool)
+        if self.run_tiles is None:
+            return None
+        stride = tuple(t - o for t, o in zip(self.window.shape, self.overlap))
+        m = [(block.shape[1 + a] - self.overlap[a]) // stride[a] for a in range(2)]
+        y0, x0 = (block_id[1 + a] * self.tiles_per_chunk[a] for a in range(2))
+        return self.run_tiles[y0 : y0 + m[0], x0 : x0 + m[1]]
+
+    def __call__(self, block: np.ndarray, block_id: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+        run = self._run(block, block_id)
+        if run is not None and not run.any():  # background: the model never sees it
+            return np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
         return blend.accumulate_block(block, self.model, self.window, self.overlap,
-                                      batch_size=self.batch_size, classes=self.classes)
+                                      batch_size=self.batch_size, classes=self.classes, run=run)
 
 
-def _run_block(block: np.ndarray, runner: TileRunner) -> np.ndarray:
-    return runner(block)
+def _run_block(block: np.ndarray, runner: TileRunner, block_id=None) -> np.ndarray:
+    return runner(block, block_id)
 
 
 def accumulate(padded: da.Array, runner: TileRunner, plan: TilePlan) -> da.Array:
@@ -197,6 +218,7 @@ def blend_logits(
     *,
     batch_size: int = 8,
     classes: int | None = None,
+    mask: Any = None,
 ) -> da.Array:
     """Blended logits of a ``(y, x, c)`` dask image: the whole pipeline, lazily.
 
@@ -210,6 +232,8 @@ def blend_logits(
     batch_size : int, default 8
     classes : int, optional
         ``K``; probed on the first tile when None.
+    mask : array_like or callable, optional
+        Foreground mask (see :func:`predict`). Pixels no tile ran on get NaN logits.
 
     Returns
     -------
@@ -219,10 +243,19 @@ def blend_logits(
     padded = pad_image(image, plan)
     if classes is None:
         classes = _probe_classes(padded, model, plan)
-    runner = TileRunner(model, window, plan.overlap, batch_size, classes)
+    run_tiles = predicate = None
+    if callable(mask):
+        predicate = mask
+    elif mask is not None:
+        run_tiles = tile_mask(plan, mask)
+    runner = TileRunner(model, window, plan.overlap, batch_size, classes,
+                        tiles_per_chunk=plan.tiles_per_chunk, run_tiles=run_tiles,
+                        predicate=predicate)
     folded = fold(accumulate(padded, runner, plan), plan)
-    return folded.map_blocks(blend.normalize_accumulator, chunks=((classes,),) + folded.chunks[1:],
-                             dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    fill = np.nan if mask is not None else 0.0
+    return folded.map_blocks(blend.normalize_accumulator, np.float32, fill,
+                             chunks=((classes,),) + folded.chunks[1:], dtype=np.float32,
+                             meta=np.empty((0, 0, 0), np.float32))
 
 
 def _normalize_outputs(outputs: str | Sequence[str]) -> tuple[str, ...]:
@@ -263,6 +296,7 @@ def predict(
     normalization: Normalization | None = None,
     storage_options: dict | None = None,
     array_name: str | None = None,
+    mask: Any = None,
 ) -> xr.Dataset:
     """Segment an image of any size with a tiled model and seamless blending, lazily.
 
@@ -305,6 +339,13 @@ def predict(
     array_name : str, optional
         Array to read inside a Zarr group ``image`` (default: ``image``, the NGFF full
         resolution, or the only array).
+    mask : (M_y, M_x) array_like or callable, optional
+        Skip background so it never reaches the model. An array is a low-resolution foreground
+        map covering the image (true or > 0 = foreground, read whole on the client): a tile
+        runs only if its extent touches foreground (:func:`chunkseg.plan.tile_mask`). A
+        callable ``mask(block) -> bool`` is asked once per chunk, in the task, with the
+        chunk's padded input block ``(C_in, B_y, B_x)``; False skips all of the chunk's tiles.
+        Fill values where no tile ran: ``logits`` and ``probabilities`` NaN, ``labels`` 0.
 
     Returns
     -------
@@ -338,7 +379,8 @@ def predict(
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
     weights = get_window(window, plan.tile, plan.overlap)
     predictor = as_model(model, device=device, normalization=normalization)
-    logits = blend_logits(arr.data, predictor, plan, weights, batch_size=int(batch_size))
+    logits = blend_logits(arr.data, predictor, plan, weights, batch_size=int(batch_size),
+                          mask=mask)
     classes = logits.shape[0]
     data_vars = {}
     if "logits" in outputs_:
@@ -364,6 +406,7 @@ def predict(
         "classes": int(classes),
         "batch_size": int(batch_size),
         "model": describe_model(predictor),
+        "mask": "none" if mask is None else ("predicate" if callable(mask) else "array"),
         "source": str(arr.attrs.get("source", "array")),
     }
     return xr.Dataset(data_vars, attrs=attrs)
@@ -453,12 +496,14 @@ def predict_to_zarr(
         raise OutputExistsError(
             f"`store` {str(store)!r} is the input image itself; choose another output path."
         )
-    if store_has_data(store, storage_options=storage_options) and not overwrite:
+    if store_has_data(store, storage_options=_so(store, storage_options)) and not overwrite:
         raise OutputExistsError(
             f"`store` {str(store)!r} already holds data. Choose a new path, or pass "
             "overwrite=True (CLI: --overwrite) to replace it."
         )
-    ds = predict(image, model, storage_options=storage_options, **kwargs)
+    # the options are for whichever of `image` and `store` is a URL (open_image and
+    # store_has_data refuse them for an in-memory image or a local path)
+    ds = predict(image, model, storage_options=_so(image, storage_options), **kwargs)
     group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
                             attributes=ds.attrs)
     sources, targets = [], []

@@ -30,7 +30,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["TilePlan", "plan_tiles", "fold_sources", "normalize_pair", "DEFAULT_CHUNK_TARGET"]
+__all__ = [
+    "TilePlan",
+    "plan_tiles",
+    "fold_sources",
+    "tile_mask",
+    "normalize_pair",
+    "DEFAULT_CHUNK_TARGET",
+]
 
 #: Default computation chunk side (pixels) that ``plan_tiles`` rounds to a multiple of the stride.
 DEFAULT_CHUNK_TARGET = 2048
@@ -391,3 +398,47 @@ def fold_sources(plan: TilePlan) -> tuple[list[list[tuple[int, slice, slice]]], 
             per_chunk.append(sources)
         out.append(per_chunk)
     return tuple(out)
+
+
+def tile_mask(plan: TilePlan, mask) -> np.ndarray:
+    """Which tiles of the grid touch the foreground of a low-resolution mask.
+
+    Parameters
+    ----------
+    plan : TilePlan
+    mask : (M_y, M_x) array_like
+        Foreground where true (or > 0), at any resolution up to the image's, covering the whole
+        image: mask pixel ``(i, j)`` covers image pixels ``[i * H / M_y, (i + 1) * H / M_y)`` by
+        ``[j * W / M_x, (j + 1) * W / M_x)``. It is read whole, so keep it small (a thumbnail).
+
+    Returns
+    -------
+    (n_y, n_x) ndarray of bool
+        True for a tile whose extent (clipped to the image) overlaps a foreground mask pixel.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is not 2-D or is larger than the image along an axis.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"`mask` must be a non-empty 2-D array (y, x). Got shape {m.shape}.")
+    if m.shape[0] > plan.image_shape[0] or m.shape[1] > plan.image_shape[1]:
+        raise ValueError(
+            f"`mask` must be at most the image's size {plan.image_shape}; it is a low-resolution "
+            f"foreground map. Got shape {m.shape}."
+        )
+    fg = (m > 0).astype(np.int64)
+    integral = np.zeros((fg.shape[0] + 1, fg.shape[1] + 1), np.int64)
+    integral[1:, 1:] = fg.cumsum(0).cumsum(1)
+    ranges = []
+    for axis in range(2):
+        size, msize, t = plan.image_shape[axis], m.shape[axis], plan.tile[axis]
+        lo = np.clip(plan.tile_origins()[axis], 0, size)
+        hi = np.clip(plan.tile_origins()[axis] + t, 0, size)
+        ranges.append(((lo * msize) // size, -((-hi * msize) // size)))  # floor, ceil
+    (y0, y1), (x0, x1) = ranges
+    total = (integral[y1[:, None], x1[None, :]] - integral[y0[:, None], x1[None, :]]
+             - integral[y1[:, None], x0[None, :]] + integral[y0[:, None], x0[None, :]])
+    return total > 0

@@ -97,3 +97,18 @@ def test_predict_bad_arguments_exit_2(tmp_path, png, capsys, argv, message):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "ingest" in capsys.readouterr().out
+
+
+def test_predict_with_mask(tmp_path, png):
+    path, img = png
+    mask = np.zeros((15, 17), bool)
+    mask[:5, :5] = True
+    np.save(tmp_path / "mask.npy", mask)
+    out = tmp_path / "seg.zarr"
+    assert main(["predict", str(path), str(out), "--model", "model_factories:numpy_two_class",
+                 "--tile", "48", "--overlap", "16", "--chunk", "64", "--no-progress",
+                 "--mask", str(tmp_path / "mask.npy")]) == 0
+    ds = xr.open_zarr(out)
+    logits = ds.logits.values
+    assert np.isnan(logits[:, 120:, 120:]).all() and np.isfinite(logits[:, :20, :20]).all()
+    assert ds.attrs["mask"] == "array"
