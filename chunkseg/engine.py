@@ -29,7 +29,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
 from .errors import ChunkAlignmentError, OutputExistsError
-from .io import open_image, store_has_data
+from .io import _redact, open_image, store_has_data
 from .models import Normalization, as_model, describe_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
 from .scheduling import compute
@@ -494,11 +494,11 @@ def predict_to_zarr(
 
     if _same_local_store(image, store):
         raise OutputExistsError(
-            f"`store` {str(store)!r} is the input image itself; choose another output path."
+            f"`store` {_redact(str(store))!r} is the input image itself; choose another output path."
         )
     if store_has_data(store, storage_options=_so(store, storage_options)) and not overwrite:
         raise OutputExistsError(
-            f"`store` {str(store)!r} already holds data. Choose a new path, or pass "
+            f"`store` {_redact(str(store))!r} already holds data. Choose a new path, or pass "
             "overwrite=True (CLI: --overwrite) to replace it."
         )
     # the options are for whichever of `image` and `store` is a URL (open_image and
