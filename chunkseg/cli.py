@@ -37,7 +37,7 @@ def _add_grid_args(p: argparse.ArgumentParser, chunk_default=None) -> None:
     p.add_argument("--tile", type=_pair, default=256, help="tile size, px: N or Y,X (256)")
     p.add_argument("--overlap", type=_pair, default=64, help="tile overlap, px (64)")
     p.add_argument("--chunk", type=_pair, default=chunk_default,
-                   help="computation/output chunk, a multiple of the stride (default ~2048)")
+                   help="computation/output chunk, a multiple of the stride (default ~1536)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (8)")
 
 

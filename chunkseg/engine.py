@@ -40,6 +40,7 @@ __all__ = [
     "pad_image",
     "accumulate",
     "fold",
+    "accumulate_fold",
     "blend_logits",
     "predict",
     "predict_to_zarr",
@@ -156,6 +157,39 @@ def _fold_task(shape, dsts, srcs, arrays):
                                      zip(dsts, srcs, arrays)])
 
 
+def _fold_tasks(acc_name: str, k1: int, plan: TilePlan, token: str) -> tuple[dict, dict, str]:
+    """Strip and fold tasks of the overlap-add; also the strip keys cut from each block."""
+    src_y, src_x = fold_sources(plan)
+    strip_name, fold_name = f"chunkseg-strip-{token}", f"chunkseg-fold-{token}"
+    out_chunks = plan.output_chunks()
+    dsk: dict = {}
+    strips_of: dict = {}
+    for jy, sources_y in enumerate(src_y):
+        for jx, sources_x in enumerate(src_x):
+            dsts, srcs, arrays = [], [], []
+            for iy, sy, dy in sources_y:
+                for ix, sx, dx in sources_x:
+                    dsts.append((dy, dx))
+                    if (iy, ix) == (jy, jx):
+                        srcs.append((sy, sx))
+                        arrays.append((acc_name, 0, iy, ix))
+                    else:
+                        key = (strip_name, iy, ix, jy, jx)
+                        dsk[key] = (operator.getitem, (acc_name, 0, iy, ix),
+                                    (slice(None), sy, sx))
+                        strips_of.setdefault((iy, ix), []).append(key)
+                        srcs.append((slice(None), slice(None)))
+                        arrays.append(key)
+            shape = (k1, out_chunks[0][jy], out_chunks[1][jx])
+            dsk[(fold_name, 0, jy, jx)] = (_fold_task, shape, dsts, srcs, arrays)
+    return dsk, strips_of, fold_name
+
+
+def _folded_array(graph: HighLevelGraph, fold_name: str, k1: int, plan: TilePlan) -> da.Array:
+    return da.Array(graph, fold_name, chunks=((k1,),) + plan.output_chunks(), dtype=np.float32,
+                    meta=np.empty((0, 0, 0), dtype=np.float32))
+
+
 def fold(acc: da.Array, plan: TilePlan) -> da.Array:
     """Overlap-add the accumulator blocks into the output chunks.
 
@@ -174,32 +208,71 @@ def fold(acc: da.Array, plan: TilePlan) -> da.Array:
     (K + 1, H, W) dask array of float32
         Chunks ``((K + 1,), *plan.output_chunks())``.
     """
-    src_y, src_x = fold_sources(plan)
-    token = tokenize(acc.name, plan)
-    strip_name, fold_name = f"chunkseg-strip-{token}", f"chunkseg-fold-{token}"
-    k1 = acc.shape[0]
-    out_chunks = plan.output_chunks()
-    dsk: dict = {}
-    for jy, sources_y in enumerate(src_y):
-        for jx, sources_x in enumerate(src_x):
-            dsts, srcs, arrays = [], [], []
-            for iy, sy, dy in sources_y:
-                for ix, sx, dx in sources_x:
-                    dsts.append((dy, dx))
-                    if (iy, ix) == (jy, jx):
-                        srcs.append((sy, sx))
-                        arrays.append((acc.name, 0, iy, ix))
-                    else:
-                        key = (strip_name, iy, ix, jy, jx)
-                        dsk[key] = (operator.getitem, (acc.name, 0, iy, ix),
-                                    (slice(None), sy, sx))
-                        srcs.append((slice(None), slice(None)))
-                        arrays.append(key)
-            shape = (k1, out_chunks[0][jy], out_chunks[1][jx])
-            dsk[(fold_name, 0, jy, jx)] = (_fold_task, shape, dsts, srcs, arrays)
+    dsk, _, fold_name = _fold_tasks(acc.name, acc.shape[0], plan, tokenize(acc.name, plan))
     graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[acc])
-    return da.Array(graph, fold_name, chunks=((k1,),) + out_chunks, dtype=np.float32,
-                    meta=np.empty((0, 0, 0), dtype=np.float32))
+    return _folded_array(graph, fold_name, acc.shape[0], plan)
+
+
+def _gate_token(*_: Any) -> None:
+    return None
+
+
+def _run_block_gated(block: np.ndarray, runner: TileRunner, block_id, *gate) -> np.ndarray:
+    return runner(block, block_id)
+
+
+def accumulate_fold(padded: da.Array, runner: TileRunner, plan: TilePlan, *,
+                    lag: int | None = None) -> da.Array:
+    """:func:`accumulate` then :func:`fold`, with memory bounded by a rolling window of chunks.
+
+    Chunks are accumulated in row-major order, and chunk ``p`` may start only once chunk
+    ``p - lag`` has been folded and all its halo strips cut (a tiny token task carries that
+    dependency, so no data moves for it). At most about ``lag`` accumulator blocks are then
+    alive at once. Without the gate, dask's ordering of this 2-D stencil graph keeps about half
+    of all blocks in memory, which grows with the image's area.
+
+    Parameters
+    ----------
+    padded : (C_in, P_y, P_x) dask array
+        From :func:`pad_image`.
+    runner : TileRunner
+    plan : TilePlan
+    lag : int, optional
+        Window of chunks, at least ``chunks per row + 2`` (the smallest that cannot deadlock:
+        a fold needs the next row's blocks); default that minimum.
+
+    Returns
+    -------
+    (K + 1, H, W) dask array of float32
+        As :func:`fold`.
+
+    Notes
+    -----
+    Peak memory is about ``lag`` accumulators of ``4 (K + 1) (C + O)^2`` bytes: it grows with
+    the image's width (one row of chunks), not its area. Some row of chunks must wait for the
+    next one in any order of a 2-D overlap-add, so a smaller chunk is the way to less memory.
+    """
+    oy, ox = plan.overlap
+    blocks = da.overlap.overlap(padded, depth={0: 0, 1: (0, oy), 2: (0, ox)}, boundary="none",
+                                allow_rechunk=False)
+    nr, nc = plan.chunk_grid
+    lag = max(nc + 2, lag or 0)
+    runner_key = dask.delayed(runner, name=f"chunkseg-runner-{uuid.uuid4().hex}")
+    token = tokenize(blocks.name, runner_key.key, lag)
+    acc_name, gate_name = f"chunkseg-accumulate-{token}", f"chunkseg-gate-{token}"
+    k1 = runner.classes + 1
+    dsk, strips_of, fold_name = _fold_tasks(acc_name, k1, plan, token)
+    for i in range(nr):
+        for j in range(nc):
+            task = (_run_block_gated, (blocks.name, 0, i, j), runner_key.key, (0, i, j))
+            p = i * nc + j - lag
+            if p >= 0:
+                task += ((gate_name, *divmod(p, nc)),)
+            dsk[(acc_name, 0, i, j)] = task
+            dsk[(gate_name, i, j)] = (_gate_token, (fold_name, 0, i, j),
+                                      list(strips_of.get((i, j), [])))
+    graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[blocks, runner_key])
+    return _folded_array(graph, fold_name, k1, plan)
 
 
 def _probe_classes(padded: da.Array, model, plan: TilePlan) -> int:
@@ -219,6 +292,7 @@ def blend_logits(
     batch_size: int = 8,
     classes: int | None = None,
     mask: Any = None,
+    rolling: bool = False,
 ) -> da.Array:
     """Blended logits of a ``(y, x, c)`` dask image: the whole pipeline, lazily.
 
@@ -234,6 +308,9 @@ def blend_logits(
         ``K``; probed on the first tile when None.
     mask : array_like or callable, optional
         Foreground mask (see :func:`predict`). Pixels no tile ran on get NaN logits.
+    rolling : bool, default False
+        Use :func:`accumulate_fold`'s rolling window (bounded memory for a full computation)
+        instead of :func:`accumulate` and :func:`fold`.
 
     Returns
     -------
@@ -251,7 +328,10 @@ def blend_logits(
     runner = TileRunner(model, window, plan.overlap, batch_size, classes,
                         tiles_per_chunk=plan.tiles_per_chunk, run_tiles=run_tiles,
                         predicate=predicate)
-    folded = fold(accumulate(padded, runner, plan), plan)
+    if rolling:
+        folded = accumulate_fold(padded, runner, plan)
+    else:
+        folded = fold(accumulate(padded, runner, plan), plan)
     fill = np.nan if mask is not None else 0.0
     return folded.map_blocks(blend.normalize_accumulator, np.float32, fill,
                              chunks=((classes,),) + folded.chunks[1:], dtype=np.float32,
@@ -297,6 +377,7 @@ def predict(
     storage_options: dict | None = None,
     array_name: str | None = None,
     mask: Any = None,
+    rolling: bool = False,
 ) -> xr.Dataset:
     """Segment an image of any size with a tiled model and seamless blending, lazily.
 
@@ -322,7 +403,7 @@ def predict(
     window : str or (T_y, T_x) array, default "gaussian"
         Blending window: ``"uniform"``, ``"linear"``, ``"gaussian"``, ``"cosine"`` or weights.
     chunks : int or (int, int), optional
-        Computation and output chunk, a multiple of the stride; default ~2048 px
+        Computation and output chunk, a multiple of the stride; default ~1536 px
         (see :func:`chunkseg.plan.plan_tiles`).
     batch_size : int, default 8
         Tiles per model call.
@@ -346,6 +427,11 @@ def predict(
         callable ``mask(block) -> bool`` is asked once per chunk, in the task, with the
         chunk's padded input block ``(C_in, B_y, B_x)``; False skips all of the chunk's tiles.
         Fill values where no tile ran: ``logits`` and ``probabilities`` NaN, ``labels`` 0.
+    rolling : bool, default False
+        Bound memory when the whole image is computed: chunks are accumulated in row-major
+        order through a rolling window of about one row of chunks
+        (:func:`accumulate_fold`). :func:`predict_to_zarr` uses it. Leave it off to compute
+        sub-regions lazily: with it, any chunk depends on every chunk before it.
 
     Returns
     -------
@@ -380,7 +466,7 @@ def predict(
     weights = get_window(window, plan.tile, plan.overlap)
     predictor = as_model(model, device=device, normalization=normalization)
     logits = blend_logits(arr.data, predictor, plan, weights, batch_size=int(batch_size),
-                          mask=mask)
+                          mask=mask, rolling=rolling)
     classes = logits.shape[0]
     data_vars = {}
     if "logits" in outputs_:
@@ -465,7 +551,8 @@ def predict_to_zarr(
         zstd level of every array.
     **kwargs
         ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
-        ``device``, ``normalization``, ``array_name``: as :func:`predict`.
+        ``device``, ``normalization``, ``array_name``, ``mask``: as :func:`predict`;
+        ``rolling`` defaults to True here (bounded memory).
 
     Returns
     -------
@@ -503,6 +590,7 @@ def predict_to_zarr(
         )
     # the options are for whichever of `image` and `store` is a URL (open_image and
     # store_has_data refuse them for an in-memory image or a local path)
+    kwargs.setdefault("rolling", True)
     ds = predict(image, model, storage_options=_so(image, storage_options), **kwargs)
     group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
                             attributes=ds.attrs)

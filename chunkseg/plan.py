@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Default computation chunk side (pixels) that ``plan_tiles`` rounds to a multiple of the stride.
-DEFAULT_CHUNK_TARGET = 2048
+DEFAULT_CHUNK_TARGET = 1536
 
 
 def normalize_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
@@ -286,7 +286,7 @@ def plan_tiles(
         ``tile - overlap``.
     chunks : int or (int, int), optional
         Computation chunk (also the output Zarr chunk), a multiple of the stride and at least
-        the overlap. Default: the multiple of the stride nearest to 2048 px
+        the overlap. Default: the multiple of the stride nearest to 1536 px
         (:data:`DEFAULT_CHUNK_TARGET`), at least one stride and at least the overlap, and
         never more than the image needs.
     channels : int, default 1

@@ -35,3 +35,45 @@ def numpy_two_class():
         return np.concatenate([z, -z], axis=1)
 
     return model
+
+
+CONV3X3 = np.array(
+    [[[0.05, -0.10, 0.20], [0.30, 1.00, -0.40], [0.15, -0.25, 0.10]],
+     [[-0.20, 0.10, 0.05], [0.00, -1.00, 0.35], [0.25, 0.10, -0.30]]],
+    np.float32,
+)  # (K=2, 3, 3), one input channel
+CONV3X3_BIAS = np.array([0.05, -0.05], np.float32)
+LOAD_LOG_ENV = "CHUNKSEG_TEST_LOAD_LOG"
+"""Environment variable naming the file :func:`logged_conv3x3` appends its loads to."""
+
+
+def _conv3x3(batch):
+    """1 channel -> 2 classes: a zero-padded 3x3 convolution of ``x / 255``, elementwise
+    (no reductions whose order could depend on the batch size or the number of threads)."""
+    x = np.pad(batch[:, 0] / np.float32(255), ((0, 0), (1, 1), (1, 1)))
+    h, w = batch.shape[2:]
+    out = np.empty((batch.shape[0], 2, h, w), np.float32)
+    for k in range(2):
+        acc = np.full((batch.shape[0], h, w), CONV3X3_BIAS[k], np.float32)
+        for dy in range(3):
+            for dx in range(3):
+                acc += CONV3X3[k, dy, dx] * x[:, dy : dy + h, dx : dx + w]
+        out[:, k] = acc
+    return out
+
+
+def numpy_conv3x3():
+    """A non-pointwise model: a 3x3 convolution, 1 channel -> 2 classes."""
+    return _conv3x3
+
+
+def logged_conv3x3():
+    """:func:`numpy_conv3x3`, appending this process's pid to the file named by the
+    ``CHUNKSEG_TEST_LOAD_LOG`` environment variable each time it is built (when it is set)."""
+    import os
+
+    path = os.environ.get(LOAD_LOG_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+    return _conv3x3

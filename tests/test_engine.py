@@ -360,3 +360,35 @@ def test_xarray_to_zarr_of_lazy_dataset(tmp_path):
     back = xr.open_zarr(tmp_path / "x.zarr", consolidated=False)
     np.testing.assert_array_equal(back.logits.values, ds.logits.values)
     assert back.labels.dims == ("y", "x") and back.attrs["window"] == "gaussian"
+
+
+def test_rolling_window_equals_plain_graph_and_bounds_alive_blocks():
+    from dask.core import get_deps
+    from dask.order import order
+
+    image = _image((420, 400), 1)
+    model = _conv(1, 2)
+    kwargs = dict(tile=40, overlap=10, chunks=60, outputs="logits")
+    plain = chunkseg.predict(image, model, **kwargs).logits
+    rolled = chunkseg.predict(image, model, rolling=True, **kwargs).logits
+    np.testing.assert_array_equal(rolled.values, plain.values)
+    plan = plan_tiles(image.shape, 40, 10, 60)
+
+    def peak_alive_blocks(arr):
+        dsk = dict(arr.data.__dask_graph__())
+        prio = order(dsk)
+        deps, dependents = get_deps(dsk)
+        left = {k: len(v) for k, v in dependents.items()}
+        alive, peak = set(), 0
+        for k in sorted(dsk, key=prio.get):
+            alive.add(k)
+            for d in deps[k]:
+                left[d] -= 1
+                if left[d] == 0:
+                    alive.discard(d)
+            peak = max(peak, sum(str(a[0]).startswith("chunkseg-accumulate") for a in alive
+                                 if isinstance(a, tuple)))
+        return peak
+
+    assert peak_alive_blocks(rolled) <= plan.chunk_grid[1] + 3
+    assert peak_alive_blocks(rolled) < peak_alive_blocks(plain)
