@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "demo": _cmd_demo}[args.command]
     try:
         return handler(args)
-    except (ChunksegError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ChunksegError, ValueError, TypeError, OSError, ImportError) as e:
         print(f"chunkseg {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -32,7 +32,7 @@ from .errors import ChunkAlignmentError, OutputExistsError
 from .io import _redact, open_image, store_has_data
 from .models import Normalization, as_model, describe_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
-from .scheduling import compute
+from .scheduling import compute, open_client
 from .windows import get_window, window_name
 
 __all__ = [
@@ -227,9 +227,11 @@ def accumulate_fold(padded: da.Array, runner: TileRunner, plan: TilePlan, *,
 
     Chunks are accumulated in row-major order, and chunk ``p`` may start only once chunk
     ``p - lag`` has been folded and all its halo strips cut (a tiny token task carries that
-    dependency, so no data moves for it). At most about ``lag`` accumulator blocks are then
-    alive at once. Without the gate, dask's ordering of this 2-D stencil graph keeps about half
-    of all blocks in memory, which grows with the image's area.
+    dependency, so no data moves for it). The same gate holds back the input tasks (reads,
+    padding, rechunking, halos) that chunk ``p`` is the first to need, so the scheduler does
+    not read ahead either. At most about ``lag`` blocks are then alive at once. Without the
+    gate, dask's ordering of this 2-D stencil graph keeps about half of all blocks in memory,
+    which grows with the image's area.
 
     Parameters
     ----------
@@ -271,8 +273,36 @@ def accumulate_fold(padded: da.Array, runner: TileRunner, plan: TilePlan, *,
             dsk[(acc_name, 0, i, j)] = task
             dsk[(gate_name, i, j)] = (_gate_token, (fold_name, 0, i, j),
                                       list(strips_of.get((i, j), [])))
-    graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[blocks, runner_key])
+    dsk.update(_gate_inputs(blocks, plan, lag, gate_name))
+    graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[runner_key])
     return _folded_array(graph, fold_name, k1, plan)
+
+
+def _first(value: Any, *_: Any) -> Any:
+    return value
+
+
+def _gate_inputs(blocks: da.Array, plan: TilePlan, lag: int, gate_name: str) -> dict:
+    """The input graph of ``blocks``, each task held back by the gate of the first chunk
+    (row-major) that needs it, ``lag`` chunks earlier."""
+    from dask._task_spec import Task, TaskRef, convert_legacy_graph
+
+    graph = convert_legacy_graph(dict(blocks.__dask_graph__()))
+    nr, nc = plan.chunk_grid
+    claimed: dict = {}
+    for p in range(nr * nc):
+        stack = [(blocks.name, 0, *divmod(p, nc))]
+        while stack:
+            key = stack.pop()
+            if key in claimed or key not in graph:
+                continue
+            claimed[key] = p
+            stack.extend(graph[key].dependencies)
+    for key, p in claimed.items():
+        if p >= lag:
+            gate = TaskRef((gate_name, *divmod(p - lag, nc)))
+            graph[key] = Task(key, _first, graph[key], gate)
+    return graph
 
 
 def _probe_classes(padded: da.Array, model, plan: TilePlan) -> int:
@@ -592,23 +622,25 @@ def predict_to_zarr(
     # store_has_data refuse them for an in-memory image or a local path)
     kwargs.setdefault("rolling", True)
     ds = predict(image, model, storage_options=_so(image, storage_options), **kwargs)
-    group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
-                            attributes=ds.attrs)
-    sources, targets = [], []
-    for name, var in ds.data_vars.items():
-        data = var.data
-        zchunks = tuple(c[0] for c in data.chunks)
-        _check_aligned(name, data.chunks, zchunks)
-        target = group.create_array(
-            name, shape=data.shape, chunks=zchunks, dtype=data.dtype,
-            compressors=ZstdCodec(level=compression_level), fill_value=0,
-            dimension_names=var.dims, attributes=_var_attrs(name, ds),
-            config={"write_empty_chunks": True},
-        )
-        sources.append(data)
-        targets.append(target)
-    stored = da.store(sources, targets, lock=False, compute=False)
-    compute(stored, scheduler=scheduler, workers=workers, progress=progress)
+    # connect to the cluster before anything is written: a wrong address leaves no output
+    with open_client(scheduler, workers) as client:
+        group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
+                                attributes=ds.attrs)
+        sources, targets = [], []
+        for name, var in ds.data_vars.items():
+            data = var.data
+            zchunks = tuple(c[0] for c in data.chunks)
+            _check_aligned(name, data.chunks, zchunks)
+            target = group.create_array(
+                name, shape=data.shape, chunks=zchunks, dtype=data.dtype,
+                compressors=ZstdCodec(level=compression_level), fill_value=0,
+                dimension_names=var.dims, attributes=_var_attrs(name, ds),
+                config={"write_empty_chunks": True},
+            )
+            sources.append(data)
+            targets.append(target)
+        stored = da.store(sources, targets, lock=False, compute=False)
+        compute(stored, scheduler=scheduler if client is None else client, progress=progress)
     with warnings.catch_warnings():
         # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
         # and xarray warns without it; silence zarr's notice about that.

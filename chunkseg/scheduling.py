@@ -47,7 +47,7 @@ def open_client(scheduler: Any = None, workers: int | None = None) -> Iterator[A
         from distributed import Client, LocalCluster
 
         with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             yield client
         return
     if scheduler is None or (isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS):
