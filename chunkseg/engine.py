@@ -484,9 +484,10 @@ def predict(
     Notes
     -----
     Memory per task is about ``plan.memory_per_task()`` plus the model's activations; nothing
-    image-sized is ever held. The blending (sum of windowed logits over the sum of windows)
-    matches MONAI's ``sliding_window_inference`` with ``padding_mode="reflect"``; the tiles
-    differ in placement (a global grid here).
+    image-sized is ever held. The blending (sum of windowed logits over the sum of windows) is
+    that of MONAI's ``sliding_window_inference``; MONAI differs in tile placement (its tiles
+    start at 0, and it pads only images smaller than a tile) and clamps its gaussian weights
+    below at 1e-3 (see ``benchmarks/vs_monai.py``).
     """
     outputs_ = _normalize_outputs(outputs)
     dtype_ = _validate_dtype(dtype)

@@ -307,8 +307,8 @@ def plan_tiles(
     Notes
     -----
     See the module docstring for the geometry. The layout follows the "global grid, each tile
-    owned by one chunk" scheme; the blending matches MONAI's ``sliding_window_inference``
-    (weighted sum of windowed tile outputs divided by the summed windows).
+    owned by one chunk" scheme; the blending is the weighted sum of windowed tile outputs divided
+    by the summed windows, as in MONAI's ``sliding_window_inference``.
     """
     if len(image_shape) not in (2, 3):
         raise ValueError(

@@ -65,7 +65,8 @@ def window_1d(name: str, size: int, overlap: int = 0) -> np.ndarray:
         ``uniform``: all ones (plain averaging). ``linear``: a tent over the whole tile, value
         ``1 / size`` at the outermost pixel centres (as seamless_seg's linear trust). ``gaussian``:
         ``exp(-d^2 / (2 sigma^2))`` with ``sigma = 0.125 * size`` about the tile centre (MONAI's
-        ``BlendMode.GAUSSIAN``, ``sigma_scale=0.125``). ``cosine``: a raised-cosine ramp
+        ``BlendMode.GAUSSIAN``, ``sigma_scale=0.125``, but not clamped below at 1e-3 as MONAI
+        does: that clamp hands the tile edges a large share of the blend between tile centres). ``cosine``: a raised-cosine ramp
         ``sin^2(pi/2 * (i + 0.5) / overlap)`` over the first and last ``overlap`` pixels
         (at most half the tile), 1 between; the ramps of two neighbours sum to 1 exactly.
     size : int
