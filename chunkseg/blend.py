@@ -15,6 +15,7 @@ import numpy as np
 from .errors import ModelOutputError
 
 __all__ = [
+    "mapped_zeros",
     "tile_starts",
     "iter_batches",
     "check_model_output",
@@ -27,6 +28,35 @@ __all__ = [
 ]
 
 Model = Callable[[np.ndarray], np.ndarray]
+
+_MAPPED_MIN_BYTES = 1 << 20
+
+
+def mapped_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """Zeros in an anonymous memory mapping of their own (for buffers of 1 MiB or more).
+
+    glibc serves buffers under its dynamic mmap threshold (up to 32 MiB) from per-thread heaps,
+    which fragment when such buffers come and go by the thousand: the process's RSS then grows
+    with the number of chunks processed. A mapping of its own is returned to the system as soon
+    as the array is freed. Used for the accumulators and the folded and normalised chunks;
+    smaller buffers come from ``numpy.zeros``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    dtype : dtype, default float32
+
+    Returns
+    -------
+    ndarray of ``dtype``, zero-filled, writeable
+    """
+    import mmap
+
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes < _MAPPED_MIN_BYTES:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> np.ndarray:
@@ -176,14 +206,14 @@ def accumulate_block(
     ty, tx = window.shape
     acc: np.ndarray | None = None
     if classes is not None:
-        acc = np.zeros((classes + 1,) + block.shape[1:], dtype=np.float32)
+        acc = mapped_zeros((classes + 1,) + block.shape[1:], np.float32)
     for positions in iter_batches(block.shape[1:], (ty, tx), overlap, batch_size, run):
         batch = np.stack([block[:, y : y + ty, x : x + tx] for y, x in positions])
         batch = batch.astype(np.float32, copy=False)
         logits = check_model_output(model(batch), batch.shape, classes)
         if acc is None:
             classes = logits.shape[1]
-            acc = np.zeros((classes + 1,) + block.shape[1:], dtype=np.float32)
+            acc = mapped_zeros((classes + 1,) + block.shape[1:], np.float32)
         for (y, x), tile_logits in zip(positions, logits):
             acc[:-1, y : y + ty, x : x + tx] += tile_logits * window
             acc[-1, y : y + ty, x : x + tx] += window
@@ -210,11 +240,11 @@ def fold_pieces(
     (K + 1, H_c, W_c) ndarray of float32
     """
     full = [i for i, (_, p) in enumerate(pieces) if p.shape == tuple(shape)]
+    out = mapped_zeros(tuple(shape), np.float32)
     if full:
-        out = np.array(pieces[full[0]][1], dtype=np.float32, copy=True)
+        out[...] = pieces[full[0]][1]
         rest = [p for i, p in enumerate(pieces) if i != full[0]]
     else:
-        out = np.zeros(shape, dtype=np.float32)
         rest = list(pieces)
     for (dy, dx), piece in rest:
         out[:, dy, dx] += piece
@@ -238,7 +268,9 @@ def normalize_accumulator(acc: np.ndarray, dtype: np.dtype | str = np.float32,
     (K, y, x) ndarray of ``dtype``
     """
     weights = acc[-1:]
-    out = np.full(acc[:-1].shape, fill_value, dtype=np.float32)
+    out = mapped_zeros(acc[:-1].shape, np.float32)
+    if fill_value != 0:
+        out[...] = fill_value
     np.divide(acc[:-1], weights, out=out, where=weights > 0)
     return out.astype(dtype, copy=False)
 

@@ -32,7 +32,7 @@ from .errors import ChunkAlignmentError, OutputExistsError
 from .io import _redact, open_image, store_has_data
 from .models import Normalization, as_model, describe_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
-from .scheduling import compute, limit_heap_fragmentation, open_client
+from .scheduling import compute, open_client
 from .windows import get_window, window_name
 
 __all__ = [
@@ -109,7 +109,6 @@ class TileRunner:
         return self.run_tiles[y0 : y0 + m[0], x0 : x0 + m[1]]
 
     def __call__(self, block: np.ndarray, block_id: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
-        limit_heap_fragmentation()  # once per process, in whichever process runs the task
         run = self._run(block, block_id)
         if run is not None and not run.any():  # background: the model never sees it
             return np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
@@ -626,7 +625,6 @@ def predict_to_zarr(
     # store_has_data refuse them for an in-memory image or a local path)
     kwargs.setdefault("rolling", True)
     ds = predict(image, model, storage_options=_so(image, storage_options), **kwargs)
-    limit_heap_fragmentation()
     # connect to the cluster before anything is written: a wrong address leaves no output
     with open_client(scheduler, workers) as client:
         group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),

@@ -9,7 +9,7 @@ from typing import Any
 
 import dask
 
-__all__ = ["compute", "open_client", "limit_heap_fragmentation", "LOCAL_SCHEDULERS"]
+__all__ = ["compute", "open_client", "LOCAL_SCHEDULERS"]
 
 #: Scheduler names handled by dask's single-machine schedulers.
 LOCAL_SCHEDULERS = ("threads", "threading", "processes", "multiprocessing", "synchronous",
@@ -102,47 +102,3 @@ def compute(*collections: Any, scheduler: Any = None, workers: int | None = None
             dist_progress(futures)
         return tuple(client.gather(futures))
 
-
-_HEAP_LIMITED = False
-
-
-def limit_heap_fragmentation(mmap_threshold: int = 4 * 2**20) -> bool:
-    """Make glibc return freed large buffers to the system at once (Linux only).
-
-    glibc raises its mmap threshold dynamically after large frees (up to 32 MiB), after which
-    the multi-MiB numpy buffers of the blend kernels are carved from per-thread heaps that
-    fragment: the process's RSS then grows with the number of chunks processed, not with what
-    is alive. Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``, the same as the
-    environment variable ``MALLOC_MMAP_THRESHOLD_``) keeps every buffer above it in its own
-    mapping. Measured on the 20000^2 input of ``benchmarks/scale.py`` (3x3 conv,
-    ``predict_to_zarr``, one process): ``ru_maxrss`` 2155 MiB without, 1438 MiB with a 4 MiB
-    threshold set through ``MALLOC_MMAP_THRESHOLD_``, for the same ~1 GB of task results alive.
-
-    Called once per process by chunkseg's tasks and by :func:`chunkseg.predict_to_zarr`.
-
-    Parameters
-    ----------
-    mmap_threshold : int, default 4 MiB
-        Bytes above which glibc allocates with mmap.
-
-    Returns
-    -------
-    bool
-        True if the setting was applied (glibc found), False otherwise.
-    """
-    global _HEAP_LIMITED
-    if _HEAP_LIMITED:
-        return True
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_mmap_threshold = -3
-        _HEAP_LIMITED = bool(libc.mallopt(m_mmap_threshold, int(mmap_threshold)))
-    except (OSError, AttributeError):
-        return False
-    return _HEAP_LIMITED

@@ -83,3 +83,12 @@ def test_check_model_output(out, classes, match):
 def test_check_model_output_returns_float32():
     got = blend.check_model_output(np.ones((2, 3, 8, 8), np.float64), (2, 1, 8, 8))
     assert got.dtype == np.float32
+
+
+def test_mapped_zeros():
+    small = blend.mapped_zeros((3, 4), np.float32)
+    assert small.dtype == np.float32 and (small == 0).all()
+    big = blend.mapped_zeros((3, 300, 400), np.float32)
+    assert big.shape == (3, 300, 400) and big.dtype == np.float32 and (big == 0).all()
+    big[1, 2, 3] = 5  # writeable
+    assert big.sum() == 5

@@ -393,13 +393,3 @@ def test_rolling_window_equals_plain_graph_and_bounds_alive_blocks():
     assert peak_alive_blocks(rolled) <= plan.chunk_grid[1] + 3
     assert peak_alive_blocks(rolled) < peak_alive_blocks(plain)
 
-
-def test_limit_heap_fragmentation_is_idempotent():
-    import sys
-
-    from chunkseg.scheduling import limit_heap_fragmentation
-
-    first = limit_heap_fragmentation()
-    assert limit_heap_fragmentation() == first
-    if sys.platform.startswith("linux"):
-        assert first is True
