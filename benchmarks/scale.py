@@ -67,15 +67,8 @@ def write_texture(store: str, size: int, chunk: int = 1024) -> None:
             arr[y0:y1, x0:x1, 0] = block
 
 
-def conv3x3(device: str = "cpu"):
-    """The cheap model: one 3x3 convolution, 1 channel -> 2 classes, fixed weights."""
-    import torch
-
-    torch.manual_seed(0)
-    return torch.nn.Conv2d(1, 2, kernel_size=3, padding=1).to(device).eval()
-
-
-MODELS = {"conv3x3": "benchmarks.scale:conv3x3", "unet": "isbi2012-unet"}
+# the cheap model is benchmarks/overhead.py's one 3x3 convolution
+MODELS = {"conv3x3": "benchmarks.overhead:conv3x3", "unet": "isbi2012-unet"}
 
 
 def window_reference(image, model, plan, window, y0, x0, side):

@@ -37,7 +37,7 @@ def run_one(image: str, setting: dict) -> dict:
         t0 = time.perf_counter()
         with dask.config.set(num_workers=setting["threads"]), \
                 zarr.config.set({"async.concurrency": setting["concurrency"]}):
-            chunkseg.predict_to_zarr(image, "benchmarks.scale:conv3x3",
+            chunkseg.predict_to_zarr(image, "benchmarks.overhead:conv3x3",
                                      os.path.join(tmp, "out.zarr"), tile=256, overlap=64,
                                      chunks=setting["chunk"], batch_size=8,
                                      outputs="probabilities,labels", dtype="float16",
