@@ -116,8 +116,21 @@ class TileRunner:
                                       batch_size=self.batch_size, classes=self.classes, run=run)
 
 
-def _run_block(block: np.ndarray, runner: TileRunner, block_id=None) -> np.ndarray:
+def _run_block(block: np.ndarray, runner: TileRunner, block_id=None, *_gate) -> np.ndarray:
+    # ``_gate``: the rolling window's token (see accumulate_fold), only a dependency
     return runner(block, block_id)
+
+
+def _halo_blocks(padded: da.Array, plan: TilePlan) -> da.Array:
+    """Each chunk of the padded image with its halo of ``overlap`` pixels after it."""
+    oy, ox = plan.overlap
+    return da.overlap.overlap(padded, depth={0: 0, 1: (0, oy), 2: (0, ox)}, boundary="none",
+                              allow_rechunk=False)
+
+
+def _runner_key(runner: TileRunner):
+    """The runner as a single graph key, so a cluster ships it once per worker."""
+    return dask.delayed(runner, name=f"chunkseg-runner-{uuid.uuid4().hex}")
 
 
 def accumulate(padded: da.Array, runner: TileRunner, plan: TilePlan) -> da.Array:
@@ -137,11 +150,9 @@ def accumulate(padded: da.Array, runner: TileRunner, plan: TilePlan) -> da.Array
         One block per chunk, ``B = chunk + overlap`` (the last block: the rest of the padded
         image): weighted logits and the weight sum (see :func:`chunkseg.blend.accumulate_block`).
     """
-    oy, ox = plan.overlap
-    blocks = da.overlap.overlap(padded, depth={0: 0, 1: (0, oy), 2: (0, ox)}, boundary="none",
-                                allow_rechunk=False)
+    blocks = _halo_blocks(padded, plan)
     k = runner.classes
-    runner_key = dask.delayed(runner, name=f"chunkseg-runner-{uuid.uuid4().hex}")
+    runner_key = _runner_key(runner)
     return blocks.map_blocks(
         _run_block,
         runner_key,
@@ -217,10 +228,6 @@ def _gate_token(*_: Any) -> None:
     return None
 
 
-def _run_block_gated(block: np.ndarray, runner: TileRunner, block_id, *gate) -> np.ndarray:
-    return runner(block, block_id)
-
-
 def accumulate_fold(padded: da.Array, runner: TileRunner, plan: TilePlan, *,
                     lag: int | None = None) -> da.Array:
     """:func:`accumulate` then :func:`fold`, with memory bounded by a rolling window of chunks.
@@ -254,19 +261,17 @@ def accumulate_fold(padded: da.Array, runner: TileRunner, plan: TilePlan, *,
     the image's width (one row of chunks), not its area. Some row of chunks must wait for the
     next one in any order of a 2-D overlap-add, so a smaller chunk is the way to less memory.
     """
-    oy, ox = plan.overlap
-    blocks = da.overlap.overlap(padded, depth={0: 0, 1: (0, oy), 2: (0, ox)}, boundary="none",
-                                allow_rechunk=False)
+    blocks = _halo_blocks(padded, plan)
     nr, nc = plan.chunk_grid
     lag = max(nc + 2, lag or 0)
-    runner_key = dask.delayed(runner, name=f"chunkseg-runner-{uuid.uuid4().hex}")
+    runner_key = _runner_key(runner)
     token = tokenize(blocks.name, runner_key.key, lag)
     acc_name, gate_name = f"chunkseg-accumulate-{token}", f"chunkseg-gate-{token}"
     k1 = runner.classes + 1
     dsk, strips_of, fold_name = _fold_tasks(acc_name, k1, plan, token)
     for i in range(nr):
         for j in range(nc):
-            task = (_run_block_gated, (blocks.name, 0, i, j), runner_key.key, (0, i, j))
+            task = (_run_block, (blocks.name, 0, i, j), runner_key.key, (0, i, j))
             p = i * nc + j - lag
             if p >= 0:
                 task += ((gate_name, *divmod(p, nc)),)

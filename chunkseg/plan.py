@@ -180,10 +180,9 @@ class TilePlan:
         for axis in range(2):
             b = self.halo_before[axis]
             o = self.overlap[axis]
-            starts = np.cumsum((0,) + self.padded_chunks()[axis][:-1])
-            sizes = [c + o for c in self.padded_chunks()[axis][:-1]] + [
-                self.padded_chunks()[axis][-1]
-            ]
+            chunks = self.padded_chunks()[axis]
+            starts = np.cumsum((0,) + chunks[:-1])
+            sizes = [c + o for c in chunks[:-1]] + [chunks[-1]]
             out.append([(int(st) - b, int(st) - b + sz) for st, sz in zip(starts, sizes)])
         return tuple(out)  # type: ignore[return-value]
 
