@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +38,11 @@ ROOT = HERE.parent
 def write_texture(store: str, size: int, chunk: int = 1024) -> None:
     """Write a ``size x size`` uint8 Zarr array of tiled ISBI sections, one chunk at a time."""
     import zarr
-    from PIL import Image
     from zarr.codecs import ZstdCodec
 
-    folder = files("chunkseg") / "data" / "isbi2012_test"
-    sections = []
-    for p in sorted(folder.iterdir(), key=lambda p: p.name):
-        if p.name.endswith(".png"):
-            with p.open("rb") as fh:
-                sections.append(np.asarray(Image.open(fh).convert("L")))
+    from chunkseg.demo import load_test_sections
+
+    sections = load_test_sections()
     s = sections[0].shape[0]
     cols = -(-size // s)
     arr = zarr.create_array(store, shape=(size, size, 1), chunks=(chunk, chunk, 1), dtype="uint8",

@@ -17,15 +17,34 @@ import numpy as np
 from .errors import OutputExistsError
 from .io import store_has_data
 
-__all__ = ["SECTION_SIZE", "build_mosaic", "run_demo"]
+__all__ = ["SECTION_SIZE", "build_mosaic", "load_test_sections", "run_demo"]
 
 SECTION_SIZE = 512
 """Side of one ISBI 2012 section, pixels."""
 
 
-def _section_paths() -> list:
+def load_test_sections() -> list[np.ndarray]:
+    """The 30 ISBI 2012 test sections shipped with the package.
+
+    Returns
+    -------
+    list of (512, 512) ndarray of uint8
+        In file order (``00.png`` ... ``29.png``); 7.5 MiB in all.
+
+    Raises
+    ------
+    ImportError
+        If pillow is missing (``pip install "chunkseg[io]"``).
+    """
+    from PIL import Image
+
     folder = files("chunkseg") / "data" / "isbi2012_test"
-    return sorted((p for p in folder.iterdir() if p.name.endswith(".png")), key=lambda p: p.name)
+    sections = []
+    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".png")),
+                       key=lambda p: p.name):
+        with path.open("rb") as fh:
+            sections.append(np.asarray(Image.open(fh).convert("L")))
+    return sections
 
 
 def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: bool = False):
@@ -57,10 +76,8 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
         If the store holds data and ``overwrite`` is False.
     """
     import zarr
-    from PIL import Image
     from zarr.codecs import ZstdCodec
 
-    paths = _section_paths()
     if rows < 1 or cols < 1:
         raise ValueError(f"`rows` and `cols` must be >= 1. Got {rows} x {cols}.")
     if store_has_data(store) and not overwrite:
@@ -72,11 +89,10 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
         attributes={"source": "ISBI 2012 test sections (Cardona et al. 2010), mosaic",
                     "layout": f"{rows} x {cols} sections, row-major"},
     )
+    sections = load_test_sections()
     for i in range(rows * cols):
         r, c = divmod(i, cols)
-        with paths[i % len(paths)].open("rb") as fh:
-            section = np.asarray(Image.open(fh).convert("L"))
-        arr[r * s : (r + 1) * s, c * s : (c + 1) * s, 0] = section
+        arr[r * s : (r + 1) * s, c * s : (c + 1) * s, 0] = sections[i % len(sections)]
     return arr
 
 
