@@ -1,13 +1,19 @@
-"""The Dask graph: pad, halo, per-chunk accumulation, overlap-add fold, normalisation, writes.
+"""The Dask graph: direct block reads, per-chunk accumulation, forward-only overlap-add, writes.
 
-The numpy kernels live in :mod:`chunkseg.blend` and the geometry in :mod:`chunkseg.plan`; this
-module only wires them into a graph::
+The kernels live in :mod:`chunkseg.blend` (numpy, the reference) and
+:mod:`chunkseg.blend_torch` (torch, on the model's device), the geometry in
+:mod:`chunkseg.plan`; this module only wires them into a graph of a few tasks per chunk::
 
-    image (y, x, c) --reflect pad--> padded (c, y', x'), chunked as the plan
-      --overlap(depth=(0, overlap))--> blocks = chunk + halo after
-      --accumulate_block--> acc (K+1, ...) per block        [each tile runs exactly once]
-      --strip tasks + fold_pieces--> (K+1, y, x) per chunk   [only halo strips move]
-      --normalize--> logits (class, y, x) --> probabilities, labels (y, x)
+    accumulate (i, j): read the block (chunk's tiles, reflect padding at the image edges)
+                       straight from the input, run its tiles, accumulate -> pieces
+    piece (i, j -> k, l): the part of block (i, j) that falls in output chunk (k, l)
+    fold (k, l): overlap-add of its own piece and the overhang of the blocks before it,
+                 normalise -> logits (k, l)   [predict]
+                 ... -> logits / probabilities / labels written to Zarr   [predict_to_zarr]
+
+Each tile belongs to the block in which it starts, so every contribution to an output chunk
+comes from blocks at or before it in row-major order: the chunk is final as soon as its own
+block is done, and only the overhanging pieces (less than a tile wide) wait for the next row.
 """
 
 from __future__ import annotations
@@ -25,22 +31,23 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
 from .errors import ChunkAlignmentError, OutputExistsError
 from .io import _redact, open_image, store_has_data
-from .models import Normalization, as_model, describe_model
+from .models import LazyModel, Normalization, TorchAdapter, as_model, describe_model, load_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
 from .scheduling import compute, open_client
 from .windows import get_window, window_name
 
 __all__ = [
     "OUTPUTS",
-    "pad_image",
-    "accumulate",
-    "fold",
-    "accumulate_fold",
+    "KERNELS",
+    "BlockReader",
+    "TileRunner",
+    "blend_graph",
     "blend_logits",
     "predict",
     "predict_to_zarr",
@@ -49,273 +56,307 @@ __all__ = [
 OUTPUTS = ("logits", "probabilities", "labels")
 """Names of the variables :func:`predict` can return."""
 
+KERNELS = ("auto", "torch", "numpy")
+"""Per-chunk kernels: ``torch`` on the model's device, ``numpy`` (the reference), ``auto``."""
 
-def pad_image(image: da.Array, plan: TilePlan) -> da.Array:
-    """Reflect-pad a ``(y, x, c)`` image and lay it out channels-first in the plan's chunks.
+
+def reflect_index(start: int, stop: int, length: int) -> np.ndarray:
+    """Image indices of coordinates ``start..stop-1`` under ``numpy.pad(mode="reflect")``.
+
+    Coordinates before 0 or from ``length`` on are mirrored about the edge pixel (which is not
+    repeated), as often as needed, so any range maps into ``[0, length)``.
+    """
+    idx = np.arange(start, stop, dtype=np.int64)
+    if length == 1:
+        return np.zeros_like(idx)
+    period = 2 * (length - 1)
+    idx = np.abs(idx) % period
+    return np.where(idx >= length, period - idx, idx)
+
+
+class BlockReader:
+    """Read any region of the reflect-padded image straight from the input, channels-first.
+
+    One task reads its block with one slice of the input (a Zarr array, in-memory array or any
+    dask array, computed synchronously inside the task): no padding, rechunking or halo tasks
+    in the graph. Regions that reach past the image edges are mirrored in the task.
 
     Parameters
     ----------
     image : (H, W, C_in) dask array
-    plan : TilePlan
-
-    Returns
-    -------
-    (C_in, P_y, P_x) dask array
-        Same dtype; chunks ``((C_in,), *plan.padded_chunks())``. Padding is
-        ``numpy.pad(mode="reflect")``, applied lazily by indexing the border rows and columns.
     """
-    x = image
-    for axis, (before, after) in enumerate(plan.pad_width):
-        n = x.shape[axis]
-        idx = np.pad(np.arange(n), (before, after), mode="reflect")
-        parts = []
-        if before:
-            parts.append(da.take(x, idx[:before], axis=axis))
-        parts.append(x)
-        if after:
-            parts.append(da.take(x, idx[before + n :], axis=axis))
-        x = da.concatenate(parts, axis=axis) if len(parts) > 1 else x
-    x = x.transpose(2, 0, 1)
-    return x.rechunk(((x.shape[0],),) + plan.padded_chunks())
+
+    def __init__(self, image: da.Array):
+        self.image = image
+
+    def __call__(self, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
+        """Pixels ``[ys[0], ys[1]) x [xs[0], xs[1])`` (image coordinates, may pass the edges).
+
+        Returns
+        -------
+        (C_in, y, x) ndarray of the image's dtype, C-contiguous
+        """
+        h, w = self.image.shape[:2]
+        iy, ix = reflect_index(*ys, h), reflect_index(*xs, w)
+        (y0, y1), (x0, x1) = (int(iy.min()), int(iy.max()) + 1), (int(ix.min()), int(ix.max()) + 1)
+        region = self.image[y0:y1, x0:x1]
+        region = np.asarray(region.compute(scheduler="sync") if isinstance(region, da.Array)
+                            else region)
+        if y1 - y0 != len(iy) or (iy[0] != y0) or np.any(np.diff(iy) != 1):
+            region = region[iy - y0]
+        if x1 - x0 != len(ix) or (ix[0] != x0) or np.any(np.diff(ix) != 1):
+            region = region[:, ix - x0]
+        return np.ascontiguousarray(region.transpose(2, 0, 1))
 
 
 class TileRunner:
-    """The per-block work: model, window and settings, shipped once per worker as one object.
+    """The per-block work: reader, model, window and settings, one object in the graph.
 
-    ``run_tiles`` (a boolean grid over all tiles) and ``predicate`` (a function of the block)
-    skip background tiles and chunks; see :func:`predict`'s ``mask``.
+    A cluster ships it once per worker (it is a single graph key). ``run_tiles`` (a boolean
+    grid over all tiles) and ``predicate`` (a function of the block) skip background tiles and
+    chunks; see :func:`predict`'s ``mask``.
+
+    Parameters
+    ----------
+    reader : BlockReader
+    model : callable
+        From :func:`chunkseg.models.as_model`.
+    window : (T_y, T_x) ndarray of float32
+    plan : TilePlan
+    batch_size, classes : int
+    kernel : {"auto", "torch", "numpy"}
+        ``auto``: the torch kernel for a torch model, else numpy.
+    run_tiles : (n_y, n_x) ndarray of bool, optional
+    predicate : callable, optional
+    torch_threads : int, optional
+        Torch intra-op threads for the torch kernel on the CPU (one per dask thread by default).
+    fill_nan : bool, default False
+        Fill pixels no tile ran on with NaN logits (with a mask) instead of 0.
     """
 
-    def __init__(self, model, window: np.ndarray, overlap: tuple[int, int], batch_size: int,
-                 classes: int, *, tiles_per_chunk: tuple[int, int] = (1, 1),
-                 run_tiles: np.ndarray | None = None, predicate=None):
+    def __init__(self, reader: BlockReader, model, window: np.ndarray, plan: TilePlan,
+                 batch_size: int, classes: int, *, kernel: str = "auto",
+                 run_tiles: np.ndarray | None = None, predicate=None,
+                 torch_threads: int | None = None, fill_nan: bool = False):
+        self.reader = reader
         self.model = model
         self.window = window
-        self.overlap = overlap
+        self.plan = plan
         self.batch_size = batch_size
         self.classes = classes
-        self.tiles_per_chunk = tiles_per_chunk
+        self.kernel = kernel
         self.run_tiles = run_tiles
         self.predicate = predicate
+        self.torch_threads = torch_threads
+        self.fill_nan = fill_nan
+        self._sources = fold_sources(plan)
 
-    def _run(self, block: np.ndarray, block_id: tuple[int, ...]) -> np.ndarray | None:
-        if self.predicate is not None and not self.predicate(block):
-            return np.zeros((0, 0), dtype=bool)
-        if self.run_tiles is None:
+    def torch_model(self) -> TorchAdapter | None:
+        """The torch adapter when the torch kernel is to be used, else None."""
+        if self.kernel == "numpy":
             return None
-        stride = tuple(t - o for t, o in zip(self.window.shape, self.overlap))
-        m = [(block.shape[1 + a] - self.overlap[a]) // stride[a] for a in range(2)]
-        y0, x0 = (block_id[1 + a] * self.tiles_per_chunk[a] for a in range(2))
-        return self.run_tiles[y0 : y0 + m[0], x0 : x0 + m[1]]
+        model = load_model(self.model.spec) if isinstance(self.model, LazyModel) else self.model
+        if isinstance(model, TorchAdapter):
+            return model
+        if self.kernel == "torch":
+            raise TypeError(
+                f"`kernel` 'torch' needs a torch model (torch.nn.Module, TorchScript file or a "
+                f"factory returning a module). Got {type(model).__name__}; use kernel='numpy' "
+                "or 'auto'."
+            )
+        return None
 
-    def __call__(self, block: np.ndarray, block_id: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
-        run = self._run(block, block_id)
-        if run is not None and not run.any():  # background: the model never sees it
-            return np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
-        return blend.accumulate_block(block, self.model, self.window, self.overlap,
-                                      batch_size=self.batch_size, classes=self.classes, run=run)
+    def block_extent(self, iy: int, ix: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        ext = self.plan.block_extents()
+        return ext[0][iy], ext[1][ix]
+
+    def accumulate(self, iy: int, ix: int) -> dict:
+        """Read block ``(iy, ix)``, run its tiles, accumulate; cut it into per-chunk pieces.
+
+        Returns
+        -------
+        dict
+            ``(jy, jx) -> piece``: the block's part that falls in output chunk ``(jy, jx)``,
+            ``(K + 1, h, w)`` float32 (ndarray, or a tensor on the model's device). Pieces for
+            other chunks are copies, so the block is freed once its own chunk is folded.
+        """
+        ys, xs = self.block_extent(iy, ix)
+        block = self.reader(ys, xs)
+        run = None
+        if self.run_tiles is not None:
+            (ky0, ky1), (kx0, kx1) = (self.plan.owned_tiles()[0][iy],
+                                       self.plan.owned_tiles()[1][ix])
+            run = self.run_tiles[ky0:ky1, kx0:kx1]
+        skip = (self.predicate is not None and not self.predicate(block)) or (
+            run is not None and not run.any())
+        torch_model = self.torch_model()
+        if torch_model is not None:
+            acc = self._accumulate_torch(block, torch_model, run, skip)
+        elif skip:  # background: the model never sees it
+            acc = np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
+        else:
+            acc = blend.accumulate_block(block, self.model, self.window, self.plan.overlap,
+                                         batch_size=self.batch_size, classes=self.classes,
+                                         run=run)
+        return self._pieces(acc, iy, ix)
+
+    def _accumulate_torch(self, block, adapter: TorchAdapter, run, skip):
+        import torch
+
+        from .blend_torch import accumulate_block_torch
+
+        if skip:
+            return torch.zeros((self.classes + 1,) + block.shape[1:], dtype=torch.float32,
+                               device=adapter.device)
+        if adapter.device.type == "cpu" and self.torch_threads:
+            if torch.get_num_threads() != self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
+        return accumulate_block_torch(
+            block, adapter.module, self.window, self.plan.overlap, device=adapter.device,
+            normalization=adapter.normalization, batch_size=self.batch_size,
+            classes=self.classes, run=run)
+
+    def _pieces(self, acc, iy: int, ix: int) -> dict:
+        pieces = {}
+        for jy, srcs_y in enumerate(self._sources[0]):
+            for sy_i, sy, _ in srcs_y:
+                if sy_i != iy:
+                    continue
+                for jx, srcs_x in enumerate(self._sources[1]):
+                    for sx_i, sx, _ in srcs_x:
+                        if sx_i != ix:
+                            continue
+                        piece = acc[:, sy, sx]
+                        if (jy, jx) != (iy, ix):
+                            piece = piece.clone() if hasattr(piece, "clone") else piece.copy()
+                        pieces[(jy, jx)] = piece
+        return pieces
+
+    def fold(self, jy: int, jx: int, pieces: Sequence[tuple[tuple[slice, slice], Any]]):
+        """Overlap-add of output chunk ``(jy, jx)``: ``(K + 1, h, w)`` ndarray or tensor."""
+        shape = (self.classes + 1, self.plan.output_chunks()[0][jy],
+                 self.plan.output_chunks()[1][jx])
+        if pieces and hasattr(pieces[0][1], "clone"):
+            from .blend_torch import fold_pieces_torch
+
+            return fold_pieces_torch(shape, pieces)
+        return blend.fold_pieces(shape, pieces)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_sources", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._sources = fold_sources(self.plan)
 
 
-def _run_block(block: np.ndarray, runner: TileRunner, block_id=None, *_gate) -> np.ndarray:
-    # ``_gate``: the rolling window's token (see accumulate_fold), only a dependency
-    return runner(block, block_id)
+def _accumulate_task(runner: TileRunner, iy: int, ix: int, *_gate: Any) -> dict:
+    # ``_gate``: a finished chunk's key, only a dependency (see blend_graph's ``lag``)
+    return runner.accumulate(iy, ix)
 
 
-def _halo_blocks(padded: da.Array, plan: TilePlan) -> da.Array:
-    """Each chunk of the padded image with its halo of ``overlap`` pixels after it."""
-    oy, ox = plan.overlap
-    return da.overlap.overlap(padded, depth={0: 0, 1: (0, oy), 2: (0, ox)}, boundary="none",
-                              allow_rechunk=False)
+def _logits_task(runner: TileRunner, _context, jy: int, jx: int, dsts, *pieces) -> np.ndarray:
+    acc = runner.fold(jy, jx, list(zip(dsts, pieces)))
+    fill = np.nan if runner.fill_nan else 0.0
+    if hasattr(acc, "clone"):
+        from .blend_torch import outputs_torch
+
+        return outputs_torch(acc, ("logits",), np.float32, fill)["logits"]
+    return blend.normalize_accumulator(acc, np.float32, fill)
 
 
-def _runner_key(runner: TileRunner):
-    """The runner as a single graph key, so a cluster ships it once per worker."""
-    return dask.delayed(runner, name=f"chunkseg-runner-{uuid.uuid4().hex}")
-
-
-def accumulate(padded: da.Array, runner: TileRunner, plan: TilePlan) -> da.Array:
-    """Give each chunk its halo and run every owned tile through the model.
+def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | None = None,
+                token: str | None = None) -> tuple[dict, str, list]:
+    """The task graph of accumulation, pieces and fold, with ``finish`` applied per chunk.
 
     Parameters
     ----------
-    padded : (C_in, P_y, P_x) dask array
-        From :func:`pad_image`.
     runner : TileRunner
-        Put in the graph once (a single key), so a cluster ships it once per worker.
-    plan : TilePlan
-
-    Returns
-    -------
-    (K + 1, sum(B_y), sum(B_x)) dask array of float32
-        One block per chunk, ``B = chunk + overlap`` (the last block: the rest of the padded
-        image): weighted logits and the weight sum (see :func:`chunkseg.blend.accumulate_block`).
-    """
-    blocks = _halo_blocks(padded, plan)
-    k = runner.classes
-    runner_key = _runner_key(runner)
-    return blocks.map_blocks(
-        _run_block,
-        runner_key,
-        chunks=((k + 1,),) + blocks.chunks[1:],
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), dtype=np.float32),
-        name=f"chunkseg-accumulate-{tokenize(blocks.name, runner_key.key)}",
-    )
-
-
-def _fold_task(shape, dsts, srcs, arrays):
-    return blend.fold_pieces(shape, [(d, a[(slice(None),) + s]) for d, s, a in
-                                     zip(dsts, srcs, arrays)])
-
-
-def _fold_tasks(acc_name: str, k1: int, plan: TilePlan, token: str) -> tuple[dict, dict, str]:
-    """Strip and fold tasks of the overlap-add; also the strip keys cut from each block."""
-    src_y, src_x = fold_sources(plan)
-    strip_name, fold_name = f"chunkseg-strip-{token}", f"chunkseg-fold-{token}"
-    out_chunks = plan.output_chunks()
-    dsk: dict = {}
-    strips_of: dict = {}
-    for jy, sources_y in enumerate(src_y):
-        for jx, sources_x in enumerate(src_x):
-            dsts, srcs, arrays = [], [], []
-            for iy, sy, dy in sources_y:
-                for ix, sx, dx in sources_x:
-                    dsts.append((dy, dx))
-                    if (iy, ix) == (jy, jx):
-                        srcs.append((sy, sx))
-                        arrays.append((acc_name, 0, iy, ix))
-                    else:
-                        key = (strip_name, iy, ix, jy, jx)
-                        dsk[key] = (operator.getitem, (acc_name, 0, iy, ix),
-                                    (slice(None), sy, sx))
-                        strips_of.setdefault((iy, ix), []).append(key)
-                        srcs.append((slice(None), slice(None)))
-                        arrays.append(key)
-            shape = (k1, out_chunks[0][jy], out_chunks[1][jx])
-            dsk[(fold_name, 0, jy, jx)] = (_fold_task, shape, dsts, srcs, arrays)
-    return dsk, strips_of, fold_name
-
-
-def _folded_array(graph: HighLevelGraph, fold_name: str, k1: int, plan: TilePlan) -> da.Array:
-    return da.Array(graph, fold_name, chunks=((k1,),) + plan.output_chunks(), dtype=np.float32,
-                    meta=np.empty((0, 0, 0), dtype=np.float32))
-
-
-def fold(acc: da.Array, plan: TilePlan) -> da.Array:
-    """Overlap-add the accumulator blocks into the output chunks.
-
-    Each output chunk's task takes its own block whole (it runs where that block is) and, from
-    each neighbour, only the halo strip that falls in the chunk, cut by a small task of its own,
-    so only strips travel between workers.
-
-    Parameters
-    ----------
-    acc : (K + 1, ...) dask array
-        From :func:`accumulate`.
-    plan : TilePlan
-
-    Returns
-    -------
-    (K + 1, H, W) dask array of float32
-        Chunks ``((K + 1,), *plan.output_chunks())``.
-    """
-    dsk, _, fold_name = _fold_tasks(acc.name, acc.shape[0], plan, tokenize(acc.name, plan))
-    graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[acc])
-    return _folded_array(graph, fold_name, acc.shape[0], plan)
-
-
-def _gate_token(*_: Any) -> None:
-    return None
-
-
-def accumulate_fold(padded: da.Array, runner: TileRunner, plan: TilePlan, *,
-                    lag: int | None = None) -> da.Array:
-    """:func:`accumulate` then :func:`fold`, with memory bounded by a rolling window of chunks.
-
-    Chunks are accumulated in row-major order, and chunk ``p`` may start only once chunk
-    ``p - lag`` has been folded and all its halo strips cut (a tiny token task carries that
-    dependency, so no data moves for it). The same gate holds back the input tasks (reads,
-    padding, rechunking, halos) that chunk ``p`` is the first to need, so the scheduler does
-    not read ahead either. At most about ``lag`` blocks are then alive at once. Without the
-    gate, dask's ordering of this 2-D stencil graph keeps about half of all blocks in memory,
-    which grows with the image's area.
-
-    Parameters
-    ----------
-    padded : (C_in, P_y, P_x) dask array
-        From :func:`pad_image`.
-    runner : TileRunner
-    plan : TilePlan
+        Put in the graph once, under a single key.
+    finish : callable
+        ``finish(runner, context, jy, jx, dsts, *pieces)`` -> the chunk's result (the fold
+        task).
+    context : object, optional
+        Passed to ``finish``; one graph key, like the runner.
     lag : int, optional
-        Window of chunks, at least ``chunks per row + 2`` (the smallest that cannot deadlock:
-        a fold needs the next row's blocks); default that minimum.
+        Rolling window: block ``p`` (row-major) starts only once chunk ``p - lag`` has been
+        finished, so at most about ``lag`` blocks are alive; None lets them all be ready
+        (best for computing sub-regions lazily).
+    token : str, optional
 
     Returns
     -------
-    (K + 1, H, W) dask array of float32
-        As :func:`fold`.
-
-    Notes
-    -----
-    Peak memory is about ``lag`` accumulators of ``4 (K + 1) (C + O)^2`` bytes: it grows with
-    the image's width (one row of chunks), not its area. Some row of chunks must wait for the
-    next one in any order of a 2-D overlap-add, so a smaller chunk is the way to less memory.
+    dsk : dict
+        Legacy dask graph: the runner key, one accumulate task per block that owns tiles, one
+        piece task per (block, destination chunk) and one fold task per output chunk.
+    fold_name : str
+        Fold keys are ``(fold_name, 0, jy, jx)``.
+    fold_keys : list
+        In row-major order.
     """
-    blocks = _halo_blocks(padded, plan)
+    plan = runner.plan
+    token = token or uuid.uuid4().hex
+    runner_name = f"chunkseg-runner-{token}"
+    acc_name, piece_name = f"chunkseg-accumulate-{token}", f"chunkseg-piece-{token}"
+    fold_name = f"chunkseg-fold-{token}"
+    src_y, src_x = fold_sources(plan)
+    owned = plan.owned_tiles()
     nr, nc = plan.chunk_grid
-    lag = max(nc + 2, lag or 0)
-    runner_key = _runner_key(runner)
-    token = tokenize(blocks.name, runner_key.key, lag)
-    acc_name, gate_name = f"chunkseg-accumulate-{token}", f"chunkseg-gate-{token}"
-    k1 = runner.classes + 1
-    dsk, strips_of, fold_name = _fold_tasks(acc_name, k1, plan, token)
-    for i in range(nr):
-        for j in range(nc):
-            task = (_run_block, (blocks.name, 0, i, j), runner_key.key, (0, i, j))
-            p = i * nc + j - lag
-            if p >= 0:
-                task += ((gate_name, *divmod(p, nc)),)
-            dsk[(acc_name, 0, i, j)] = task
-            dsk[(gate_name, i, j)] = (_gate_token, (fold_name, 0, i, j),
-                                      list(strips_of.get((i, j), [])))
-    dsk.update(_gate_inputs(blocks, plan, lag, gate_name))
-    graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[runner_key])
-    return _folded_array(graph, fold_name, k1, plan)
+    context_name = f"chunkseg-context-{token}"
+    dsk: dict = {runner_name: runner, context_name: context}
+    fold_keys = []
+    for jy in range(nr):
+        for jx in range(nc):
+            dsts, keys = [], []
+            for iy, _, dy in src_y[jy]:
+                for ix, _, dx in src_x[jx]:
+                    dsts.append((dy, dx))
+                    key = (piece_name, iy, ix, jy, jx)
+                    dsk[key] = (operator.getitem, (acc_name, iy, ix), (jy, jx))
+                    keys.append(key)
+            fkey = (fold_name, 0, jy, jx)
+            dsk[fkey] = (finish, runner_name, context_name, jy, jx, dsts, *keys)
+            fold_keys.append(fkey)
+    for iy in range(nr):
+        for ix in range(nc):
+            if owned[0][iy][0] == owned[0][iy][1] or owned[1][ix][0] == owned[1][ix][1]:
+                continue  # owns no tile: no block
+            task = (_accumulate_task, runner_name, iy, ix)
+            p = iy * nc + ix
+            if lag is not None and p - lag >= 0:
+                task += (fold_keys[p - lag],)
+            dsk[(acc_name, iy, ix)] = task
+    return dsk, fold_name, fold_keys
 
 
-def _first(value: Any, *_: Any) -> Any:
-    return value
-
-
-def _gate_inputs(blocks: da.Array, plan: TilePlan, lag: int, gate_name: str) -> dict:
-    """The input graph of ``blocks``, each task held back by the gate of the first chunk
-    (row-major) that needs it, ``lag`` chunks earlier."""
-    from dask._task_spec import Task, TaskRef, convert_legacy_graph
-
-    graph = convert_legacy_graph(dict(blocks.__dask_graph__()))
-    nr, nc = plan.chunk_grid
-    claimed: dict = {}
-    for p in range(nr * nc):
-        stack = [(blocks.name, 0, *divmod(p, nc))]
-        while stack:
-            key = stack.pop()
-            if key in claimed or key not in graph:
-                continue
-            claimed[key] = p
-            stack.extend(graph[key].dependencies)
-    for key, p in claimed.items():
-        if p >= lag:
-            gate = TaskRef((gate_name, *divmod(p - lag, nc)))
-            graph[key] = Task(key, _first, graph[key], gate)
-    return graph
-
-
-def _probe_classes(padded: da.Array, model, plan: TilePlan) -> int:
+def _probe_classes(reader: BlockReader, model, plan: TilePlan) -> int:
     """Run the model on the first tile of the image: number of classes, and an early check."""
-    ty, tx = plan.tile
-    first = np.asarray(padded[:, :ty, :tx].compute(scheduler="threads"))
-    batch = first[None].astype(np.float32)
+    (y0, x0), (ty, tx) = (o[0] for o in plan.tile_origins()), plan.tile
+    batch = reader((int(y0), int(y0) + ty), (int(x0), int(x0) + tx))[None].astype(np.float32)
     return blend.check_model_output(model(batch), batch.shape).shape[1]
+
+
+def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
+                batch_size: int = 8, classes: int | None = None, mask: Any = None,
+                kernel: str = "auto", torch_threads: int | None = None) -> TileRunner:
+    """The :class:`TileRunner` of an image, model and plan (probes ``classes`` when None)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
+    reader = BlockReader(image)
+    if classes is None:
+        classes = _probe_classes(reader, model, plan)
+    run_tiles = predicate = None
+    if callable(mask):
+        predicate = mask
+    elif mask is not None:
+        run_tiles = tile_mask(plan, mask)
+    runner = TileRunner(reader, model, window, plan, batch_size, classes, kernel=kernel,
+                        run_tiles=run_tiles, predicate=predicate, torch_threads=torch_threads,
+                        fill_nan=mask is not None)
+    runner.torch_model()  # a wrong kernel for the model fails here, not in a task
+    return runner
 
 
 def blend_logits(
@@ -327,7 +368,7 @@ def blend_logits(
     batch_size: int = 8,
     classes: int | None = None,
     mask: Any = None,
-    rolling: bool = False,
+    kernel: str = "auto",
 ) -> da.Array:
     """Blended logits of a ``(y, x, c)`` dask image: the whole pipeline, lazily.
 
@@ -343,34 +384,25 @@ def blend_logits(
         ``K``; probed on the first tile when None.
     mask : array_like or callable, optional
         Foreground mask (see :func:`predict`). Pixels no tile ran on get NaN logits.
-    rolling : bool, default False
-        Use :func:`accumulate_fold`'s rolling window (bounded memory for a full computation)
-        instead of :func:`accumulate` and :func:`fold`.
+    kernel : {"auto", "torch", "numpy"}, default "auto"
 
     Returns
     -------
     (K, H, W) dask array of float32
         Chunks ``((K,), *plan.output_chunks())``.
     """
-    padded = pad_image(image, plan)
-    if classes is None:
-        classes = _probe_classes(padded, model, plan)
-    run_tiles = predicate = None
-    if callable(mask):
-        predicate = mask
-    elif mask is not None:
-        run_tiles = tile_mask(plan, mask)
-    runner = TileRunner(model, window, plan.overlap, batch_size, classes,
-                        tiles_per_chunk=plan.tiles_per_chunk, run_tiles=run_tiles,
-                        predicate=predicate)
-    if rolling:
-        folded = accumulate_fold(padded, runner, plan)
-    else:
-        folded = fold(accumulate(padded, runner, plan), plan)
-    fill = np.nan if mask is not None else 0.0
-    return folded.map_blocks(blend.normalize_accumulator, np.float32, fill,
-                             chunks=((classes,),) + folded.chunks[1:], dtype=np.float32,
-                             meta=np.empty((0, 0, 0), np.float32))
+    runner = make_runner(image, model, plan, window, batch_size=batch_size, classes=classes,
+                         mask=mask, kernel=kernel)
+    return _logits_array(runner, image.name)
+
+
+def _logits_array(runner: TileRunner, name: str) -> da.Array:
+    plan = runner.plan
+    dsk, fold_name, _ = blend_graph(runner, _logits_task,
+                                    token=tokenize(name, plan, uuid.uuid4().hex))
+    graph = HighLevelGraph.from_collections(fold_name, dsk, dependencies=[])
+    return da.Array(graph, fold_name, chunks=((runner.classes,),) + plan.output_chunks(),
+                    dtype=np.float32, meta=np.empty((0, 0, 0), dtype=np.float32))
 
 
 def _normalize_outputs(outputs: str | Sequence[str]) -> tuple[str, ...]:
@@ -412,7 +444,7 @@ def predict(
     storage_options: dict | None = None,
     array_name: str | None = None,
     mask: Any = None,
-    rolling: bool = False,
+    kernel: str = "auto",
 ) -> xr.Dataset:
     """Segment an image of any size with a tiled model and seamless blending, lazily.
 
@@ -438,8 +470,8 @@ def predict(
     window : str or (T_y, T_x) array, default "gaussian"
         Blending window: ``"uniform"``, ``"linear"``, ``"gaussian"``, ``"cosine"`` or weights.
     chunks : int or (int, int), optional
-        Computation and output chunk, a multiple of the stride; default ~1536 px
-        (see :func:`chunkseg.plan.plan_tiles`).
+        Computation and output chunk, pixels, any size (at least the tile is best: 1024, 2048
+        or the input's chunks); default 1536 px (see :func:`chunkseg.plan.plan_tiles`).
     batch_size : int, default 8
         Tiles per model call.
     outputs : str or sequence of str, default ("logits", "labels")
@@ -447,7 +479,8 @@ def predict(
     dtype : {"float32", "float16"}, default "float32"
         dtype of ``logits`` and ``probabilities``.
     device : str, default "cpu"
-        Device for torch and ONNX models.
+        Device for torch and ONNX models (``"cuda"``, ``"cuda:1"``...). With a torch model the
+        whole per-chunk pipeline runs there (see ``kernel``).
     normalization : Normalization, optional
         Input normalisation ``(x * scale - mean) / std`` applied to each batch.
     storage_options : dict, optional
@@ -462,11 +495,11 @@ def predict(
         callable ``mask(block) -> bool`` is asked once per chunk, in the task, with the
         chunk's padded input block ``(C_in, B_y, B_x)``; False skips all of the chunk's tiles.
         Fill values where no tile ran: ``logits`` and ``probabilities`` NaN, ``labels`` 0.
-    rolling : bool, default False
-        Bound memory when the whole image is computed: chunks are accumulated in row-major
-        order through a rolling window of about one row of chunks
-        (:func:`accumulate_fold`). :func:`predict_to_zarr` uses it. Leave it off to compute
-        sub-regions lazily: with it, any chunk depends on every chunk before it.
+    kernel : {"auto", "torch", "numpy"}, default "auto"
+        Per-chunk kernel. ``"torch"`` (the default for torch models under ``"auto"``) keeps each
+        chunk on the model's device from the raw input block to the outputs
+        (:mod:`chunkseg.blend_torch`); ``"numpy"`` (the reference, and the kernel for ONNX
+        models and plain callables) runs the model on numpy batches and blends on the CPU.
 
     Returns
     -------
@@ -479,8 +512,8 @@ def predict(
     Raises
     ------
     ValueError, TypeError
-        For bad arguments (wrong image dimensionality, ``overlap >= tile``, chunks that are not
-        a multiple of the stride, unknown window or outputs...).
+        For bad arguments (wrong image dimensionality, ``overlap >= tile``, unknown window,
+        outputs or kernel...).
     chunkseg.errors.ModelOutputError
         If the model's output on the first tile has the wrong shape or is not finite (checked
         here, before anything is computed), or later on any other tile.
@@ -493,17 +526,13 @@ def predict(
     start at 0, and it pads only images smaller than a tile) and clamps its gaussian weights
     below at 1e-3 (see ``benchmarks/vs_monai.py``).
     """
-    outputs_ = _normalize_outputs(outputs)
-    dtype_ = _validate_dtype(dtype)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
-    arr = open_image(image, storage_options=storage_options, array_name=array_name)
-    plan = plan_tiles(arr.shape, tile, overlap, chunks)
-    weights = get_window(window, plan.tile, plan.overlap)
-    predictor = as_model(model, device=device, normalization=normalization)
-    logits = blend_logits(arr.data, predictor, plan, weights, batch_size=int(batch_size),
-                          mask=mask, rolling=rolling)
-    classes = logits.shape[0]
+    setup = _setup(image, model, tile=tile, overlap=overlap, window=window, chunks=chunks,
+                   batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
+                   normalization=normalization, storage_options=storage_options,
+                   array_name=array_name, mask=mask, kernel=kernel)
+    runner, outputs_, dtype_ = setup["runner"], setup["outputs"], setup["dtype"]
+    classes = runner.classes
+    logits = _logits_array(runner, setup["image"].name)
     data_vars = {}
     if "logits" in outputs_:
         data_vars["logits"] = (("class", "y", "x"), logits.astype(dtype_))
@@ -516,6 +545,26 @@ def predict(
         labels = logits.map_blocks(blend.labels_from_logits, drop_axis=0, dtype=ldt,
                                    meta=np.empty((0, 0), ldt))
         data_vars["labels"] = (("y", "x"), labels)
+    return xr.Dataset(data_vars, attrs=setup["attrs"])
+
+
+def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, dtype, device,
+           normalization, storage_options, array_name, mask, kernel,
+           torch_threads: int | None = None) -> dict:
+    """Validate :func:`predict`'s arguments and build the runner and the output attrs."""
+    outputs_ = _normalize_outputs(outputs)
+    dtype_ = _validate_dtype(dtype)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
+    if kernel not in KERNELS:
+        raise ValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
+    arr = open_image(image, storage_options=storage_options, array_name=array_name)
+    plan = plan_tiles(arr.shape, tile, overlap, chunks)
+    weights = get_window(window, plan.tile, plan.overlap)
+    predictor = as_model(model, device=device, normalization=normalization)
+    runner = make_runner(arr.data, predictor, plan, weights, batch_size=int(batch_size),
+                         mask=mask, kernel=kernel, torch_threads=torch_threads)
+    classes = runner.classes
     attrs = {
         "chunkseg_version": _version(),
         "tile": list(plan.tile),
@@ -528,19 +577,71 @@ def predict(
         "classes": int(classes),
         "batch_size": int(batch_size),
         "model": describe_model(predictor),
+        "kernel": "torch" if runner.torch_model() is not None else "numpy",
         "mask": "none" if mask is None else ("predicate" if callable(mask) else "array"),
         "source": str(arr.attrs.get("source", "array")),
     }
-    return xr.Dataset(data_vars, attrs=attrs)
+    return {"image": arr.data, "runner": runner, "outputs": outputs_, "dtype": dtype_,
+            "attrs": attrs}
 
 
-def _check_aligned(name: str, chunks: tuple[tuple[int, ...], ...], zchunks: tuple[int, ...]):
-    for axis, (sizes, z) in enumerate(zip(chunks, zchunks)):
-        if any(c != z for c in sizes[:-1]) or sizes[-1] > z:
-            raise ChunkAlignmentError(
-                f"`{name}` dask chunks {sizes} on axis {axis} do not match the Zarr chunk {z}: "
-                "a write task would not own whole chunks. Rechunk to the Zarr chunks first."
-            )
+class ChunkWriter:
+    """Writes one output chunk's variables into their Zarr arrays: one task, whole chunks.
+
+    Parameters
+    ----------
+    targets : dict of str -> zarr.Array
+        ``logits``/``probabilities`` ``(K, H, W)``, ``labels`` ``(H, W)``, chunked as the plan.
+    plan : TilePlan
+    dtype : numpy dtype
+        Of ``logits`` and ``probabilities``.
+    """
+
+    def __init__(self, targets: dict, plan: TilePlan, dtype: np.dtype):
+        self.targets = targets
+        self.plan = plan
+        self.dtype = np.dtype(dtype)
+
+    def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
+        names = tuple(self.targets)
+        fill = np.nan if runner.fill_nan else 0.0
+        if hasattr(acc, "clone"):
+            from .blend_torch import outputs_torch
+
+            outs = outputs_torch(acc, names, self.dtype, fill)
+        else:
+            logits = blend.normalize_accumulator(acc, np.float32, fill)
+            outs = {}
+            if "logits" in names:
+                outs["logits"] = logits.astype(self.dtype, copy=False)
+            if "probabilities" in names:
+                outs["probabilities"] = blend.probabilities_from_logits(logits, self.dtype)
+            if "labels" in names:
+                outs["labels"] = blend.labels_from_logits(logits)
+        (c_y, c_x) = self.plan.chunks
+        h, w = outs[names[0]].shape[-2:]
+        region = (slice(jy * c_y, jy * c_y + h), slice(jx * c_x, jx * c_x + w))
+        for name, data in outs.items():
+            target = self.targets[name]
+            target[(slice(None),) * (data.ndim - 2) + region] = data
+        return 1
+
+
+def _write_task(runner: TileRunner, writer: ChunkWriter, jy: int, jx: int, dsts, *pieces) -> int:
+    return writer(runner, jy, jx, runner.fold(jy, jx, list(zip(dsts, pieces))))
+
+
+def _count(done: list) -> int:
+    return int(sum(done))
+
+
+def _check_aligned(name: str, shape: tuple[int, ...], zchunks: tuple[int, ...], plan: TilePlan):
+    """Every output chunk of the plan must be exactly one chunk of the Zarr array."""
+    if tuple(zchunks[-2:]) != tuple(plan.chunks):
+        raise ChunkAlignmentError(
+            f"`{name}` Zarr chunks {tuple(zchunks)} do not match the computation chunks "
+            f"{plan.chunks}: a write task would not own whole chunks. Use chunks={plan.chunks}."
+        )
 
 
 def _same_local_store(a: Any, b: Any) -> bool:
@@ -549,6 +650,22 @@ def _same_local_store(a: Any, b: Any) -> bool:
     if "://" in str(a) or "://" in str(b):
         return str(a).rstrip("/") == str(b).rstrip("/")
     return Path(a).resolve() == Path(b).resolve()
+
+
+def _threads(client) -> int:
+    if client is not None:
+        return max(1, int(sum(client.nthreads().values())))
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
+def _gpu_resources(client, device: str) -> dict | None:
+    """``{"GPU": 1}`` when the model runs on CUDA and the cluster's workers declare GPUs."""
+    if client is None or not str(device).startswith("cuda"):
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    if any("GPU" in (w.get("resources") or {}) for w in workers):
+        return {"GPU": 1}
+    return None
 
 
 def predict_to_zarr(
@@ -589,8 +706,8 @@ def predict_to_zarr(
         probabilities).
     **kwargs
         ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
-        ``device``, ``normalization``, ``array_name``, ``mask``: as :func:`predict`;
-        ``rolling`` defaults to True here (bounded memory).
+        ``device``, ``normalization``, ``array_name``, ``mask``, ``kernel``: as
+        :func:`predict`.
 
     Returns
     -------
@@ -601,18 +718,20 @@ def predict_to_zarr(
     ------
     chunkseg.errors.OutputExistsError
         If ``store`` holds data and ``overwrite`` is False, or ``store`` is the input itself.
-    chunkseg.errors.ChunkAlignmentError
-        If a write task would not own whole Zarr chunks (cannot happen with the plan's chunks;
-        checked before writing).
     ValueError, TypeError, chunkseg.errors.ModelOutputError
         As :func:`predict`, all before anything is written.
 
     Notes
     -----
-    Arrays: ``logits``/``probabilities`` ``(class, y, x)`` chunked ``(K, C_y, C_x)``, ``labels``
-    ``(y, x)`` chunked ``(C_y, C_x)``, zstd-compressed, ``dimension_names`` set. Written with
-    ``dask.array.store(lock=False)``: safe because every dask block is exactly one Zarr chunk
-    (checked), so there is no read-modify-write (zarr #3514, #3682).
+    One task per output chunk folds it, computes every requested variable (on the model's
+    device with the torch kernel) and writes each variable's chunk, whole, once. Blocks are
+    accumulated in row-major order through a rolling window of ``threads + 2`` blocks, so
+    memory holds a few blocks plus one row of overhanging pieces (less than a tile high):
+    it grows with the image's width by ``4 (K + 1) T W`` bytes at most, not with its area.
+    On a ``dask.distributed`` cluster whose workers declare ``resources={"GPU": 1}`` and a
+    CUDA ``device``, the block and chunk tasks ask for one GPU each.
+    Arrays: ``logits``/``probabilities`` ``(class, y, x)`` chunked ``(K, C_y, C_x)``,
+    ``labels`` ``(y, x)`` chunked ``(C_y, C_x)``, zstd-compressed, ``dimension_names`` set.
     """
     import zarr
     from zarr.codecs import ZstdCodec
@@ -626,29 +745,54 @@ def predict_to_zarr(
             f"`store` {_redact(str(store))!r} already holds data. Choose a new path, or pass "
             "overwrite=True (CLI: --overwrite) to replace it."
         )
-    # the options are for whichever of `image` and `store` is a URL (open_image and
-    # store_has_data refuse them for an in-memory image or a local path)
-    kwargs.setdefault("rolling", True)
-    ds = predict(image, model, storage_options=_so(image, storage_options), **kwargs)
+    unknown = set(kwargs) - {"tile", "overlap", "window", "chunks", "batch_size", "outputs",
+                             "dtype", "device", "normalization", "array_name", "mask",
+                             "kernel"}
+    if unknown:
+        raise TypeError(f"predict_to_zarr() got unexpected keyword arguments {sorted(unknown)}.")
+    params = {"tile": 256, "overlap": 64, "window": "gaussian", "chunks": None,
+              "batch_size": 8, "outputs": ("logits", "labels"), "dtype": "float32",
+              "device": "cpu", "normalization": None, "array_name": None, "mask": None,
+              "kernel": "auto", **kwargs}
     # connect to the cluster before anything is written: a wrong address leaves no output
     with open_client(scheduler, workers) as client:
+        threads = _threads(client)
+        cores = os.cpu_count() or 1
+        setup = _setup(image, model, storage_options=_so(image, storage_options),
+                       torch_threads=max(1, cores // threads) if client is None else None,
+                       **params)
+        runner, ds_attrs = setup["runner"], setup["attrs"]
+        plan, dtype_ = runner.plan, setup["dtype"]
         group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
-                                attributes=ds.attrs)
-        sources, targets = [], []
-        for name, var in ds.data_vars.items():
-            data = var.data
-            zchunks = tuple(c[0] for c in data.chunks)
-            _check_aligned(name, data.chunks, zchunks)
-            target = group.create_array(
-                name, shape=data.shape, chunks=zchunks, dtype=data.dtype,
+                                attributes=ds_attrs)
+        targets = {}
+        k = runner.classes
+        for name in setup["outputs"]:
+            if name == "labels":
+                shape, chunks, dt, dims = plan.image_shape, plan.chunks, blend.labels_dtype(k), \
+                    ("y", "x")
+            else:
+                shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, dtype_, \
+                    ("class", "y", "x")
+            targets[name] = group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dt,
                 compressors=ZstdCodec(level=compression_level), fill_value=0,
-                dimension_names=var.dims, attributes=_var_attrs(name, ds),
+                dimension_names=dims, attributes=_var_attrs(name, k),
                 config={"write_empty_chunks": True},
             )
-            sources.append(data)
-            targets.append(target)
-        stored = da.store(sources, targets, lock=False, compute=False)
-        compute(stored, scheduler=scheduler if client is None else client, progress=progress)
+            _check_aligned(name, shape, chunks, plan)
+        writer = ChunkWriter(targets, plan, dtype_)
+        token = tokenize(setup["image"].name, plan, uuid.uuid4().hex)
+        dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer,
+                                        lag=threads + 2, token=token)
+        resources = _gpu_resources(client, params["device"])
+        done_key = f"chunkseg-done-{token}"
+        dsk[done_key] = (_count, list(fold_keys))
+        graph = _graph(done_key, dsk, resources)
+        written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
+                          else client, progress=progress)[0]
+        if written != plan.n_chunks:
+            raise RuntimeError(f"wrote {written} of {plan.n_chunks} chunks.")
     with warnings.catch_warnings():
         # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
         # and xarray warns without it; silence zarr's notice about that.
@@ -657,12 +801,25 @@ def predict_to_zarr(
     return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=True)
 
 
+def _graph(key: str, dsk: dict, resources: dict | None) -> HighLevelGraph:
+    """One-layer graph; with ``resources``, the block and chunk tasks ask for them."""
+    from dask.highlevelgraph import MaterializedLayer
+
+    if not resources:
+        return HighLevelGraph.from_collections(key, dsk, dependencies=[])
+    heavy = {k: v for k, v in dsk.items() if isinstance(k, tuple)
+             and str(k[0]).startswith(("chunkseg-accumulate", "chunkseg-fold"))}
+    light = {k: v for k, v in dsk.items() if k not in heavy}
+    layers = {key: MaterializedLayer(light),
+              f"{key}-gpu": MaterializedLayer(heavy, annotations={"resources": resources})}
+    return HighLevelGraph(layers, {key: {f"{key}-gpu"}, f"{key}-gpu": set()})
+
+
 def _so(store: Any, storage_options: dict | None) -> dict | None:
     return storage_options if isinstance(store, str) and "://" in store else None
 
 
-def _var_attrs(name: str, ds: xr.Dataset) -> dict:
-    k = ds.attrs["classes"]
+def _var_attrs(name: str, k: int) -> dict:
     return {
         "logits": {"long_name": "blended logits", "units": "1"},
         "probabilities": {"long_name": "class probabilities", "units": "1",

@@ -14,13 +14,16 @@ tile the model sees has the full tile size, also when the image is smaller than 
 
 Chunks
 ------
-The computation chunk ``C`` is a multiple of the stride, ``C = m * S``. Chunk ``j`` covers
-``[j * C, (j + 1) * C)`` of the image (the last chunk is cut at ``H``) and *owns* the ``m`` tiles
-whose stride cells lie in it, so every tile of the global grid is computed exactly once. Its
-accumulator block spans the owned tiles: ``[j * C - b, (j + 1) * C + O - b)``, that is the chunk
-plus a halo of ``b`` before and ``O - b`` after. In the padded image the same block is the
-chunk of the padded image plus a halo of ``O`` after it, which is exactly what
-``dask.array.overlap.overlap`` with depth ``(0, O)`` hands each block.
+The computation chunk ``C`` (also the output Zarr chunk) may be any size; ``C >= T`` is the
+useful range. Chunk ``j`` covers ``[j * C, (j + 1) * C)`` of the image (the last chunk is cut at
+``H``) and *owns* the tiles that start in it (a tile starting before the image, the first one,
+belongs to chunk 0), so every tile of the global grid is computed exactly once. Its accumulator
+block spans the owned tiles, from the first one's start to the last one's end: it begins inside
+the chunk and overhangs the chunk's end by less than a tile. The overlap-add is therefore
+*forward-only*: an output chunk receives the overhang of the chunks before it along each axis
+(with ``C >= T``, its upper, left and upper-left neighbours) and nothing from the chunks after
+it, so it is final as soon as its own block is done. A chunk owns no tile when it is shorter than
+the stride at the image's end; its pixels then come from its neighbours' overhang alone.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ __all__ = [
     "DEFAULT_CHUNK_TARGET",
 ]
 
-#: Default computation chunk side (pixels) that ``plan_tiles`` rounds to a multiple of the stride.
+#: Default computation chunk side (pixels), capped at the image's size.
 DEFAULT_CHUNK_TARGET = 1536
 
 
@@ -94,7 +97,7 @@ class TilePlan:
     overlap: tuple[int, int]
     """Overlap ``(O_y, O_x)`` between neighbouring tiles, ``0 <= O < T``."""
     chunks: tuple[int, int]
-    """Computation (and output) chunk ``(C_y, C_x)``, a multiple of the stride."""
+    """Computation (and output) chunk ``(C_y, C_x)``, pixels; any positive size."""
     channels: int = 1
     """Number of input channels ``C_in``."""
 
@@ -140,8 +143,8 @@ class TilePlan:
 
     @property
     def tiles_per_chunk(self) -> tuple[int, int]:
-        """Tiles owned by a full chunk, ``chunk / stride`` per axis."""
-        return (self.chunks[0] // self.stride[0], self.chunks[1] // self.stride[1])
+        """Most tiles any chunk owns, per axis (``ceil(chunk / stride)`` or fewer)."""
+        return tuple(max(b - a for a, b in r) for r in self.owned_tiles())  # type: ignore[return-value]
 
     @property
     def chunk_grid(self) -> tuple[int, int]:
@@ -160,30 +163,40 @@ class TilePlan:
             _split(h, c) for h, c in zip(self.image_shape, self.chunks)
         )
 
-    def padded_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Chunk sizes of the padded image: full chunks, the last one carrying the tail."""
+    def owned_tiles(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Per axis, the range ``(k0, k1)`` of tile indices each chunk owns (may be empty).
+
+        Chunk ``j`` owns the tiles whose start (image coordinates, clipped at 0) lies in
+        ``[j * C, (j + 1) * C)``.
+        """
         out = []
         for axis in range(2):
-            sizes = list(_split(self.image_shape[axis], self.chunks[axis]))
-            n, s, o = self.grid_shape[axis], self.stride[axis], self.overlap[axis]
-            sizes[-1] = n * s + o - (len(sizes) - 1) * self.chunks[axis]
-            out.append(tuple(sizes))
+            starts = np.maximum(self.tile_origins()[axis], 0)
+            owner = np.minimum(starts // self.chunks[axis], self.chunk_grid[axis] - 1)
+            bounds = np.searchsorted(owner, np.arange(self.chunk_grid[axis] + 1))
+            out.append([(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
         return tuple(out)  # type: ignore[return-value]
 
     def block_extents(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Per axis, ``(start, stop)`` image coordinates of each chunk's accumulator block.
 
-        Block ``j`` spans the tiles chunk ``j`` owns; starts may be negative and stops may pass
-        the image end (those parts lie in the padding and are discarded by the fold).
+        Block ``j`` spans the tiles chunk ``j`` owns, from the first one's start to the last
+        one's end (``(k1 - k0 - 1) * stride + tile`` pixels). The first start is ``-overlap // 2``
+        and stops may pass the image end: those parts lie in the padding and are discarded by
+        the fold. A chunk that owns no tile has an empty block ``(start, start)`` at its own
+        start.
         """
         out = []
         for axis in range(2):
-            b = self.halo_before[axis]
-            o = self.overlap[axis]
-            chunks = self.padded_chunks()[axis]
-            starts = np.cumsum((0,) + chunks[:-1])
-            sizes = [c + o for c in chunks[:-1]] + [chunks[-1]]
-            out.append([(int(st) - b, int(st) - b + sz) for st, sz in zip(starts, sizes)])
+            t = self.tile[axis]
+            origins = self.tile_origins()[axis]
+            ext = []
+            for j, (k0, k1) in enumerate(self.owned_tiles()[axis]):
+                if k1 > k0:
+                    ext.append((int(origins[k0]), int(origins[k1 - 1]) + t))
+                else:
+                    ext.append((j * self.chunks[axis], j * self.chunks[axis]))
+            out.append(ext)
         return tuple(out)  # type: ignore[return-value]
 
     def tile_origins(self) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +228,7 @@ class TilePlan:
         int
             Bytes.
         """
-        by, bx = (c + o for c, o in zip(self.chunks, self.overlap))
+        by, bx = ((m - 1) * s + t for m, s, t in zip(self.tiles_per_chunk, self.stride, self.tile))
         ty, tx = self.tile
         block = by * bx * self.channels * (input_itemsize + 4)
         batch = batch_size * ty * tx * (self.channels + classes) * 4
@@ -237,6 +250,24 @@ class TilePlan:
             padding="reflect",
         )
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TilePlan:
+        """The plan :meth:`to_dict` (or an output's ``plan`` attribute) describes.
+
+        Derived entries are ignored; the fields are validated by :func:`plan_tiles`.
+
+        Raises
+        ------
+        ValueError
+            If a field is missing.
+        """
+        missing = [k for k in ("image_shape", "tile", "overlap", "chunks") if k not in d]
+        if missing:
+            raise ValueError(f"`d` must hold the plan's fields; missing {missing}. Got keys "
+                             f"{sorted(d)}.")
+        return plan_tiles(tuple(d["image_shape"]), tuple(d["tile"]), tuple(d["overlap"]),
+                          tuple(d["chunks"]), channels=int(d.get("channels", 1)))
 
     def summary(self, classes: int = 2, batch_size: int = 8, input_itemsize: int = 1) -> str:
         """A few human-readable lines describing the plan (what ``chunkseg plan`` prints)."""
@@ -284,10 +315,10 @@ def plan_tiles(
         Overlap between neighbouring tiles, ``0 <= overlap < tile``. Stride is
         ``tile - overlap``.
     chunks : int or (int, int), optional
-        Computation chunk (also the output Zarr chunk), a multiple of the stride and at least
-        the overlap. Default: the multiple of the stride nearest to 1536 px
-        (:data:`DEFAULT_CHUNK_TARGET`), at least one stride and at least the overlap, and
-        never more than the image needs.
+        Computation chunk (also the output Zarr chunk), pixels, any positive size; at least the
+        tile keeps the tasks few and big (1024, 2048 or the input's own chunks are good
+        choices). Default: 1536 px (:data:`DEFAULT_CHUNK_TARGET`), or the image's size where
+        that is smaller.
     channels : int, default 1
         Number of input channels (for the memory estimate).
 
@@ -300,8 +331,7 @@ def plan_tiles(
     TypeError
         If a size is not an int or a pair of ints.
     ValueError
-        If a size is not positive, ``overlap >= tile``, or ``chunks`` is not a multiple of the
-        stride or is smaller than the overlap. The message gives the nearest valid chunk sizes.
+        If a size is not positive or ``overlap >= tile``.
 
     Notes
     -----
@@ -331,41 +361,16 @@ def plan_tiles(
         )
     if channels < 1:
         raise ValueError(f"`channels` must be >= 1. Got {channels!r}.")
-    stride = tuple(t - o for t, o in zip(tile_, overlap_))
     if chunks is None:
-        chunks_ = tuple(
-            _default_chunk(h, s, o) for h, s, o in zip(shape, stride, overlap_)
-        )
+        chunks_ = tuple(min(h, DEFAULT_CHUNK_TARGET) for h in shape)
     else:
         chunks_ = normalize_pair(chunks, "chunks")
-        for c, s, o in zip(chunks_, stride, overlap_):
-            if c < 1 or c % s or c < o:
-                raise ValueError(
-                    f"`chunks` must be a positive multiple of the stride (tile - overlap = "
-                    f"{stride!r}) and at least the overlap {overlap_!r}, so that every tile "
-                    f"belongs to exactly one chunk. Got chunks={chunks_!r}. Nearest valid "
-                    f"values: {_valid_chunk_hint(chunks_, stride, overlap_)}."
-                )
+        if min(chunks_) < 1:
+            raise ValueError(
+                f"`chunks` must be a positive number of pixels (at least the tile {tile_!r} is "
+                f"best: fewer, bigger tasks). Got chunks={chunks_!r}."
+            )
     return TilePlan(shape, tile_, overlap_, chunks_, channels)  # type: ignore[arg-type]
-
-
-def _min_multiple(stride: int, overlap: int) -> int:
-    return max(1, math.ceil(overlap / stride)) * stride
-
-
-def _default_chunk(length: int, stride: int, overlap: int) -> int:
-    m = max(1, round(DEFAULT_CHUNK_TARGET / stride))
-    needed = math.ceil(length / stride)  # tiles along this axis
-    return max(min(m, needed) * stride, _min_multiple(stride, overlap))
-
-
-def _valid_chunk_hint(chunks, stride, overlap) -> str:
-    hints = []
-    for c, s, o in zip(chunks, stride, overlap):
-        lo = max((c // s) * s, _min_multiple(s, o))
-        hi = max(math.ceil(c / s) * s, _min_multiple(s, o))
-        hints.append(str(lo) if lo == hi else f"{lo} or {hi}")
-    return f"{hints[0]} (y) and {hints[1]} (x)"
 
 
 def fold_sources(plan: TilePlan) -> tuple[list[list[tuple[int, slice, slice]]], ...]:

@@ -79,7 +79,7 @@ def test_predict_normalization_flags(tmp_path, png):
     "argv, message",
     [
         (["--tile", "64", "--overlap", "64"], "overlap"),
-        (["--chunk", "50"], "multiple of the stride"),
+        (["--chunk", "0"], "chunks"),
         (["--outputs", "logit"], "outputs"),
         (["--window", "hann"], "window"),
     ],

@@ -169,9 +169,9 @@ def _assert_same(got: xr.Dataset, expected: xr.Dataset) -> None:
 
 def test_reference_spans_many_chunks_and_tiles_matter(image_store, local_result):
     assert _n_tasks() == 25
-    # predict_to_zarr's rolling window gives exactly the plain graph's result
+    # predict_to_zarr's rolling window and fused writer give exactly the lazy graph's result
     plain = chunkseg.predict(image_store[1], MODEL, tile=TILE, overlap=OVERLAP, chunks=CHUNK,
-                             outputs=OUTPUTS, rolling=False)
+                             outputs=OUTPUTS)
     _assert_same(plain, local_result)
     # the 3x3 convolution sees the zero padding at every tile edge, so the output is a blend
     # of tiles that disagree near their borders, not the model applied to the whole image

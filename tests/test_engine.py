@@ -102,19 +102,39 @@ def test_constant_model_gives_constant_output(window):
     np.testing.assert_allclose(ds.probabilities.values[1], p1, rtol=1e-6)
 
 
-def test_every_pixel_covered_and_weights_match_reference():
+def _folded(runner, lag=None):
+    """The raw overlap-add (K + 1, H, W) of a runner's graph, computed."""
+    def finish(runner, _ctx, jy, jx, dsts, *pieces):
+        return runner.fold(jy, jx, list(zip(dsts, pieces)))
+
+    dsk, name, keys = engine.blend_graph(runner, finish, lag=lag)
+    nr, nc = runner.plan.chunk_grid
+    blocks = dask.get(dsk, keys)
+    rows = [np.concatenate(blocks[i * nc:(i + 1) * nc], axis=2) for i in range(nr)]
+    return np.concatenate(rows, axis=1), dsk
+
+
+@pytest.mark.parametrize("chunks", [72, 50, (200, 64), 1000])
+def test_every_pixel_covered_and_weights_match_reference(chunks):
     shape, tile, overlap = (177, 211), 50, 14
     image = _image(shape, 1)
-    plan = plan_tiles(shape + (1,), tile, overlap, 2 * (tile - overlap))
+    plan = plan_tiles(shape + (1,), tile, overlap, chunks)
     w = get_window("gaussian", tile, overlap)
     model = as_model(_conv(1, 2))
-    runner = engine.TileRunner(model, w, plan.overlap, 4, 2)
-    folded = engine.fold(engine.accumulate(engine.pad_image(da.from_array(image), plan),
-                                           runner, plan), plan).compute()
+    runner = engine.make_runner(da.from_array(image), model, plan, w, batch_size=4, classes=2)
+    folded, _ = _folded(runner)
     weight_sum = folded[-1]
     assert (weight_sum > 0).all()
     _, expected_wsum = reference_blend(image, model, tile, overlap, w.astype(np.float64))
     assert max_rel_diff(weight_sum, expected_wsum) < 1e-6
+
+
+def test_reflect_index_equals_numpy_pad():
+    for length in (1, 2, 5, 17):
+        for before, after in ((0, 0), (3, 4), (20, 41)):
+            expected = np.pad(np.arange(length), (before, after), mode="reflect")
+            got = engine.reflect_index(-before, length + after, length)
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_each_tile_runs_exactly_once():
@@ -128,54 +148,88 @@ def test_each_tile_runs_exactly_once():
         return np.repeat(batch, 2, axis=1)
 
     tile, overlap = 48, 16
-    chunkseg.predict(image, recording, tile=tile, overlap=overlap, chunks=64,
-                     outputs="logits").logits.compute()
-    plan = plan_tiles(image.shape, tile, overlap, 64)
-    # the first tile is also run once on the client to learn the number of classes
-    assert len(seen) == plan.n_tiles + 1
-    assert len(set(seen[1:])) == plan.n_tiles  # all distinct (random image)
+    for chunks in (64, 100, 48):
+        seen.clear()
+        chunkseg.predict(image, recording, tile=tile, overlap=overlap, chunks=chunks,
+                         outputs="logits").logits.compute()
+        plan = plan_tiles(image.shape, tile, overlap, chunks)
+        # the first tile is also run once on the client to learn the number of classes
+        assert len(seen) == plan.n_tiles + 1
+        assert len(set(seen[1:])) == plan.n_tiles  # all distinct (random image)
 
 
-def test_tasks_hold_only_chunk_plus_halo(monkeypatch):
-    shapes = []
-    original = blend.accumulate_block
+def test_tasks_read_only_their_block(monkeypatch):
+    regions = []
+    original = engine.BlockReader.__call__
 
-    def spy(block, *args, **kwargs):
-        shapes.append(block.shape)
-        return original(block, *args, **kwargs)
+    def spy(self, ys, xs):
+        out = original(self, ys, xs)
+        regions.append((ys, xs, out.shape))
+        return out
 
-    monkeypatch.setattr(blend, "accumulate_block", spy)
+    monkeypatch.setattr(engine.BlockReader, "__call__", spy)
     image = _image((300, 260), 2)
-    tile, overlap, chunks = 40, 8, 64
+    tile, overlap, chunks = 40, 8, 70
     chunkseg.predict(image, _conv(2, 2), tile=tile, overlap=overlap, chunks=chunks,
                      outputs="logits").logits.compute()
     plan = plan_tiles(image.shape, tile, overlap, chunks)
-    assert len(shapes) == plan.n_chunks
-    expected = sorted((2, by, bx) for by in [a for a in (b - a for a, b in plan.block_extents()[0])]
-                      for bx in (b - a for a, b in plan.block_extents()[1]))
-    assert sorted(shapes) == expected
-    # every block is at most a chunk plus its halo, except the last one, which carries the padding
-    for _, by, bx in shapes[:-1]:
-        assert by <= chunks + overlap + plan.stride[0] and bx <= chunks + overlap + plan.stride[1]
-    full = [s for s in shapes if s[1] == chunks + overlap and s[2] == chunks + overlap]
-    assert full  # interior blocks are exactly chunk + overlap
+    blocks = regions[1:]  # the first read is the probe tile
+    ey, ex = plan.block_extents()
+    expected = sorted((y, x) for y in ey for x in ex if y[1] > y[0] and x[1] > x[0])
+    assert sorted((ys, xs) for ys, xs, _ in blocks) == expected  # each block read once
+    for ys, xs, shp in blocks:
+        assert shp == (2, ys[1] - ys[0], xs[1] - xs[0])
+        # a block is the chunk's own tiles: at most the chunk plus less than a tile
+        assert ys[1] - ys[0] < chunks + tile and xs[1] - xs[0] < chunks + tile
 
 
-def test_fold_moves_only_strips():
+def test_fold_is_forward_only_and_moves_only_pieces():
     image = _image((200, 200), 1)
     ds = chunkseg.predict(image, _conv(1, 2), tile=40, overlap=10, chunks=60, outputs="logits")
     graph = dict(ds.logits.data.__dask_graph__())
     deps = {k: get_dependencies(graph, k) for k in graph}
     fold_keys = [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("chunkseg-fold")]
     assert len(fold_keys) == 16
+    n_tasks = sum(isinstance(k, tuple) for k in graph)
+    assert n_tasks <= 7 * 16  # a handful of tasks per chunk
     for key in fold_keys:
-        acc_deps = [d for d in deps[key] if str(d[0]).startswith("chunkseg-accumulate")]
-        strip_deps = [d for d in deps[key] if str(d[0]).startswith("chunkseg-strip")]
-        assert acc_deps == [(acc_deps[0][0], 0) + key[2:]]  # its own block only
-        assert len(strip_deps) + 1 == len(deps[key])
-        for s in strip_deps:  # strips are cut from one neighbouring block each
-            (src,) = deps[s]
-            assert max(abs(src[2] - key[2]), abs(src[3] - key[3])) == 1
+        pieces = [d for d in deps[key] if str(d[0]).startswith("chunkseg-piece")]
+        assert len(pieces) + 2 == len(deps[key])  # plus the runner and the context
+        for p in pieces:
+            (src,) = [d for d in deps[p] if str(d[0]).startswith("chunkseg-accumulate")]
+            iy, ix = src[1:]
+            assert p[3:] == key[2:]
+            # the chunk itself or its upper / left / upper-left neighbour
+            assert 0 <= key[2] - iy <= 1 and 0 <= key[3] - ix <= 1
+
+
+def test_rolling_window_bounds_blocks_alive():
+    image = _image((420, 400), 1)
+    plan = plan_tiles(image.shape, 40, 10, 60)
+    w = get_window("gaussian", 40, 10)
+    runner = engine.make_runner(da.from_array(image), as_model(_conv(1, 2)), plan, w,
+                                batch_size=8, classes=2)
+    alive, peak, lock = set(), [0], threading.Lock()
+
+    class Watched(engine.TileRunner):
+        def accumulate(self, iy, ix):
+            with lock:
+                alive.add((iy, ix))
+                peak[0] = max(peak[0], len(alive))
+            return super().accumulate(iy, ix)
+
+        def fold(self, jy, jx, pieces):
+            with lock:
+                alive.discard((jy, jx))
+            return super().fold(jy, jx, pieces)
+
+    runner.__class__ = Watched
+    expected, _ = _folded(runner)
+    peak[0] = 0
+    with dask.config.set(num_workers=2):
+        got, _ = _folded(runner, lag=3)
+    np.testing.assert_array_equal(got, expected)
+    assert peak[0] <= 3 + 1 < plan.n_chunks
 
 
 def test_labels_and_probabilities_follow_logits():
@@ -322,7 +376,9 @@ def test_nan_on_a_later_tile_is_reported():
         ({"overlap": -1}, ValueError, "overlap"),
         ({"tile": 0}, ValueError, "tile"),
         ({"tile": (32, 32, 32)}, TypeError, "tile"),
-        ({"chunks": 50}, ValueError, r"chunks.*Nearest valid values: 48 or 72"),
+        ({"chunks": 0}, ValueError, r"chunks.*positive"),
+        ({"kernel": "cuda"}, ValueError, "kernel"),
+        ({"kernel": "torch"}, TypeError, "torch model"),
         ({"window": "hann"}, ValueError, "window"),
         ({"window": np.ones((3, 3))}, ValueError, "shape"),
         ({"outputs": "logit"}, ValueError, "outputs"),
@@ -360,36 +416,3 @@ def test_xarray_to_zarr_of_lazy_dataset(tmp_path):
     back = xr.open_zarr(tmp_path / "x.zarr", consolidated=False)
     np.testing.assert_array_equal(back.logits.values, ds.logits.values)
     assert back.labels.dims == ("y", "x") and back.attrs["window"] == "gaussian"
-
-
-def test_rolling_window_equals_plain_graph_and_bounds_alive_blocks():
-    from dask.core import get_deps
-    from dask.order import order
-
-    image = _image((420, 400), 1)
-    model = _conv(1, 2)
-    kwargs = dict(tile=40, overlap=10, chunks=60, outputs="logits")
-    plain = chunkseg.predict(image, model, **kwargs).logits
-    rolled = chunkseg.predict(image, model, rolling=True, **kwargs).logits
-    np.testing.assert_array_equal(rolled.values, plain.values)
-    plan = plan_tiles(image.shape, 40, 10, 60)
-
-    def peak_alive_blocks(arr):
-        dsk = dict(arr.data.__dask_graph__())
-        prio = order(dsk)
-        deps, dependents = get_deps(dsk)
-        left = {k: len(v) for k, v in dependents.items()}
-        alive, peak = set(), 0
-        for k in sorted(dsk, key=prio.get):
-            alive.add(k)
-            for d in deps[k]:
-                left[d] -= 1
-                if left[d] == 0:
-                    alive.discard(d)
-            peak = max(peak, sum(str(a[0]).startswith("chunkseg-accumulate") for a in alive
-                                 if isinstance(a, tuple)))
-        return peak
-
-    assert peak_alive_blocks(rolled) <= plan.chunk_grid[1] + 3
-    assert peak_alive_blocks(rolled) < peak_alive_blocks(plain)
-
