@@ -129,6 +129,7 @@ def accumulate_block_torch(
     torch = _torch()
     import torch.nn.functional as F
 
+    device = torch.device(device)
     ty, tx = (int(t) for t in window.shape)
     sy, sx = ty - overlap[0], tx - overlap[1]
     c_in, by, bx = block.shape
@@ -177,14 +178,26 @@ def accumulate_block_torch(
             logits = torch.zeros((my * mx, classes, ty, tx), dtype=torch.float32, device=device)
         finite = torch.isfinite(logits).all()
         logits.mul_(w)
-        acc = torch.empty((classes + 1, by, bx), dtype=torch.float32, device=device)
-        cols = logits.reshape(my * mx, classes * ty * tx).t().unsqueeze(0)
-        acc[:classes] = F.fold(cols, (by, bx), (ty, tx), stride=(sy, sx))[0]
-        wcols = w.reshape(1, ty * tx, 1).expand(1, ty * tx, my * mx)
-        if keep is not None:
-            wcols = wcols * keep.to(torch.float32).view(1, 1, -1)
-        acc[classes] = F.fold(wcols, (by, bx), (ty, tx), stride=(sy, sx))[0, 0]
-        del logits, cols, tiles, x
+        if device.type == "cpu":
+            # on the CPU, slice-adds beat col2im (measured: 3 vs 17 ms for 64 tiles of 256^2)
+            acc = torch.zeros((classes + 1, by, bx), dtype=torch.float32, device=device)
+            ran = run.reshape(-1) if run is not None else None
+            for n in range(my * mx):
+                if ran is not None and not ran[n]:
+                    continue
+                y, x_ = (n // mx) * sy, (n % mx) * sx
+                acc[:classes, y : y + ty, x_ : x_ + tx] += logits[n]
+                acc[classes, y : y + ty, x_ : x_ + tx] += w
+        else:
+            acc = torch.empty((classes + 1, by, bx), dtype=torch.float32, device=device)
+            cols = logits.reshape(my * mx, classes * ty * tx).t().unsqueeze(0)
+            acc[:classes] = F.fold(cols, (by, bx), (ty, tx), stride=(sy, sx))[0]
+            wcols = w.reshape(1, ty * tx, 1).expand(1, ty * tx, my * mx)
+            if keep is not None:
+                wcols = wcols * keep.to(torch.float32).view(1, 1, -1)
+            acc[classes] = F.fold(wcols, (by, bx), (ty, tx), stride=(sy, sx))[0, 0]
+            del cols
+        del logits, tiles, x
     if not bool(finite):
         raise ModelOutputError(
             f"`model` returned non-finite values (NaN or inf) for a block of shape "
@@ -260,12 +273,27 @@ def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float
             out["probabilities"] = p.to(tdtype)
         if "labels" in names:
             ldt = labels_dtype(k)
-            lab = (logits[0] > 0) if k == 1 else torch.argmax(logits, dim=0)
-            out["labels"] = lab.to(_torch_int(torch, ldt))
+            out["labels"] = _argmax_planes(torch, logits, _torch_int(torch, ldt))
     host = {name: t.cpu().numpy() for name, t in out.items()}
     if "labels" in host:
         host["labels"] = host["labels"].astype(labels_dtype(k), copy=False)
     return host
+
+
+def _argmax_planes(torch, logits, dtype):
+    """Labels as :func:`chunkseg.blend.labels_from_logits`: plane by plane, ties (and NaN) to the
+    lower class; ``logit > 0`` for one class. ``torch.argmax`` over the leading axis of a
+    (2, 1536, 1536) tensor took 143 ms on the CPU, this loop a few."""
+    k = logits.shape[0]
+    if k == 1:
+        return (logits[0] > 0).to(dtype)
+    best = logits[0].clone()
+    labels = torch.zeros(logits.shape[1:], dtype=dtype, device=logits.device)
+    for c in range(1, k):
+        better = logits[c] > best
+        labels.masked_fill_(better, c)
+        torch.maximum(best, logits[c], out=best)
+    return labels
 
 
 def _torch_int(torch, dt: np.dtype):

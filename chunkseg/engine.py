@@ -18,6 +18,7 @@ block is done, and only the overhanging pieces (less than a tile wide) wait for 
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import uuid
@@ -526,10 +527,12 @@ def predict(
     start at 0, and it pads only images smaller than a tile) and clamps its gaussian weights
     below at 1e-3 (see ``benchmarks/vs_monai.py``).
     """
+    cores = os.cpu_count() or 1
     setup = _setup(image, model, tile=tile, overlap=overlap, window=window, chunks=chunks,
                    batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
                    normalization=normalization, storage_options=storage_options,
-                   array_name=array_name, mask=mask, kernel=kernel)
+                   array_name=array_name, mask=mask, kernel=kernel,
+                   torch_threads=max(1, cores // _threads(None)))
     runner, outputs_, dtype_ = setup["runner"], setup["outputs"], setup["dtype"]
     classes = runner.classes
     logits = _logits_array(runner, setup["image"].name)
@@ -758,9 +761,9 @@ def predict_to_zarr(
     with open_client(scheduler, workers) as client:
         threads = _threads(client)
         cores = os.cpu_count() or 1
+        local = client is None or workers is not None
         setup = _setup(image, model, storage_options=_so(image, storage_options),
-                       torch_threads=max(1, cores // threads) if client is None else None,
-                       **params)
+                       torch_threads=max(1, cores // threads) if local else None, **params)
         runner, ds_attrs = setup["runner"], setup["attrs"]
         plan, dtype_ = runner.plan, setup["dtype"]
         group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
@@ -789,8 +792,9 @@ def predict_to_zarr(
         done_key = f"chunkseg-done-{token}"
         dsk[done_key] = (_count, list(fold_keys))
         graph = _graph(done_key, dsk, resources)
-        written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
-                          else client, progress=progress)[0]
+        with _restore_torch_threads():
+            written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
+                              else client, progress=progress)[0]
         if written != plan.n_chunks:
             raise RuntimeError(f"wrote {written} of {plan.n_chunks} chunks.")
     with warnings.catch_warnings():
@@ -799,6 +803,20 @@ def predict_to_zarr(
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         zarr.consolidate_metadata(group.store)
     return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=True)
+
+
+@contextlib.contextmanager
+def _restore_torch_threads():
+    """Torch's intra-op thread count as it was, after tasks set one per dask thread."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _graph(key: str, dsk: dict, resources: dict | None) -> HighLevelGraph:
