@@ -156,12 +156,42 @@ def accumulate_block_torch(
             acc, finite = _accumulate_fold(grid, positions, module, w, (sy, sx), (by, bx),
                                            batch_size, classes, run)
         del grid, x
+        wait = _to_host_async({"finite": finite}) if torch.is_tensor(finite) else None
+    if wait is not None:
+        finite = wait()["finite"]
     if not bool(finite):
         raise ModelOutputError(
             f"`model` returned non-finite values (NaN or inf) for a block of shape "
             f"{tuple(block.shape)}. Check the model's weights and input normalisation."
         )
     return acc if keep_on_device else acc.cpu()
+
+
+def _to_host_async(tensors: dict):
+    """Start copying device tensors to the host; returns a function that waits and gives them.
+
+    Called with the device lock held, so the copies queue behind the thread's work; the wait
+    happens after the lock is released, on a blocking CUDA event (the thread sleeps instead
+    of spinning, so waiting threads leave the CPU to the one driving the GPU). On the CPU the
+    tensors are returned as they are.
+    """
+    torch = _torch()
+    first = next(iter(tensors.values()))
+    if first.device.type != "cuda":
+        return lambda: tensors
+    host = {}
+    for name, t in tensors.items():
+        h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        h.copy_(t, non_blocking=True)
+        host[name] = h
+    event = torch.cuda.Event(blocking=True)
+    event.record()
+
+    def wait():
+        event.synchronize()
+        return host
+
+    return wait
 
 
 def _empty(shape: tuple[int, ...], device, zero: bool = False):
@@ -219,8 +249,12 @@ def _accumulate_fold(grid, positions, module, w, stride, shape, batch_size, clas
             classes = int(out.shape[1])
             logits = torch.zeros((my * mx, classes, ty, tx), dtype=torch.float32,
                                  device=device)
-        idx = torch.tensor([i * mx + j for i, j in pos], device=device)
-        logits.index_copy_(0, idx, out)
+        first = pos[0][0] * mx + pos[0][1]
+        if run is None:  # consecutive tiles: a slice, no index upload (that would sync)
+            logits[first : first + len(pos)] = out
+        else:
+            for n, (i, j) in enumerate(pos):
+                logits[i * mx + j] = out[n]
     if logits is None:
         logits = torch.zeros((my * mx, classes, ty, tx), dtype=torch.float32, device=device)
     finite = torch.isfinite(logits).all()
@@ -311,7 +345,8 @@ def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float
         if "labels" in names:
             ldt = labels_dtype(k)
             out["labels"] = _argmax_planes(torch, logits, _torch_int(torch, ldt))
-    host = {name: t.cpu().numpy() for name, t in out.items()}
+        wait = _to_host_async(out)
+    host = {name: t.numpy() for name, t in wait().items()}
     if "labels" in host:
         host["labels"] = host["labels"].astype(labels_dtype(k), copy=False)
     return host

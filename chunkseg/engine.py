@@ -85,10 +85,14 @@ class BlockReader:
     Parameters
     ----------
     image : (H, W, C_in) dask array
+    direct : callable, optional
+        ``direct(y0, y1, x0, x1) -> (y, x, C_in) ndarray`` reading the same image without dask
+        (:class:`chunkseg.io.ZarrRegionReader` for Zarr inputs).
     """
 
-    def __init__(self, image: da.Array):
+    def __init__(self, image: da.Array, direct=None):
         self.image = image
+        self.direct = direct
 
     def __call__(self, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
         """Pixels ``[ys[0], ys[1]) x [xs[0], xs[1])`` (image coordinates, may pass the edges).
@@ -100,9 +104,10 @@ class BlockReader:
         h, w = self.image.shape[:2]
         iy, ix = reflect_index(*ys, h), reflect_index(*xs, w)
         (y0, y1), (x0, x1) = (int(iy.min()), int(iy.max()) + 1), (int(ix.min()), int(ix.max()) + 1)
-        region = self.image[y0:y1, x0:x1]
-        region = np.asarray(region.compute(scheduler="sync") if isinstance(region, da.Array)
-                            else region)
+        if self.direct is not None:
+            region = self.direct(y0, y1, x0, x1)
+        else:
+            region = np.asarray(self.image[y0:y1, x0:x1].compute(scheduler="sync"))
         if y1 - y0 != len(iy) or (iy[0] != y0) or np.any(np.diff(iy) != 1):
             region = region[iy - y0]
         if x1 - x0 != len(ix) or (ix[0] != x0) or np.any(np.diff(ix) != 1):
@@ -341,11 +346,12 @@ def _probe_classes(reader: BlockReader, model, plan: TilePlan) -> int:
 
 def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
                 batch_size: int = 8, classes: int | None = None, mask: Any = None,
-                kernel: str = "auto", torch_threads: int | None = None) -> TileRunner:
+                kernel: str = "auto", torch_threads: int | None = None,
+                direct=None) -> TileRunner:
     """The :class:`TileRunner` of an image, model and plan (probes ``classes`` when None)."""
     if kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
-    reader = BlockReader(image)
+    reader = BlockReader(image, direct)
     if classes is None:
         classes = _probe_classes(reader, model, plan)
     run_tiles = predicate = None
@@ -566,7 +572,8 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     weights = get_window(window, plan.tile, plan.overlap)
     predictor = as_model(model, device=device, normalization=normalization)
     runner = make_runner(arr.data, predictor, plan, weights, batch_size=int(batch_size),
-                         mask=mask, kernel=kernel, torch_threads=torch_threads)
+                         mask=mask, kernel=kernel, torch_threads=torch_threads,
+                         direct=arr.encoding.get("chunkseg_reader"))
     classes = runner.classes
     attrs = {
         "chunkseg_version": _version(),

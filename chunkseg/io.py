@@ -372,7 +372,54 @@ def _open_zarr_node(
         )
     names = _zarr_dim_names(node) or ngff_axes
     data, _ = _to_yxc(_zarr_to_dask(node), names)
-    return _finish(data, source)
+    out = _finish(data, source)
+    reader = ZarrRegionReader.for_array(node, names)
+    if reader is not None and out.dtype == node.dtype:
+        out.encoding["chunkseg_reader"] = reader
+    return out
+
+
+class ZarrRegionReader:
+    """Read a ``(y, x, c)`` region of a Zarr image with one Zarr selection, no Dask graph.
+
+    :func:`open_image` puts one in the DataArray's ``encoding["chunkseg_reader"]`` for Zarr
+    inputs; the engine's block tasks use it to read their block straight from the store
+    (zarr fetches and decodes the chunks concurrently). Picklable: a cluster's workers open
+    the same store.
+
+    Parameters
+    ----------
+    array : zarr.Array
+    names : sequence of str or None
+        The array's dimension names, as :func:`open_image` read them.
+    """
+
+    def __init__(self, array: zarr.Array, names: Sequence[object] | None):
+        self.array = array
+        self.names = None if names is None else tuple(str(n) for n in names)
+        if self.names is None:
+            self.axes = (0, 1)
+        else:
+            canonical = [_canonical_dim(n) for n in self.names]
+            self.axes = (canonical.index("y"), canonical.index("x"))
+
+    @classmethod
+    def for_array(cls, array: zarr.Array, names) -> ZarrRegionReader | None:
+        """A reader, or None where the layout is not a plain (named) one."""
+        if names is None and array.ndim not in (2, 3):
+            return None
+        try:
+            return cls(array, names)
+        except ValueError:
+            return None
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0, y1) x [x0, x1)`` as a ``(y, x, c)`` ndarray of the array's dtype."""
+        sel = [slice(None)] * self.array.ndim
+        sel[self.axes[0]], sel[self.axes[1]] = slice(y0, y1), slice(x0, x1)
+        region = np.asarray(self.array[tuple(sel)])
+        data, _ = _to_yxc(region, self.names)
+        return data
 
 
 def _open_zarr_location(

@@ -416,3 +416,20 @@ def test_xarray_to_zarr_of_lazy_dataset(tmp_path):
     back = xr.open_zarr(tmp_path / "x.zarr", consolidated=False)
     np.testing.assert_array_equal(back.logits.values, ds.logits.values)
     assert back.labels.dims == ("y", "x") and back.attrs["window"] == "gaussian"
+
+
+@pytest.mark.parametrize("layout", ["yxc", "cyx", "yx"])
+def test_zarr_blocks_read_straight_from_the_store(tmp_path, layout):
+    image = _image((150, 170), 1 if layout == "yx" else 3)
+    data = {"yxc": image, "cyx": image.transpose(2, 0, 1), "yx": image[..., 0]}[layout]
+    names = {"yxc": ("y", "x", "c"), "cyx": ("c", "y", "x"), "yx": ("y", "x")}[layout]
+    z = zarr.create_array(str(tmp_path / "in.zarr"), shape=data.shape, dtype=data.dtype,
+                          chunks=(40,) * data.ndim, dimension_names=names)
+    z[...] = data
+    opened = chunkseg.open_image(str(tmp_path / "in.zarr"))
+    reader = opened.encoding["chunkseg_reader"]
+    np.testing.assert_array_equal(reader(10, 60, 20, 90), image[10:60, 20:90])
+    model = _conv(image.shape[2], 2)
+    kw = dict(tile=48, overlap=16, chunks=64, outputs="logits")
+    got = chunkseg.predict(str(tmp_path / "in.zarr"), model, **kw).logits.values
+    np.testing.assert_array_equal(got, chunkseg.predict(image, model, **kw).logits.values)
