@@ -12,16 +12,20 @@ kernel for ONNX models and plain callables): an input block is ``(C_in, B_y, B_x
 accumulator ``(K + 1, B_y, B_x)`` float32 holding ``sum(w * logits)`` in planes ``0..K-1`` and
 ``sum(w)`` in plane ``K``. Standard torch operations only.
 
-On a GPU, one thread at a time drives each device (a per-device lock around the launches), so
-several dask threads overlap reading, decoding and writing with the model without competing
-for the GPU; measured on an H100 (issue 6), one driving thread with readers and writers around
-it was 2 to 5 times faster than 2 to 8 threads each driving the GPU.
+On a GPU, one thread drives each device: the dask threads read and decode blocks, hand the
+device work to that thread (:func:`on_device`) and wait for it without holding the GIL, then
+encode and write the outputs, so reading, the model and writing overlap and the GPU never
+competes with itself. cuDNN's autotuning cache (``torch.backends.cudnn.benchmark``) and its
+handles are per thread, so with every dask thread driving the GPU each one re-tuned every
+convolution: measured on an H100 with the shipped U-Net at 8192^2, 1 / 4 / 16 dask threads
+driving the GPU took 0.71 / 1.68 / 15.9 s.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -29,42 +33,42 @@ from .blend import check_model_output, labels_dtype
 from .errors import ModelOutputError
 
 __all__ = [
-    "device_lock",
+    "on_device",
     "accumulate_block_torch",
     "fold_pieces_torch",
     "outputs_torch",
 ]
 
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+_DRIVERS: dict[str, ThreadPoolExecutor] = {}
+_DRIVERS_GUARD = threading.Lock()
 
 
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def device_lock(device) -> threading.Lock | _NoLock:
-    """The lock that lets one thread at a time drive ``device`` (no lock for the CPU).
+def on_device(device, fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` on the thread that drives ``device``; return its result.
 
     Parameters
     ----------
     device : torch.device or str
+        For ``"cpu"`` the function runs in the calling thread (threads run side by side, one
+        torch thread each). For an accelerator, on one long-lived thread per device and process
+        (a ``ThreadPoolExecutor`` of one worker), in the order of submission; the caller waits
+        without holding the GIL.
+    fn : callable
 
     Returns
     -------
-    context manager
-        A process-wide :class:`threading.Lock` per accelerator device; a no-op for ``"cpu"``,
-        where threads run side by side with one torch thread each.
+    object
+        What ``fn`` returns; what it raises is raised here.
     """
     key = str(device)
     if key == "cpu":
-        return _NoLock()
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.Lock())
+        return fn(*args, **kwargs)
+    with _DRIVERS_GUARD:
+        driver = _DRIVERS.get(key)
+        if driver is None:
+            driver = _DRIVERS[key] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"chunkseg-{key.replace(':', '')}")
+    return driver.submit(fn, *args, **kwargs).result()
 
 
 def _torch():
@@ -85,6 +89,7 @@ def accumulate_block_torch(
     classes: int | None = None,
     run: np.ndarray | None = None,
     keep_on_device: bool = True,
+    then=None,
 ):
     """Run a torch module on every tile a block owns, on its device; weighted accumulation.
 
@@ -108,6 +113,9 @@ def accumulate_block_torch(
         Tiles to run; skipped tiles add nothing.
     keep_on_device : bool, default True
         Return the accumulator on ``device`` (else on the CPU).
+    then : callable, optional
+        Applied to the accumulator on the device's driving thread; its result is returned
+        instead (the engine cuts the block into per-chunk pieces there).
 
     Returns
     -------
@@ -135,15 +143,38 @@ def accumulate_block_torch(
     my, mx = (by - overlap[0]) // sy, (bx - overlap[1]) // sx
     if my * sy + overlap[0] != by or mx * sx + overlap[1] != bx or my < 1 or mx < 1:
         raise ValueError(f"block shape {block.shape} does not match the tile plan.")
-    w = torch.as_tensor(window, device=device, dtype=torch.float32)
-    with torch.inference_mode(), device_lock(device):
-        src = torch.from_numpy(np.ascontiguousarray(block))
-        x = _empty(tuple(block.shape), device)
-        x.copy_(src.to(device, non_blocking=True) if device.type != "cpu" else src)
+    src = torch.from_numpy(np.ascontiguousarray(block))
+    if device.type == "cuda":  # pinned, so that the upload does not wait for the GPU to drain
+        src = src.pin_memory()
+    out, wait = on_device(device, _accumulate_enqueue, src, module, window, device, (sy, sx),
+                          (my, mx), normalization, batch_size, classes, run, then)
+    finite = wait()["finite"]
+    if not bool(finite):
+        raise ModelOutputError(
+            f"`model` returned non-finite values (NaN or inf) for a block of shape "
+            f"{tuple(block.shape)}. Check the model's weights and input normalisation."
+        )
+    if keep_on_device or then is not None:
+        return out
+    return out.cpu()
+
+
+def _accumulate_enqueue(src, module, window, device, stride, grid_shape, normalization,
+                        batch_size, classes, run, then):
+    """The device part of :func:`accumulate_block_torch`, on the device's driving thread:
+    everything is queued on the GPU, nothing waited for but the model's output shape."""
+    torch = _torch()
+    (sy, sx), (my, mx) = stride, grid_shape
+    c_in, by, bx = src.shape
+    ty, tx = window.shape
+    with torch.inference_mode():
+        w = torch.as_tensor(window, device=device, dtype=torch.float32)
+        x = _empty(tuple(src.shape), device)
+        x.copy_(src, non_blocking=True)
         if normalization is not None and not normalization.is_identity:
             _check_channels(normalization, c_in)
-            mean = torch.tensor(normalization.mean, dtype=torch.float32, device=device)
-            std = torch.tensor(normalization.std, dtype=torch.float32, device=device)
+            mean = torch.tensor(normalization.mean, dtype=torch.float32).to(device)
+            std = torch.tensor(normalization.std, dtype=torch.float32).to(device)
             x.mul_(float(normalization.scale)).sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
         grid = x.unfold(1, ty, sy).unfold(2, tx, sx).permute(1, 2, 0, 3, 4)  # a view
         positions = [(i, j) for i in range(my) for j in range(mx) if run is None or run[i, j]]
@@ -156,24 +187,19 @@ def accumulate_block_torch(
             acc, finite = _accumulate_fold(grid, positions, module, w, (sy, sx), (by, bx),
                                            batch_size, classes, run)
         del grid, x
-        wait = _to_host_async({"finite": finite}) if torch.is_tensor(finite) else None
-    if wait is not None:
-        finite = wait()["finite"]
-    if not bool(finite):
-        raise ModelOutputError(
-            f"`model` returned non-finite values (NaN or inf) for a block of shape "
-            f"{tuple(block.shape)}. Check the model's weights and input normalisation."
-        )
-    return acc if keep_on_device else acc.cpu()
+        out = then(acc) if then is not None else acc
+        if torch.is_tensor(finite):
+            return out, _to_host_async({"finite": finite})
+        return out, (lambda: {"finite": finite})
 
 
 def _to_host_async(tensors: dict):
     """Start copying device tensors to the host; returns a function that waits and gives them.
 
-    Called with the device lock held, so the copies queue behind the thread's work; the wait
-    happens after the lock is released, on a blocking CUDA event (the thread sleeps instead
-    of spinning, so waiting threads leave the CPU to the one driving the GPU). On the CPU the
-    tensors are returned as they are.
+    Called on the device's driving thread, so the copies queue behind its work; the wait
+    happens in the calling thread, on a blocking CUDA event (the thread sleeps instead of
+    spinning, leaving the CPU to the driving thread). On the CPU the tensors are returned as
+    they are.
     """
     torch = _torch()
     first = next(iter(tensors.values()))
@@ -292,10 +318,14 @@ def fold_pieces_torch(shape: tuple[int, ...], pieces: Sequence[tuple[tuple[slice
     -------
     (K + 1, H_c, W_c) float32 tensor
     """
-    torch = _torch()
     device = pieces[0][1].device
-    with torch.inference_mode(), device_lock(device):
-        out = _empty(tuple(shape), device, zero=True)
+    return on_device(device, _fold_enqueue, tuple(shape), pieces)
+
+
+def _fold_enqueue(shape, pieces):
+    torch = _torch()
+    with torch.inference_mode():
+        out = _empty(shape, pieces[0][1].device, zero=True)
         for (dy, dx), piece in pieces:
             out[:, dy, dx] += piece
     return out
@@ -322,11 +352,21 @@ def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float
         :func:`chunkseg.blend.normalize_accumulator`, :func:`~chunkseg.blend.probabilities_from_logits`
         and :func:`~chunkseg.blend.labels_from_logits` up to float32 rounding.
     """
+    k = acc.shape[0] - 1
+    wait = on_device(acc.device, _outputs_enqueue, acc, tuple(names), np.dtype(dtype),
+                     fill_value)
+    host = {name: t.numpy() for name, t in wait().items()}
+    if "labels" in host:
+        host["labels"] = host["labels"].astype(labels_dtype(k), copy=False)
+    return host
+
+
+def _outputs_enqueue(acc, names, dtype, fill_value):
     torch = _torch()
-    tdtype = torch.float16 if np.dtype(dtype) == np.float16 else torch.float32
+    tdtype = torch.float16 if dtype == np.float16 else torch.float32
     k = acc.shape[0] - 1
     out = {}
-    with torch.inference_mode(), device_lock(acc.device):
+    with torch.inference_mode():
         weights = acc[-1:]
         logits = _empty(tuple(acc[:-1].shape), acc.device)
         torch.div(acc[:-1], weights, out=logits)
@@ -343,13 +383,8 @@ def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float
                 p.div_(p.sum(dim=0, keepdim=True))
             out["probabilities"] = p.to(tdtype)
         if "labels" in names:
-            ldt = labels_dtype(k)
-            out["labels"] = _argmax_planes(torch, logits, _torch_int(torch, ldt))
-        wait = _to_host_async(out)
-    host = {name: t.numpy() for name, t in wait().items()}
-    if "labels" in host:
-        host["labels"] = host["labels"].astype(labels_dtype(k), copy=False)
-    return host
+            out["labels"] = _argmax_planes(torch, logits, _torch_int(torch, labels_dtype(k)))
+        return _to_host_async(out)
 
 
 def _argmax_planes(torch, logits, dtype):

@@ -197,8 +197,8 @@ class TileRunner:
             run is not None and not run.any())
         torch_model = self.torch_model()
         if torch_model is not None:
-            acc = self._accumulate_torch(block, torch_model, run, skip)
-        elif skip:  # background: the model never sees it
+            return self._accumulate_torch(block, torch_model, run, skip, iy, ix)
+        if skip:  # background: the model never sees it
             acc = np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
         else:
             acc = blend.accumulate_block(block, self.model, self.window, self.plan.overlap,
@@ -206,21 +206,27 @@ class TileRunner:
                                          run=run)
         return self._pieces(acc, iy, ix)
 
-    def _accumulate_torch(self, block, adapter: TorchAdapter, run, skip):
+    def _accumulate_torch(self, block, adapter: TorchAdapter, run, skip, iy: int, ix: int):
         import torch
 
-        from .blend_torch import accumulate_block_torch
+        from .blend_torch import accumulate_block_torch, on_device
+
+        def cut(acc):  # on the device's driving thread
+            return self._pieces(acc, iy, ix)
 
         if skip:
-            return torch.zeros((self.classes + 1,) + block.shape[1:], dtype=torch.float32,
-                               device=adapter.device)
+            def zeros():
+                return cut(torch.zeros((self.classes + 1,) + block.shape[1:],
+                                       dtype=torch.float32, device=adapter.device))
+
+            return on_device(adapter.device, zeros)
         if adapter.device.type == "cpu" and self.torch_threads:
             if torch.get_num_threads() != self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
         return accumulate_block_torch(
             block, adapter.module, self.window, self.plan.overlap, device=adapter.device,
             normalization=adapter.normalization, batch_size=self.batch_size,
-            classes=self.classes, run=run)
+            classes=self.classes, run=run, then=cut)
 
     def _pieces(self, acc, iy: int, ix: int) -> dict:
         pieces = {}
