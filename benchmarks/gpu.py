@@ -157,6 +157,7 @@ def main(argv=None) -> None:
 
     import chunkseg
     from benchmarks.scale import write_texture
+    from chunkseg.engine import GPU_CHUNK
     from chunkseg.models import Normalization
     from chunkseg.plan import plan_tiles
 
@@ -176,7 +177,8 @@ def main(argv=None) -> None:
             for name in args.models:
                 model = build_model(name, dev)
                 params = sum(p.numel() for p in model.parameters())
-                plan = plan_tiles((size, size), args.tile, args.overlap, args.chunk)
+                chunk = args.chunk or (GPU_CHUNK if dev.startswith("cuda") else None)
+                plan = plan_tiles((size, size), args.tile, args.overlap, chunk)
                 host = np.asarray(zarr.open_array(src)[..., 0])
                 image_dev = (torch.from_numpy(host).to(dev).float() / 255)[None, None]
                 del host

@@ -57,6 +57,14 @@ __all__ = [
 OUTPUTS = ("logits", "probabilities", "labels")
 """Names of the variables :func:`predict` can return."""
 
+GPU_CHUNK = 2048
+"""Default chunk, pixels, when the model runs on a CUDA device (measured on an H100, shipped
+U-Net at 8192^2: 2048 px chunks 0.43-0.52 s, 1536 px 0.48-0.56 s, 1024 px 0.56-0.64 s for 2 to 16
+dask threads)."""
+
+GPU_READ_AHEAD = 4
+"""Blocks read ahead of the GPU in :func:`predict_to_zarr` (its rolling window is this plus 2)."""
+
 KERNELS = ("auto", "torch", "numpy")
 """Per-chunk kernels: ``torch`` on the model's device, ``numpy`` (the reference), ``auto``."""
 
@@ -574,6 +582,8 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     if kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
+    if chunks is None and str(device).startswith("cuda"):
+        chunks = GPU_CHUNK
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
     weights = get_window(window, plan.tile, plan.overlap)
     predictor = as_model(model, device=device, normalization=normalization)
@@ -799,8 +809,11 @@ def predict_to_zarr(
             _check_aligned(name, shape, chunks, plan)
         writer = ChunkWriter(targets, plan, dtype_)
         token = tokenize(setup["image"].name, plan, uuid.uuid4().hex)
-        dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer,
-                                        lag=threads + 2, token=token)
+        gpu = str(params["device"]).startswith("cuda") and runner.torch_model() is not None
+        # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
+        lag = (min(threads, GPU_READ_AHEAD) if gpu else threads) + 2
+        dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer, lag=lag,
+                                        token=token)
         resources = _gpu_resources(client, params["device"])
         done_key = f"chunkseg-done-{token}"
         dsk[done_key] = (_count, list(fold_keys))
