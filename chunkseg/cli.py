@@ -37,7 +37,8 @@ def _add_grid_args(p: argparse.ArgumentParser, chunk_default=None) -> None:
     p.add_argument("--tile", type=_pair, default=256, help="tile size, px: N or Y,X (256)")
     p.add_argument("--overlap", type=_pair, default=64, help="tile overlap, px (64)")
     p.add_argument("--chunk", type=_pair, default=chunk_default,
-                   help="computation/output chunk, a multiple of the stride (default ~1536)")
+                   help="computation/output chunk, px, any size >= the tile is best "
+                        "(default 1536; 2048 with --device cuda)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (8)")
 
 
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: logits,probabilities,labels (logits,labels)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                    help="dtype of logits/probabilities")
-    p.add_argument("--device", default="cpu", help="torch/ONNX device (cpu)")
+    p.add_argument("--device", default="cpu", help="torch/ONNX device: cpu, cuda, cuda:1 (cpu)")
+    p.add_argument("--kernel", default="auto", choices=("auto", "torch", "numpy"),
+                   help="per-chunk kernel: torch keeps each chunk on the model's device, numpy "
+                        "is the reference (auto: torch for torch models)")
     p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
     p.add_argument("--mask", default=None,
                    help="low-resolution foreground mask (.npy, PNG/TIFF or Zarr); tiles that "
@@ -171,7 +175,7 @@ def _cmd_predict(args) -> int:
         window=_window_arg(args.window), chunks=args.chunk, batch_size=args.batch_size,
         outputs=args.outputs, dtype=args.dtype, device=args.device,
         normalization=_normalization(args), array_name=args.array_name,
-        mask=_mask_arg(args.mask),
+        mask=_mask_arg(args.mask), kernel=args.kernel,
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite,
     )

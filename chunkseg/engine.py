@@ -685,12 +685,18 @@ def _threads(client) -> int:
 
 
 def _gpu_resources(client, device: str) -> dict | None:
-    """``{"GPU": 1}`` when the model runs on CUDA and the cluster's workers declare GPUs."""
+    """What each block and chunk task asks of a worker when the model runs on CUDA.
+
+    ``{"GPU": 1 / GPU_READ_AHEAD}`` when a worker of the cluster declares a ``GPU`` resource
+    (``dask worker --resources GPU=1``), else None: the tasks go only to GPU workers, and a
+    worker with one GPU runs up to ``GPU_READ_AHEAD`` of them at once, so that its threads read
+    and write while its driving thread keeps the GPU busy.
+    """
     if client is None or not str(device).startswith("cuda"):
         return None
     workers = client.scheduler_info().get("workers", {}).values()
     if any("GPU" in (w.get("resources") or {}) for w in workers):
-        return {"GPU": 1}
+        return {"GPU": 1 / GPU_READ_AHEAD}
     return None
 
 
@@ -759,7 +765,8 @@ def predict_to_zarr(
     memory holds a few blocks plus one row of overhanging pieces (less than a tile high):
     it grows with the image's width by ``4 (K + 1) T W`` bytes at most, not with its area.
     On a ``dask.distributed`` cluster whose workers declare ``resources={"GPU": 1}`` and a
-    CUDA ``device``, the block and chunk tasks ask for one GPU each.
+    CUDA ``device``, the block and chunk tasks ask for a quarter of a GPU each (they run only
+    on GPU workers, up to four at once per GPU); run one worker process per GPU.
     Arrays: ``logits``/``probabilities`` ``(class, y, x)`` chunked ``(K, C_y, C_x)``,
     ``labels`` ``(y, x)`` chunked ``(C_y, C_x)``, zstd-compressed, ``dimension_names`` set.
     """

@@ -15,7 +15,7 @@ from dask.core import get_dependencies
 from reference import conv_model, max_rel_diff, reference_blend
 
 import chunkseg
-from chunkseg import blend, engine
+from chunkseg import engine
 from chunkseg.errors import ModelOutputError, OutputExistsError
 from chunkseg.models import as_model
 from chunkseg.plan import plan_tiles
@@ -434,3 +434,26 @@ def test_zarr_blocks_read_straight_from_the_store(tmp_path, layout):
     kw = dict(tile=48, overlap=16, chunks=64, outputs="logits")
     got = chunkseg.predict(str(tmp_path / "in.zarr"), model, **kw).logits.values
     np.testing.assert_array_equal(got, chunkseg.predict(image, model, **kw).logits.values)
+
+
+def test_gpu_tasks_ask_for_a_share_of_a_gpu_worker():
+    class FakeClient:
+        def __init__(self, resources):
+            self.resources = resources
+
+        def scheduler_info(self):
+            return {"workers": {"tcp://a": {"resources": self.resources}}}
+
+    share = {"GPU": 1 / engine.GPU_READ_AHEAD}
+    assert engine._gpu_resources(FakeClient({"GPU": 1}), "cuda:0") == share
+    assert engine._gpu_resources(FakeClient({}), "cuda") is None  # no GPU workers: no ask
+    assert engine._gpu_resources(FakeClient({"GPU": 1}), "cpu") is None
+    assert engine._gpu_resources(None, "cuda") is None
+    dsk = {("chunkseg-accumulate-t", 0, 0): (int, 1), ("chunkseg-fold-t", 0, 0, 0): (int, 2),
+           ("chunkseg-piece-t", 0, 0, 0, 0): (int, 3), "done": (sum, [])}
+    graph = engine._graph("done", dsk, share)
+    annotated = {k for layer in graph.layers.values() if layer.annotations
+                 for k in layer}
+    assert annotated == {("chunkseg-accumulate-t", 0, 0), ("chunkseg-fold-t", 0, 0, 0)}
+    assert all(layer.annotations in (None, {}, {"resources": share})
+               for layer in graph.layers.values())

@@ -140,7 +140,7 @@ def test_torch_kernel_reports_nan_and_wrong_shape():
     for model, match in ((Bad("nan"), "non-finite"), (Bad("shape"), "shape")):
         with pytest.raises(ModelOutputError, match=match):
             chunkseg.predict(image, model, tile=32, overlap=8, kernel="torch",
-                             outputs="logits").logits.values
+                             outputs="logits").logits.compute()
 
 
 def test_zarr_input_read_straight_from_store(tmp_path):
