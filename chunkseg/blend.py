@@ -172,7 +172,7 @@ def accumulate_block(
     Parameters
     ----------
     block : (C_in, B_y, B_x) ndarray
-        The chunk of the padded image plus its halo of ``overlap`` after it, any numeric dtype;
+        The pixels of the tiles a chunk owns (reflect-padded at the image edges), any numeric dtype;
         ``B = m * stride + overlap`` per axis.
     model : callable
         Maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits ``(N, K, T_y, T_x)``.

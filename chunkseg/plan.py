@@ -210,7 +210,7 @@ class TilePlan:
     ) -> int:
         """Estimated peak bytes held by one per-chunk task, model activations excluded.
 
-        Counts the input block with its halo, its float32 copy, one batch of float32 tiles and
+        Counts the input block (the tiles of the fullest chunk), its float32 copy, one batch of float32 tiles and
         their logits, the float32 accumulator of ``classes + 1`` planes (weighted logits and the
         weight sum), and the folded float32 output chunk.
 
@@ -385,7 +385,8 @@ def fold_sources(plan: TilePlan) -> tuple[list[list[tuple[int, slice, slice]]], 
     tuple of 2 lists (y, x)
         Entry ``[j]`` of an axis lists ``(i, src, dst)``: block ``i``'s pixels ``src`` (block
         coordinates) add onto output chunk ``j``'s pixels ``dst`` (chunk coordinates). The entry
-        with ``i == j`` covers the whole chunk; the others are the neighbours' halo strips.
+        with ``i == j`` starts inside the chunk and runs to its end; the others are the overhang
+        of the blocks before it (forward-only: ``i <= j``).
     """
     out = []
     for axis in range(2):

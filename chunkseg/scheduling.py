@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,6 +93,10 @@ def compute(*collections: Any, scheduler: Any = None, workers: int | None = None
                 from dask.diagnostics import ProgressBar
 
                 ctx = ProgressBar()
+            if scheduler is None and "distributed" not in sys.modules:
+                # no distributed Client can exist: dask's config, else threads, without dask
+                # importing distributed to look for one (0.4 s on this machine)
+                scheduler = dask.config.get("scheduler", None) or "threads"
             with ctx:
                 # scheduler=None leaves the choice to dask's config (threads by default)
                 return dask.compute(*collections, scheduler=scheduler)

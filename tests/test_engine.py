@@ -292,17 +292,18 @@ class CountingStore(zarr.storage.WrapperStore):
         return self
 
 
-def test_every_output_chunk_written_once_whole():
+@pytest.mark.parametrize("chunks", [60, 50, (47, 64)])  # multiples of the stride (30) or not
+def test_every_output_chunk_written_once_whole(chunks):
     store = CountingStore(zarr.storage.MemoryStore())
     image = _image((230, 190), 1)
     model = _conv(1, 3)
-    ds = chunkseg.predict_to_zarr(image, model, store, tile=40, overlap=10, chunks=60,
+    ds = chunkseg.predict_to_zarr(image, model, store, tile=40, overlap=10, chunks=chunks,
                                   outputs="logits,probabilities,labels")
-    plan = plan_tiles(image.shape, 40, 10, 60)
+    plan = plan_tiles(image.shape, 40, 10, chunks)
     chunk_writes = {k: v for k, v in store.writes.items() if "/c/" in k}
     assert len(chunk_writes) == 3 * plan.n_chunks
     assert set(chunk_writes.values()) == {1}
-    expected = chunkseg.predict(image, model, tile=40, overlap=10, chunks=60,
+    expected = chunkseg.predict(image, model, tile=40, overlap=10, chunks=chunks,
                                 outputs="logits").logits.values
     np.testing.assert_array_equal(ds.logits.values, expected)
 

@@ -154,3 +154,31 @@ def test_zarr_input_read_straight_from_store(tmp_path):
     b = chunkseg.predict(image, module, tile=64, overlap=16, chunks=200,
                          outputs="logits").logits.values
     assert max_rel_diff(a, b) < 1e-6
+
+
+def test_torch_kernel_runs_each_tile_once_and_writes_each_chunk_once(tmp_path):
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, _ = _torch_conv(1, 2, seed=17)
+
+        def forward(self, x):
+            seen.extend(t.numpy().tobytes() for t in x)
+            return self.conv(x)
+
+    image = RNG.random((190, 170)).astype(np.float32)
+    tile, overlap, chunks = 48, 16, (70, 100)  # chunks not multiples of the stride (32)
+    ds = chunkseg.predict_to_zarr(image, Recording(), str(tmp_path / "o.zarr"), tile=tile,
+                                  overlap=overlap, chunks=chunks, kernel="torch",
+                                  outputs="logits,labels")
+    plan = chunkseg.plan_tiles(image.shape, tile, overlap, chunks)
+    assert len(seen) == plan.n_tiles + 1  # + the probe of the first tile on the client
+    assert len(set(seen[1:])) == plan.n_tiles
+    root = tmp_path / "o.zarr"
+    written = [p for p in root.rglob("*") if p.is_file() and "c" in p.relative_to(root).parts]
+    assert len(written) == 2 * plan.n_chunks  # labels (y, x) and logits (class, y, x)
+    ref = chunkseg.predict(image, Recording().conv, tile=tile, overlap=overlap, chunks=64,
+                           kernel="numpy", outputs="logits").logits.values
+    assert max_rel_diff(ds.logits.values, ref) < 1e-5
