@@ -651,7 +651,7 @@ class ChunkWriter:
         for name, data in outs.items():
             target = self.targets[name]
             target[(slice(None),) * (data.ndim - 2) + region] = data
-        on_cpu = not hasattr(acc, "device") or acc.device.type == "cpu"
+        on_cpu = not hasattr(acc, "clone") or acc.device.type == "cpu"  # numpy, or torch CPU
         if jx == 0 and on_cpu:  # once per row of chunks
             _release_free_heap()
         return 1
