@@ -302,8 +302,8 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
         Passed to ``finish``; one graph key, like the runner.
     lag : int, optional
         Rolling window: block ``p`` (row-major) starts only once chunk ``p - lag`` has been
-        finished, so at most about ``lag`` blocks are alive; None lets them all be ready
-        (best for computing sub-regions lazily).
+        finished and block ``p - lag`` cut into its pieces, so at most about ``lag`` blocks
+        are alive; None lets them all be ready (best for computing sub-regions lazily).
     token : str, optional
 
     Returns
@@ -327,6 +327,7 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
     context_name = f"chunkseg-context-{token}"
     dsk: dict = {runner_name: runner, context_name: context}
     fold_keys = []
+    pieces_of: dict = {}
     for jy in range(nr):
         for jx in range(nc):
             dsts, keys = [], []
@@ -336,6 +337,7 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
                     key = (piece_name, iy, ix, jy, jx)
                     dsk[key] = (operator.getitem, (acc_name, iy, ix), (jy, jx))
                     keys.append(key)
+                    pieces_of.setdefault((iy, ix), []).append(key)
             fkey = (fold_name, 0, jy, jx)
             dsk[fkey] = (finish, runner_name, context_name, jy, jx, dsts, *keys)
             fold_keys.append(fkey)
@@ -346,7 +348,10 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
             task = (_accumulate_task, runner_name, iy, ix)
             p = iy * nc + ix
             if lag is not None and p - lag >= 0:
-                task += (fold_keys[p - lag],)
+                # chunk p - lag written, and every piece of block p - lag cut (else the block,
+                # kept alive by its pieces' dict, waits for the next row's chunks)
+                q = divmod(p - lag, nc)
+                task += (fold_keys[p - lag], *pieces_of.get(q, []))
             dsk[(acc_name, iy, ix)] = task
     return dsk, fold_name, fold_keys
 
@@ -651,26 +656,7 @@ class ChunkWriter:
         for name, data in outs.items():
             target = self.targets[name]
             target[(slice(None),) * (data.ndim - 2) + region] = data
-        on_cpu = not hasattr(acc, "clone") or acc.device.type == "cpu"  # numpy, or torch CPU
-        if jx == 0 and on_cpu:  # once per row of chunks
-            _release_free_heap()
         return 1
-
-
-def _release_free_heap() -> None:
-    """Give the heap's free pages back to the system (glibc ``malloc_trim``), once per row.
-
-    Per-chunk buffers of a few MiB come from glibc's heaps, which keep what was freed: without
-    this the process's RSS grew with the number of chunks processed. Trimming after every chunk
-    cost a third of the run time of a 3x3 convolution (pages fault in again); once per row of
-    chunks costs little.
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _write_task(runner: TileRunner, writer: ChunkWriter, jy: int, jx: int, dsts, *pieces) -> int:
