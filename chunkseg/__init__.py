@@ -15,7 +15,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 from .engine import OUTPUTS, predict, predict_to_zarr
-from .errors import ChunkAlignmentError, ChunksegError, ModelOutputError, OutputExistsError
+from .errors import (
+    ChunkAlignmentError,
+    ChunksegError,
+    ModelOutputError,
+    OutputExistsError,
+    OutputOverlapError,
+)
 from .io import ingest, open_image
 from .models import ModelSpec, Normalization, as_model, load_model
 from .plan import TilePlan, plan_tiles
@@ -39,5 +45,6 @@ __all__ = [
     "ChunksegError",
     "ModelOutputError",
     "OutputExistsError",
+    "OutputOverlapError",
     "ChunkAlignmentError",
 ]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OutputExistsError
-from .io import store_has_data
+from ._target import MARKER, check_output_target
+from .io import _chunkseg_version
 
 __all__ = ["SECTION_SIZE", "build_mosaic", "load_test_sections", "run_demo"]
 
@@ -80,14 +80,13 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
 
     if rows < 1 or cols < 1:
         raise ValueError(f"`rows` and `cols` must be >= 1. Got {rows} x {cols}.")
-    if store_has_data(store) and not overwrite:
-        raise OutputExistsError(f"`store` {str(store)!r} already holds data; pass overwrite=True.")
+    check_output_target(str(store), overwrite=overwrite)
     s = SECTION_SIZE
     arr = zarr.create_array(
         store, shape=(rows * s, cols * s, 1), chunks=(s, s, 1), dtype="uint8", fill_value=0,
         compressors=ZstdCodec(level=3), dimension_names=("y", "x", "c"), overwrite=True,
         attributes={"source": "ISBI 2012 test sections (Cardona et al. 2010), mosaic",
-                    "layout": f"{rows} x {cols} sections, row-major"},
+                    "layout": f"{rows} x {cols} sections, row-major", MARKER: _chunkseg_version()},
     )
     sections = load_test_sections()
     for i in range(rows * cols):
@@ -147,13 +146,8 @@ def run_demo(
     out = Path(out)
     paths = {"mosaic": out / "mosaic.zarr", "segmentation": out / "segmentation.zarr",
              "figure": out / "demo.png"}
-    if not overwrite:
-        for key in ("mosaic", "segmentation"):
-            if store_has_data(paths[key]):
-                raise OutputExistsError(
-                    f"`out` {str(out)!r} holds a previous demo ({paths[key].name}); pass "
-                    "overwrite=True (CLI: --overwrite) or choose another folder."
-                )
+    for key in ("mosaic", "segmentation"):  # both checked before anything is written
+        check_output_target(str(paths[key]), overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     mosaic = build_mosaic(paths["mosaic"], rows=rows, cols=cols, overwrite=True)
     t0 = time.perf_counter()

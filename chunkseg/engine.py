@@ -24,7 +24,6 @@ import os
 import uuid
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -36,8 +35,9 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
-from .errors import ChunkAlignmentError, OutputExistsError
-from .io import _redact, open_image, store_has_data
+from ._target import MARKER, check_output_target
+from .errors import ChunkAlignmentError
+from .io import open_image
 from .models import LazyModel, Normalization, TorchAdapter, as_model, describe_model, load_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
 from .scheduling import compute, open_client
@@ -598,7 +598,7 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
                          direct=arr.encoding.get("chunkseg_reader"))
     classes = runner.classes
     attrs = {
-        "chunkseg_version": _version(),
+        MARKER: _version(),
         "tile": list(plan.tile),
         "overlap": list(plan.overlap),
         "stride": list(plan.stride),
@@ -676,14 +676,6 @@ def _check_aligned(name: str, shape: tuple[int, ...], zchunks: tuple[int, ...], 
         )
 
 
-def _same_local_store(a: Any, b: Any) -> bool:
-    if not isinstance(a, (str, os.PathLike)) or not isinstance(b, (str, os.PathLike)):
-        return False
-    if "://" in str(a) or "://" in str(b):
-        return str(a).rstrip("/") == str(b).rstrip("/")
-    return Path(a).resolve() == Path(b).resolve()
-
-
 def _threads(client) -> int:
     if client is not None:
         return max(1, int(sum(client.nthreads().values())))
@@ -728,8 +720,10 @@ def predict_to_zarr(
     store : str, os.PathLike or zarr store
         Output group: a local path, an fsspec URL (``s3://bucket/out.zarr``) or a zarr store.
     overwrite : bool, default False
-        Replace whatever ``store`` holds. Without it, a store that already holds data is refused
-        before anything is computed or written.
+        Replace a previous chunkseg output at ``store``. Without it, a store that already holds
+        data is refused before anything is computed or written; even with it, a folder that is
+        not a Zarr store, a Zarr store chunkseg did not write, or one holding other files is
+        refused, never deleted (see ``chunkseg._target.check_output_target``).
     storage_options : dict, optional
         fsspec options for URL inputs and outputs.
     scheduler : None, str or distributed.Client
@@ -759,7 +753,10 @@ def predict_to_zarr(
     Raises
     ------
     chunkseg.errors.OutputExistsError
-        If ``store`` holds data and ``overwrite`` is False, or ``store`` is the input itself.
+        If ``store`` holds data and ``overwrite`` is False; with ``overwrite``, if it holds
+        anything but a Zarr store chunkseg wrote (``attrs["chunkseg_version"]``).
+    chunkseg.errors.OutputOverlapError
+        If ``store`` is, contains or lies inside a path/URL ``image``.
     ValueError, TypeError, chunkseg.errors.ModelOutputError
         As :func:`predict`, all before anything is written.
 
@@ -779,15 +776,8 @@ def predict_to_zarr(
     """
     import zarr
 
-    if _same_local_store(image, store):
-        raise OutputExistsError(
-            f"`store` {_redact(str(store))!r} is the input image itself; choose another output path."
-        )
-    if store_has_data(store, storage_options=_so(store, storage_options)) and not overwrite:
-        raise OutputExistsError(
-            f"`store` {_redact(str(store))!r} already holds data. Choose a new path, or pass "
-            "overwrite=True (CLI: --overwrite) to replace it."
-        )
+    check_output_target(store, source=image, overwrite=overwrite,
+                        storage_options=_so(store, storage_options))
     unknown = set(kwargs) - {"tile", "overlap", "window", "chunks", "batch_size", "outputs",
                              "dtype", "device", "normalization", "array_name", "mask",
                              "kernel"}

@@ -10,6 +10,7 @@ __all__ = [
     "ChunksegError",
     "ModelOutputError",
     "OutputExistsError",
+    "OutputOverlapError",
     "ChunkAlignmentError",
 ]
 
@@ -24,6 +25,10 @@ class ModelOutputError(ChunksegError, ValueError):
 
 class OutputExistsError(ChunksegError, FileExistsError):
     """The output store already holds data and ``overwrite`` was not requested."""
+
+
+class OutputOverlapError(ChunksegError, ValueError):
+    """The output location is, contains or lies inside the input being read."""
 
 
 class ChunkAlignmentError(ChunksegError, ValueError):

@@ -28,7 +28,7 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-from chunkseg.errors import ChunkAlignmentError, OutputExistsError
+from chunkseg.errors import ChunkAlignmentError
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
@@ -900,6 +900,12 @@ def _check_aligned(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tuple[
             )
 
 
+def _chunkseg_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def ingest(
     source: Any,
     store: str | os.PathLike[str] | Store,
@@ -926,8 +932,9 @@ def ingest(
         Zarr chunk size ``(cy, cx)`` in pixels; an int means square chunks. The channel axis is
         always one chunk, so the chunk shape is ``(cy, cx, C)``. Clipped to the image size.
     overwrite : bool, default False
-        Replace a Zarr array or group already at ``store``. A non-empty location that is not a
-        Zarr store (e.g. a directory of other files) is never deleted.
+        Replace a Zarr store chunkseg wrote at ``store`` (``attrs["chunkseg_version"]``). A
+        location that holds anything else (other files, a Zarr store chunkseg did not write) is
+        never deleted.
     storage_options : mapping, optional
         fsspec options for a URL ``store``; not written to the output.
     compressor_level : int, default 3
@@ -950,7 +957,7 @@ def ingest(
     ------
     chunkseg.errors.OutputExistsError
         If ``store`` already holds data and ``overwrite`` is False (nothing is written), or it
-        holds data that is not a Zarr store.
+        holds anything but a Zarr store chunkseg wrote.
     TypeError, ValueError, FileNotFoundError
         For a bad ``source`` (see :func:`open_image`), bad ``chunks`` or ``compressor_level``,
         or ``store`` overlapping a path ``source``.
@@ -986,29 +993,13 @@ def ingest(
             "`store` must be a str or os.PathLike path, an fsspec URL or a zarr store. "
             f"Got {type(store).__name__}."
         )
-    if _same_location(source, target):
-        raise ValueError(
-            f"`store` must not overlap the `source` being read. Got store {_redact(str(target))!r} "
-            f"for source {_redact(os.fspath(source))!r}. Write to another path."
-        )
+    from ._target import MARKER, check_output_target
+
+    check_output_target(target, source=source, overwrite=overwrite, storage_options=options)
 
     image = open_image(source, storage_options=source_storage_options, array_name=array_name)
     height, width, channels = image.shape
     zarr_chunks = (min(cy, height), min(cx, width), channels)
-
-    if store_has_data(target, storage_options=options):
-        where = _redact(str(target)) if isinstance(target, str) else type(target).__name__
-        if not overwrite:
-            raise OutputExistsError(
-                f"`store` must be empty or absent unless `overwrite=True`. Got {where!r}, which "
-                "already holds data. Pass `overwrite=True` (CLI: `--overwrite`) to replace it, "
-                "or choose another path."
-            )
-        if not _holds_zarr_node(target, options):
-            raise OutputExistsError(
-                f"`store` holds data that is not a Zarr array or group: {where!r}. chunkseg does "
-                "not delete it even with `overwrite=True`; remove it yourself or choose another path."
-            )
 
     data = image.data.rechunk(zarr_chunks)
     _check_aligned(data.chunks, zarr_chunks)
@@ -1023,7 +1014,7 @@ def ingest(
         compressors=zarr.codecs.ZstdCodec(level=int(compressor_level)),
         fill_value=0,
         dimension_names=DIMS,
-        attributes={"source": image.attrs["source"]},
+        attributes={"source": image.attrs["source"], MARKER: _chunkseg_version()},
         zarr_format=3,
         overwrite=overwrite,
         **create_kwargs,

@@ -335,15 +335,25 @@ def test_existing_output_refused_then_overwritten(tmp_path):
     with pytest.raises(OutputExistsError, match="overwrite"):
         chunkseg.predict_to_zarr(image, _conv(1, 2), str(out), tile=32, overlap=8)
     assert sorted(p.name for p in out.rglob("*")) == before  # untouched
-    ds = chunkseg.predict_to_zarr(image, _conv(1, 2), str(out), tile=32, overlap=8,
+    # a Zarr store chunkseg did not write is not replaced, even with overwrite
+    with pytest.raises(OutputExistsError, match="did not write"):
+        chunkseg.predict_to_zarr(image, _conv(1, 2), str(out), tile=32, overlap=8,
+                                 overwrite=True)
+    assert sorted(p.name for p in out.rglob("*")) == before
+    # a previous chunkseg output is
+    out2 = tmp_path / "out2.zarr"
+    chunkseg.predict_to_zarr(image, _conv(1, 2), str(out2), tile=32, overlap=8)
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        chunkseg.predict_to_zarr(image, _conv(1, 2), str(out2), tile=32, overlap=8)
+    ds = chunkseg.predict_to_zarr(image, _conv(1, 3), str(out2), tile=32, overlap=8,
                                   overwrite=True)
-    assert ds.logits.shape == (2, 60, 60)
+    assert ds.logits.shape == (3, 60, 60)
 
 
 def test_output_equal_to_input_refused(tmp_path):
     src = tmp_path / "in.zarr"
     zarr.create_array(src, shape=(50, 50), dtype="u1", fill_value=3, dimension_names=("y", "x"))
-    with pytest.raises(OutputExistsError, match="input"):
+    with pytest.raises(chunkseg.OutputOverlapError, match="overlap"):
         chunkseg.predict_to_zarr(str(src), _conv(1, 2), str(src), tile=32, overlap=8,
                                  overwrite=True)
 

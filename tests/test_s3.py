@@ -218,7 +218,7 @@ def test_existing_s3_output_refused_then_overwritten(bucket, options, tmp_path):
 @pytest.mark.timeout(120)
 def test_output_equal_to_s3_input_refused(bucket, options):
     src = _ingest(bucket, options)
-    with pytest.raises(OutputExistsError, match="input"):
+    with pytest.raises(chunkseg.OutputOverlapError, match="overlap"):
         chunkseg.predict_to_zarr(src, MODEL, src + "/", storage_options=options, overwrite=True,
                                  **PARAMS)
     np.testing.assert_array_equal(

@@ -1,0 +1,172 @@
+"""One check for every output target: never the input, never data chunkseg did not write.
+
+Used by every writer (:func:`chunkseg.predict_to_zarr`, :func:`chunkseg.ingest` and the demo)
+before anything is computed or written. Outputs chunkseg writes carry
+``attrs["chunkseg_version"]`` at their root; with ``overwrite=True`` only such a store is
+replaced, and only when it holds nothing but its Zarr nodes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import OutputExistsError, OutputOverlapError
+
+__all__ = ["MARKER", "check_output_target", "overlaps"]
+
+MARKER = "chunkseg_version"
+"""Root attribute that marks a Zarr store as written by chunkseg."""
+
+_ZARR_FILES = {"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"}
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _url_key(location: str) -> str:
+    from .io import _redact
+
+    return _redact(location).rstrip("/") + "/"
+
+
+def overlaps(source: Any, store: Any) -> bool:
+    """Whether a path/URL ``store`` is, contains or lies inside a path/URL ``source``.
+
+    Local paths are compared after resolving ``~`` and symbolic links; URLs by their prefix
+    (credentials removed). Anything that is not a path or URL (an array, a store object)
+    overlaps nothing.
+    """
+    if not isinstance(source, str | os.PathLike) or not isinstance(store, str | os.PathLike):
+        return False
+    src, dst = os.fspath(source), os.fspath(store)
+    if not isinstance(src, str) or not isinstance(dst, str):
+        return False
+    if _is_url(src) or _is_url(dst):
+        if not (_is_url(src) and _is_url(dst)):
+            return False
+        a, b = _url_key(src), _url_key(dst)
+        return a.startswith(b) or b.startswith(a)
+    a = os.path.realpath(os.path.expanduser(src))
+    b = os.path.realpath(os.path.expanduser(dst))
+    return os.path.commonpath([a, b]) in (a, b)
+
+
+def _foreign_entries(location: str, options: Mapping[str, Any] | None) -> list[str]:
+    """Top-level entries of a store folder that are not part of a Zarr hierarchy."""
+    if _is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location, **(options or {}))
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+
+        def is_node(name: str) -> bool:
+            sub = f"{path.rstrip('/')}/{name}"
+            return fs.isdir(sub) and any(fs.exists(f"{sub}/{f}") for f in _ZARR_FILES)
+
+        def is_dir(name: str) -> bool:
+            return fs.isdir(f"{path.rstrip('/')}/{name}")
+    else:
+        if not os.path.isdir(location):
+            return [os.path.basename(location)]
+        names = os.listdir(location)
+
+        def is_node(name: str) -> bool:
+            sub = os.path.join(location, name)
+            return os.path.isdir(sub) and any(os.path.exists(os.path.join(sub, f))
+                                              for f in _ZARR_FILES)
+
+        def is_dir(name: str) -> bool:
+            return os.path.isdir(os.path.join(location, name))
+
+    # "c": the chunk folder of an array at the root
+    return sorted(n for n in names
+                  if n not in _ZARR_FILES and not (n == "c" and is_dir(n)) and not is_node(n))
+
+
+def _chunkseg_root(target: Any, options: Mapping[str, Any] | None) -> bool | None:
+    """True if a Zarr node written by chunkseg is at ``target``, False if another Zarr node,
+    None if no Zarr node."""
+    import zarr
+
+    kwargs: dict[str, Any] = {"mode": "r"}
+    if options is not None:
+        kwargs["storage_options"] = dict(options)
+    try:
+        node = zarr.open(store=target, **kwargs)
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError):
+        return None
+    return MARKER in node.attrs
+
+
+def check_output_target(
+    store: Any,
+    *,
+    source: Any = None,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse an output target that would lose the user's data; before anything is written.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+        The output: a local path, an fsspec URL or a zarr store object.
+    source : object, optional
+        The input; when it is a path or URL, ``store`` must not be it, contain it or lie
+        inside it.
+    overwrite : bool, default False
+        Allow replacing a store that chunkseg wrote (``attrs["chunkseg_version"]`` at its root)
+        and that holds nothing but Zarr nodes.
+    storage_options : mapping, optional
+        fsspec options for a URL ``store``.
+
+    Raises
+    ------
+    chunkseg.errors.OutputOverlapError
+        If ``store`` is, contains or lies inside a path/URL ``source``.
+    chunkseg.errors.OutputExistsError
+        If ``store`` holds data and ``overwrite`` is False; or, with ``overwrite``, if what it
+        holds is not a Zarr store, is a Zarr store chunkseg did not write, or holds other files
+        beside its Zarr nodes.
+    """
+    from .io import _redact, store_has_data
+
+    where = _redact(os.fspath(store)) if isinstance(store, str | os.PathLike) else \
+        type(store).__name__
+    if overlaps(source, store):
+        raise OutputOverlapError(
+            f"`store` must not overlap the `source` being read (be it, contain it or lie inside "
+            f"it). Got store {where!r} for source {_redact(os.fspath(source))!r}. Write to "
+            "another path."
+        )
+    if not store_has_data(store, storage_options=storage_options):
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"`store` must be empty or absent unless `overwrite=True`. Got {where!r}, which "
+            "already holds data. Choose a new path, or pass `overwrite=True` (CLI: "
+            "`--overwrite`) to replace a previous chunkseg output."
+        )
+    written = _chunkseg_root(store, storage_options)
+    if written is None:
+        raise OutputExistsError(
+            f"`store` {where!r} holds data that is not a Zarr array or group. chunkseg does not "
+            "delete it even with overwrite=True; remove it yourself or choose another path."
+        )
+    if not written:
+        raise OutputExistsError(
+            f"`store` {where!r} is a Zarr store that chunkseg did not write (no "
+            f"'{MARKER}' attribute). chunkseg replaces only its own outputs, even with "
+            "overwrite=True; remove it yourself or choose another path."
+        )
+    if isinstance(store, str | os.PathLike):
+        foreign = _foreign_entries(os.fspath(store), storage_options)
+        if foreign:
+            raise OutputExistsError(
+                f"`store` {where!r} holds files that are not part of its Zarr store: "
+                f"{foreign[:5]}. chunkseg does not delete them even with overwrite=True; move "
+                "them or choose another path."
+            )
