@@ -14,7 +14,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
-from .engine import OUTPUTS, predict, predict_to_zarr
+from .engine import OUTPUTS, open_output, output_progress, predict, predict_to_zarr
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,
@@ -31,6 +31,8 @@ __all__ = [
     "__version__",
     "predict",
     "predict_to_zarr",
+    "open_output",
+    "output_progress",
     "OUTPUTS",
     "plan_tiles",
     "TilePlan",

@@ -1,4 +1,4 @@
-"""Command-line interface: ``chunkseg ingest | plan | predict | demo``."""
+"""Command-line interface: ``chunkseg ingest | plan | predict | info | demo``."""
 
 from __future__ import annotations
 
@@ -91,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'threads' (default), 'processes', or a scheduler address tcp://host:port")
     p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run into STORE (same settings; finished chunks "
+                        "are kept)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("info", help="progress and settings of a predict output")
+    p.add_argument("store", help="output Zarr store (path or URL)")
 
     p = sub.add_parser("demo", help="segment a mosaic of ISBI 2012 EM sections with the shipped U-Net")
     p.add_argument("--out", default="chunkseg-demo", help="output folder (chunkseg-demo)")
@@ -177,10 +183,32 @@ def _cmd_predict(args) -> int:
         normalization=_normalization(args), array_name=args.array_name,
         mask=_mask_arg(args.mask), kernel=args.kernel,
         scheduler=args.scheduler, workers=args.workers,
-        progress=not args.no_progress, overwrite=args.overwrite,
+        progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import zarr
+
+    from .engine import output_progress
+
+    try:
+        group = zarr.open_group(args.store, mode="r")
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"`store` {args.store!r} is not a chunkseg output: {err}") from None
+    done, total = output_progress(args.store)
+    complete = group.attrs.get("complete") is True
+    print(f"store      {args.store}")
+    print(f"complete   {'yes' if complete else 'no'}: {done} of {total} chunks written"
+          + ("" if complete else "  (finish with: chunkseg predict ... --resume)"))
+    fp = dict(group.attrs.get("fingerprint") or {})
+    for key in ("source", "image_shape", "tile", "overlap", "chunks", "window", "outputs",
+                "dtype", "classes"):
+        if key in fp:
+            print(f"{key:<10} {fp[key]}")
     return 0
 
 
@@ -217,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"ingest": _cmd_ingest, "plan": _cmd_plan, "predict": _cmd_predict,
-               "demo": _cmd_demo}[args.command]
+               "info": _cmd_info, "demo": _cmd_demo}[args.command]
     try:
         return handler(args)
     except (ChunksegError, ValueError, TypeError, OSError, ImportError) as e:

@@ -19,6 +19,7 @@ block is done, and only the overhanging pieces (less than a tile wide) wait for 
 from __future__ import annotations
 
 import contextlib
+import json
 import operator
 import os
 import uuid
@@ -36,7 +37,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
 from ._target import MARKER, check_output_target
-from .errors import ChunkAlignmentError
+from .errors import ChunkAlignmentError, IncompleteOutputWarning
 from .io import open_image
 from .models import LazyModel, Normalization, TorchAdapter, as_model, describe_model, load_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
@@ -52,6 +53,8 @@ __all__ = [
     "blend_logits",
     "predict",
     "predict_to_zarr",
+    "open_output",
+    "output_progress",
 ]
 
 OUTPUTS = ("logits", "probabilities", "labels")
@@ -288,7 +291,7 @@ def _logits_task(runner: TileRunner, _context, jy: int, jx: int, dsts, *pieces) 
 
 
 def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | None = None,
-                token: str | None = None) -> tuple[dict, str, list]:
+                token: str | None = None, skip=None) -> tuple[dict, str, list]:
     """The task graph of accumulation, pieces and fold, with ``finish`` applied per chunk.
 
     Parameters
@@ -305,6 +308,9 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
         finished and block ``p - lag`` cut into its pieces, so at most about ``lag`` blocks
         are alive; None lets them all be ready (best for computing sub-regions lazily).
     token : str, optional
+    skip : collection of (int, int), optional
+        Output chunks to leave out (finished ones, when resuming): no fold task for them, and
+        no block that feeds only them.
 
     Returns
     -------
@@ -327,9 +333,13 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
     context_name = f"chunkseg-context-{token}"
     dsk: dict = {runner_name: runner, context_name: context}
     fold_keys = []
+    fold_of: dict = {}
     pieces_of: dict = {}
+    skip = set(skip or ())
     for jy in range(nr):
         for jx in range(nc):
+            if (jy, jx) in skip:
+                continue
             dsts, keys = [], []
             for iy, _, dy in src_y[jy]:
                 for ix, _, dx in src_x[jx]:
@@ -341,17 +351,21 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
             fkey = (fold_name, 0, jy, jx)
             dsk[fkey] = (finish, runner_name, context_name, jy, jx, dsts, *keys)
             fold_keys.append(fkey)
+            fold_of[(jy, jx)] = fkey
     for iy in range(nr):
         for ix in range(nc):
             if owned[0][iy][0] == owned[0][iy][1] or owned[1][ix][0] == owned[1][ix][1]:
                 continue  # owns no tile: no block
+            if (iy, ix) not in pieces_of:
+                continue  # every chunk it feeds is skipped (finished)
             task = (_accumulate_task, runner_name, iy, ix)
             p = iy * nc + ix
             if lag is not None and p - lag >= 0:
                 # chunk p - lag written, and every piece of block p - lag cut (else the block,
                 # kept alive by its pieces' dict, waits for the next row's chunks)
                 q = divmod(p - lag, nc)
-                task += (fold_keys[p - lag], *pieces_of.get(q, []))
+                gate = [fold_of[q]] if q in fold_of else []
+                task += (*gate, *pieces_of.get(q, []))
             dsk[(acc_name, iy, ix)] = task
     return dsk, fold_name, fold_keys
 
@@ -627,12 +641,16 @@ class ChunkWriter:
     plan : TilePlan
     dtype : numpy dtype
         Of ``logits`` and ``probabilities``.
+    done : zarr.Array, optional
+        The completion manifest, ``(n_y, n_x)`` uint8, one Zarr chunk per element: set to 1
+        once all of a chunk's variables are written.
     """
 
-    def __init__(self, targets: dict, plan: TilePlan, dtype: np.dtype):
+    def __init__(self, targets: dict, plan: TilePlan, dtype: np.dtype, done=None):
         self.targets = targets
         self.plan = plan
         self.dtype = np.dtype(dtype)
+        self.done = done
 
     def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
         names = tuple(self.targets)
@@ -656,6 +674,8 @@ class ChunkWriter:
         for name, data in outs.items():
             target = self.targets[name]
             target[(slice(None),) * (data.ndim - 2) + region] = data
+        if self.done is not None:  # after every variable of the chunk is written
+            self.done[jy, jx] = 1
         return 1
 
 
@@ -709,6 +729,7 @@ def predict_to_zarr(
     workers: int | None = None,
     progress: bool = False,
     compression_level: int = 1,
+    resume: bool = False,
     **kwargs: Any,
 ) -> xr.Dataset:
     """Run :func:`predict` and write its outputs to a Zarr v3 group, each chunk written once.
@@ -740,6 +761,12 @@ def predict_to_zarr(
         shuffle: 0.85) and Blosc wrote them twice as fast (21 against 45 ms for a 1536^2 chunk
         of 2 classes on this 2-core machine); float16 probabilities compress to 0.13 with zstd
         against 0.25 with Blosc lz4, in the same time.
+    resume : bool, default False
+        Finish an interrupted run at ``store``: its settings must be the same (checked against
+        the ``fingerprint`` attribute: input, model, tile, overlap, window, chunks, outputs,
+        dtype, classes, mask, kernel); the chunks marked finished in its manifest are neither
+        recomputed nor rewritten, the others are computed with the blocks they need. The
+        result is bit-identical to an uninterrupted run.
     **kwargs
         ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
         ``device``, ``normalization``, ``array_name``, ``mask``, ``kernel``: as
@@ -771,12 +798,15 @@ def predict_to_zarr(
     On a ``dask.distributed`` cluster whose workers declare ``resources={"GPU": 1}`` and a
     CUDA ``device``, the block and chunk tasks ask for a quarter of a GPU each (they run only
     on GPU workers, up to four at once per GPU); run one worker process per GPU.
+    Completion: the group's ``attrs["complete"]`` is False until every chunk is written, and
+    the array ``chunkseg/done`` (a subgroup xarray does not list) marks each finished chunk;
+    :func:`open_output` warns on an incomplete output, ``chunkseg info`` prints its progress.
     Arrays: ``logits``/``probabilities`` ``(class, y, x)`` chunked ``(K, C_y, C_x)``,
     ``labels`` ``(y, x)`` chunked ``(C_y, C_x)``, zstd-compressed, ``dimension_names`` set.
     """
     import zarr
 
-    check_output_target(store, source=image, overwrite=overwrite,
+    check_output_target(store, source=image, overwrite=overwrite or resume,
                         storage_options=_so(store, storage_options))
     unknown = set(kwargs) - {"tile", "overlap", "window", "chunks", "batch_size", "outputs",
                              "dtype", "device", "normalization", "array_name", "mask",
@@ -796,31 +826,44 @@ def predict_to_zarr(
                        torch_threads=max(1, cores // threads) if local else None, **params)
         runner, ds_attrs = setup["runner"], setup["attrs"]
         plan, dtype_ = runner.plan, setup["dtype"]
-        group = zarr.open_group(store, mode="w", storage_options=_so(store, storage_options),
-                                attributes=ds_attrs)
-        targets = {}
-        k = runner.classes
-        for name in setup["outputs"]:
-            if name == "labels":
-                shape, chunks, dt, dims = plan.image_shape, plan.chunks, blend.labels_dtype(k), \
-                    ("y", "x")
-            else:
-                shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, dtype_, \
-                    ("class", "y", "x")
-            targets[name] = group.create_array(
-                name, shape=shape, chunks=chunks, dtype=dt,
-                compressors=_compressor(name, compression_level), fill_value=0,
-                dimension_names=dims, attributes=_var_attrs(name, k),
-                config={"write_empty_chunks": True},
-            )
-            _check_aligned(name, shape, chunks, plan)
-        writer = ChunkWriter(targets, plan, dtype_)
+        fingerprint = _fingerprint(ds_attrs, setup, plan)
+        so = _so(store, storage_options)
+        if resume:
+            group, targets, done = _reopen(store, so, fingerprint, setup["outputs"])
+            finished = {tuple(int(v) for v in ij) for ij in np.argwhere(done[...] == 1)}
+        else:
+            group = zarr.open_group(store, mode="w", storage_options=so,
+                                    attributes={**ds_attrs, "fingerprint": fingerprint,
+                                                "complete": False})
+            targets = {}
+            k = runner.classes
+            for name in setup["outputs"]:
+                if name == "labels":
+                    shape, chunks, dt, dims = plan.image_shape, plan.chunks, \
+                        blend.labels_dtype(k), ("y", "x")
+                else:
+                    shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, \
+                        dtype_, ("class", "y", "x")
+                targets[name] = group.create_array(
+                    name, shape=shape, chunks=chunks, dtype=dt,
+                    compressors=_compressor(name, compression_level), fill_value=0,
+                    dimension_names=dims, attributes=_var_attrs(name, k),
+                    config={"write_empty_chunks": True},
+                )
+                _check_aligned(name, shape, chunks, plan)
+            # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
+            # concurrent tasks never write the same object
+            done = group.create_group(MANIFEST).create_array(
+                "done", shape=plan.chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0,
+                attributes={"meaning": "1 where every variable of that output chunk is written"})
+            finished = set()
+        writer = ChunkWriter(targets, plan, dtype_, done=done)
         token = tokenize(setup["image"].name, plan, uuid.uuid4().hex)
         gpu = str(params["device"]).startswith("cuda") and runner.torch_model() is not None
         # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
         lag = (min(threads, GPU_READ_AHEAD) if gpu else threads) + 2
         dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer, lag=lag,
-                                        token=token)
+                                        token=token, skip=finished)
         resources = _gpu_resources(client, params["device"])
         done_key = f"chunkseg-done-{token}"
         dsk[done_key] = (_count, list(fold_keys))
@@ -828,8 +871,9 @@ def predict_to_zarr(
         with _restore_torch_threads():
             written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
                               else client, progress=progress)[0]
-        if written != plan.n_chunks:
-            raise RuntimeError(f"wrote {written} of {plan.n_chunks} chunks.")
+        if written + len(finished) != plan.n_chunks:
+            raise RuntimeError(f"wrote {written + len(finished)} of {plan.n_chunks} chunks.")
+        group.attrs["complete"] = True  # last: the output is whole
     with warnings.catch_warnings():
         # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
         # and xarray warns without it; silence zarr's notice about that.
@@ -864,6 +908,93 @@ def _graph(key: str, dsk: dict, resources: dict | None) -> HighLevelGraph:
     layers = {key: MaterializedLayer(light),
               f"{key}-gpu": MaterializedLayer(heavy, annotations={"resources": resources})}
     return HighLevelGraph(layers, {key: {f"{key}-gpu"}, f"{key}-gpu": set()})
+
+
+MANIFEST = "chunkseg"
+"""Subgroup of an output holding its completion manifest (array ``done``)."""
+
+
+def _fingerprint(attrs: dict, setup: dict, plan: TilePlan) -> dict:
+    """The settings that decide an output's values (what ``resume`` must match)."""
+    keep = ("source", "model", "tile", "overlap", "window", "chunks", "classes", "mask",
+            "kernel", "padding")
+    fp = {k: attrs[k] for k in keep if k in attrs}
+    fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup["outputs"]),
+              dtype=str(setup["dtype"]))
+    return json.loads(json.dumps(fp))
+
+
+def _reopen(store, so, fingerprint: dict, outputs) -> tuple:
+    """The group, variable arrays and manifest of an output to resume, after checking it."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store, mode="r+", storage_options=so)
+        done = group[MANIFEST]["done"]
+        targets = {name: group[name] for name in outputs}
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise ValueError(
+            "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
+            f"manifest) at `store`. Got {_describe(store)!r}, which is not one: {err}. Drop "
+            "`resume` to start a new run."
+        ) from None
+    old = dict(group.attrs.get("fingerprint") or {})
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff:
+        raise ValueError(
+            "`resume=True` needs the same settings as the interrupted run; these differ: "
+            + ", ".join(f"{k} (was {old.get(k)!r}, now {fingerprint.get(k)!r})" for k in diff)
+            + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
+            "again."
+        )
+    return group, targets, done
+
+
+def _describe(store) -> str:
+    from .io import _redact
+
+    return _redact(os.fspath(store)) if isinstance(store, str | os.PathLike) else \
+        type(store).__name__
+
+
+def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a :func:`predict_to_zarr` output as an xarray Dataset; warn if it is incomplete.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed. Chunks not yet written read as 0.
+
+    Warns
+    -----
+    chunkseg.errors.IncompleteOutputWarning
+        If the run that writes it has not finished (``attrs["complete"]`` is not True), with the
+        number of chunks written; ``predict_to_zarr(..., resume=True)`` finishes it.
+    """
+    so = _so(store, storage_options)
+    ds = xr.open_zarr(store, storage_options=so, consolidated=False)
+    if ds.attrs.get("complete") is not True:
+        done, total = output_progress(store, storage_options=storage_options)
+        warnings.warn(
+            f"{_describe(store)!r} is incomplete: {done} of {total} chunks written; the others "
+            "read as 0. Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
+            IncompleteOutputWarning, stacklevel=2)
+    return ds
+
+
+def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple[int, int]:
+    """``(chunks written, chunks in all)`` of a :func:`predict_to_zarr` output."""
+    import zarr
+
+    group = zarr.open_group(store, mode="r", storage_options=_so(store, storage_options))
+    done = group[MANIFEST]["done"][...]
+    return int((done == 1).sum()), int(done.size)
 
 
 def _compressor(name: str, level: int):

@@ -12,6 +12,7 @@ __all__ = [
     "OutputExistsError",
     "OutputOverlapError",
     "ChunkAlignmentError",
+    "IncompleteOutputWarning",
 ]
 
 
@@ -33,3 +34,7 @@ class OutputOverlapError(ChunksegError, ValueError):
 
 class ChunkAlignmentError(ChunksegError, ValueError):
     """A write task would not own whole Zarr chunks (the write would be a read-modify-write)."""
+
+
+class IncompleteOutputWarning(UserWarning):
+    """An output is being read before the run that writes it has finished."""

@@ -77,3 +77,14 @@ def logged_conv3x3():
         with open(path, "a") as f:
             f.write(f"{os.getpid()}\n")
     return _conv3x3
+
+
+def slow_conv3x3():
+    """:func:`numpy_conv3x3`, 0.2 s per batch (so that a run can be interrupted part-way)."""
+    import time
+
+    def model(batch):
+        time.sleep(0.2)
+        return _conv3x3(batch)
+
+    return model

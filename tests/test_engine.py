@@ -300,9 +300,14 @@ def test_every_output_chunk_written_once_whole(chunks):
     ds = chunkseg.predict_to_zarr(image, model, store, tile=40, overlap=10, chunks=chunks,
                                   outputs="logits,probabilities,labels")
     plan = plan_tiles(image.shape, 40, 10, chunks)
-    chunk_writes = {k: v for k, v in store.writes.items() if "/c/" in k}
+    chunk_writes = {k: v for k, v in store.writes.items()
+                    if "/c/" in k and not k.startswith("chunkseg/")}
     assert len(chunk_writes) == 3 * plan.n_chunks
     assert set(chunk_writes.values()) == {1}
+    # the completion manifest: one element per chunk, each written once, after its chunk
+    marks = {k: v for k, v in store.writes.items() if k.startswith("chunkseg/done/c/")}
+    assert len(marks) == plan.n_chunks and set(marks.values()) == {1}
+    assert ds.attrs["complete"] is True
     expected = chunkseg.predict(image, model, tile=40, overlap=10, chunks=chunks,
                                 outputs="logits").logits.values
     np.testing.assert_array_equal(ds.logits.values, expected)

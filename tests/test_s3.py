@@ -146,8 +146,10 @@ def test_predict_s3_to_s3_equals_local(bucket, options, tmp_path):
     _assert_same_data(returned, expected)
     assert reopened.logits.shape == (3,) + IMAGE.shape and reopened.labels.dtype == np.uint8
     assert reopened.attrs["source"] == src
-    local_attrs = {k: v for k, v in expected.attrs.items() if k != "source"}
-    assert {k: v for k, v in reopened.attrs.items() if k != "source"} == local_attrs
+    local_attrs = {k: v for k, v in expected.attrs.items() if k not in ("source", "fingerprint")}
+    assert {k: v for k, v in reopened.attrs.items()
+            if k not in ("source", "fingerprint")} == local_attrs
+    assert reopened.attrs["fingerprint"] == dict(expected.attrs["fingerprint"], source=src)
 
 
 @pytest.mark.timeout(120)
