@@ -37,7 +37,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
 from ._target import MARKER, check_output_target
-from .errors import ChunkAlignmentError, IncompleteOutputWarning
+from .errors import ChunkAlignmentError, IncompleteOutputWarning, ModelOutputError
 from .io import open_image
 from .models import LazyModel, Normalization, TorchAdapter, as_model, describe_model, load_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
@@ -206,15 +206,24 @@ class TileRunner:
             run = self.run_tiles[ky0:ky1, kx0:kx1]
         skip = (self.predicate is not None and not self.predicate(block)) or (
             run is not None and not run.any())
-        torch_model = self.torch_model()
-        if torch_model is not None:
-            return self._accumulate_torch(block, torch_model, run, skip, iy, ix)
-        if skip:  # background: the model never sees it
-            acc = np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
-        else:
-            acc = blend.accumulate_block(block, self.model, self.window, self.plan.overlap,
-                                         batch_size=self.batch_size, classes=self.classes,
-                                         run=run)
+        try:
+            torch_model = self.torch_model()
+            if torch_model is not None:
+                return self._accumulate_torch(block, torch_model, run, skip, iy, ix)
+            if skip:  # background: the model never sees it
+                acc = np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
+            else:
+                acc = blend.accumulate_block(block, self.model, self.window, self.plan.overlap,
+                                             batch_size=self.batch_size, classes=self.classes,
+                                             run=run)
+        except ModelOutputError as err:
+            (ky0, ky1), (kx0, kx1) = (self.plan.owned_tiles()[0][iy],
+                                       self.plan.owned_tiles()[1][ix])
+            raise ModelOutputError(
+                f"in chunk ({iy}, {ix}) (y, x of the chunk grid), tiles {ky0}..{ky1 - 1} (y) x "
+                f"{kx0}..{kx1 - 1} (x) of the tile grid, image pixels y {ys[0]}..{ys[1]}, "
+                f"x {xs[0]}..{xs[1]}: {err}"
+            ) from None
         return self._pieces(acc, iy, ix)
 
     def _accumulate_torch(self, block, adapter: TorchAdapter, run, skip, iy: int, ix: int):

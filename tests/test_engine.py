@@ -382,8 +382,11 @@ def test_bad_model_refused_before_writing(tmp_path):
 def test_nan_on_a_later_tile_is_reported():
     image = _image((100, 100), 1)
     image[90, 90] = np.nan  # only a tile far from the first one sees it
-    with pytest.raises(ModelOutputError, match="non-finite"):
-        chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, outputs="logits").logits.compute()
+    with pytest.raises(ModelOutputError, match="non-finite") as info:
+        chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, chunks=48,
+                         outputs="logits").logits.compute()
+    # the error names the chunk, its tiles and its pixels (pixel 90 lies in chunk 1 of 3)
+    assert "in chunk (1, 1)" in str(info.value) and "tiles" in str(info.value)
 
 
 @pytest.mark.parametrize(
