@@ -18,6 +18,8 @@ block is done, and only the overhanging pieces (less than a tile wide) wait for 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import operator
@@ -37,7 +39,12 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
 from ._target import MARKER, check_output_target
-from .errors import ChunkAlignmentError, IncompleteOutputWarning, ModelOutputError
+from .errors import (
+    ChunkAlignmentError,
+    IncompleteOutputWarning,
+    ModelOutputError,
+    RunInterruptedError,
+)
 from .io import open_image
 from .models import LazyModel, Normalization, TorchAdapter, as_model, describe_model, load_model
 from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
@@ -877,9 +884,19 @@ def predict_to_zarr(
         done_key = f"chunkseg-done-{token}"
         dsk[done_key] = (_count, list(fold_keys))
         graph = _graph(done_key, dsk, resources)
-        with _restore_torch_threads():
-            written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
-                              else client, progress=progress)[0]
+        try:
+            with _restore_torch_threads():
+                written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
+                                  else client, progress=progress)[0]
+        except (asyncio.CancelledError, concurrent.futures.CancelledError) as err:
+            # e.g. distributed's FutureCancelledError when the scheduler is lost
+            done_now = int((done[...] == 1).sum())
+            reason = " ".join(str(err).split())
+            raise RunInterruptedError(
+                f"the run was interrupted before it finished ({reason}). {done_now} of "
+                f"{plan.n_chunks} chunks are written and marked in {_describe(store)!r}; "
+                "finish it with resume=True (CLI: --resume)."
+            ) from None
         if written + len(finished) != plan.n_chunks:
             raise RuntimeError(f"wrote {written + len(finished)} of {plan.n_chunks} chunks.")
         group.attrs["complete"] = True  # last: the output is whole

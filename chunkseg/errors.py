@@ -13,6 +13,7 @@ __all__ = [
     "OutputOverlapError",
     "ChunkAlignmentError",
     "IncompleteOutputWarning",
+    "RunInterruptedError",
 ]
 
 
@@ -34,6 +35,11 @@ class OutputOverlapError(ChunksegError, ValueError):
 
 class ChunkAlignmentError(ChunksegError, ValueError):
     """A write task would not own whole Zarr chunks (the write would be a read-modify-write)."""
+
+
+class RunInterruptedError(ChunksegError, RuntimeError):
+    """A run stopped before it finished (its cluster's scheduler was lost, say); the chunks
+    written so far are marked, and ``resume=True`` finishes it."""
 
 
 class IncompleteOutputWarning(UserWarning):
