@@ -128,11 +128,17 @@ def check_model_output(
     Raises
     ------
     ModelOutputError
-        If the output is not 4-D, its ``N`` or spatial size differ from the batch's, ``K``
-        differs from ``classes``, or it holds NaN or infinity.
+        If the output is not real-valued numbers, not 4-D, its ``N`` or spatial size differ
+        from the batch's, ``K`` differs from ``classes``, or it holds NaN or infinity.
     """
     arr = np.asarray(out)
     n, _, ty, tx = batch_shape
+    if arr.dtype.kind not in "biuf":
+        raise ModelOutputError(
+            f"`model` returned {type(out).__name__} of dtype {arr.dtype} for a batch of shape "
+            f"{tuple(batch_shape)}; logits must be real numbers (float32 best). Return a float "
+            "array (N, K, tile_y, tile_x)."
+        )
     fix = (
         "A model must map a float32 batch (N, C_in, tile_y, tile_x) to logits "
         "(N, K, tile_y, tile_x), same N and spatial size."
