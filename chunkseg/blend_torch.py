@@ -172,7 +172,7 @@ def _accumulate_enqueue(src, module, window, device, stride, grid_shape, normali
         x = _empty(tuple(src.shape), device)
         x.copy_(src, non_blocking=True)
         if normalization is not None and not normalization.is_identity:
-            _check_channels(normalization, c_in)
+            normalization.check_channels(c_in)
             mean = torch.tensor(normalization.mean, dtype=torch.float32).to(device)
             std = torch.tensor(normalization.std, dtype=torch.float32).to(device)
             x.mul_(float(normalization.scale)).sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
@@ -296,15 +296,6 @@ def _accumulate_fold(grid, positions, module, w, stride, shape, batch_size, clas
         wcols = wcols * keep.to(torch.float32).view(1, 1, -1)
     acc[classes] = F.fold(wcols, shape, (ty, tx), stride=stride)[0, 0]
     return acc, finite
-
-
-def _check_channels(normalization, c: int) -> None:
-    for name, v in (("mean", normalization.mean), ("std", normalization.std)):
-        if len(v) not in (1, c):
-            raise ValueError(
-                f"`{name}` has {len(v)} values but the image has {c} channels; give one "
-                f"value or one per channel."
-            )
 
 
 def fold_pieces_torch(shape: tuple[int, ...], pieces: Sequence[tuple[tuple[slice, slice], object]]):

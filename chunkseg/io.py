@@ -832,32 +832,6 @@ def store_has_data(
     return True
 
 
-def _holds_zarr_node(store: str | Store, storage_options: dict[str, Any] | None) -> bool:
-    """Whether a Zarr array or group (metadata at its root) is at ``store``."""
-    kwargs: dict[str, Any] = {"mode": "r"}
-    if storage_options is not None:
-        kwargs["storage_options"] = storage_options
-    try:
-        zarr.open(store=store, **kwargs)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
-
-
-def _same_location(source: Any, store: str | Store) -> bool:
-    """Whether a path/URL ``source`` and ``store`` overlap (one inside the other, or equal)."""
-    if not isinstance(source, str | os.PathLike) or not isinstance(store, str):
-        return False
-    src = os.fspath(source)
-    if not isinstance(src, str):
-        return False
-    if _is_url(src) or _is_url(store):
-        return _redact(src).rstrip("/") == _redact(store).rstrip("/")
-    a = os.path.realpath(os.path.expanduser(src))
-    b = os.path.realpath(store)
-    return os.path.commonpath([a, b]) in (a, b)
-
-
 # --------------------------------------------------------------------------------------------------
 # Public: ingest
 # --------------------------------------------------------------------------------------------------

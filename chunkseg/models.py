@@ -86,16 +86,25 @@ class Normalization:
         """
         if self.is_identity:
             return batch
-        c = batch.shape[1]
-        for name, v in (("mean", self.mean), ("std", self.std)):
-            if len(v) not in (1, c):
-                raise ValueError(
-                    f"`{name}` has {len(v)} values but the image has {c} channels; give one "
-                    f"value or one per channel."
-                )
+        self.check_channels(batch.shape[1])
         mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
         return ((batch * np.float32(self.scale) - mean) / std).astype(np.float32, copy=False)
+
+    def check_channels(self, channels: int) -> None:
+        """Check that ``mean`` and ``std`` fit an image of ``channels`` channels.
+
+        Raises
+        ------
+        ValueError
+            If ``mean`` or ``std`` holds several values and their number is not ``channels``.
+        """
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if len(v) not in (1, channels):
+                raise ValueError(
+                    f"`{name}` has {len(v)} values but the image has {channels} channels; give "
+                    f"one value or one per channel."
+                )
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
