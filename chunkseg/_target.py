@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import OutputExistsError, OutputOverlapError
 
-__all__ = ["MARKER", "check_output_target", "overlaps"]
+__all__ = ["MARKER", "check_output_target", "describe_location", "overlaps"]
 
 MARKER = "chunkseg_version"
 """Root attribute that marks a Zarr store as written by chunkseg."""
@@ -22,8 +22,13 @@ MARKER = "chunkseg_version"
 _ZARR_FILES = {"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"}
 
 
-def _is_url(location: str) -> bool:
-    return "://" in location
+def describe_location(store: Any) -> str:
+    """A path or URL without credentials, or the type of a store object, for messages."""
+    from .io import _redact
+
+    if isinstance(store, str | os.PathLike):
+        return _redact(os.fspath(store))
+    return type(store).__name__
 
 
 def _url_key(location: str) -> str:
@@ -41,6 +46,8 @@ def overlaps(source: Any, store: Any) -> bool:
     """
     if not isinstance(source, str | os.PathLike) or not isinstance(store, str | os.PathLike):
         return False
+    from .io import _is_url
+
     src, dst = os.fspath(source), os.fspath(store)
     if not isinstance(src, str) or not isinstance(dst, str):
         return False
@@ -55,35 +62,23 @@ def overlaps(source: Any, store: Any) -> bool:
 
 
 def _foreign_entries(location: str, options: Mapping[str, Any] | None) -> list[str]:
-    """Top-level entries of a store folder that are not part of a Zarr hierarchy."""
-    if _is_url(location):
-        import fsspec
+    """Top-level entries of a store folder (local or URL) that are not part of a Zarr
+    hierarchy."""
+    import fsspec
 
-        fs, path = fsspec.core.url_to_fs(location, **(options or {}))
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-
-        def is_node(name: str) -> bool:
-            sub = f"{path.rstrip('/')}/{name}"
-            return fs.isdir(sub) and any(fs.exists(f"{sub}/{f}") for f in _ZARR_FILES)
-
-        def is_dir(name: str) -> bool:
-            return fs.isdir(f"{path.rstrip('/')}/{name}")
-    else:
-        if not os.path.isdir(location):
-            return [os.path.basename(location)]
-        names = os.listdir(location)
-
-        def is_node(name: str) -> bool:
-            sub = os.path.join(location, name)
-            return os.path.isdir(sub) and any(os.path.exists(os.path.join(sub, f))
-                                              for f in _ZARR_FILES)
-
-        def is_dir(name: str) -> bool:
-            return os.path.isdir(os.path.join(location, name))
-
-    # "c": the chunk folder of an array at the root
-    return sorted(n for n in names
-                  if n not in _ZARR_FILES and not (n == "c" and is_dir(n)) and not is_node(n))
+    fs, path = fsspec.core.url_to_fs(location, **(options or {}))
+    if not fs.isdir(path):
+        return [path.rstrip("/").rsplit("/", 1)[-1]]
+    foreign = []
+    for sub in fs.ls(path, detail=False):
+        name = sub.rstrip("/").rsplit("/", 1)[-1]
+        if name in _ZARR_FILES:
+            continue
+        if fs.isdir(sub) and (name == "c"  # the chunk folder of an array at the root
+                              or any(fs.exists(f"{sub.rstrip('/')}/{f}") for f in _ZARR_FILES)):
+            continue
+        foreign.append(name)
+    return sorted(foreign)
 
 
 def _chunkseg_root(target: Any, options: Mapping[str, Any] | None) -> bool | None:
@@ -134,8 +129,7 @@ def check_output_target(
     """
     from .io import _redact, store_has_data
 
-    where = _redact(os.fspath(store)) if isinstance(store, str | os.PathLike) else \
-        type(store).__name__
+    where = describe_location(store)
     if overlaps(source, store):
         raise OutputOverlapError(
             f"`store` must not overlap the `source` being read (be it, contain it or lie inside "

@@ -38,7 +38,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
-from ._target import MARKER, check_output_target
+from ._target import MARKER, check_output_target, describe_location
 from .errors import (
     ChunkAlignmentError,
     IncompleteOutputWarning,
@@ -894,7 +894,7 @@ def predict_to_zarr(
             reason = " ".join(str(err).split())
             raise RunInterruptedError(
                 f"the run was interrupted before it finished ({reason}). {done_now} of "
-                f"{plan.n_chunks} chunks are written and marked in {_describe(store)!r}; "
+                f"{plan.n_chunks} chunks are written and marked in {describe_location(store)!r}; "
                 "finish it with resume=True (CLI: --resume)."
             ) from None
         if written + len(finished) != plan.n_chunks:
@@ -961,7 +961,7 @@ def _reopen(store, so, fingerprint: dict, outputs) -> tuple:
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise ValueError(
             "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
-            f"manifest) at `store`. Got {_describe(store)!r}, which is not one: {err}. Drop "
+            f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: {err}. Drop "
             "`resume` to start a new run."
         ) from None
     old = dict(group.attrs.get("fingerprint") or {})
@@ -974,13 +974,6 @@ def _reopen(store, so, fingerprint: dict, outputs) -> tuple:
             "again."
         )
     return group, targets, done
-
-
-def _describe(store) -> str:
-    from .io import _redact
-
-    return _redact(os.fspath(store)) if isinstance(store, str | os.PathLike) else \
-        type(store).__name__
 
 
 def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Dataset:
@@ -1008,7 +1001,7 @@ def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Datase
     if ds.attrs.get("complete") is not True:
         done, total = output_progress(store, storage_options=storage_options)
         warnings.warn(
-            f"{_describe(store)!r} is incomplete: {done} of {total} chunks written; the others "
+            f"{describe_location(store)!r} is incomplete: {done} of {total} chunks written; the others "
             "read as 0. Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
             IncompleteOutputWarning, stacklevel=2)
     return ds
