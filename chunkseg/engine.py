@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
+import itertools
 import json
 import operator
 import os
@@ -173,7 +175,19 @@ class TileRunner:
         self.predicate = predicate
         self.torch_threads = torch_threads
         self.fill_nan = fill_nan
-        self._sources = fold_sources(plan)
+        self._derive()
+
+    def _derive(self) -> None:
+        """Geometry every task asks for, computed once (not shipped: rebuilt on unpickling)."""
+        self._sources = fold_sources(self.plan)
+        self._extents = self.plan.block_extents()
+        self._owned = self.plan.owned_tiles()
+
+    @property
+    def fill_value(self) -> float:
+        """Logits where no tile ran: NaN with a mask, else 0 (never reached: every pixel is
+        covered)."""
+        return np.nan if self.fill_nan else 0.0
 
     def torch_model(self) -> TorchAdapter | None:
         """The torch adapter when the torch kernel is to be used, else None."""
@@ -191,8 +205,12 @@ class TileRunner:
         return None
 
     def block_extent(self, iy: int, ix: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        ext = self.plan.block_extents()
-        return ext[0][iy], ext[1][ix]
+        """Image coordinates ``(y0, y1), (x0, x1)`` of block ``(iy, ix)``."""
+        return self._extents[0][iy], self._extents[1][ix]
+
+    def owned_tiles(self, iy: int, ix: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Tile-grid ranges ``(ky0, ky1), (kx0, kx1)`` that block ``(iy, ix)`` owns."""
+        return self._owned[0][iy], self._owned[1][ix]
 
     def accumulate(self, iy: int, ix: int) -> dict:
         """Read block ``(iy, ix)``, run its tiles, accumulate; cut it into per-chunk pieces.
@@ -207,9 +225,8 @@ class TileRunner:
         ys, xs = self.block_extent(iy, ix)
         block = self.reader(ys, xs)
         run = None
+        (ky0, ky1), (kx0, kx1) = self.owned_tiles(iy, ix)
         if self.run_tiles is not None:
-            (ky0, ky1), (kx0, kx1) = (self.plan.owned_tiles()[0][iy],
-                                       self.plan.owned_tiles()[1][ix])
             run = self.run_tiles[ky0:ky1, kx0:kx1]
         skip = (self.predicate is not None and not self.predicate(block)) or (
             run is not None and not run.any())
@@ -224,8 +241,6 @@ class TileRunner:
                                              batch_size=self.batch_size, classes=self.classes,
                                              run=run)
         except ModelOutputError as err:
-            (ky0, ky1), (kx0, kx1) = (self.plan.owned_tiles()[0][iy],
-                                       self.plan.owned_tiles()[1][ix])
             raise ModelOutputError(
                 f"in chunk ({iy}, {ix}) (y, x of the chunk grid), tiles {ky0}..{ky1 - 1} (y) x "
                 f"{kx0}..{kx1 - 1} (x) of the tile grid, image pixels y {ys[0]}..{ys[1]}, "
@@ -256,19 +271,15 @@ class TileRunner:
             classes=self.classes, run=run, then=cut)
 
     def _pieces(self, acc, iy: int, ix: int) -> dict:
+        # per axis, the chunks block (iy, ix) reaches and its part for each
+        dests = [[(j, src) for j, sources in enumerate(axis) for i, src, _ in sources if i == b]
+                 for axis, b in zip(self._sources, (iy, ix))]
         pieces = {}
-        for jy, srcs_y in enumerate(self._sources[0]):
-            for sy_i, sy, _ in srcs_y:
-                if sy_i != iy:
-                    continue
-                for jx, srcs_x in enumerate(self._sources[1]):
-                    for sx_i, sx, _ in srcs_x:
-                        if sx_i != ix:
-                            continue
-                        piece = acc[:, sy, sx]
-                        if (jy, jx) != (iy, ix):
-                            piece = piece.clone() if hasattr(piece, "clone") else piece.copy()
-                        pieces[(jy, jx)] = piece
+        for (jy, sy), (jx, sx) in itertools.product(*dests):
+            piece = acc[:, sy, sx]
+            if (jy, jx) != (iy, ix):  # kept until a later chunk: a copy, not a view of acc
+                piece = piece.clone() if hasattr(piece, "clone") else piece.copy()
+            pieces[(jy, jx)] = piece
         return pieces
 
     def fold(self, jy: int, jx: int, pieces: Sequence[tuple[tuple[slice, slice], Any]]):
@@ -283,12 +294,13 @@ class TileRunner:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("_sources", None)
+        for derived in ("_sources", "_extents", "_owned"):
+            state.pop(derived, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._sources = fold_sources(self.plan)
+        self._derive()
 
 
 def _accumulate_task(runner: TileRunner, iy: int, ix: int, *_gate: Any) -> dict:
@@ -298,12 +310,11 @@ def _accumulate_task(runner: TileRunner, iy: int, ix: int, *_gate: Any) -> dict:
 
 def _logits_task(runner: TileRunner, _context, jy: int, jx: int, dsts, *pieces) -> np.ndarray:
     acc = runner.fold(jy, jx, list(zip(dsts, pieces)))
-    fill = np.nan if runner.fill_nan else 0.0
     if hasattr(acc, "clone"):
         from .blend_torch import outputs_torch
 
-        return outputs_torch(acc, ("logits",), np.float32, fill)["logits"]
-    return blend.normalize_accumulator(acc, np.float32, fill)
+        return outputs_torch(acc, ("logits",), np.float32, runner.fill_value)["logits"]
+    return blend.normalize_accumulator(acc, np.float32, runner.fill_value)
 
 
 def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | None = None,
@@ -615,8 +626,6 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     dtype_ = _validate_dtype(dtype)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
-    if kernel not in KERNELS:
-        raise ValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     if chunks is None and str(device).startswith("cuda"):
         chunks = GPU_CHUNK
@@ -670,13 +679,12 @@ class ChunkWriter:
 
     def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
         names = tuple(self.targets)
-        fill = np.nan if runner.fill_nan else 0.0
         if hasattr(acc, "clone"):
             from .blend_torch import outputs_torch
 
-            outs = outputs_torch(acc, names, self.dtype, fill)
+            outs = outputs_torch(acc, names, self.dtype, runner.fill_value)
         else:
-            logits = blend.normalize_accumulator(acc, np.float32, fill)
+            logits = blend.normalize_accumulator(acc, np.float32, runner.fill_value)
             outs = {}
             if "logits" in names:
                 outs["logits"] = logits.astype(self.dtype, copy=False)
@@ -703,13 +711,20 @@ def _count(done: list) -> int:
     return int(sum(done))
 
 
-def _check_aligned(name: str, shape: tuple[int, ...], zchunks: tuple[int, ...], plan: TilePlan):
+def _check_aligned(name: str, zchunks: tuple[int, ...], plan: TilePlan):
     """Every output chunk of the plan must be exactly one chunk of the Zarr array."""
     if tuple(zchunks[-2:]) != tuple(plan.chunks):
         raise ChunkAlignmentError(
             f"`{name}` Zarr chunks {tuple(zchunks)} do not match the computation chunks "
             f"{plan.chunks}: a write task would not own whole chunks. Use chunks={plan.chunks}."
         )
+
+
+def _predict_defaults() -> dict:
+    """:func:`predict`'s keyword arguments and defaults, but ``storage_options``, which
+    :func:`predict_to_zarr` takes for itself (one source of truth for both signatures)."""
+    return {name: p.default for name, p in inspect.signature(predict).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "storage_options"}
 
 
 def _threads(client) -> int:
@@ -824,15 +839,11 @@ def predict_to_zarr(
 
     check_output_target(store, source=image, overwrite=overwrite or resume,
                         storage_options=_so(store, storage_options))
-    unknown = set(kwargs) - {"tile", "overlap", "window", "chunks", "batch_size", "outputs",
-                             "dtype", "device", "normalization", "array_name", "mask",
-                             "kernel"}
+    defaults = _predict_defaults()
+    unknown = set(kwargs) - set(defaults)
     if unknown:
         raise TypeError(f"predict_to_zarr() got unexpected keyword arguments {sorted(unknown)}.")
-    params = {"tile": 256, "overlap": 64, "window": "gaussian", "chunks": None,
-              "batch_size": 8, "outputs": ("logits", "labels"), "dtype": "float32",
-              "device": "cpu", "normalization": None, "array_name": None, "mask": None,
-              "kernel": "auto", **kwargs}
+    params = {**defaults, **kwargs}
     # connect to the cluster before anything is written: a wrong address leaves no output
     with open_client(scheduler, workers) as client:
         threads = _threads(client)
@@ -866,7 +877,7 @@ def predict_to_zarr(
                     dimension_names=dims, attributes=_var_attrs(name, k),
                     config={"write_empty_chunks": True},
                 )
-                _check_aligned(name, shape, chunks, plan)
+                _check_aligned(name, chunks, plan)
             # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
             # concurrent tasks never write the same object
             done = group.create_group(MANIFEST).create_array(
@@ -890,7 +901,7 @@ def predict_to_zarr(
                                   else client, progress=progress)[0]
         except (asyncio.CancelledError, concurrent.futures.CancelledError) as err:
             # e.g. distributed's FutureCancelledError when the scheduler is lost
-            done_now = int((done[...] == 1).sum())
+            done_now = output_progress(store, storage_options=storage_options)[0]
             reason = " ".join(str(err).split())
             raise RunInterruptedError(
                 f"the run was interrupted before it finished ({reason}). {done_now} of "
