@@ -88,37 +88,38 @@ def _same(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(ga[name][...], gb[name][...], err_msg=name)
 
 
-def test_worker_killed_mid_run_completes_equal_to_local(tmp_path):
-    src, out, ref = tmp_path / "in.zarr", tmp_path / "out.zarr", tmp_path / "ref.zarr"
+def _run_and_kill(tmp_path: Path, victim: str) -> tuple[subprocess.Popen, str, Path, Path]:
+    """Run the CLI on a fresh cluster and SIGKILL ``victim`` ("worker" or "scheduler") once
+    3 chunks are written; returns the finished process, its stderr, the input and the output."""
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
     _input(src)
     (logs := tmp_path / "logs").mkdir()
     scheduler, workers, address = _cluster(logs)
     try:
         proc = _predict(src, out, "--scheduler", address)
         _wait_for_chunks(out, 3)
-        workers[0].send_signal(signal.SIGKILL)  # a worker lost part-way
-        stdout, stderr = proc.communicate(timeout=180)
-        assert proc.returncode == 0, stderr[-2000:]
+        (workers[0] if victim == "worker" else scheduler).send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=180)
     finally:
         _stop(workers + [scheduler])
+    return proc, stderr, src, out
+
+
+def _clean_run(src: Path, ref: Path) -> None:
     sys.path.insert(0, str(TESTS))
     assert main(["predict", str(src), str(ref), *ARGS]) == 0
-    _same(out, ref)
+
+
+def test_worker_killed_mid_run_completes_equal_to_local(tmp_path):
+    proc, stderr, src, out = _run_and_kill(tmp_path, "worker")  # a worker lost part-way
+    assert proc.returncode == 0, stderr[-2000:]
+    _clean_run(src, tmp_path / "ref.zarr")
+    _same(out, tmp_path / "ref.zarr")
     assert zarr.open_group(str(out)).attrs["complete"] is True
 
 
 def test_scheduler_killed_mid_run_fails_clearly_then_resumes(tmp_path):
-    src, out, ref = tmp_path / "in.zarr", tmp_path / "out.zarr", tmp_path / "ref.zarr"
-    _input(src)
-    (logs := tmp_path / "logs").mkdir()
-    scheduler, workers, address = _cluster(logs)
-    try:
-        proc = _predict(src, out, "--scheduler", address)
-        _wait_for_chunks(out, 3)
-        scheduler.send_signal(signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        _stop(workers + [scheduler])
+    proc, stderr, src, out = _run_and_kill(tmp_path, "scheduler")
     assert proc.returncode != 0
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("chunkseg predict: error: the run was interrupted"), stderr[-2000:]
@@ -127,5 +128,5 @@ def test_scheduler_killed_mid_run_fails_clearly_then_resumes(tmp_path):
     assert 3 <= done < total
     sys.path.insert(0, str(TESTS))
     assert main(["predict", str(src), str(out), *ARGS, "--resume"]) == 0  # locally
-    assert main(["predict", str(src), str(ref), *ARGS]) == 0
-    _same(out, ref)
+    _clean_run(src, tmp_path / "ref.zarr")
+    _same(out, tmp_path / "ref.zarr")
