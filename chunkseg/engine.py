@@ -86,6 +86,19 @@ def reflect_index(start: int, stop: int, length: int) -> np.ndarray:
 
     Coordinates before 0 or from ``length`` on are mirrored about the edge pixel (which is not
     repeated), as often as needed, so any range maps into ``[0, length)``.
+
+    Parameters
+    ----------
+    start, stop : int
+        Half-open range of image coordinates, pixels; may lie partly or wholly outside the image.
+    length : int
+        Image length along the axis, pixels, at least 1.
+
+    Returns
+    -------
+    (stop - start,) ndarray of int64
+        Indices in ``[0, length)``; equal to ``numpy.pad(numpy.arange(length), ..., "reflect")``
+        over the same range (tested).
     """
     idx = np.arange(start, stop, dtype=np.int64)
     if length == 1:
@@ -408,7 +421,40 @@ def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
                 batch_size: int = 8, classes: int | None = None, mask: Any = None,
                 kernel: str = "auto", torch_threads: int | None = None,
                 direct=None) -> TileRunner:
-    """The :class:`TileRunner` of an image, model and plan (probes ``classes`` when None)."""
+    """The :class:`TileRunner` of an image, model and plan.
+
+    Parameters
+    ----------
+    image : (H, W, C_in) dask array
+    model : callable
+        From :func:`chunkseg.models.as_model`.
+    plan : TilePlan
+    window : (T_y, T_x) ndarray of float32
+    batch_size : int, default 8
+    classes : int, optional
+        ``K``; when None the model runs once on the first tile here, which also checks its
+        output (shape, finite values) before any task exists.
+    mask : array_like or callable, optional
+        As :func:`predict`'s ``mask``.
+    kernel : {"auto", "torch", "numpy"}, default "auto"
+    torch_threads : int, optional
+        Torch intra-op threads in tasks on the CPU.
+    direct : callable, optional
+        A reader without dask (see :class:`BlockReader`).
+
+    Returns
+    -------
+    TileRunner
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kernel`` or a bad ``mask``.
+    TypeError
+        For ``kernel="torch"`` with a model that is not a torch model.
+    chunkseg.errors.ModelOutputError
+        If the probe's output is wrong.
+    """
     if kernel not in KERNELS:
         raise ValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
     reader = BlockReader(image, direct)
@@ -1019,7 +1065,24 @@ def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Datase
 
 
 def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple[int, int]:
-    """``(chunks written, chunks in all)`` of a :func:`predict_to_zarr` output."""
+    """How far a :func:`predict_to_zarr` run has written its output.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    (int, int)
+        Chunks written (marked in the ``chunkseg/done`` manifest) and chunks in all.
+
+    Raises
+    ------
+    FileNotFoundError, KeyError
+        If ``store`` holds no Zarr group, or a group without the manifest.
+    """
     import zarr
 
     group = zarr.open_group(store, mode="r", storage_options=_so(store, storage_options))
