@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .errors import ChunksegError
+from .errors import ChunksegError, InvalidValueError
 
 __all__ = ["main", "build_parser"]
 
@@ -193,13 +193,19 @@ def _cmd_predict(args) -> int:
 def _cmd_info(args) -> int:
     import zarr
 
+    from ._target import describe_location
     from .engine import output_progress
 
     try:
+        done, total = output_progress(args.store)  # refuses a URL with a password first
         group = zarr.open_group(args.store, mode="r")
-    except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"`store` {args.store!r} is not a chunkseg output: {err}") from None
-    done, total = output_progress(args.store)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        if isinstance(err, ChunksegError):
+            raise
+        raise InvalidValueError(
+            f"`store` must be an output of chunkseg predict. Got "
+            f"{describe_location(args.store)!r}, which is not one ({type(err).__name__})."
+        ) from None
     complete = group.attrs.get("complete") is True
     print(f"store      {args.store}")
     print(f"complete   {'yes' if complete else 'no'}: {done} of {total} chunks written"
@@ -248,9 +254,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                "info": _cmd_info, "demo": _cmd_demo}[args.command]
     try:
         return handler(args)
-    except (ChunksegError, ValueError, TypeError, OSError, ImportError) as e:
-        print(f"chunkseg {args.command}: error: {e}", file=sys.stderr)
+    except (ChunksegError, OSError) as e:
+        # chunkseg's own errors (bad input, model output, output targets, interrupted runs)
+        # and the machine's (a file that cannot be read, a scheduler that cannot be reached)
+        # are one line; anything else is a bug and keeps its traceback.
+        print(f"chunkseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ._target import MARKER, check_output_target
+from ._store import ArrayWriter, create_array
+from ._target import MARKER, check_output_target, describe_location
+from .errors import InvalidValueError
 from .io import _chunkseg_version
 
 __all__ = ["SECTION_SIZE", "build_mosaic", "load_test_sections", "run_demo"]
@@ -75,23 +77,24 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
     chunkseg.errors.OutputExistsError
         If the store holds data and ``overwrite`` is False.
     """
-    import zarr
     from zarr.codecs import ZstdCodec
 
     if rows < 1 or cols < 1:
-        raise ValueError(f"`rows` and `cols` must be >= 1. Got {rows} x {cols}.")
+        raise InvalidValueError(f"`rows` and `cols` must be >= 1. Got {rows} x {cols}.")
     check_output_target(str(store), overwrite=overwrite)
     s = SECTION_SIZE
-    arr = zarr.create_array(
-        store, shape=(rows * s, cols * s, 1), chunks=(s, s, 1), dtype="uint8", fill_value=0,
-        compressors=ZstdCodec(level=3), dimension_names=("y", "x", "c"), overwrite=True,
+    arr = create_array(
+        str(store), shape=(rows * s, cols * s, 1), chunks=(s, s, 1), dtype="uint8",
+        compressor=ZstdCodec(level=3), dimension_names=("y", "x", "c"), overwrite=True,
         attributes={"source": "ISBI 2012 test sections (Cardona et al. 2010), mosaic",
                     "layout": f"{rows} x {cols} sections, row-major", MARKER: _chunkseg_version()},
     )
+    writer = ArrayWriter(arr, describe_location(str(store)), "mosaic",
+                         fix="Free space and run the demo again with --overwrite.")
     sections = load_test_sections()
     for i in range(rows * cols):
         r, c = divmod(i, cols)
-        arr[r * s : (r + 1) * s, c * s : (c + 1) * s, 0] = sections[i % len(sections)]
+        writer[r * s : (r + 1) * s, c * s : (c + 1) * s, 0] = sections[i % len(sections)]
     return arr
 
 

@@ -40,11 +40,14 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
+from ._store import check_aligned, create_array
 from ._target import MARKER, check_output_target, describe_location
 from .errors import (
-    ChunkAlignmentError,
     IncompleteOutputWarning,
+    InvalidTypeError,
+    InvalidValueError,
     ModelOutputError,
+    OutputWriteError,
     RunInterruptedError,
 )
 from .io import open_image
@@ -210,7 +213,7 @@ class TileRunner:
         if isinstance(model, TorchAdapter):
             return model
         if self.kernel == "torch":
-            raise TypeError(
+            raise InvalidTypeError(
                 f"`kernel` 'torch' needs a torch model (torch.nn.Module, TorchScript file or a "
                 f"factory returning a module). Got {type(model).__name__}; use kernel='numpy' "
                 "or 'auto'."
@@ -456,7 +459,7 @@ def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
         If the probe's output is wrong.
     """
     if kernel not in KERNELS:
-        raise ValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
+        raise InvalidValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
     reader = BlockReader(image, direct)
     if classes is None:
         classes = _probe_classes(reader, model, plan)
@@ -522,7 +525,7 @@ def _normalize_outputs(outputs: str | Sequence[str]) -> tuple[str, ...]:
     items = [o.strip() for o in outputs.split(",")] if isinstance(outputs, str) else list(outputs)
     bad = [o for o in items if o not in OUTPUTS]
     if bad or not items:
-        raise ValueError(
+        raise InvalidValueError(
             f"`outputs` must be a non-empty subset of {OUTPUTS}. Got {outputs!r}."
         )
     return tuple(dict.fromkeys(items))
@@ -531,7 +534,7 @@ def _normalize_outputs(outputs: str | Sequence[str]) -> tuple[str, ...]:
 def _validate_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float16):
-        raise ValueError(f"`dtype` must be float32 or float16. Got {dtype!r}.")
+        raise InvalidValueError(f"`dtype` must be float32 or float16. Got {dtype!r}.")
     return dt
 
 
@@ -671,7 +674,7 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     outputs_ = _normalize_outputs(outputs)
     dtype_ = _validate_dtype(dtype)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
+        raise InvalidValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     if chunks is None and str(device).startswith("cuda"):
         chunks = GPU_CHUNK
@@ -715,13 +718,25 @@ class ChunkWriter:
     done : zarr.Array, optional
         The completion manifest, ``(n_y, n_x)`` uint8, one Zarr chunk per element: set to 1
         once all of a chunk's variables are written.
+    location : str, optional
+        The output store, for messages (:func:`chunkseg._target.describe_location`: no
+        credentials).
+
+    Raises
+    ------
+    chunkseg.errors.OutputWriteError
+        When a write fails with an ``OSError`` (disk full, no permission, the object store
+        refused): names the chunk, the variable, the store and the fix; the chunk stays
+        unmarked.
     """
 
-    def __init__(self, targets: dict, plan: TilePlan, dtype: np.dtype, done=None):
+    def __init__(self, targets: dict, plan: TilePlan, dtype: np.dtype, done=None,
+                 location: str | None = None):
         self.targets = targets
         self.plan = plan
         self.dtype = np.dtype(dtype)
         self.done = done
+        self.location = location
 
     def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
         names = tuple(self.targets)
@@ -741,11 +756,22 @@ class ChunkWriter:
         (c_y, c_x) = self.plan.chunks
         h, w = outs[names[0]].shape[-2:]
         region = (slice(jy * c_y, jy * c_y + h), slice(jx * c_x, jx * c_x + w))
-        for name, data in outs.items():
-            target = self.targets[name]
-            target[(slice(None),) * (data.ndim - 2) + region] = data
-        if self.done is not None:  # after every variable of the chunk is written
-            self.done[jy, jx] = 1
+        name = None
+        try:
+            for name, data in outs.items():
+                target = self.targets[name]
+                target[(slice(None),) * (data.ndim - 2) + region] = data
+            name = f"{MANIFEST}/done"
+            if self.done is not None:  # after every variable of the chunk is written
+                self.done[jy, jx] = 1
+        except OSError as err:  # disk full, no permission, the object store refused
+            error = OutputWriteError(
+                f"writing output chunk ({jy}, {jx}) (y, x of the chunk grid) of {name!r} to "
+                f"{self.location or 'the output store'!r} failed: {err}. The output is marked "
+                "incomplete and the chunks written before are kept; free space and finish with "
+                "resume=True (CLI: --resume).")
+            error.errno = err.errno
+            raise error from err
         return 1
 
 
@@ -755,15 +781,6 @@ def _write_task(runner: TileRunner, writer: ChunkWriter, jy: int, jx: int, dsts,
 
 def _count(done: list) -> int:
     return int(sum(done))
-
-
-def _check_aligned(name: str, zchunks: tuple[int, ...], plan: TilePlan):
-    """Every output chunk of the plan must be exactly one chunk of the Zarr array."""
-    if tuple(zchunks[-2:]) != tuple(plan.chunks):
-        raise ChunkAlignmentError(
-            f"`{name}` Zarr chunks {tuple(zchunks)} do not match the computation chunks "
-            f"{plan.chunks}: a write task would not own whole chunks. Use chunks={plan.chunks}."
-        )
 
 
 def _predict_defaults() -> dict:
@@ -888,7 +905,7 @@ def predict_to_zarr(
     defaults = _predict_defaults()
     unknown = set(kwargs) - set(defaults)
     if unknown:
-        raise TypeError(f"predict_to_zarr() got unexpected keyword arguments {sorted(unknown)}.")
+        raise InvalidTypeError(f"predict_to_zarr() got unexpected keyword arguments {sorted(unknown)}.")
     params = {**defaults, **kwargs}
     # connect to the cluster before anything is written: a wrong address leaves no output
     with open_client(scheduler, workers) as client:
@@ -917,20 +934,21 @@ def predict_to_zarr(
                 else:
                     shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, \
                         dtype_, ("class", "y", "x")
-                targets[name] = group.create_array(
-                    name, shape=shape, chunks=chunks, dtype=dt,
-                    compressors=_compressor(name, compression_level), fill_value=0,
-                    dimension_names=dims, attributes=_var_attrs(name, k),
-                    config={"write_empty_chunks": True},
-                )
-                _check_aligned(name, chunks, plan)
+                check_aligned(name, plan.output_chunks(), chunks[-2:])
+                targets[name] = create_array(
+                    group, name=name, shape=shape, chunks=chunks, dtype=dt,
+                    compressor=_compressor(name, compression_level), dimension_names=dims,
+                    attributes=_var_attrs(name, k), write_empty_chunks=True)
             # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
             # concurrent tasks never write the same object
-            done = group.create_group(MANIFEST).create_array(
-                "done", shape=plan.chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0,
+            done = create_array(
+                group.create_group(MANIFEST), name="done", shape=plan.chunk_grid, chunks=(1, 1),
+                dtype="uint8", compressor=_compressor("done", compression_level),
+                dimension_names=("chunk_y", "chunk_x"),
                 attributes={"meaning": "1 where every variable of that output chunk is written"})
             finished = set()
-        writer = ChunkWriter(targets, plan, dtype_, done=done)
+        writer = ChunkWriter(targets, plan, dtype_, done=done,
+                             location=describe_location(store))
         token = tokenize(setup["image"].name, plan, uuid.uuid4().hex)
         gpu = str(params["device"]).startswith("cuda") and runner.torch_model() is not None
         # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
@@ -1016,7 +1034,7 @@ def _reopen(store, so, fingerprint: dict, outputs) -> tuple:
         done = group[MANIFEST]["done"]
         targets = {name: group[name] for name in outputs}
     except (FileNotFoundError, KeyError, ValueError) as err:
-        raise ValueError(
+        raise InvalidValueError(
             "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
             f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: {err}. Drop "
             "`resume` to start a new run."
@@ -1024,7 +1042,7 @@ def _reopen(store, so, fingerprint: dict, outputs) -> tuple:
     old = dict(group.attrs.get("fingerprint") or {})
     diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
     if diff:
-        raise ValueError(
+        raise InvalidValueError(
             "`resume=True` needs the same settings as the interrupted run; these differ: "
             + ", ".join(f"{k} (was {old.get(k)!r}, now {fingerprint.get(k)!r})" for k in diff)
             + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
@@ -1100,6 +1118,10 @@ def _compressor(name: str, level: int):
 
 
 def _so(store: Any, storage_options: dict | None) -> dict | None:
+    if isinstance(store, str):
+        from .io import _refuse_url_password
+
+        _refuse_url_password(store, "store")
     return storage_options if isinstance(store, str) and "://" in store else None
 
 

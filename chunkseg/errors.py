@@ -8,6 +8,12 @@ from __future__ import annotations
 
 __all__ = [
     "ChunksegError",
+    "InvalidValueError",
+    "InvalidTypeError",
+    "NotFoundError",
+    "MissingDependencyError",
+    "InputReadError",
+    "OutputWriteError",
     "ModelOutputError",
     "OutputExistsError",
     "OutputOverlapError",
@@ -19,6 +25,33 @@ __all__ = [
 
 class ChunksegError(Exception):
     """Base class of every exception raised by chunkseg itself."""
+
+
+class InvalidValueError(ChunksegError, ValueError):
+    """An argument has a value its rule does not allow (``overlap >= tile``, an unknown window
+    name...). The message names the parameter, the rule, the value got and the fix."""
+
+
+class InvalidTypeError(ChunksegError, TypeError):
+    """An argument has a type chunkseg does not take (a float ``tile``, a complex image...)."""
+
+
+class NotFoundError(ChunksegError, FileNotFoundError):
+    """An input image, a model file or an output to resume does not exist."""
+
+
+class MissingDependencyError(ChunksegError, ImportError):
+    """An optional dependency that this input or model needs is not installed."""
+
+
+class InputReadError(ChunksegError, OSError):
+    """Reading the input failed (a truncated or corrupt chunk, an unreadable file); the message
+    names the store and the pixels being read."""
+
+
+class OutputWriteError(ChunksegError, OSError):
+    """Writing an output chunk failed (disk full, no permission, the object store refused);
+    the chunks written before are marked, and ``resume=True`` finishes the run."""
 
 
 class ModelOutputError(ChunksegError, ValueError):

@@ -28,7 +28,12 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-from chunkseg.errors import ChunkAlignmentError
+from chunkseg.errors import (
+    InputReadError,
+    InvalidTypeError,
+    InvalidValueError,
+    NotFoundError,
+)
 
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
@@ -89,6 +94,18 @@ def _redact(location: str) -> str:
     return "::".join(parts)
 
 
+def _refuse_url_password(location: str, name: str) -> None:
+    """Refuse a URL carrying a password (``s3://user:pw@bucket``): fsspec and the storage
+    clients repeat the URL in their own errors, so it would reach messages and logs."""
+    if _is_url(location) and any(":" in urlsplit(p).netloc.rpartition("@")[0]
+                                 for p in location.split("::")):
+        raise InvalidValueError(
+            f"`{name}` must not carry a password in the URL (user:password@). Got "
+            f"{_redact(location)!r} (credentials removed here). Pass them in `storage_options` "
+            "or the usual environment variables (AWS_SECRET_ACCESS_KEY, ...) instead."
+        )
+
+
 def _image_suffix(path: str) -> str:
     """Lower-case suffix of ``path`` (a URL's query string ignored), e.g. ``".tif"``."""
     last = path.split("::")[0]
@@ -101,10 +118,11 @@ def _fspath(value: str | os.PathLike[str], name: str) -> str:
     """``value`` as a ``str`` path (``~`` expanded for local paths), or TypeError naming ``name``."""
     path = os.fspath(value)
     if not isinstance(path, str):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`{name}` must be a str or os.PathLike path or URL, not bytes. Got {value!r}. "
             "Decode it first, e.g. `path.decode()`."
         )
+    _refuse_url_password(path, name)
     return path if _is_url(path) else os.path.expanduser(path)
 
 
@@ -115,12 +133,12 @@ def _check_storage_options(
     if storage_options is None:
         return None
     if not isinstance(storage_options, Mapping):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`storage_options` must be a mapping of fsspec options or None. "
             f"Got {type(storage_options).__name__}."
         )
     if location is not None and not _is_url(location):
-        raise ValueError(
+        raise InvalidValueError(
             f"`storage_options` is only used when `{name}` is an fsspec URL (s3://, gs://, "
             f"memory://, ...). Got a local path {location!r}; drop `storage_options`."
         )
@@ -186,7 +204,7 @@ def _to_yxc(data: Any, names: Sequence[object] | None) -> tuple[Any, dict[str, A
             return data[:, :, np.newaxis], dict.fromkeys(DIMS)
         if data.ndim == 3:
             return data, dict.fromkeys(DIMS)
-        raise ValueError(
+        raise InvalidValueError(
             "`image` must be 2-D (y, x) or 3-D (y, x, c); leading axes of length 1 are squeezed. "
             f"Got shape {shape}. Select one plane (e.g. `image[0]`), or pass an xarray.DataArray "
             "whose dims name the axes ('y', 'x', 'c')."
@@ -195,13 +213,13 @@ def _to_yxc(data: Any, names: Sequence[object] | None) -> tuple[Any, dict[str, A
     original = [str(n) for n in names]
     canonical = [_canonical_dim(n) for n in original]
     if len(canonical) != data.ndim:
-        raise ValueError(
+        raise InvalidValueError(
             f"`image` must have one dimension name per axis. Got names {tuple(original)} for "
             f"shape {shape}."
         )
     repeated = sorted({n for n in canonical if canonical.count(n) > 1})
     if repeated or "y" not in canonical or "x" not in canonical:
-        raise ValueError(
+        raise InvalidValueError(
             "`image` must have dims named 'y' and 'x' (once each), optionally a channel dim 'c' "
             "('channel', 'band' and tifffile's 'S' are read as 'c'), and any other dim of length 1. "
             f"Got dims {tuple(original)} with shape {shape}. Rename the dims, e.g. "
@@ -210,7 +228,7 @@ def _to_yxc(data: Any, names: Sequence[object] | None) -> tuple[Any, dict[str, A
     extra = [i for i, n in enumerate(canonical) if n not in DIMS]
     too_long = [(original[i], shape[i]) for i in extra if shape[i] != 1]
     if too_long:
-        raise ValueError(
+        raise InvalidValueError(
             "`image` must have only dims 'y', 'x' and 'c' longer than 1; other dims are squeezed. "
             f"Got dims {tuple(original)} with shape {shape}: {too_long} cannot be squeezed. "
             "Select one index (e.g. `arr.isel(t=0)`), or rename the channel dim to 'c'."
@@ -238,12 +256,12 @@ def _finish(
     """Validate a ``(y, x, c)`` Dask array and wrap it as the :func:`open_image` DataArray."""
     dtype = np.dtype(data.dtype)
     if dtype.kind not in "biuf":
-        raise TypeError(
+        raise InvalidTypeError(
             "`image` must have a boolean, integer or floating-point dtype. "
             f"Got {dtype}. Convert it first, e.g. `image.astype('float32')`."
         )
     if 0 in data.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"`image` must have at least one pixel and one channel. Got shape {data.shape} (y, x, c)."
         )
     if not dtype.isnative:
@@ -323,7 +341,7 @@ def _pick_group_array(
         except KeyError:
             node = None
         if not isinstance(node, zarr.Array):
-            raise ValueError(
+            raise InvalidValueError(
                 f"`array_name` must name an array of the Zarr group. Got {array_name!r}; "
                 f"the group's arrays are {arrays}."
             )
@@ -344,7 +362,7 @@ def _pick_group_array(
         return array, f"0/{name}", axes
     if len(arrays) == 1:
         return group[arrays[0]], arrays[0], None  # type: ignore[return-value]
-    raise ValueError(
+    raise InvalidValueError(
         "`image` is a Zarr group whose image array is ambiguous: it has no array named 'image', "
         f"no OME-NGFF 'multiscales' metadata and {len(arrays)} arrays {arrays}. "
         "Pass `array_name=` with one of them (CLI: `--array-name`)."
@@ -366,7 +384,7 @@ def _open_zarr_node(
         node, name, ngff_axes = _pick_group_array(node, array_name)
         source = f"{source.rstrip('/')}/{name}"
     elif array_name is not None:
-        raise ValueError(
+        raise InvalidValueError(
             "`array_name` must be None unless `image` is a Zarr group. "
             f"Got array_name={array_name!r} for a Zarr array; drop `array_name`."
         )
@@ -417,7 +435,15 @@ class ZarrRegionReader:
         """Pixels ``[y0, y1) x [x0, x1)`` as a ``(y, x, c)`` ndarray of the array's dtype."""
         sel = [slice(None)] * self.array.ndim
         sel[self.axes[0]], sel[self.axes[1]] = slice(y0, y1), slice(x0, x1)
-        region = np.asarray(self.array[tuple(sel)])
+        try:
+            region = np.asarray(self.array[tuple(sel)])
+        except (RuntimeError, OSError) as err:  # a codec's error on bad bytes, or the store's
+            raise InputReadError(
+                f"`image` pixels y {y0}..{y1}, x {x0}..{x1} could not be read from "
+                f"{_redact(str(self.array.store_path))!r}: {type(err).__name__}: {err}. A chunk "
+                "of the input may be truncated or corrupt: write the input again (chunkseg "
+                "ingest) and rerun."
+            ) from err
         data, _ = _to_yxc(region, self.names)
         return data
 
@@ -432,7 +458,7 @@ def _open_zarr_location(
     try:
         node = zarr.open(store=location, **kwargs)
     except (FileNotFoundError, NotADirectoryError) as err:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"`image` must be {_ACCEPTED}. Got {_redact(location)!r}, where no Zarr array or "
             "group was found (and the suffix is not an image-file suffix)."
         ) from err
@@ -586,14 +612,14 @@ def _open_location(
     location = _fspath(image, "image")
     options = _check_storage_options(storage_options, location, "image")
     if not _is_url(location) and not os.path.exists(location):
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"`image` must be an existing path or a URL. Got {location!r}, which does not exist."
         )
     suffix = _image_suffix(location)
     is_file = _is_url(location) or os.path.isfile(location)
     if suffix in IMAGE_FILE_SUFFIXES and is_file:
         if array_name is not None:
-            raise ValueError(
+            raise InvalidValueError(
                 "`array_name` must be None unless `image` is a Zarr group. "
                 f"Got array_name={array_name!r} for an image file; drop `array_name`."
             )
@@ -602,7 +628,7 @@ def _open_location(
         data, _ = _to_yxc(_read_pil(location, options), None)
         return _finish(_in_memory_to_dask(data), _redact(location))
     if not _is_url(location) and os.path.isfile(location):
-        raise ValueError(
+        raise InvalidValueError(
             f"`image` must be {_ACCEPTED}. Got the file {location!r} with unsupported suffix "
             f"{suffix!r}; convert it to TIFF or Zarr first."
         )
@@ -689,7 +715,7 @@ def open_image(
     (4, 6, 1)
     """
     if array_name is not None and not isinstance(array_name, str):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`array_name` must be a str path inside the Zarr group, or None. Got {array_name!r}."
         )
     if isinstance(image, str | os.PathLike):
@@ -697,14 +723,14 @@ def open_image(
 
     _check_storage_options(storage_options, None, "image")
     if storage_options is not None:
-        raise ValueError(
+        raise InvalidValueError(
             "`storage_options` is only used when `image` is a path or URL. "
             f"Got storage_options with a {type(image).__name__}; drop `storage_options`."
         )
     if isinstance(image, zarr.Array | zarr.Group):
         return _open_zarr_node(image, array_name, _describe_zarr(image))
     if array_name is not None:
-        raise ValueError(
+        raise InvalidValueError(
             "`array_name` must be None unless `image` is a Zarr group. "
             f"Got array_name={array_name!r} for a {type(image).__name__}; drop `array_name`."
         )
@@ -717,7 +743,7 @@ def open_image(
         data, _ = _to_yxc(image, None)
         return _finish(_in_memory_to_dask(data), "numpy.ndarray")
     hint = " Pick one variable, e.g. `ds['image']`." if isinstance(image, xr.Dataset) else ""
-    raise TypeError(f"`image` must be {_ACCEPTED}. Got {type(image).__name__}.{hint}")
+    raise InvalidTypeError(f"`image` must be {_ACCEPTED}. Got {type(image).__name__}.{hint}")
 
 
 def _open_dataarray(image: xr.DataArray) -> xr.DataArray:
@@ -803,7 +829,7 @@ def store_has_data(
     """
     if isinstance(store, Store):
         if storage_options is not None:
-            raise ValueError(
+            raise InvalidValueError(
                 "`storage_options` must be None when `store` is a zarr store object. "
                 "Got storage_options; configure the store object instead."
             )
@@ -811,7 +837,7 @@ def store_has_data(
 
         return not sync(store.is_empty(""))
     if not isinstance(store, str | os.PathLike):
-        raise TypeError(
+        raise InvalidTypeError(
             "`store` must be a str or os.PathLike path, an fsspec URL or a zarr store. "
             f"Got {type(store).__name__}."
         )
@@ -840,38 +866,24 @@ def store_has_data(
 def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
     """``chunks`` as ``(cy, cx)``: an int becomes square; then type and range are checked."""
     if isinstance(chunks, bool):
-        raise TypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
+        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
     pair: Sequence[Any]
     if isinstance(chunks, int | np.integer):
         pair = (int(chunks), int(chunks))
     elif isinstance(chunks, Sequence) and not isinstance(chunks, str):
         pair = tuple(chunks)
     else:
-        raise TypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
+        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
     if len(pair) != 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"`chunks` must be an int or a pair (cy, cx) of ints; the channel axis is always one "
             f"chunk. Got {chunks!r} (length {len(pair)})."
         )
     if not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in pair):
-        raise TypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
+        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
     if any(c < 1 for c in pair):
-        raise ValueError(f"`chunks` must be positive. Got {chunks!r}.")
+        raise InvalidValueError(f"`chunks` must be positive. Got {chunks!r}.")
     return int(pair[0]), int(pair[1])
-
-
-def _check_aligned(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tuple[int, ...]) -> None:
-    """Raise ChunkAlignmentError unless every Dask block starts on a Zarr chunk boundary.
-
-    Then each write task owns whole Zarr chunks, and no two tasks write to the same chunk.
-    """
-    for axis, (blocks, size) in enumerate(zip(dask_chunks, zarr_chunks, strict=True)):
-        starts = np.cumsum((0,) + tuple(blocks[:-1]))
-        if np.any(starts % size):
-            raise ChunkAlignmentError(
-                f"Dask chunks along axis {axis} must start on multiples of the Zarr chunk size "
-                f"{size}. Got Dask chunks {blocks}. Rechunk to the Zarr chunks before writing."
-            )
 
 
 def _chunkseg_version() -> str:
@@ -946,14 +958,14 @@ def ingest(
     """
     cy, cx = _normalise_chunks(chunks)
     if isinstance(compressor_level, bool) or not isinstance(compressor_level, int | np.integer):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`compressor_level` must be an int from 0 to 22. Got {compressor_level!r}."
         )
     if not 0 <= compressor_level <= 22:
-        raise ValueError(f"`compressor_level` must be an int from 0 to 22. Got {compressor_level}.")
+        raise InvalidValueError(f"`compressor_level` must be an int from 0 to 22. Got {compressor_level}.")
     if isinstance(store, Store):
         if storage_options is not None:
-            raise ValueError(
+            raise InvalidValueError(
                 "`storage_options` must be None when `store` is a zarr store object. "
                 "Got storage_options; configure the store object instead."
             )
@@ -963,11 +975,12 @@ def ingest(
         target = _fspath(store, "store")
         options = _check_storage_options(storage_options, target, "store")
     else:
-        raise TypeError(
+        raise InvalidTypeError(
             "`store` must be a str or os.PathLike path, an fsspec URL or a zarr store. "
             f"Got {type(store).__name__}."
         )
-    from ._target import MARKER, check_output_target
+    from ._store import ArrayWriter, check_aligned, create_array
+    from ._target import MARKER, check_output_target, describe_location
 
     check_output_target(target, source=source, overwrite=overwrite, storage_options=options)
 
@@ -976,28 +989,20 @@ def ingest(
     zarr_chunks = (min(cy, height), min(cx, width), channels)
 
     data = image.data.rechunk(zarr_chunks)
-    _check_aligned(data.chunks, zarr_chunks)
-    create_kwargs: dict[str, Any] = {}
-    if options is not None:
-        create_kwargs["storage_options"] = options
-    array = zarr.create_array(
-        store=target,
-        shape=image.shape,
-        chunks=zarr_chunks,
-        dtype=image.dtype,
-        compressors=zarr.codecs.ZstdCodec(level=int(compressor_level)),
-        fill_value=0,
-        dimension_names=DIMS,
+    check_aligned("image", data.chunks, zarr_chunks)
+    array = create_array(
+        target, shape=image.shape, chunks=zarr_chunks, dtype=image.dtype,
+        compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)), dimension_names=DIMS,
         attributes={"source": image.attrs["source"], MARKER: _chunkseg_version()},
-        zarr_format=3,
-        overwrite=overwrite,
-        **create_kwargs,
-    )
+        storage_options=options, overwrite=overwrite)
+    writer = ArrayWriter(array, describe_location(target), "image",
+                         fix="Free space (or fix the store) and ingest again with "
+                             "overwrite=True (CLI: --overwrite).")
     bar: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar
 
         bar = ProgressBar()
     with bar:
-        da.store(data, array, lock=False, compute=True)
+        da.store(data, writer, lock=False, compute=True)
     return array

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .errors import InvalidValueError
+
 __all__ = ["confusion_matrix", "dice", "iou", "pixel_error"]
 
 
@@ -19,7 +21,8 @@ def _as_label_array(name: str, labels: ArrayLike) -> NDArray[np.integer]:
     if arr.dtype == np.bool_:
         return arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
+        raise InvalidValueError(f"`{name}` must hold integer (or boolean) class labels. Got dtype {arr.dtype}; "
+            "take the argmax of probabilities or cast with `.astype(int)`.")
     return arr
 
 
@@ -29,9 +32,9 @@ def _check_pair(
     true = _as_label_array("labels_true", labels_true)
     pred = _as_label_array("labels_pred", labels_pred)
     if true.shape != pred.shape:
-        raise ValueError(
-            f"labels_true and labels_pred must have the same shape, "
-            f"got labels_true {true.shape} and labels_pred {pred.shape}"
+        raise InvalidValueError(
+            "`labels_true` and `labels_pred` must have the same shape. "
+            f"Got labels_true {true.shape} and labels_pred {pred.shape}."
         )
     return true, pred
 
@@ -41,14 +44,15 @@ def _check_range(name: str, labels: NDArray[np.integer], classes: int) -> None:
         return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= classes:
-        raise ValueError(
-            f"{name} holds labels outside [0, classes) = [0, {classes}): min {lo}, max {hi}"
+        raise InvalidValueError(
+            f"`{name}` must hold labels in [0, classes) = [0, {classes}). Got min {lo}, "
+            f"max {hi}; pass a larger `classes` or remap the labels."
         )
 
 
 def _check_classes(classes: int) -> None:
     if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
-        raise ValueError(f"classes must be a positive int, got {classes!r}")
+        raise InvalidValueError(f"`classes` must be a positive int. Got {classes!r}.")
 
 
 def confusion_matrix(
@@ -174,5 +178,6 @@ def pixel_error(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
     """
     true, pred = _check_pair(labels_true, labels_pred)
     if true.size == 0:
-        raise ValueError("labels_true and labels_pred are empty; pixel error is undefined")
+        raise InvalidValueError("`labels_true` and `labels_pred` must not be empty (the pixel error of no "
+                                f"pixels is undefined). Got shape {true.shape}.")
     return float(np.count_nonzero(true != pred) / true.size)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InvalidTypeError, InvalidValueError, MissingDependencyError, NotFoundError
+
 __all__ = [
     "Normalization",
     "ModelSpec",
@@ -47,7 +49,7 @@ def _as_floats(value: float | Sequence[float], name: str) -> tuple[float, ...]:
         return (float(value),)  # type: ignore[arg-type]
     out = tuple(float(v) for v in value)  # type: ignore[union-attr]
     if not out:
-        raise ValueError(f"`{name}` must hold at least one value. Got {value!r}.")
+        raise InvalidValueError(f"`{name}` must hold at least one value. Got {value!r}.")
     return out
 
 
@@ -69,7 +71,7 @@ class Normalization:
         object.__setattr__(self, "mean", _as_floats(self.mean, "mean"))
         object.__setattr__(self, "std", _as_floats(self.std, "std"))
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"`std` must be strictly positive. Got {self.std!r}.")
+            raise InvalidValueError(f"`std` must be strictly positive. Got {self.std!r}.")
 
     @property
     def is_identity(self) -> bool:
@@ -101,7 +103,7 @@ class Normalization:
         """
         for name, v in (("mean", self.mean), ("std", self.std)):
             if len(v) not in (1, channels):
-                raise ValueError(
+                raise InvalidValueError(
                     f"`{name}` has {len(v)} values but the image has {channels} channels; give "
                     f"one value or one per channel."
                 )
@@ -175,7 +177,7 @@ class CallableAdapter:
 
     def __init__(self, fn: Callable[[np.ndarray], Any], normalization: Normalization | None = None):
         if not callable(fn):
-            raise TypeError(f"`model` must be callable. Got {type(fn)!r}.")
+            raise InvalidTypeError(f"`model` must be callable. Got {type(fn)!r}.")
         self.fn = fn
         self.normalization = normalization or Normalization()
 
@@ -248,18 +250,29 @@ class OnnxAdapter:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
+            raise MissingDependencyError(
                 "ONNX models need onnxruntime: pip install 'chunkseg[onnx]'."
             ) from e
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"`model` file {str(path)!r} does not exist.")
+            raise NotFoundError(f"`model` file {str(path)!r} does not exist.")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
         self.path = path
         self.device = device
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+        load_errors = (RuntimeError,) + tuple(
+            getattr(state, name) for name in ("Fail", "InvalidProtobuf", "InvalidGraph",
+                                              "InvalidArgument", "NoSuchFile")
+            if state is not None and hasattr(state, name))
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except load_errors as err:  # onnxruntime's errors for a file that is not a model
+            raise InvalidValueError(
+                f"`model` file {str(path)!r} must be an ONNX model. Got a file onnxruntime "
+                f"cannot load: {_first_line(err)}. Export it with torch.onnx.export."
+            ) from err
         self.input_name = self.session.get_inputs()[0].name
         self.normalization = normalization or Normalization()
 
@@ -275,11 +288,16 @@ class OnnxAdapter:
         return f"OnnxAdapter({self.path.name!r})"
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def _import_torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("PyTorch models need torch: pip install 'chunkseg[torch]'.") from e
+        raise MissingDependencyError("PyTorch models need torch: pip install 'chunkseg[torch]'.") from e
     return torch
 
 
@@ -303,7 +321,7 @@ def _load_factory(source: str, device: str, options: dict) -> Any:
         module = importlib.import_module(module_name)
         factory = getattr(module, attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(
+        raise InvalidValueError(
             f"`model` spec {source!r} could not be resolved ({e}). Use 'package.module:factory' "
             f"with an importable module and a factory function in it."
         ) from e
@@ -365,12 +383,20 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
         return OnnxAdapter(source, spec.device, norm)
     if suffix in (".pt", ".pth", ".ts"):
         if not Path(source).exists():
-            raise FileNotFoundError(f"`model` file {source!r} does not exist.")
+            raise NotFoundError(f"`model` file {source!r} does not exist.")
         torch = _import_torch()
-        return TorchAdapter(torch.jit.load(source, map_location=spec.device), spec.device, norm)
+        try:
+            module = torch.jit.load(source, map_location=spec.device)
+        except RuntimeError as err:  # torch's error for a file that is not a TorchScript zip
+            raise InvalidValueError(
+                f"`model` file {source!r} must be a TorchScript archive (saved with "
+                f"torch.jit.save). Got a file torch cannot load as one: {_first_line(err)}. "
+                "Export the model with torch.jit.script(model).save(path)."
+            ) from err
+        return TorchAdapter(module, spec.device, norm)
     if ":" in source and not Path(source).exists():
         return _wrap(_load_factory(source, spec.device, dict(spec.options)), spec.device, norm)
-    raise ValueError(
+    raise InvalidValueError(
         f"`model` spec {source!r} is not understood. Use a built-in name "
         f"({', '.join(BUILTIN_MODELS)}), a TorchScript file (.pt/.pth/.ts), an ONNX file "
         f"(.onnx) or 'package.module:factory'."
@@ -431,7 +457,7 @@ def as_model(
         return TorchAdapter(model, device, normalization)
     if callable(model):
         return CallableAdapter(model, normalization)
-    raise TypeError(
+    raise InvalidTypeError(
         "`model` must be a callable on numpy batches, a torch.nn.Module, a ModelSpec, or a "
         f"spec string (file path or 'package.module:factory'). Got {type(model)!r}."
     )

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import InvalidTypeError, InvalidValueError
+
 __all__ = [
     "TilePlan",
     "plan_tiles",
@@ -66,19 +68,19 @@ def normalize_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple
         If ``value`` is not an integer or a sequence of two integers.
     """
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
+        raise InvalidTypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
     if isinstance(value, (int, np.integer)):
         return int(value), int(value)
     try:
         items = tuple(value)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(
+        raise InvalidTypeError(
             f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}."
         ) from None
     if len(items) != 2 or not all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
     ):
-        raise TypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
+        raise InvalidTypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
     return int(items[0]), int(items[1])
 
 
@@ -264,7 +266,7 @@ class TilePlan:
         """
         missing = [k for k in ("image_shape", "tile", "overlap", "chunks") if k not in d]
         if missing:
-            raise ValueError(f"`d` must hold the plan's fields; missing {missing}. Got keys "
+            raise InvalidValueError(f"`d` must hold the plan's fields; missing {missing}. Got keys "
                              f"{sorted(d)}.")
         return plan_tiles(tuple(d["image_shape"]), tuple(d["tile"]), tuple(d["overlap"]),
                           tuple(d["chunks"]), channels=int(d.get("channels", 1)))
@@ -340,7 +342,7 @@ def plan_tiles(
     by the summed windows, as in MONAI's ``sliding_window_inference``.
     """
     if len(image_shape) not in (2, 3):
-        raise ValueError(
+        raise InvalidValueError(
             f"`image_shape` must be (H, W) or (H, W, C). Got {tuple(image_shape)!r}."
         )
     if len(image_shape) == 3:
@@ -349,24 +351,24 @@ def plan_tiles(
     tile_ = normalize_pair(tile, "tile")
     overlap_ = normalize_pair(overlap, "overlap")
     if min(shape) < 1:
-        raise ValueError(f"`image_shape` must be positive. Got {shape!r}.")
+        raise InvalidValueError(f"`image_shape` must be positive. Got {shape!r}.")
     if min(tile_) < 1:
-        raise ValueError(f"`tile` must be positive. Got {tile_!r}.")
+        raise InvalidValueError(f"`tile` must be positive. Got {tile_!r}.")
     if min(overlap_) < 0:
-        raise ValueError(f"`overlap` must be >= 0. Got {overlap_!r}.")
+        raise InvalidValueError(f"`overlap` must be >= 0. Got {overlap_!r}.")
     if any(o >= t for o, t in zip(overlap_, tile_)):
-        raise ValueError(
+        raise InvalidValueError(
             f"`overlap` must be smaller than `tile` (stride = tile - overlap must be positive). "
             f"Got overlap={overlap_!r}, tile={tile_!r}. Use e.g. overlap={tile_[0] // 4}."
         )
     if channels < 1:
-        raise ValueError(f"`channels` must be >= 1. Got {channels!r}.")
+        raise InvalidValueError(f"`channels` must be >= 1. Got {channels!r}.")
     if chunks is None:
         chunks_ = tuple(min(h, DEFAULT_CHUNK_TARGET) for h in shape)
     else:
         chunks_ = normalize_pair(chunks, "chunks")
         if min(chunks_) < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"`chunks` must be a positive number of pixels (at least the tile {tile_!r} is "
                 f"best: fewer, bigger tasks). Got chunks={chunks_!r}."
             )
@@ -428,9 +430,9 @@ def tile_mask(plan: TilePlan, mask) -> np.ndarray:
     """
     m = np.asarray(mask)
     if m.ndim != 2 or m.size == 0:
-        raise ValueError(f"`mask` must be a non-empty 2-D array (y, x). Got shape {m.shape}.")
+        raise InvalidValueError(f"`mask` must be a non-empty 2-D array (y, x). Got shape {m.shape}.")
     if m.shape[0] > plan.image_shape[0] or m.shape[1] > plan.image_shape[1]:
-        raise ValueError(
+        raise InvalidValueError(
             f"`mask` must be at most the image's size {plan.image_shape}; it is a low-resolution "
             f"foreground map. Got shape {m.shape}."
         )

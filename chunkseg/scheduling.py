@@ -10,6 +10,8 @@ from typing import Any
 
 import dask
 
+from .errors import InvalidValueError
+
 __all__ = ["compute", "open_client", "LOCAL_SCHEDULERS"]
 
 #: Scheduler names handled by dask's single-machine schedulers.
@@ -38,13 +40,13 @@ def open_client(scheduler: Any = None, workers: int | None = None) -> Iterator[A
         string is neither a known name nor an address.
     """
     if workers is not None and scheduler is not None and scheduler not in LOCAL_SCHEDULERS:
-        raise ValueError(
+        raise InvalidValueError(
             "`workers` starts a new LocalCluster and cannot be combined with `scheduler` "
             f"{scheduler!r}. Pass one of them."
         )
     if workers is not None:
         if int(workers) < 1:
-            raise ValueError(f"`workers` must be >= 1. Got {workers!r}.")
+            raise InvalidValueError(f"`workers` must be >= 1. Got {workers!r}.")
         from distributed import Client, LocalCluster
 
         with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
@@ -56,7 +58,7 @@ def open_client(scheduler: Any = None, workers: int | None = None) -> Iterator[A
         return
     if isinstance(scheduler, str):
         if "://" not in scheduler:
-            raise ValueError(
+            raise InvalidValueError(
                 f"`scheduler` must be one of {LOCAL_SCHEDULERS}, an address such as "
                 f"'tcp://127.0.0.1:8786', or a distributed.Client. Got {scheduler!r}."
             )

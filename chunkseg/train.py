@@ -39,6 +39,8 @@ from PIL import Image
 from chunkseg.metrics import confusion_matrix
 from chunkseg.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, UNet
 
+from .errors import InvalidValueError, NotFoundError
+
 __all__ = [
     "TrainResult",
     "evaluate",
@@ -64,8 +66,9 @@ DEFAULT_VAL_SECTIONS = (20, 21, 22, 23, 24)
 def _read_png(path: Path) -> NDArray[np.uint8]:
     arr = np.asarray(Image.open(path))
     if arr.ndim != 2 or arr.dtype != np.uint8:
-        raise ValueError(
-            f"{path}: expected a 2-D uint8 grayscale image, got {arr.shape} {arr.dtype}"
+        raise InvalidValueError(
+            f"`{path}` must be a 2-D uint8 grayscale image. Got shape {arr.shape}, dtype "
+            f"{arr.dtype}."
         )
     return arr
 
@@ -115,13 +118,15 @@ def load_sections(
     root = Path(root)
     indices = list(sections) if sections is not None else list_sections(root)
     if not indices:
-        raise FileNotFoundError(f"no sections image/NN.png found under {root}")
+        raise NotFoundError(f"`root` must hold sections image/NN.png. Got {str(root)!r}, where none were "
+                            "found.")
     images, labels = [], []
     for i in indices:
         images.append(_read_png(root / "image" / f"{i:02d}.png"))
         labels.append((_read_png(root / "label" / f"{i:02d}.png") == 0).astype(np.uint8))
     if len({a.shape for a in images + labels}) != 1:
-        raise ValueError(f"sections under {root} differ in shape")
+        raise InvalidValueError(f"the sections under `root` must share one shape. Got {str(root)!r}, whose "
+                                 "sections differ.")
     return np.stack(images), np.stack(labels)
 
 
@@ -214,7 +219,7 @@ def sample_batch(
     """
     _, h, w = images.shape
     if crop > min(h, w):
-        raise ValueError(f"crop={crop} exceeds the section size {h} x {w}")
+        raise InvalidValueError(f"`crop` must be at most the section size {h} x {w}. Got {crop}.")
     xs, ys = [], []
     for _ in range(batch_size):
         s, r, c = (
@@ -263,9 +268,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
         If the shapes do not match.
     """
     if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(
-            f"logits must be (N, C, H, W) and target (N, H, W), got {tuple(logits.shape)} "
-            f"and {tuple(target.shape)}"
+        raise InvalidValueError(
+            "`logits` must be (N, C, H, W) and `target` (N, H, W). Got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}."
         )
     probs = logits.softmax(dim=1)
     one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
@@ -397,16 +402,17 @@ def train(
         large or not divisible by ``2**depth``.
     """
     if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
+        raise InvalidValueError(f"`iterations` must be >= 1. Got {iterations}.")
     if images.shape != labels.shape or images.ndim != 3:
-        raise ValueError(
-            f"images and labels must both be (S, H, W), got {images.shape} and {labels.shape}"
+        raise InvalidValueError(
+            "`images` and `labels` must both be (S, H, W). Got "
+            f"{images.shape} and {labels.shape}."
         )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = UNet() if model is None else model
     if crop % model.multiple:
-        raise ValueError(f"crop={crop} must be divisible by 2**depth = {model.multiple}")
+        raise InvalidValueError(f"`crop` must be divisible by 2**depth = {model.multiple}. Got {crop}.")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)

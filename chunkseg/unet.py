@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import InvalidValueError, NotFoundError
+
 __all__ = [
     "ISBI_MEAN",
     "ISBI_SCALE",
@@ -73,7 +75,7 @@ class _Up(nn.Module):
 
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InvalidValueError(f"`{name}` must be a positive int. Got {value!r}.")
 
 
 class UNet(nn.Module):
@@ -157,16 +159,18 @@ class UNet(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
-            raise ValueError(f"input must have shape (N, C_in, H, W), got {tuple(x.shape)}")
+            raise InvalidValueError(f"the input must have shape (N, C_in, H, W). Got {tuple(x.shape)}.")
         if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input has {x.shape[1]} channels, the model expects in_channels={self.in_channels}"
+            raise InvalidValueError(
+                f"the input must have in_channels={self.in_channels} channels. Got "
+                f"{x.shape[1]}; convert the image or build the model for them."
             )
         h, w = x.shape[-2:]
         if h % self.multiple or w % self.multiple:
-            raise ValueError(
-                f"input height and width must be divisible by 2**depth = {self.multiple} "
-                f"(depth={self.depth}), got H={h}, W={w}; pad or choose another tile size"
+            raise InvalidValueError(
+                f"the input height and width (the `tile`) must be divisible by 2**depth = "
+                f"{self.multiple} (depth={self.depth}). Got H={h}, W={w}; choose a tile that is "
+                f"a multiple of {self.multiple}."
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,7 +231,8 @@ def pretrained(device: str = "cpu") -> UNet:
         If the weights file :data:`WEIGHTS_PATH` is missing from the installation.
     """
     if not WEIGHTS_PATH.is_file():
-        raise FileNotFoundError(f"shipped U-Net weights not found at {WEIGHTS_PATH}")
+        raise NotFoundError(f"the shipped U-Net weights must be at {str(WEIGHTS_PATH)!r}, where none were "
+                            "found; reinstall chunkseg.")
     state = torch.load(WEIGHTS_PATH, map_location="cpu", weights_only=True)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model = UNet()

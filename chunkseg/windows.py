@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .errors import InvalidTypeError, InvalidValueError
 from .plan import normalize_pair
 
 __all__ = ["WINDOWS", "get_window", "window_1d", "window_name"]
@@ -89,7 +90,7 @@ def window_1d(name: str, size: int, overlap: int = 0) -> np.ndarray:
     try:
         fn = WINDOWS[name]
     except KeyError:
-        raise ValueError(
+        raise InvalidValueError(
             f"`window` must be one of {sorted(WINDOWS)} or an array of the tile's shape. "
             f"Got {name!r}."
         ) from None
@@ -134,17 +135,17 @@ def get_window(
     try:
         w = np.asarray(window, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(
+        raise InvalidTypeError(
             f"`window` must be a name from {sorted(WINDOWS)} or an array. Got {type(window)!r}."
         ) from None
     if w.shape != (ty, tx):
-        raise ValueError(
+        raise InvalidValueError(
             f"`window` array must have the tile's shape {(ty, tx)}. Got shape {w.shape}."
         )
     finite = np.isfinite(w)
     if not finite.all() or np.any(w[finite] <= 0):
         low = float(w[finite].min()) if finite.any() else None
-        raise ValueError(
+        raise InvalidValueError(
             "`window` array must be finite and strictly positive (a zero weight leaves pixels "
             f"undefined). Got min={low!r}, non-finite values: {int(np.sum(~finite))}."
         )

@@ -553,10 +553,14 @@ def test_normalise_chunks_errors(chunks, error):
 
 
 def test_check_aligned():
-    io._check_aligned(((4, 4, 2), (3, 3), (2,)), (4, 3, 2))
-    io._check_aligned(((8, 2),), (4,))  # a block may own several whole chunks
-    with pytest.raises(ChunkAlignmentError, match="axis 0"):
-        io._check_aligned(((3, 5),), (4,))
+    from chunkseg._store import check_aligned
+
+    check_aligned("a", ((4, 4, 2), (3, 3), (2,)), (4, 3, 2))
+    check_aligned("a", ((8, 2),), (4,))  # a block may own several whole chunks
+    with pytest.raises(ChunkAlignmentError, match="`a`.*axis 0.*multiples of 4"):
+        check_aligned("a", ((3, 5),), (4,))
+    with pytest.raises(ChunkAlignmentError, match="axis 1"):
+        check_aligned("a", ((4,), (2, 2)), (4, 4))  # a task sharing a chunk with the next
 
 
 def test_is_zarr_url_or_path(tmp_path):

@@ -1,0 +1,512 @@
+"""Secrets and code execution: credentials never leak, and nothing read from a store is run.
+
+Credentials (``AWS_SECRET_ACCESS_KEY`` in the environment, ``storage_options={"key", "secret"}``
+and ``user:password@`` inside a URL) must not appear in error messages (nor in their cause and
+context chain or formatted traceback), log records, progress output, the CLI's error line or
+any output metadata. And nothing an output's attrs say (``model``, ``fingerprint``) is ever
+imported or executed by ``open_output``, ``output_progress``, ``chunkseg info`` or
+``predict_to_zarr(..., resume=True)``; model weights load with ``torch.load(weights_only=True)``.
+
+Every secret below is a distinctive string, so a leak is found by a plain substring search. The
+S3 cases run against moto's server on 127.0.0.1 (as ``test_s3.py``); "unreachable" endpoints
+are closed loopback ports, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chunkseg
+from chunkseg.cli import main
+from chunkseg.errors import IncompleteOutputWarning
+
+PACKAGE = Path(chunkseg.__file__).resolve().parent
+
+KEY = "chunksegsecretsaccesskey"
+ENV_SECRET = "envSECRETq7Zr2Xv9"  # AWS_SECRET_ACCESS_KEY
+OPT_SECRET = "optSECRETk3Wd8Pn4"  # storage_options["secret"]
+URL_PASSWORD = "urlPASSWORDm5Tj6Ly1"  # user:password@ in a URL
+SECRETS = (ENV_SECRET, OPT_SECRET, URL_PASSWORD)
+
+MODEL_SPEC = "model_factories:numpy_two_class"
+PARAMS = {"tile": 48, "overlap": 16, "chunks": 64}
+IMAGE = (np.random.default_rng(7).random((100, 120)) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _leaks(text: str) -> list[str]:
+    return [s for s in SECRETS if s in text]
+
+
+def _error_texts(err: BaseException) -> list[str]:
+    """str and repr of the error and of every exception in its cause/context chain, and the
+    formatted traceback."""
+    texts, seen, todo = [], set(), [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        texts += [str(e), repr(e), " ".join(str(a) for a in e.args)]
+        todo += [e.__cause__, e.__context__]
+    texts.append("".join(traceback.format_exception(err)))
+    return texts
+
+
+def _assert_clean_error(excinfo) -> None:
+    err = excinfo.value
+    leaked = {s for text in _error_texts(err) for s in _leaks(text)}
+    assert not leaked, f"{type(err).__name__} leaks {sorted(leaked)}:\n" + "\n".join(
+        traceback.format_exception(err))
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def _dead_s3_options() -> dict:
+    """Explicit credentials and an endpoint nobody listens on, retried once, quickly."""
+    return {"key": KEY, "secret": OPT_SECRET, "endpoint_url": f"http://127.0.0.1:{_closed_port()}",
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2,
+                              "read_timeout": 2}}
+
+
+def _memory_url(name: str) -> str:
+    return f"memory://chunkseg-secrets-{uuid.uuid4().hex[:10]}/{name}"
+
+
+MEMORY_OPTIONS = {"key": KEY, "secret": OPT_SECRET}  # accepted (and ignored) by memory://
+
+
+@pytest.fixture(autouse=True)
+def _aws_environment(monkeypatch):
+    """Fake credentials in the environment for every test: a secret to look for, and no
+    request ever goes looking for real ones (instance metadata, profiles)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ENV_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    s3fs = sys.modules.get("s3fs")
+    if s3fs is not None:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+# --------------------------------------------------------------------------------------------------
+# A moto S3 server on loopback (the pattern of test_s3.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"moto server did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    port = _closed_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until_up(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(endpoint):
+    """A fresh bucket holding an input image; explicit-credential storage options."""
+    import s3fs
+
+    options = {"key": KEY, "secret": OPT_SECRET, "endpoint_url": endpoint}
+    bucket = f"chunkseg-secrets-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem(**options).mkdir(bucket)
+    src = f"s3://{bucket}/img.zarr"
+    chunkseg.ingest(IMAGE, src, chunks=64, storage_options=options)
+    return {"bucket": bucket, "options": options, "src": src, "endpoint": endpoint}
+
+
+def _memory_input() -> str:
+    src = _memory_url("img.zarr")
+    chunkseg.ingest(IMAGE, src, chunks=64, storage_options=MEMORY_OPTIONS)
+    return src
+
+
+@pytest.fixture(params=["memory", "s3"])
+def store(request):
+    """(input URL, output URL, storage options with a secret, a filesystem) on memory:// or S3."""
+    import fsspec
+
+    if request.param == "memory":
+        src = _memory_input()
+        return src, src.replace("img.zarr", "seg.zarr"), MEMORY_OPTIONS, fsspec.filesystem("memory")
+    s3 = request.getfixturevalue("s3")
+    import s3fs
+
+    return (s3["src"], f"s3://{s3['bucket']}/seg.zarr", s3["options"],
+            s3fs.S3FileSystem(**s3["options"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# (1) Errors
+# --------------------------------------------------------------------------------------------------
+
+_URLS_WITH_PASSWORD = [
+    f"s3://user:{URL_PASSWORD}@nonexistent-bucket/x.zarr",
+    f"memory://user:{URL_PASSWORD}@bucket/x.zarr",
+    f"memory://user:{URL_PASSWORD}@bucket/x.tif",
+    f"memory://user:{URL_PASSWORD}@bucket/x.png",
+    f"simplecache::s3://user:{URL_PASSWORD}@bucket/x.zarr",
+]
+
+
+def _http_url_with_password() -> str:
+    return f"http://user:{URL_PASSWORD}@127.0.0.1:{_closed_port()}/x.zarr"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("url", _URLS_WITH_PASSWORD + ["http"],
+                         ids=["s3", "memory-zarr", "memory-tif", "memory-png", "chained", "http"])
+def test_url_password_not_in_input_errors(url):
+    url = _http_url_with_password() if url == "http" else url
+    options = _dead_s3_options() if "s3://" in url else None
+    with pytest.raises(Exception) as excinfo:
+        chunkseg.open_image(url, storage_options=options)
+    _assert_clean_error(excinfo)
+    with pytest.raises(Exception) as excinfo:
+        chunkseg.predict(url, MODEL_SPEC, storage_options=options, **PARAMS)
+    _assert_clean_error(excinfo)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("url", _URLS_WITH_PASSWORD[:2] + ["http"], ids=["s3", "memory", "http"])
+def test_url_password_not_in_output_errors(url, tmp_path):
+    url = _http_url_with_password() if url == "http" else url
+    options = _dead_s3_options() if "s3://" in url else None
+    calls = {
+        "predict_to_zarr": lambda: chunkseg.predict_to_zarr(
+            IMAGE, MODEL_SPEC, url, storage_options=options, **PARAMS),
+        "resume": lambda: chunkseg.predict_to_zarr(
+            IMAGE, MODEL_SPEC, url, storage_options=options, resume=True, **PARAMS),
+        "ingest": lambda: chunkseg.ingest(IMAGE, url, storage_options=options),
+        "open_output": lambda: chunkseg.open_output(url, storage_options=options),
+        "output_progress": lambda: chunkseg.output_progress(url, storage_options=options),
+    }
+    for name, call in calls.items():
+        with pytest.raises(Exception) as excinfo:
+            call()
+        try:
+            _assert_clean_error(excinfo)
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from None
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_endpoint_error_holds_no_secret():
+    options = _dead_s3_options()
+    with pytest.raises(Exception) as excinfo:
+        chunkseg.open_image("s3://some-bucket/x.zarr", storage_options=options)
+    _assert_clean_error(excinfo)
+    assert "connect" in str(excinfo.value).lower()  # it really is the unreachable endpoint
+    with pytest.raises(Exception) as excinfo:
+        chunkseg.predict_to_zarr(IMAGE, MODEL_SPEC, "s3://some-bucket/seg.zarr",
+                                 storage_options=_dead_s3_options(), **PARAMS)
+    _assert_clean_error(excinfo)
+
+
+@pytest.mark.timeout(120)
+def test_existing_output_and_resume_errors_hold_no_secret(store):
+    src, out, options, _ = store
+    chunkseg.predict_to_zarr(src, MODEL_SPEC, out, storage_options=options, **PARAMS)
+    with pytest.raises(chunkseg.OutputExistsError) as excinfo:
+        chunkseg.predict_to_zarr(src, MODEL_SPEC, out, storage_options=options, **PARAMS)
+    _assert_clean_error(excinfo)
+    with pytest.raises(chunkseg.OutputOverlapError) as excinfo:
+        chunkseg.predict_to_zarr(src, MODEL_SPEC, src, storage_options=options, overwrite=True,
+                                 **PARAMS)
+    _assert_clean_error(excinfo)
+    with pytest.raises(ValueError, match="differ") as excinfo:  # resume with other settings
+        chunkseg.predict_to_zarr(src, MODEL_SPEC, out, storage_options=options, resume=True,
+                                 **dict(PARAMS, tile=32))
+    _assert_clean_error(excinfo)
+    with pytest.raises(ValueError, match="resume") as excinfo:  # nothing there to resume
+        chunkseg.predict_to_zarr(src, MODEL_SPEC, out.replace("seg.zarr", "none.zarr"),
+                                 storage_options=options, resume=True, **PARAMS)
+    _assert_clean_error(excinfo)
+
+
+# --------------------------------------------------------------------------------------------------
+# (2) logs, (3) progress output, (4) output metadata
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_debug_logs_hold_no_secret(store, caplog):
+    src, out, options, _ = store
+    caplog.set_level(logging.DEBUG)  # the root logger: every logger that propagates
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    detached = [lg for lg in loggers if not lg.propagate]
+    for lg in loggers:
+        caplog.set_level(logging.DEBUG, logger=lg.name)
+    for lg in detached:
+        lg.addHandler(caplog.handler)
+    try:
+        chunkseg.predict_to_zarr(src, MODEL_SPEC, out, storage_options=options,
+                                 outputs="logits,labels", **PARAMS)
+        chunkseg.open_output(out, storage_options=options)
+        chunkseg.output_progress(out, storage_options=options)
+    finally:
+        for lg in detached:
+            lg.removeHandler(caplog.handler)
+    if out.startswith("s3://"):
+        assert any(r.name.startswith(("botocore", "s3fs", "aiobotocore")) for r in caplog.records)
+    texts = [caplog.text] + [r.getMessage() for r in caplog.records]
+    texts += [caplog.handler.format(r) for r in caplog.records]
+    leaked = {s for text in texts for s in _leaks(text)}
+    assert not leaked, f"log records leak {sorted(leaked)}"
+
+
+@pytest.mark.timeout(120)
+def test_progress_output_holds_no_secret(store, capfd):
+    src, out, options, _ = store
+    chunkseg.predict_to_zarr(src, MODEL_SPEC, out, storage_options=options, progress=True,
+                             **PARAMS)
+    captured = capfd.readouterr()
+    assert "100%" in captured.out + captured.err  # the bar was there
+    assert not _leaks(captured.out + captured.err)
+
+
+@pytest.mark.timeout(120)
+def test_output_metadata_holds_no_secret(store):
+    src, out, options, fs = store
+    chunkseg.predict_to_zarr(src, MODEL_SPEC, out, storage_options=options,
+                             outputs="logits,probabilities,labels", **PARAMS)
+    root = out.split("://", 1)[1]
+    fs.invalidate_cache()
+    metadata = [p for p in fs.find(root) if p.endswith("zarr.json")]
+    assert len(metadata) >= 5  # root, 3 variables, the manifest group and array
+    for path in metadata:
+        text = fs.cat_file(path).decode()
+        assert not _leaks(text) and KEY not in text, path
+        assert "endpoint" not in text and "127.0.0.1" not in text, path
+    ds = chunkseg.open_output(out, storage_options=options)
+    texts = [json.dumps(ds.attrs)] + [json.dumps(v.attrs) for v in ds.variables.values()]
+    assert not any(_leaks(t) or KEY in t for t in texts)
+
+
+# --------------------------------------------------------------------------------------------------
+# (5) the CLI's error line
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cli_error_line_holds_no_secret(capsys, tmp_path):
+    src = _memory_input()
+    bad = [
+        ["predict", f"memory://user:{URL_PASSWORD}@bucket/x.zarr", str(tmp_path / "a.zarr"),
+         "--model", MODEL_SPEC, "--no-progress"],
+        ["predict", src, f"memory://user:{URL_PASSWORD}@bucket/out.zarr", "--model", MODEL_SPEC,
+         "--tile", "48", "--overlap", "16", "--chunk", "64", "--no-progress"],
+        ["ingest", str(tmp_path / "missing.png"), f"memory://user:{URL_PASSWORD}@bucket/i.zarr"],
+        ["ingest", f"memory://user:{URL_PASSWORD}@bucket/in.png", str(tmp_path / "i.zarr")],
+    ]
+    for argv in bad:
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert "error:" in captured.err, argv
+        assert not _leaks(captured.out + captured.err), (argv, captured.err)
+
+
+@pytest.mark.timeout(60)
+def test_cli_info_holds_no_url_password(capsys):
+    assert main(["info", f"memory://user:{URL_PASSWORD}@bucket/x.zarr"]) == 2
+    captured = capsys.readouterr()
+    assert not _leaks(captured.out + captured.err), captured.err
+
+
+@pytest.mark.timeout(120)
+def test_cli_with_environment_credentials_holds_no_secret(s3, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3["endpoint"])  # the CLI has no storage options
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    out = f"s3://{s3['bucket']}/cli.zarr"
+    argv = ["predict", s3["src"], out, "--model", MODEL_SPEC, "--tile", "48", "--overlap", "16",
+            "--chunk", "64"]
+    assert main(argv) == 0
+    assert main(argv) == 2  # exists
+    assert main(argv + ["--resume", "--tile", "32"]) == 2  # settings differ
+    assert main(["info", out]) == 0
+    assert main(["info", f"s3://{s3['bucket']}/none.zarr"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("error:") == 3
+    assert not _leaks(captured.out + captured.err) and KEY not in captured.out + captured.err
+
+
+# --------------------------------------------------------------------------------------------------
+# (6) nothing read from a store is imported or executed
+# --------------------------------------------------------------------------------------------------
+
+
+def _evil_module(tmp_path, monkeypatch) -> tuple[str, Path]:
+    """An importable module (tmp_path on sys.path) that writes a marker file when imported."""
+    name = f"chunkseg_evil_{uuid.uuid4().hex[:10]}"
+    marker = tmp_path / f"{name}.imported"
+    (tmp_path / f"{name}.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('imported')\n"
+        "def factory(**kwargs):\n    Path(" + repr(str(marker)) + ").write_text('called')\n"
+        "    return lambda batch: batch\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name, marker
+
+
+@pytest.mark.timeout(60)
+def test_attrs_are_never_imported(tmp_path, monkeypatch, capsys):
+    evil, marker = _evil_module(tmp_path, monkeypatch)
+    src, out = tmp_path / "in.zarr", tmp_path / "seg.zarr"
+    chunkseg.ingest(IMAGE, str(src), chunks=64)
+    chunkseg.predict_to_zarr(str(src), MODEL_SPEC, str(out), **PARAMS)
+    # what an attacker who can write the store writes: a model spec naming their module,
+    # in the attrs, the fingerprint and the consolidated metadata alike; and an unfinished run
+    changed = 0
+    for path in out.rglob("zarr.json"):
+        text = path.read_text()
+        if MODEL_SPEC in text:
+            text = text.replace(MODEL_SPEC, f"{evil}:factory").replace(
+                '"complete": true', '"complete": false')
+            path.write_text(text)
+            changed += 1
+    assert changed >= 1
+
+    with pytest.warns(IncompleteOutputWarning):
+        ds = chunkseg.open_output(str(out))
+    assert f"{evil}:factory" in json.dumps(ds.attrs["fingerprint"])  # the attack is in place
+    assert ds.labels.values.shape == IMAGE.shape  # reading the data runs nothing either
+    assert chunkseg.output_progress(str(out)) == (4, 4)
+    assert main(["info", str(out)]) == 0
+    with pytest.raises(ValueError, match="model"):  # resume compares, never loads
+        chunkseg.predict_to_zarr(str(src), MODEL_SPEC, str(out), resume=True, **PARAMS)
+    assert main(["predict", str(src), str(out), "--model", MODEL_SPEC, "--tile", "48",
+                 "--overlap", "16", "--chunk", "64", "--no-progress", "--resume"]) == 2
+    assert "model" in capsys.readouterr().err
+    assert evil not in sys.modules and not marker.exists()
+
+    # the test can fail: the module is importable and leaves its marker when imported
+    __import__(evil)
+    assert marker.read_text() == "imported"
+    monkeypatch.delitem(sys.modules, evil)
+
+
+@pytest.mark.timeout(60)
+def test_pretrained_weights_load_weights_only(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from chunkseg import unet
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    weights = tmp_path / "evil.pt"
+    torch.save({"w": Payload()}, weights)
+    monkeypatch.setattr(unet, "WEIGHTS_PATH", weights)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|global"):
+        unet.pretrained()
+    assert not marker.exists()
+    torch.load(weights, weights_only=False)  # the test can fail: this file runs code
+    assert marker.exists()
+
+
+# Calls that turn data into code: none of them may take a string read from a store.
+_FORBIDDEN_NAMES = {"eval", "exec", "compile", "__import__"}
+_FORBIDDEN_ATTRS = {("pickle", "load"), ("pickle", "loads"), ("cloudpickle", "load"),
+                    ("cloudpickle", "loads"), ("dill", "load"), ("dill", "loads"),
+                    ("marshal", "loads"), ("yaml", "load"), ("yaml", "unsafe_load"),
+                    ("ast", "literal_eval"), ("runpy", "run_path"), ("runpy", "run_module")}
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return "?"
+
+
+def test_no_other_code_loading_in_the_package():
+    calls = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        scopes = {}
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                for sub in ast.walk(fn):
+                    scopes.setdefault(id(sub), fn.name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                calls.append((path.relative_to(PACKAGE).as_posix(), scopes.get(id(node)),
+                              _dotted(node.func), node))
+    assert len(calls) > 500  # the scan saw the package
+    found = {}
+    for rel, scope, name, node in calls:
+        where = f"{rel}:{node.lineno} in {scope}"
+        parts = tuple(name.split("."))
+        assert name not in _FORBIDDEN_NAMES, where
+        assert parts[-2:] not in _FORBIDDEN_ATTRS, where
+        kwargs = {k.arg: k.value for k in node.keywords}
+        if parts[-2:] == ("torch", "load"):
+            value = kwargs.get("weights_only")
+            assert isinstance(value, ast.Constant) and value.value is True, where
+            found.setdefault("torch.load", []).append(where)
+        if parts[-1] == "load" and parts[0] in ("np", "numpy"):
+            value = kwargs.get("allow_pickle")
+            assert value is None or (isinstance(value, ast.Constant) and value.value is False), where
+        if parts[-1] == "import_module" or name == "importlib.__import__":
+            # only the user's own `model="package.module:factory"` spec is imported
+            found.setdefault("import_module", []).append((rel, scope))
+        if parts[-2:] == ("jit", "load"):
+            found.setdefault("jit.load", []).append((rel, scope))
+    assert [w.split(":")[0] for w in found.get("torch.load", [])] == ["unet.py"]
+    assert found.get("import_module") == [("models.py", "_load_factory")]
+    assert {r for r, _ in found.get("jit.load", [])} <= {"models.py"}
