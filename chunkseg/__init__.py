@@ -14,13 +14,22 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
+from ._objects import instances, regions
 from .engine import OUTPUTS, open_output, output_progress, predict, predict_to_zarr
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,
+    IncompleteOutputWarning,
+    InputReadError,
+    InvalidTypeError,
+    InvalidValueError,
+    MissingDependencyError,
     ModelOutputError,
+    NotFoundError,
     OutputExistsError,
     OutputOverlapError,
+    OutputWriteError,
+    RunInterruptedError,
 )
 from .io import ingest, open_image
 from .models import ModelSpec, Normalization, as_model, load_model
@@ -34,6 +43,8 @@ __all__ = [
     "open_output",
     "output_progress",
     "OUTPUTS",
+    "instances",
+    "regions",
     "plan_tiles",
     "TilePlan",
     "get_window",
@@ -45,8 +56,16 @@ __all__ = [
     "open_image",
     "ingest",
     "ChunksegError",
+    "InvalidValueError",
+    "InvalidTypeError",
+    "NotFoundError",
+    "MissingDependencyError",
+    "InputReadError",
+    "OutputWriteError",
     "ModelOutputError",
     "OutputExistsError",
     "OutputOverlapError",
     "ChunkAlignmentError",
+    "RunInterruptedError",
+    "IncompleteOutputWarning",
 ]

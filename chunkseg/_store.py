@@ -161,14 +161,16 @@ class ArrayWriter:
         Raises
         ------
         chunkseg.errors.OutputWriteError
-            If the store raised an OSError (the original error is its cause).
+            If the store raised an OSError (the original error is its cause, its ``errno``
+            is kept).
         """
         try:
             self.array[region] = data
         except OSError as err:  # disk full, permission denied, an object store refusing
             where = ", ".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s)
                               for s in (region if isinstance(region, tuple) else (region,)))
-            raise OutputWriteError(
-                f"writing {what + ' of ' if what else ''}`{self.name}` [{where}] to "
-                f"{self.location!r} failed: {err}. {self.fix}"
-            ) from err
+            error = OutputWriteError(
+                f"writing {what + ' of ' if what else ''}{self.name!r} [{where}] to "
+                f"{self.location!r} failed: {err}. {self.fix}")
+            error.errno = err.errno  # ENOSPC, EACCES... as the store said
+            raise error from err

@@ -40,14 +40,13 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import blend
-from ._store import check_aligned, create_array
+from ._store import ArrayWriter, check_aligned, create_array
 from ._target import MARKER, check_output_target, describe_location
 from .errors import (
     IncompleteOutputWarning,
     InvalidTypeError,
     InvalidValueError,
     ModelOutputError,
-    OutputWriteError,
     RunInterruptedError,
 )
 from .io import open_image
@@ -737,6 +736,11 @@ class ChunkWriter:
         self.dtype = np.dtype(dtype)
         self.done = done
         self.location = location
+        where = location or "the output store"
+        # one writer for every write: an OSError becomes an OutputWriteError naming the chunk
+        self._writers = {name: ArrayWriter(array, where, name) for name, array in targets.items()}
+        if done is not None:
+            self._writers[MANIFEST] = ArrayWriter(done, where, f"{MANIFEST}/done")
 
     def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
         names = tuple(self.targets)
@@ -756,22 +760,12 @@ class ChunkWriter:
         (c_y, c_x) = self.plan.chunks
         h, w = outs[names[0]].shape[-2:]
         region = (slice(jy * c_y, jy * c_y + h), slice(jx * c_x, jx * c_x + w))
-        name = None
-        try:
-            for name, data in outs.items():
-                target = self.targets[name]
-                target[(slice(None),) * (data.ndim - 2) + region] = data
-            name = f"{MANIFEST}/done"
-            if self.done is not None:  # after every variable of the chunk is written
-                self.done[jy, jx] = 1
-        except OSError as err:  # disk full, no permission, the object store refused
-            error = OutputWriteError(
-                f"writing output chunk ({jy}, {jx}) (y, x of the chunk grid) of {name!r} to "
-                f"{self.location or 'the output store'!r} failed: {err}. The output is marked "
-                "incomplete and the chunks written before are kept; free space and finish with "
-                "resume=True (CLI: --resume).")
-            error.errno = err.errno
-            raise error from err
+        what = f"output chunk ({jy}, {jx}) (y, x of the chunk grid)"
+        for name, data in outs.items():
+            self._writers[name].write((slice(None),) * (data.ndim - 2) + region, data, what)
+        if self.done is not None:  # after every variable of the chunk is written
+            self._writers[MANIFEST].write((slice(jy, jy + 1), slice(jx, jx + 1)),
+                                          np.ones((1, 1), np.uint8), what)
         return 1
 
 

@@ -88,3 +88,36 @@ def slow_conv3x3():
         return _conv3x3(batch)
 
     return model
+
+
+
+FAIL_ON_ENV = "CHUNKSEG_TEST_FAIL_ON"
+"""Environment variable: a pixel value (say ``255``) makes :func:`late_nan_conv3x3` and
+:func:`late_raising_conv3x3` fail on every batch holding a pixel of that value; unset or
+empty, they never fail (so the same model spec, hence the same fingerprint, resumes the run)."""
+
+
+def _fails_on(kind: str):
+    import os
+
+    def model(batch):
+        value = os.environ.get(FAIL_ON_ENV)
+        if value and (batch == float(value)).any():
+            if kind == "raise":
+                raise RuntimeError(f"model failed on a late tile (a pixel of value {value})")
+            return np.full((batch.shape[0], 2) + batch.shape[2:], np.nan, np.float32)
+        return _conv3x3(batch)
+
+    return model
+
+
+def late_nan_conv3x3():
+    """:func:`numpy_conv3x3`, returning NaN for batches holding the pixel value named by
+    ``CHUNKSEG_TEST_FAIL_ON`` (when it is set)."""
+    return _fails_on("nan")
+
+
+def late_raising_conv3x3():
+    """:func:`numpy_conv3x3`, raising RuntimeError for batches holding the pixel value named by
+    ``CHUNKSEG_TEST_FAIL_ON`` (when it is set)."""
+    return _fails_on("raise")

@@ -1,9 +1,11 @@
 """Faults on a real cluster (``dask scheduler`` + ``dask worker`` processes on loopback): a worker
-killed mid-run, the scheduler killed mid-run; and resuming afterwards."""
+killed mid-run, the scheduler killed mid-run, a model failing late in the run (NaN or an
+exception); and resuming afterwards."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from distributed import Client
+from model_factories import FAIL_ON_ENV
 from test_cluster import START_TIMEOUT, _dask_command, _log_tails, _start_scheduler, _stop
 
 import chunkseg
@@ -76,9 +79,9 @@ def _wait_for_chunks(out: Path, n: int, timeout: float = 120) -> None:
     raise TimeoutError(f"fewer than {n} chunks written in {timeout} s")
 
 
-def _predict(src: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _predict(src: Path, out: Path, *extra: str, args: list[str] = ARGS) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "chunkseg.cli", "predict", str(src),
-                             str(out), *ARGS, *extra], env=_env(), stdout=subprocess.PIPE,
+                             str(out), *args, *extra], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -105,9 +108,9 @@ def _run_and_kill(tmp_path: Path, victim: str) -> tuple[subprocess.Popen, str, P
     return proc, stderr, src, out
 
 
-def _clean_run(src: Path, ref: Path) -> None:
+def _clean_run(src: Path, ref: Path, args: list[str] = ARGS) -> None:
     sys.path.insert(0, str(TESTS))
-    assert main(["predict", str(src), str(ref), *ARGS]) == 0
+    assert main(["predict", str(src), str(ref), *args]) == 0
 
 
 def test_worker_killed_mid_run_completes_equal_to_local(tmp_path):
@@ -130,3 +133,79 @@ def test_scheduler_killed_mid_run_fails_clearly_then_resumes(tmp_path):
     assert main(["predict", str(src), str(out), *ARGS, "--resume"]) == 0  # locally
     _clean_run(src, tmp_path / "ref.zarr")
     _same(out, tmp_path / "ref.zarr")
+
+
+MARK = (300, 300)
+"""The one input pixel of value 255 (``_input``'s noise stays below), which the late models
+fail on: only the block owning the tiles over it, late in row-major order, fails; the ones
+before succeed on both workers."""
+
+
+def _late_failure(tmp_path: Path, monkeypatch, model: str):
+    """Run the CLI on a fresh cluster whose workers run ``model``, failing on the tiles over
+    :data:`MARK`; returns the finished process, its stderr, the input, the output and the CLI
+    arguments."""
+    args = [*ARGS[:ARGS.index("--model")], "--model", f"model_factories:{model}",
+            *ARGS[ARGS.index("--model") + 2:]]
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    assert _input(src).max() < 255
+    zarr.open_array(str(src), mode="r+")[MARK] = 255
+    (logs := tmp_path / "logs").mkdir()
+    monkeypatch.setenv(FAIL_ON_ENV, "255")  # inherited by the workers and the CLI
+    scheduler, workers, address = _cluster(logs)
+    try:
+        proc = _predict(src, out, "--scheduler", address, args=args)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        _stop(workers + [scheduler])
+    monkeypatch.delenv(FAIL_ON_ENV)  # the model is fixed: the same spec no longer fails
+    return proc, stderr, src, out, args
+
+
+def _late_progress(out: Path) -> int:
+    """Chunks written; checks that many are (the failure came late) but not all."""
+    done, total = chunkseg.output_progress(str(out))
+    assert total // 3 <= done < total, (done, total)
+    return done
+
+
+def _resume_equals_clean(tmp_path: Path, src: Path, out: Path, args: list[str], capsys) -> None:
+    """``chunkseg info`` says incomplete; ``--resume`` (locally) finishes it equal to a clean
+    local run."""
+    done, total = chunkseg.output_progress(str(out))
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert f"complete   no: {done} of {total} chunks written" in capsys.readouterr().out
+    sys.path.insert(0, str(TESTS))
+    assert main(["predict", str(src), str(out), *args, "--resume"]) == 0
+    assert zarr.open_group(str(out)).attrs["complete"] is True
+    _clean_run(src, tmp_path / "ref.zarr", args)
+    _same(out, tmp_path / "ref.zarr")
+
+
+def test_model_nan_late_on_cluster_fails_in_one_line_then_resumes(tmp_path, monkeypatch, capsys):
+    proc, stderr, src, out, args = _late_failure(tmp_path, monkeypatch, "late_nan_conv3x3")
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    m = re.match(r"chunkseg predict: error: in chunk \((\d+), (\d+)\) \(y, x of the chunk "
+                 r"grid\), tiles \d+\.\.\d+ \(y\) x \d+\.\.\d+ \(x\) of the tile grid, image "
+                 r"pixels y (\d+)\.\.(\d+), x (\d+)\.\.(\d+): .*non-finite", last)
+    assert m, stderr[-2000:]
+    iy, ix, y0, y1, x0, x1 = map(int, m.groups())
+    assert y0 <= MARK[0] < y1 and x0 <= MARK[1] < x1  # the block over the marked pixel
+    assert zarr.open_group(str(out)).attrs["complete"] is False
+    _late_progress(out)
+    assert zarr.open_group(str(out))["chunkseg/done"][iy, ix] == 0
+    _resume_equals_clean(tmp_path, src, out, args, capsys)
+
+
+def test_model_raising_late_on_cluster_leaves_incomplete_then_resumes(tmp_path, monkeypatch,
+                                                                       capsys):
+    proc, stderr, src, out, args = _late_failure(tmp_path, monkeypatch, "late_raising_conv3x3")
+    # the user's own exception is not chunkseg's: it keeps its traceback
+    assert proc.returncode != 0
+    assert "RuntimeError: model failed on a late tile" in stderr, stderr[-2000:]
+    assert zarr.open_group(str(out)).attrs["complete"] is False
+    _late_progress(out)
+    _resume_equals_clean(tmp_path, src, out, args, capsys)
