@@ -1,4 +1,4 @@
-"""Command-line interface: ``chunkseg ingest | plan | predict | info | demo``."""
+"""Command-line interface: ``chunkseg ingest | plan | predict | label | regions | info | demo``."""
 
 from __future__ import annotations
 
@@ -94,6 +94,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted run into STORE (same settings; finished chunks "
                         "are kept)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("label", help="objects of one class of a predict output, one global id "
+                                     "each (writes 'instances' into the output)")
+    p.add_argument("store", help="a finished predict output (Zarr path or URL)")
+    p.add_argument("--class", dest="cls", type=int, default=1,
+                   help="class whose connected components are the objects (1)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="foreground = probabilities[class] >= THRESHOLD (default: labels == class)")
+    p.add_argument("--connectivity", type=int, default=1, choices=(1, 2),
+                   help="1: pixels touching by an edge, 2: also by a corner (1)")
+    p.add_argument("--name", default="instances", help="array to write (instances)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier instances array")
+    p.add_argument("--scheduler", default=None, help="scheduler name or address")
+    p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("regions", help="region table (Parquet) of the objects of an output")
+    p.add_argument("store", help="an output holding instances (Zarr path or URL)")
+    p.add_argument("table", help="Parquet file to write")
+    p.add_argument("--name", default="instances", help="instances array to measure (instances)")
+    p.add_argument("--image", default=None,
+                   help="the input image, for mean intensities (Zarr, TIFF, PNG...)")
+    p.add_argument("--pixel-size", type=_floats, default=None,
+                   help="pixel size Y,X (or one value) for physical areas and centroids")
+    p.add_argument("--unit", default="micrometer", help="unit of --pixel-size (micrometer)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    p.add_argument("--scheduler", default=None, help="scheduler name or address")
+    p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("info", help="progress and settings of a predict output")
@@ -218,6 +247,30 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_label(args) -> int:
+    from ._objects import instances
+
+    ids = instances(args.store, cls=args.cls, threshold=args.threshold,
+                    connectivity=args.connectivity, name=args.name, overwrite=args.overwrite,
+                    scheduler=args.scheduler, workers=args.workers,
+                    progress=not args.no_progress)
+    print(f"wrote {args.name} {tuple(ids.shape)} {ids.dtype} into {args.store}: "
+          f"{ids.attrs['objects']} objects of class {args.cls}")
+    return 0
+
+
+def _cmd_regions(args) -> int:
+    from ._objects import regions
+
+    size = args.pixel_size
+    table = regions(args.store, args.table, name=args.name, image=args.image,
+                    pixel_size=None if size is None else (size if len(size) > 1 else size[0]),
+                    unit=args.unit, overwrite=args.overwrite, scheduler=args.scheduler,
+                    workers=args.workers, progress=not args.no_progress)
+    print(f"wrote {args.table}: {len(table)} objects, columns {', '.join(table.columns)}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -251,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handler = {"ingest": _cmd_ingest, "plan": _cmd_plan, "predict": _cmd_predict,
-               "info": _cmd_info, "demo": _cmd_demo}[args.command]
+               "info": _cmd_info, "demo": _cmd_demo, "label": _cmd_label,
+               "regions": _cmd_regions}[args.command]
     try:
         return handler(args)
     except (ChunksegError, OSError) as e:

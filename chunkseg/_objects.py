@@ -1,0 +1,445 @@
+"""Objects of a written output: global instance ids across chunks, and their region table.
+
+:func:`instances` labels the connected components of one class of a :func:`predict_to_zarr`
+output (its ``labels``, or a thresholded probability) with one id per object across the whole
+image, and writes them to the same group as ``instances`` (the kernels and the method are in
+:mod:`chunkseg._instances`). :func:`regions` measures every object of an ``instances`` array
+chunk by chunk (area, centroid, bounding box, mean intensity and probability), merges the parts
+of objects that chunks cut, and writes one Parquet table.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _instances as kern
+from .errors import InvalidTypeError, InvalidValueError, OutputExistsError
+
+__all__ = ["instances", "regions", "REGION_COLUMNS"]
+
+_RESERVED = ("logits", "probabilities", "labels", "chunkseg")
+
+REGION_COLUMNS = ("label", "class", "area", "centroid_y", "centroid_x", "bbox_y0", "bbox_x0",
+                  "bbox_y1", "bbox_x1")
+"""Columns :func:`regions` always writes (``bbox_*1`` exclusive, as scikit-image's bbox)."""
+
+
+def _open_group(store: Any, storage_options, mode: str):
+    import zarr
+
+    from ._target import describe_location
+    from .engine import _so
+
+    try:
+        return zarr.open_group(store, mode=mode, storage_options=_so(store, storage_options))
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        from .errors import NotFoundError
+
+        raise NotFoundError(
+            f"`store` must be an output of chunkseg predict (a Zarr group). Got "
+            f"{describe_location(store)!r}, where none was found ({type(err).__name__})."
+        ) from None
+
+
+def _check_complete(group, store) -> None:
+    from ._target import describe_location
+
+    if group.attrs.get("complete") is not True:
+        raise InvalidValueError(
+            f"`store` must hold a finished run. Got {describe_location(store)!r}, which is "
+            "incomplete; finish it first with predict_to_zarr(..., resume=True) (CLI: --resume)."
+        )
+
+
+class _Foreground:
+    """Reads one block of the foreground: ``labels == cls`` or ``probabilities[cls] >= t``."""
+
+    def __init__(self, array, cls: int, threshold: float | None):
+        self.array = array
+        self.cls = cls
+        self.threshold = threshold
+
+    def __call__(self, ys: tuple[int, int], xs: tuple[int, int]) -> np.ndarray:
+        if self.threshold is None:
+            return np.asarray(self.array[ys[0]:ys[1], xs[0]:xs[1]]) == self.cls
+        return np.asarray(self.array[self.cls, ys[0]:ys[1], xs[0]:xs[1]]) >= self.threshold
+
+
+def _summary_task(read: _Foreground, ys, xs, connectivity: int, width: int):
+    labels, n = kern.label_block(read(ys, xs), connectivity)
+    return kern.summarise_block(labels, n, (ys[0], xs[0]), width)
+
+
+def _relabel_task(read: _Foreground, ys, xs, connectivity: int, lookup, writer, what) -> int:
+    labels, _ = kern.label_block(read(ys, xs), connectivity)
+    writer.write((slice(*ys), slice(*xs)), kern.relabel_block(labels, lookup, writer.dtype),
+                 what)
+    return 1
+
+
+def _class_index(cls: Any, classes: int) -> int:
+    if isinstance(cls, bool) or not isinstance(cls, int | np.integer):
+        raise InvalidTypeError(f"`cls` must be an int class index. Got {cls!r}.")
+    if not 0 <= int(cls) < classes:
+        raise InvalidValueError(
+            f"`cls` must be a class of the output, 0 to {classes - 1}. Got {cls!r}."
+        )
+    return int(cls)
+
+
+def instances(
+    store: Any,
+    *,
+    cls: int = 1,
+    threshold: float | None = None,
+    connectivity: int = 1,
+    name: str = "instances",
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    progress: bool = False,
+):
+    """Objects of one class of a written output, one global id each, written beside it.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+        A finished :func:`chunkseg.predict_to_zarr` output.
+    cls : int, default 1
+        The class whose connected components are the objects (for the shipped ISBI U-Net,
+        0 is the cell interior and 1 the membrane).
+    threshold : float, optional
+        Foreground is ``probabilities[cls] >= threshold`` (the store must hold
+        ``probabilities``); by default it is ``labels == cls``.
+    connectivity : {1, 2}, default 1
+        Pixels touching by an edge (1) or by an edge or a corner (2) belong to one object
+        (:func:`scipy.ndimage.generate_binary_structure`).
+    name : str, default "instances"
+        The array written in the group.
+    overwrite : bool, default False
+        Replace an array ``name`` that :func:`instances` wrote before.
+    storage_options : dict, optional
+        fsspec options for a URL ``store``.
+    scheduler, workers, progress
+        As :func:`chunkseg.predict_to_zarr`.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(y, x)``, uint32 (uint64 beyond 2**32 - 1 objects), 0 for background and ``1..N``
+        for the objects, numbered in the raster order of their first pixel: equal to
+        :func:`scipy.ndimage.label` of the whole foreground, for any chunking. Chunked as the
+        output's ``labels``; ``attrs["objects"]`` is ``N``.
+
+    Raises
+    ------
+    chunkseg.errors.NotFoundError
+        If ``store`` holds no Zarr group.
+    chunkseg.errors.InvalidValueError
+        If the run is not finished, ``cls`` is not a class of it, the variable the foreground
+        needs is missing, ``connectivity`` is not 1 or 2, or ``name`` is one of the output's
+        own variables.
+    chunkseg.errors.OutputExistsError
+        If ``name`` exists and ``overwrite`` is False, or it was not written by this function.
+
+    Notes
+    -----
+    Two passes over the chunks, each task holding one chunk (see :mod:`chunkseg._instances`):
+    label and summarise, merge the summaries on the client (memory: a few int64 per object
+    plus the chunk edges), label again and relabel, writing each chunk once. Method: the
+    block-wise labelling and face merge of ``dask_image.ndmeasure.label``, without holding
+    every block's labels until the merge.
+    """
+    import dask
+    from zarr.codecs import ZstdCodec
+
+    from ._store import ArrayWriter, create_array
+    from ._target import describe_location
+    from .scheduling import compute, open_client
+
+    if not isinstance(name, str) or not name or "/" in name or name in _RESERVED:
+        raise InvalidValueError(
+            f"`name` must be a new array name, not one of {_RESERVED} or a path. Got {name!r}."
+        )
+    kern.foreground_structure(connectivity)  # checks it
+    group = _open_group(store, storage_options, "r+")
+    _check_complete(group, store)
+    classes = int(group.attrs.get("classes", 0))
+    cls = _class_index(cls, classes)
+    variable = "labels" if threshold is None else "probabilities"
+    if variable not in group:
+        raise InvalidValueError(
+            f"`threshold` {'None' if threshold is None else repr(threshold)} needs the output "
+            f"variable {variable!r}, which {describe_location(store)!r} does not hold. Run "
+            f"predict with outputs including {variable!r}"
+            + (", or pass `threshold` to use probabilities." if threshold is None else ".")
+        )
+    if threshold is not None and not (isinstance(threshold, int | float)
+                                      and 0.0 <= float(threshold) <= 1.0):
+        raise InvalidValueError(f"`threshold` must be a probability in [0, 1]. Got {threshold!r}.")
+    if name in group:
+        old = group[name]
+        if not overwrite or "connectivity" not in old.attrs:
+            raise OutputExistsError(
+                f"`name` {name!r} already exists in {describe_location(store)!r}. Pass "
+                "`overwrite=True` to replace an earlier instances array, or choose another name."
+                if not overwrite else
+                f"`name` {name!r} in {describe_location(store)!r} was not written by "
+                "chunkseg.instances; chunkseg does not replace it. Choose another name."
+            )
+    src = group[variable]
+    height, width = src.shape[-2:]
+    ys_, xs_ = kern.block_grid((_axis_chunks(height, src.chunks[-2]),
+                                _axis_chunks(width, src.chunks[-1])))
+    read = _Foreground(src, cls, None if threshold is None else float(threshold))
+    grid = (len(ys_), len(xs_))
+    with open_client(scheduler, workers) as client:
+        sched = scheduler if client is None else client
+        tasks = {(iy, ix): dask.delayed(_summary_task, pure=False)(read, ys, xs, connectivity,
+                                                                    width)
+                 for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
+        keys = list(tasks)
+        summaries = dict(zip(keys, compute(*tasks.values(), scheduler=sched,
+                                           progress=progress)))
+        lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
+        dtype = kern.ids_dtype(n_objects)
+        if name in group:
+            del group[name]
+        target = create_array(
+            group, name=name, shape=(height, width), chunks=src.chunks[-2:], dtype=dtype,
+            compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+            attributes={"long_name": "instance ids", "class": cls, "threshold": threshold,
+                        "connectivity": connectivity, "objects": n_objects,
+                        "source_variable": variable, "complete": False,
+                        "numbering": "raster order of each object's first pixel"})
+        writer = ArrayWriter(target, describe_location(store), name)
+        jobs = [dask.delayed(_relabel_task, pure=False)(
+            read, ys, xs, connectivity, lookups[(iy, ix)], writer,
+            f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
+            for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
+        compute(*jobs, scheduler=sched, progress=progress)
+        target.attrs["complete"] = True
+    _consolidate(group)
+    import xarray as xr
+
+    from .engine import _so
+
+    return xr.open_zarr(store, storage_options=_so(store, storage_options),
+                        consolidated=True)[name]
+
+
+def _axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
+    n, rest = divmod(length, chunk)
+    return (chunk,) * n + ((rest,) if rest else ())
+
+
+def _consolidate(group) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(group.store)
+
+
+# --- the region table -------------------------------------------------------------------------
+
+
+def _region_task(ids_array, ys, xs, image, prob, cls_of) -> dict:
+    """Partial measurements of the objects in one chunk (parts of cut objects)."""
+    from scipy import ndimage
+
+    ids = np.asarray(ids_array[ys[0]:ys[1], xs[0]:xs[1]])
+    uniq, local = np.unique(ids, return_inverse=True)
+    local = local.reshape(ids.shape).astype(np.int32)
+    if uniq[0] == 0:
+        uniq = uniq[1:]
+    else:
+        local += 1
+    m = len(uniq)
+    part: dict[str, np.ndarray] = {"label": uniq.astype(np.int64)}
+    if m == 0:
+        return part
+    flat = local.ravel()
+    yy, xx = np.indices(ids.shape)
+    part["area"] = np.bincount(flat, minlength=m + 1)[1:].astype(np.int64)
+    part["sum_y"] = np.bincount(flat, weights=(yy + ys[0]).ravel(), minlength=m + 1)[1:]
+    part["sum_x"] = np.bincount(flat, weights=(xx + xs[0]).ravel(), minlength=m + 1)[1:]
+    boxes = ndimage.find_objects(local, max_label=m)
+    part["bbox_y0"] = np.array([b[0].start + ys[0] for b in boxes], np.int64)
+    part["bbox_x0"] = np.array([b[1].start + xs[0] for b in boxes], np.int64)
+    part["bbox_y1"] = np.array([b[0].stop + ys[0] for b in boxes], np.int64)
+    part["bbox_x1"] = np.array([b[1].stop + xs[0] for b in boxes], np.int64)
+    if image is not None:
+        block = image(ys, xs)  # (C, h, w)
+        for c in range(block.shape[0]):
+            part[f"sum_intensity_{c}"] = np.bincount(
+                flat, weights=block[c].astype(np.float64).ravel(), minlength=m + 1)[1:]
+    if prob is not None:
+        p = np.asarray(prob[cls_of, ys[0]:ys[1], xs[0]:xs[1]], dtype=np.float64)
+        part["sum_probability"] = np.bincount(flat, weights=p.ravel(), minlength=m + 1)[1:]
+    return part
+
+
+def _merge_parts(parts: Sequence[dict]):
+    import pandas as pd
+
+    frames = [pd.DataFrame(p) for p in parts if len(p["label"])]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("label", "area")})
+    df = pd.concat(frames, ignore_index=True)
+    how = {c: ("min" if c in ("bbox_y0", "bbox_x0") else "max" if c in ("bbox_y1", "bbox_x1")
+               else "sum") for c in df.columns if c != "label"}
+    return df.groupby("label", sort=True).agg(how).reset_index()
+
+
+def regions(
+    store: Any,
+    table: Any,
+    *,
+    name: str = "instances",
+    image: Any = None,
+    pixel_size: float | tuple[float, float] | None = None,
+    unit: str = "micrometer",
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    progress: bool = False,
+):
+    """Measure every object of an instances array and write one Parquet table.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+        An output holding ``name`` (from :func:`instances` or :func:`chunkseg.predict_instances`).
+    table : str or os.PathLike
+        The Parquet file to write (pyarrow); read it with ``pandas.read_parquet`` or
+        ``dask.dataframe.read_parquet``.
+    name : str, default "instances"
+    image : optional
+        The input image (anything :func:`chunkseg.open_image` takes, same height and width):
+        adds ``mean_intensity`` (one column per channel, ``mean_intensity_{c}`` with several).
+    pixel_size : float or (float, float), optional
+        Pixel size ``(y, x)`` in ``unit``: adds ``area_physical`` (``unit``^2) and
+        ``centroid_y_physical`` / ``centroid_x_physical``.
+    unit : str, default "micrometer"
+    overwrite : bool, default False
+        Replace an existing ``table`` file.
+    storage_options, scheduler, workers, progress
+        As :func:`instances`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per object, sorted by ``label``: :data:`REGION_COLUMNS` (centroids in pixels,
+        the mean of the pixel coordinates; bounding boxes half-open, as
+        :func:`skimage.measure.regionprops_table`), ``mean_probability`` of the object's class
+        where the store holds ``probabilities``, and the optional columns above. Equal to
+        ``regionprops_table`` on the whole image (tested).
+
+    Raises
+    ------
+    chunkseg.errors.NotFoundError
+        If ``store`` has no group or no array ``name``.
+    chunkseg.errors.OutputExistsError
+        If ``table`` exists and ``overwrite`` is False.
+    chunkseg.errors.InvalidValueError
+        If ``image`` does not have the output's height and width, or ``pixel_size`` is not
+        positive.
+
+    Notes
+    -----
+    One task per chunk measures the parts of the objects in it (O(objects in the chunk));
+    the client merges the parts of objects that chunk borders cut (sums, minima and maxima
+    per id, :meth:`pandas.DataFrame.groupby`), so it holds O(objects) rows, never pixels.
+    """
+    import json
+    import os
+
+    import dask
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ._target import describe_location
+    from .engine import BlockReader
+    from .errors import NotFoundError
+    from .io import open_image
+    from .scheduling import compute, open_client
+
+    path = os.fspath(table)
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(
+            f"`table` {path!r} already exists. Pass `overwrite=True` to replace it, or choose "
+            "another path."
+        )
+    if os.path.isdir(path):
+        raise OutputExistsError(f"`table` {path!r} is a folder; chunkseg writes one file there. "
+                                "Choose a file path.")
+    group = _open_group(store, storage_options, "r")
+    if name not in group:
+        raise NotFoundError(
+            f"`name` {name!r} must be an array of {describe_location(store)!r}. Got none; make "
+            "it with chunkseg.instances (CLI: chunkseg label)."
+        )
+    ids = group[name]
+    height, width = ids.shape
+    scale = None
+    if pixel_size is not None:
+        scale = (tuple(float(v) for v in pixel_size) if isinstance(pixel_size, Sequence)
+                 else (float(pixel_size), float(pixel_size)))
+        if len(scale) != 2 or min(scale) <= 0:
+            raise InvalidValueError(
+                f"`pixel_size` must be one positive number or (y, x). Got {pixel_size!r}."
+            )
+    reader = None
+    if image is not None:
+        arr = open_image(image)
+        if arr.shape[:2] != (height, width):
+            raise InvalidValueError(
+                f"`image` must have the output's height and width {(height, width)}. Got "
+                f"{arr.shape[:2]}."
+            )
+        reader = BlockReader(arr.data, arr.encoding.get("chunkseg_reader"))
+    cls_of = ids.attrs.get("class")
+    prob = group["probabilities"] if ("probabilities" in group and cls_of is not None) else None
+    ys_, xs_ = kern.block_grid((_axis_chunks(height, ids.chunks[0]),
+                                _axis_chunks(width, ids.chunks[1])))
+    with open_client(scheduler, workers) as client:
+        sched = scheduler if client is None else client
+        jobs = [dask.delayed(_region_task, pure=False)(ids, ys, xs, reader, prob, cls_of)
+                for ys in ys_ for xs in xs_]
+        parts = compute(*jobs, scheduler=sched, progress=progress)
+    df = _merge_parts(parts)
+    out = df[["label"]].copy()
+    out["class"] = -1 if cls_of is None else int(cls_of)
+    out["area"] = df["area"]
+    if len(df) and "sum_y" in df:
+        out["centroid_y"] = df["sum_y"] / df["area"]
+        out["centroid_x"] = df["sum_x"] / df["area"]
+        for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"):
+            out[c] = df[c]
+    else:
+        for c in REGION_COLUMNS[3:]:
+            out[c] = np.zeros(0, np.float64 if c.startswith("centroid") else np.int64)
+    channels = sorted(c for c in df.columns if c.startswith("sum_intensity_"))
+    for c in channels:
+        col = "mean_intensity" if len(channels) == 1 else f"mean_{c[4:]}"
+        out[col] = df[c] / df["area"]
+    if "sum_probability" in df:
+        out["mean_probability"] = df["sum_probability"] / df["area"]
+    if scale is not None:
+        out["area_physical"] = out["area"] * scale[0] * scale[1]
+        out["centroid_y_physical"] = out["centroid_y"] * scale[0]
+        out["centroid_x_physical"] = out["centroid_x"] * scale[1]
+    pa_table = pa.Table.from_pandas(out, preserve_index=False)
+    meta = {b"chunkseg": json.dumps({"store": describe_location(store), "name": name,
+                                     "unit": unit, "pixel_size": list(scale) if scale else None
+                                     }).encode()}
+    pa_table = pa_table.replace_schema_metadata({**(pa_table.schema.metadata or {}), **meta})
+    pq.write_table(pa_table, path)
+    return out
