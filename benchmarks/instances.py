@@ -10,6 +10,8 @@ is sampled every 0.1 s:
 - ``instances``: ``chunkseg.instances(out, cls=1)`` on that output, then a check that every
   disk got exactly one id and the ids are ``1..N`` with ``N`` the number of disks;
 - ``regions``: ``chunkseg.regions`` on it (Parquet), area of every disk checked;
+- ``predict-instances``: the per-tile route, ``chunkseg.predict_instances`` with a per-tile
+  model (connected components of the dark pixels of each tile), same checks;
 - ``dask-image`` (``--dask-image-sizes``, default 10000 only): ``dask_image.ndmeasure.label``
   of the same foreground written to Zarr, for comparison.
 
@@ -85,6 +87,19 @@ def pointwise(device: str = "cpu"):
     return model
 
 
+def tile_instances(device: str = "cpu"):
+    """A per-tile instance model: connected components of the dark pixels of each tile."""
+    from scipy import ndimage
+
+    def model(batch):
+        out = np.zeros((batch.shape[0],) + batch.shape[2:], np.int32)
+        for i, tile in enumerate(batch[:, 0]):
+            out[i] = ndimage.label(tile < 128)[0]
+        return out
+
+    return model
+
+
 def step(mode: str, image: str, out: str, size: int, args) -> dict:
     import dask
 
@@ -104,6 +119,12 @@ def step(mode: str, image: str, out: str, size: int, args) -> dict:
         elif mode == "regions":
             table = chunkseg.regions(out, out + ".parquet", overwrite=True)
             result["objects"] = len(table)
+        elif mode == "predict-instances":  # the per-tile route, from the input image
+            ids = chunkseg.predict_instances(image, "benchmarks.instances:tile_instances",
+                                             out + ".tiles.zarr", tile=args.tile,
+                                             overlap=args.overlap, chunks=args.chunk,
+                                             overwrite=True)
+            result["objects"] = int(ids.attrs["n_objects"])
         elif mode == "dask-image":
             import dask.array as da
             import zarr
@@ -114,10 +135,11 @@ def step(mode: str, image: str, out: str, size: int, args) -> dict:
             da.to_zarr(ids.astype(np.uint32), out + ".dask-image.zarr", overwrite=True)
             result["objects"] = int(n.compute())
     result["seconds"] = time.perf_counter() - t0
-    if mode == "instances":  # every disk exactly one id; the ids are 1..N
+    if mode in ("instances", "predict-instances"):  # every disk one id of its own
         import zarr
 
-        ids_arr = zarr.open_group(out)["instances"]
+        ids_arr = zarr.open_group(out if mode == "instances" else out + ".tiles.zarr")[
+            "instances"]
         cy, cx, _ = disks(size, args.seed)
         at = np.empty(cy.size, np.int64)
         for i in range(0, cy.size, 100000):  # point reads, in pieces
@@ -182,6 +204,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,40000")
     p.add_argument("--dask-image-sizes", default="10000")
+    p.add_argument("--modes", default="predict,instances,regions,predict-instances,dask-image")
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--chunk", type=int, default=None)
@@ -207,7 +230,7 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         expected = write_disks(image, size, seed=args.seed)
         print(f"wrote {size}^2 ({expected} disks) in {time.perf_counter() - t0:.1f} s", flush=True)
-        modes = ["predict", "instances", "regions"] + (["dask-image"] if size in di_sizes else [])
+        modes = [m for m in args.modes.split(",") if m != "dask-image" or size in di_sizes]
         for mode in modes:
             try:
                 r = measure([mode, image, out, str(size)] + common)
@@ -218,6 +241,7 @@ def main(argv=None) -> None:
             print(json.dumps(r), flush=True)
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out + ".dask-image.zarr", ignore_errors=True)
+        shutil.rmtree(out + ".tiles.zarr", ignore_errors=True)
         shutil.rmtree(image, ignore_errors=True)
     base = {r["size"]: r["peak_rss_mib"] for r in rows if r["mode"] == "predict"}
     lines = ["| image | step | wall time (s) | peak RSS, all processes (MiB) | RSS / predict's "

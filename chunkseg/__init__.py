@@ -15,6 +15,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 from ._objects import instances, regions
+from ._tile_instances import predict_instances
 from .engine import OUTPUTS, open_output, output_progress, predict, predict_to_zarr
 from .errors import (
     ChunkAlignmentError,
@@ -23,6 +24,7 @@ from .errors import (
     InputReadError,
     InvalidTypeError,
     InvalidValueError,
+    LargeObjectWarning,
     MissingDependencyError,
     ModelOutputError,
     NotFoundError,
@@ -45,6 +47,7 @@ __all__ = [
     "OUTPUTS",
     "instances",
     "regions",
+    "predict_instances",
     "plan_tiles",
     "TilePlan",
     "get_window",
@@ -68,4 +71,5 @@ __all__ = [
     "ChunkAlignmentError",
     "RunInterruptedError",
     "IncompleteOutputWarning",
+    "LargeObjectWarning",
 ]

@@ -15,10 +15,12 @@ amount of information per chunk. Two passes over the chunks, each task holding o
    and map its local ids through its slice of the merge's table; write the chunk, once.
 
 The client holds O(objects + image perimeter of the chunk grid) numbers, never an image-sized
-array. ``dask_image.ndmeasure.label`` does the same merge, but its relabelling depends on every
-block's labels at once, so dask keeps all of them in memory until the merge is done: the whole
-label image (4 bytes a pixel, 6.4 GB at 40000^2; see ``benchmarks/instances.py``). Here a
-chunk's labels are computed twice instead, and dropped in between.
+array. Why not ``dask_image.ndmeasure.label``, which does the same block-wise labelling and
+face merge: measured by ``benchmarks/instances.py`` on the same 10000^2 foreground (62500
+objects, 1536 px chunks, 2 threads), it took 230 s and 373 MiB at peak against 4.6 s and
+404 MiB here, and its ids are not numbered in raster order, so they change with the chunking;
+here they equal :func:`scipy.ndimage.label` of the whole image for any chunking (tested).
+A chunk's labels are computed twice (once per pass) and dropped in between.
 """
 
 from __future__ import annotations

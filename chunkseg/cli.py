@@ -1,4 +1,4 @@
-"""Command-line interface: ``chunkseg ingest | plan | predict | label | regions | info | demo``."""
+"""Command-line interface: ``chunkseg ingest | plan | predict | predict-instances | label | regions | info | demo``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing table")
     p.add_argument("--scheduler", default=None, help="scheduler name or address")
     p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("predict-instances",
+                       help="run a per-tile instance model (labels per tile) and write one "
+                            "seamless instances array, each object once")
+    p.add_argument("image", help="input image: Zarr path/URL or a PNG/JPEG/TIFF file")
+    p.add_argument("store", help="output Zarr group path or URL")
+    p.add_argument("--model", required=True,
+                   help="package.module:factory returning model(batch) -> (N, T, T) int ids")
+    _add_grid_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    p.add_argument("--scheduler", default=None, help="scheduler name or address")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("info", help="progress and settings of a predict output")
@@ -259,6 +271,18 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _cmd_predict_instances(args) -> int:
+    from ._tile_instances import predict_instances
+
+    ids = predict_instances(args.image, args.model, args.store, tile=args.tile,
+                            overlap=args.overlap, chunks=args.chunk, batch_size=args.batch_size,
+                            overwrite=args.overwrite, scheduler=args.scheduler,
+                            progress=not args.no_progress)
+    print(f"wrote instances {tuple(ids.shape)} {ids.dtype} into {args.store}: "
+          f"{ids.attrs['n_objects']} objects")
+    return 0
+
+
 def _cmd_regions(args) -> int:
     from ._objects import regions
 
@@ -283,8 +307,11 @@ def _cmd_demo(args) -> int:
     plan = result["plan"]
     print(f"input mosaic     {result['mosaic']}  ({plan['image_shape'][0]} x "
           f"{plan['image_shape'][1]} px)")
-    print(f"segmentation     {result['segmentation']}  (logits, probabilities, labels)")
+    print(f"segmentation     {result['segmentation']}  (logits, probabilities, labels, "
+          "instances)")
     print(f"figure           {result['figure']}")
+    print(f"regions          {result['regions']}  ({result['cells']} cells, median area "
+          f"{result['median_cell_area_nm2'] / 1e6:.3f} um^2)")
     print(f"{plan['n_tiles']} tiles in {plan['n_chunks']} chunks, predicted and written in "
           f"{result['seconds']:.1f} s; membrane fraction {result['membrane_fraction']:.3f}")
     print(f"open it:  python -c \"import xarray as xr; print(xr.open_zarr('{result['segmentation']}'))\"")
@@ -305,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = {"ingest": _cmd_ingest, "plan": _cmd_plan, "predict": _cmd_predict,
                "info": _cmd_info, "demo": _cmd_demo, "label": _cmd_label,
-               "regions": _cmd_regions}[args.command]
+               "regions": _cmd_regions, "predict-instances": _cmd_predict_instances}[args.command]
     try:
         return handler(args)
     except (ChunksegError, OSError) as e:

@@ -16,12 +16,14 @@ import numpy as np
 
 from ._store import ArrayWriter, create_array
 from ._target import MARKER, check_output_target, describe_location
-from .errors import InvalidValueError
+from .errors import InvalidValueError, OutputExistsError
 from .io import _chunkseg_version
 
 __all__ = ["SECTION_SIZE", "build_mosaic", "load_test_sections", "run_demo"]
 
 SECTION_SIZE = 512
+ISBI_PIXEL_NM = 4.0
+"""Pixel size of the ISBI 2012 sections, nanometres (Cardona et al. 2010)."""
 """Side of one ISBI 2012 section, pixels."""
 
 
@@ -119,7 +121,9 @@ def run_demo(
     ----------
     out : str or Path, default "chunkseg-demo"
         Output folder: ``mosaic.zarr`` (input), ``segmentation.zarr`` (logits, probabilities,
-        labels) and ``demo.png``.
+        labels, and ``instances``: the cells, connected components of class 0 with one id
+        across chunks), ``regions.parquet`` (one row per cell: area in nm^2 at ISBI's 4 nm
+        pixels, centroid, bounding box, mean intensity and probability) and ``demo.png``.
     rows, cols : int, default 5 and 6
         Mosaic size in 512 x 512 sections.
     tile, overlap, chunks, window, batch_size
@@ -132,8 +136,9 @@ def run_demo(
     Returns
     -------
     dict
-        Paths (``mosaic``, ``segmentation``, ``figure``), ``plan`` (dict), ``seconds`` and the
-        membrane fraction of the labels.
+        Paths (``mosaic``, ``segmentation``, ``figure``, ``regions``), ``plan`` (dict),
+        ``seconds`` (of the prediction), the membrane fraction of the labels, the number of
+        ``cells`` and their median area in nm^2.
 
     Raises
     ------
@@ -142,15 +147,21 @@ def run_demo(
     ImportError
         If torch, pillow or matplotlib is missing (``pip install "chunkseg[all]"``).
     """
+    from ._objects import instances, regions
     from .engine import predict_to_zarr
     from .plan import plan_tiles
     from .viz import plot_overview
 
     out = Path(out)
     paths = {"mosaic": out / "mosaic.zarr", "segmentation": out / "segmentation.zarr",
-             "figure": out / "demo.png"}
-    for key in ("mosaic", "segmentation"):  # both checked before anything is written
+             "figure": out / "demo.png", "regions": out / "regions.parquet"}
+    for key in ("mosaic", "segmentation"):  # all checked before anything is written
         check_output_target(str(paths[key]), overwrite=overwrite)
+    if paths["regions"].exists() and not overwrite:
+        raise OutputExistsError(
+            f"`out` {str(out)!r} holds an earlier demo's regions.parquet. Pass `overwrite=True` "
+            "(CLI: --overwrite) to replace the demo's outputs, or choose another folder."
+        )
     out.mkdir(parents=True, exist_ok=True)
     mosaic = build_mosaic(paths["mosaic"], rows=rows, cols=cols, overwrite=True)
     t0 = time.perf_counter()
@@ -161,6 +172,12 @@ def run_demo(
         progress=progress, overwrite=True,
     )
     seconds = time.perf_counter() - t0
+    # the cells: connected components of the cell-interior class, one id across chunks
+    cells = instances(str(paths["segmentation"]), cls=0, scheduler=scheduler, workers=workers,
+                      progress=progress)
+    table = regions(str(paths["segmentation"]), paths["regions"], image=str(paths["mosaic"]),
+                    pixel_size=ISBI_PIXEL_NM, unit="nanometer", overwrite=True,
+                    scheduler=scheduler, workers=workers, progress=progress)
     plan = plan_tiles(mosaic.shape, tile, overlap, chunks)
     plot_overview(_Channel(mosaic), ds.probabilities[1].data, ds.labels.data, plan,
                   paths["figure"],
@@ -168,7 +185,9 @@ def run_demo(
                         f"blending, {plan.n_tiles} tiles in {plan.n_chunks} chunks")
     membrane = float((ds.labels.data == 1).mean().compute())
     return {**{k: str(v) for k, v in paths.items()}, "plan": plan.to_dict(),
-            "seconds": seconds, "membrane_fraction": membrane}
+            "seconds": seconds, "membrane_fraction": membrane,
+            "cells": int(cells.attrs["objects"]), "median_cell_area_nm2":
+                float(table["area_physical"].median()) if len(table) else 0.0}
 
 
 class _Channel:

@@ -19,6 +19,7 @@ __all__ = [
     "OutputOverlapError",
     "ChunkAlignmentError",
     "IncompleteOutputWarning",
+    "LargeObjectWarning",
     "RunInterruptedError",
 ]
 
@@ -77,3 +78,8 @@ class RunInterruptedError(ChunksegError, RuntimeError):
 
 class IncompleteOutputWarning(UserWarning):
     """An output is being read before the run that writes it has finished."""
+
+
+class LargeObjectWarning(UserWarning):
+    """Some kept objects touch an inner edge of their tile: larger than the overlap's context,
+    they may be split or duplicated."""

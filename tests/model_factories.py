@@ -121,3 +121,17 @@ def late_raising_conv3x3():
     """:func:`numpy_conv3x3`, raising RuntimeError for batches holding the pixel value named by
     ``CHUNKSEG_TEST_FAIL_ON`` (when it is set)."""
     return _fails_on("raise")
+
+
+def threshold_instances(level: float = 128.0):
+    """A per-tile instance model: connected components of ``pixel < level`` in each tile,
+    ``(N, T_y, T_x)`` int32 (for :func:`chunkseg.predict_instances`)."""
+    from scipy import ndimage
+
+    def model(batch):
+        out = np.zeros((batch.shape[0],) + batch.shape[2:], np.int32)
+        for i, tile in enumerate(batch[:, 0]):
+            out[i] = ndimage.label(tile < level)[0]
+        return out
+
+    return model

@@ -42,6 +42,17 @@ def test_demo_small(tmp_path):
     assert 0.05 < result["membrane_fraction"] < 0.5
     assert (out / "demo.png").stat().st_size > 10_000
     assert zarr.open_group(result["segmentation"], mode="r")["labels"].chunks == (384, 384)
+    # the cells: one id each across the 2 x 2 chunks, equal to labelling the whole mosaic
+    from scipy import ndimage
+
+    ref, n = ndimage.label(ds.labels.values == 0)
+    np.testing.assert_array_equal(ds.instances.values, ref)
+    assert result["cells"] == n > 100  # about 100 cells per 512 x 512 section
+    import pandas as pd
+
+    table = pd.read_parquet(result["regions"])
+    assert len(table) == n and table["area"].sum() == (ref > 0).sum()
+    np.testing.assert_allclose(table["area_physical"], table["area"] * 16.0)  # 4 nm pixels
     with pytest.raises(OutputExistsError, match="overwrite"):
         run_demo(out, rows=2, cols=2, chunks=384, progress=False)
 

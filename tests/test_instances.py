@@ -172,3 +172,21 @@ def test_cli_label_and_regions(tmp_path, capsys):
     assert len(pd.read_parquet(table)) == n
     assert main(["label", str(out), "--class", "1", "--no-progress"]) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_cli_predict_instances_equals_label_of_the_whole_image(tmp_path, capsys):
+    """The per-tile route through the CLI: small separated objects, each found once."""
+    image = np.full((200, 230), 220, np.uint8)
+    yy, xx = np.indices(image.shape)
+    for cy in range(12, 200, 25):
+        for cx in range(10, 230, 27):
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = 30
+    src = tmp_path / "in.zarr"
+    chunkseg.ingest(image, str(src), chunks=64)
+    out = tmp_path / "inst.zarr"
+    code = main(["predict-instances", str(src), str(out), "--model",
+                 "model_factories:threshold_instances", "--tile", "48", "--overlap", "16",
+                 "--chunk", "70", "--no-progress"])
+    assert code == 0 and "objects" in capsys.readouterr().out
+    ref, n = ndimage.label(image < 128)
+    np.testing.assert_array_equal(zarr.open_group(str(out))["instances"][...], ref)
