@@ -252,7 +252,8 @@ def main(argv=None) -> None:
             continue
         found = f"{r['objects']} / {r['expected']}" if "objects" in r else ""
         lines.append(f"| {r['size']}^2 | {r['mode']} | {r['seconds']:.1f} | "
-                     f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / base[r['size']]:.2f} | "
+                     f"{r['peak_rss_mib']:.0f} | "
+                     f"{r['peak_rss_mib'] / base[r['size']] if r['size'] in base else 0:.2f} | "
                      f"{found} |")
     table = "\n".join(lines)
     print(table)

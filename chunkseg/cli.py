@@ -1,4 +1,4 @@
-"""Command-line interface: ``chunkseg ingest | plan | predict | predict-instances | label | regions | info | demo``."""
+"""Command-line interface: ``chunkseg ingest | plan | predict | predict-instances | label | regions | figures | info | demo``."""
 
 from __future__ import annotations
 
@@ -136,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     p.add_argument("--scheduler", default=None, help="scheduler name or address")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("figures", help="the patch figures of an output: overview, tile grid, "
+                                       "per-tile predictions, reconstruction, seams (PNG)")
+    p.add_argument("store", help="a finished predict output (Zarr path or URL)")
+    p.add_argument("out_dir", help="folder for the PNGs")
+    p.add_argument("--image", default=None,
+                   help="the input image (drawn under the results; needed with --model)")
+    p.add_argument("--model", default=None,
+                   help="the output's model, for the per-tile predictions and the seams")
+    p.add_argument("--class", dest="cls", type=int, default=None,
+                   help="class of the objects (default: that of instances, else 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier PNGs")
 
     p = sub.add_parser("info", help="progress and settings of a predict output")
     p.add_argument("store", help="output Zarr store (path or URL)")
@@ -283,6 +295,19 @@ def _cmd_predict_instances(args) -> int:
     return 0
 
 
+def _cmd_figures(args) -> int:
+    from .viz import figures
+
+    if args.model is not None and args.image is None:
+        raise InvalidValueError("`--model` needs `--image` (the input the model runs on). Got --model "
+                       f"{args.model!r} without --image; add --image IN.")
+    paths = figures(args.store, args.out_dir, image=args.image, model=args.model, cls=args.cls,
+                    overwrite=args.overwrite)
+    for name, path in paths.items():
+        print(f"{name:<17}{path}")
+    return 0
+
+
 def _cmd_regions(args) -> int:
     from ._objects import regions
 
@@ -310,6 +335,7 @@ def _cmd_demo(args) -> int:
     print(f"segmentation     {result['segmentation']}  (logits, probabilities, labels, "
           "instances)")
     print(f"figure           {result['figure']}")
+    print(f"patch figures    {result['figures']}/  ({', '.join(result['patch_figures'])})")
     print(f"regions          {result['regions']}  ({result['cells']} cells, median area "
           f"{result['median_cell_area_nm2'] / 1e6:.3f} um^2)")
     print(f"{plan['n_tiles']} tiles in {plan['n_chunks']} chunks, predicted and written in "
@@ -332,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = {"ingest": _cmd_ingest, "plan": _cmd_plan, "predict": _cmd_predict,
                "info": _cmd_info, "demo": _cmd_demo, "label": _cmd_label,
-               "regions": _cmd_regions, "predict-instances": _cmd_predict_instances}[args.command]
+               "regions": _cmd_regions, "predict-instances": _cmd_predict_instances, "figures": _cmd_figures}[args.command]
     try:
         return handler(args)
     except (ChunksegError, OSError) as e:

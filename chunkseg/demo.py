@@ -123,7 +123,8 @@ def run_demo(
         Output folder: ``mosaic.zarr`` (input), ``segmentation.zarr`` (logits, probabilities,
         labels, and ``instances``: the cells, connected components of class 0 with one id
         across chunks), ``regions.parquet`` (one row per cell: area in nm^2 at ISBI's 4 nm
-        pixels, centroid, bounding box, mean intensity and probability) and ``demo.png``.
+        pixels, centroid, bounding box, mean intensity and probability), ``demo.png`` and
+        ``figures/`` (the patch figures of :func:`chunkseg.viz.figures`).
     rows, cols : int, default 5 and 6
         Mosaic size in 512 x 512 sections.
     tile, overlap, chunks, window, batch_size
@@ -150,16 +151,17 @@ def run_demo(
     from ._objects import instances, regions
     from .engine import predict_to_zarr
     from .plan import plan_tiles
-    from .viz import plot_overview
+    from .viz import figures, plot_overview
 
     out = Path(out)
     paths = {"mosaic": out / "mosaic.zarr", "segmentation": out / "segmentation.zarr",
-             "figure": out / "demo.png", "regions": out / "regions.parquet"}
+             "figure": out / "demo.png", "regions": out / "regions.parquet",
+             "figures": out / "figures"}
     for key in ("mosaic", "segmentation"):  # all checked before anything is written
         check_output_target(str(paths[key]), overwrite=overwrite)
-    if paths["regions"].exists() and not overwrite:
+    if (paths["regions"].exists() or paths["figures"].exists()) and not overwrite:
         raise OutputExistsError(
-            f"`out` {str(out)!r} holds an earlier demo's regions.parquet. Pass `overwrite=True` "
+            f"`out` {str(out)!r} holds an earlier demo's regions.parquet or figures. Pass `overwrite=True` "
             "(CLI: --overwrite) to replace the demo's outputs, or choose another folder."
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -183,9 +185,12 @@ def run_demo(
                   paths["figure"],
                   title=f"chunkseg demo: ISBI 2012 test mosaic, shipped U-Net, {window} "
                         f"blending, {plan.n_tiles} tiles in {plan.n_chunks} chunks")
+    shown = figures(str(paths["segmentation"]), paths["figures"], image=str(paths["mosaic"]),
+                    model="isbi2012-unet", cls=0, overwrite=True)
     membrane = float((ds.labels.data == 1).mean().compute())
     return {**{k: str(v) for k, v in paths.items()}, "plan": plan.to_dict(),
             "seconds": seconds, "membrane_fraction": membrane,
+            "patch_figures": {k: str(v) for k, v in shown.items()},
             "cells": int(cells.attrs["objects"]), "median_cell_area_nm2":
                 float(table["area_physical"].median()) if len(table) else 0.0}
 

@@ -502,7 +502,10 @@ def default_crop(plan: TilePlan) -> tuple[tuple[int, int], tuple[int, int]]:
 
     Along each axis, the three tiles whose stride cells hold the first interior chunk border
     (the image's middle where there is one chunk) and its two neighbours, from the first one's
-    start to the last one's end (``3 * stride + overlap`` pixels), clipped to the image.
+    start to the last one's end (``3 * stride + overlap`` pixels) plus a margin of
+    ``stride // 8`` each side, clipped to the image; where the overlap is a large part of the
+    tile it is cut short of the neighbouring stride cells' centres, so that
+    :func:`crop_tiles` gives exactly these 3 x 3 tiles.
 
     Parameters
     ----------
@@ -522,7 +525,15 @@ def default_crop(plan: TilePlan) -> tuple[tuple[int, int], tuple[int, int]]:
         m = min(3, n)
         k0 = int(min(max(corner // s - 1, 0), n - m))
         origins = plan.tile_origins()[axis]
-        out.append((max(0, int(origins[k0])), min(size, int(origins[k0 + m - 1]) + t)))
+        lo = np.arange(n) * s
+        centre2 = lo + np.minimum(lo + s, size)  # as crop_tiles
+        start = int(origins[k0]) - s // 8
+        stop = int(origins[k0 + m - 1]) + t + s // 8
+        if k0 > 0:  # leave out the neighbours' stride-cell centres (large overlaps)
+            start = max(start, int(centre2[k0 - 1]) // 2 + 1)
+        if k0 + m < n:
+            stop = min(stop, int(centre2[k0 + m]) // 2)
+        out.append((max(0, start), min(size, stop)))
     return tuple(out)  # type: ignore[return-value]
 
 
@@ -563,7 +574,9 @@ def _check_crop(crop, plan: TilePlan):
 
 
 def crop_tiles(plan: TilePlan, crop) -> tuple[range, range]:
-    """Tiles of the global grid that belong to a crop: those whose centre lies inside it.
+    """Tiles of the global grid that belong to a crop: those whose stride cell's centre lies
+    inside it (tile ``k``'s stride cell is ``[k * stride, (k + 1) * stride)``, cut at the
+    image's end).
 
     Parameters
     ----------
@@ -575,12 +588,14 @@ def crop_tiles(plan: TilePlan, crop) -> tuple[range, range]:
     -------
     (range, range)
         Tile indices ``ky`` and ``kx`` (tile ``k`` starts at ``plan.tile_origins()[axis][k]``).
-        For :func:`default_crop` these are its 3 x 3 tiles (when ``overlap < tile / 2``).
+        For :func:`default_crop` these are its 3 x 3 tiles.
     """
     out = []
     for axis in range(2):
         c0, c1 = crop[axis]
-        centre2 = 2 * plan.tile_origins()[axis] + plan.tile[axis]
+        s, size = plan.stride[axis], plan.image_shape[axis]
+        lo = np.arange(plan.grid_shape[axis]) * s
+        centre2 = lo + np.minimum(lo + s, size)  # twice the centre of the cell, cut at the end
         ks = np.flatnonzero((centre2 >= 2 * c0) & (centre2 < 2 * c1))
         out.append(range(int(ks[0]), int(ks[-1]) + 1) if len(ks) else range(0))
     return tuple(out)  # type: ignore[return-value]
@@ -659,6 +674,7 @@ def _id_colours(ids: np.ndarray, salt: int = 0) -> np.ndarray:
         x ^= x >> np.uint64(31)
     rgb = np.stack([(x >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], -1)
     rgb = 0.2 + 0.8 * rgb.astype(np.float32) / 255.0
+    rgb *= np.maximum(1.0, 0.75 / rgb.max(axis=-1, keepdims=True))  # no near-black colours
     return rgb[inverse.reshape(ids.shape)]
 
 
@@ -856,13 +872,16 @@ def _tile_decomposition(out: _Output, img: _Image | None, crop):
     kys = [k for k in range(len(oy)) if oy[k] < y1 and oy[k] + ty > y0]
     kxs = [k for k in range(len(ox)) if ox[k] < x1 and ox[k] + tx > x0]
     small = min(sy, sx) < 0.06 * max(y1 - y0, x1 - x0)
+    inner_y, inner_x = crop_tiles(plan, crop)
     for ky in kys:
         for kx in kxs:
             colour = _TILE_COLOURS[(ky % 3) * 3 + kx % 3]
+            inner = ky in inner_y and kx in inner_x  # the crop's own tiles: bold outlines
             ax.add_patch(Rectangle((kx * sx - 0.5, ky * sy - 0.5), sx, sy, fc=colour,
                                    alpha=0.28, ec="none"))
             ax.add_patch(Rectangle((ox[kx] - 0.5 + 0.7, oy[ky] - 0.5 + 0.7), tx - 1.4,
-                                   ty - 1.4, fill=False, ec=colour, lw=2.0))
+                                   ty - 1.4, fill=False, ec=colour, lw=2.4 if inner else 1.0,
+                                   alpha=1.0 if inner else 0.6))
             if not small:
                 cy, cx = ky * sy + sy / 2 - 0.5, kx * sx + sx / 2 - 0.5
                 if y0 <= cy < y1 and x0 <= cx < x1:
@@ -948,7 +967,7 @@ def _tile_components(out: _Output, img: _Image, predictor, crop, cls: int, conne
             f"(one panel each). Got {crop!r}, which holds {len(kys)} x {len(kxs)}.")
     if not len(kys) or not len(kxs):
         raise InvalidValueError(
-            f"`crop` must hold the centre of at least one tile (tile {plan.tile}, stride "
+            f"`crop` must hold the centre of at least one tile's stride cell (stride "
             f"{plan.stride}). Got {crop!r}.")
     oy, ox = plan.tile_origins()
     keys = [(ky, kx) for ky in kys for kx in kxs]
@@ -999,6 +1018,7 @@ def tile_predictions(store, image, model, *, crop=None, cls: int | None = None,
 
 def _tile_predictions(out: _Output, comps: list[dict], crop, cls: int):
     from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
 
     plan = out.plan
     rows = sorted({c["tile"][0] for c in comps})
@@ -1008,14 +1028,15 @@ def _tile_predictions(out: _Output, comps: list[dict], crop, cls: int):
     panel = 3.2
     fig = _figure((panel * len(cols) * tx / max(ty, tx) + 0.4,
                    panel * len(rows) * ty / max(ty, tx) + 1.0))
-    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    # tiles of one row (column) share their y (x) extent: tick labels on the outer panels only
+    axes = fig.subplots(len(rows), len(cols), squeeze=False, sharex="col", sharey="row")
     scale = _scaler(np.stack([c["pixels"] for c in comps]).transpose(0, 2, 3, 1))
     for c in comps:
         ky, kx = c["tile"]
         ax = axes[rows.index(ky)][cols.index(kx)]
         y0, x0 = c["origin"]
-        base = 0.25 + 0.75 * _display(c["pixels"].transpose(1, 2, 0), scale)
-        rgb = _instance_rgb(c["components"], base, alpha=0.7, salt=ky * 100_003 + kx)
+        base = 0.15 + 0.55 * _display(c["pixels"].transpose(1, 2, 0), scale)
+        rgb = _instance_rgb(c["components"], base, alpha=0.85, salt=ky * 100_003 + kx)
         _imshow(ax, rgb, (y0, x0))
         ax.add_patch(Rectangle((kx * sx - 0.5, ky * sy - 0.5), sx, sy, fill=False, ec="white",
                                lw=1.2, ls="--"))
@@ -1024,7 +1045,10 @@ def _tile_predictions(out: _Output, comps: list[dict], crop, cls: int):
                                    ls=":"))
         _set_view(ax, ((y0, y0 + ty), (x0, x0 + tx)))
         ax.set_title(f"tile {ky},{kx} at y {y0}, x {x0}: {c['objects']} objects", fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+        ax.tick_params(labelsize=8)
+        ax.label_outer()
     fig.suptitle(
         f"each tile predicted alone (tile {ty} x {tx}, argmax; components of class {cls} in "
         f"random colours per tile)\nwhite dashed: the tile's stride cell; the tiles overlap by "
@@ -1071,7 +1095,7 @@ def _reconstruction(out: _Output, img: _Image | None, crop):
     if out.instances is not None:
         ids = np.asarray(out.instances[y0:y1, x0:x1])
         n_crop = int(np.unique(ids[ids > 0]).size)
-        over = _instance_rgb(ids, base, alpha=0.55)
+        over = _instance_rgb(ids, None if base is None else 0.15 + 0.6 * base, alpha=0.85)
         alone = _instance_rgb(ids)
         what = (f"instances of class {out.default_cls()}: {n_crop} objects in the crop, "
                 f"{int(out.instances.attrs.get('objects', 0))} in all")
@@ -1244,28 +1268,28 @@ def seams(store, image, model, *, crop=None, cls: int | None = None, batch_size:
     arrays = _seam_arrays(out, img, _predictor(model, device, normalization),
                           _check_crop(crop, out.plan), _cls_index(cls, out),
                           _check_batch_size(batch_size))
-    return _seams(out, img, arrays)
+    return _seams(out, arrays)
 
 
-def _seams(out: _Output, img: _Image, a: dict):
+def _seams(out: _Output, a: dict):
     plan = out.plan
     crop = a["crop"]
     (y0, y1), (x0, x1) = crop
     fig = _figure((19.0, 6.2 * (y1 - y0) / (x1 - x0) + 1.3))
     axes = fig.subplots(1, 3)
-    base = _display(img.crop(crop))
-    _imshow(axes[0], _class_rgb(a["naive_labels"], base, alpha=0.6), (y0, x0))
+    _imshow(axes[0], _class_rgb(a["naive_labels"]), (y0, x0))
     axes[0].set_title(f"naive: patches {plan.tile[0]} x {plan.tile[1]} edge to edge, "
                       "argmax", fontsize=10)
-    _imshow(axes[1], _class_rgb(a["labels"], base, alpha=0.6), (y0, x0))
+    _imshow(axes[1], _class_rgb(a["labels"]), (y0, x0))
     axes[1].set_title(f"chunkseg: overlap {plan.overlap[0]}, {out.attrs.get('window', '?')} "
                       "blending, argmax", fontsize=10)
     if a["difference"] is not None:
-        im = _imshow(axes[2], a["difference"], (y0, x0), cmap="magma", vmin=0,
-                     vmax=max(float(a["difference"].max()), 1e-6))
+        diff = a["difference"]  # NaN where a mask kept the model off
+        top = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
+        im = _imshow(axes[2], diff, (y0, x0), cmap="magma", vmin=0, vmax=max(top, 1e-6))
         fig.colorbar(im, ax=axes[2], shrink=0.8)
-        axes[2].set_title(f"|p naive - p blended| of class {a['cls']} "
-                          f"(max {float(a['difference'].max()):.3f})", fontsize=10)
+        axes[2].set_title(f"|p naive - p blended| of class {a['cls']} (max {top:.3f})",
+                          fontsize=10)
     else:
         _imshow(axes[2], a["disagree"].astype(np.float32), (y0, x0), cmap="magma", vmin=0,
                 vmax=1)
@@ -1387,7 +1411,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
         "tile_predictions": lambda: _tile_predictions(
             out, _tile_components(out, img, predictor, crop_, cls_, None, bs), crop_, cls_),
         "reconstruction": lambda: _reconstruction(out, img, crop_),
-        "seams": lambda: _seams(out, img, _seam_arrays(out, img, predictor, crop_, cls_, bs)),
+        "seams": lambda: _seams(out, _seam_arrays(out, img, predictor, crop_, cls_, bs)),
     }
     if isinstance(max_side, bool) or not isinstance(max_side, int | np.integer) or max_side < 1:
         raise InvalidValueError(f"`max_side` must be a positive int. Got {max_side!r}.")

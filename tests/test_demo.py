@@ -53,6 +53,10 @@ def test_demo_small(tmp_path):
     table = pd.read_parquet(result["regions"])
     assert len(table) == n and table["area"].sum() == (ref > 0).sum()
     np.testing.assert_allclose(table["area_physical"], table["area"] * 16.0)  # 4 nm pixels
+    assert sorted(result["patch_figures"]) == ["overview", "reconstruction", "seams",
+                                               "tile_predictions", "tiles"]
+    assert all((out / "figures" / f"{k}.png").stat().st_size > 10_000
+               for k in result["patch_figures"])
     with pytest.raises(OutputExistsError, match="overwrite"):
         run_demo(out, rows=2, cols=2, chunks=384, progress=False)
 

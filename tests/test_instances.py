@@ -190,3 +190,21 @@ def test_cli_predict_instances_equals_label_of_the_whole_image(tmp_path, capsys)
     assert code == 0 and "objects" in capsys.readouterr().out
     ref, n = ndimage.label(image < 128)
     np.testing.assert_array_equal(zarr.open_group(str(out))["instances"][...], ref)
+
+
+def test_cli_figures(tmp_path, capsys):
+    image = _blobs(seed=5)
+    out = _output(tmp_path, image, 48)
+    assert main(["label", str(out), "--no-progress"]) == 0
+    src = tmp_path / "in.zarr"
+    chunkseg.ingest(image, str(src), chunks=64)
+    figs = tmp_path / "figs"
+    code = main(["figures", str(out), str(figs), "--image", str(src), "--model", MODEL])
+    assert code == 0
+    assert sorted(p.name for p in figs.iterdir()) == [
+        "overview.png", "reconstruction.png", "seams.png", "tile_predictions.png", "tiles.png"]
+    capsys.readouterr()
+    assert main(["figures", str(out), str(figs), "--model", MODEL]) == 2
+    assert "--image" in capsys.readouterr().err
+    assert main(["figures", str(out), str(figs)]) == 2  # the PNGs exist: not overwritten
+    assert "overwrite" in capsys.readouterr().err

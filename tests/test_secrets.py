@@ -20,10 +20,7 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 import traceback
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -115,27 +112,15 @@ def _aws_environment(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------
-# A moto S3 server on loopback (the pattern of test_s3.py)
+# A moto S3 server on loopback (test_s3.py's wait helper)
 # --------------------------------------------------------------------------------------------------
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server did not answer at {url} within {timeout} s")
 
 
 @pytest.fixture(scope="module")
 def endpoint():
     pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
+    from test_s3 import _wait_until_up
     port = _closed_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
