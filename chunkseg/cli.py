@@ -42,6 +42,14 @@ def _add_grid_args(p: argparse.ArgumentParser, chunk_default=None) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="tiles per model call (8)")
 
 
+def _add_run_args(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    p.add_argument("--scheduler", default=None, help="scheduler name or address")
+    if workers:
+        p.add_argument("--workers", type=int, default=None,
+                       help="start a LocalCluster of N workers")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -107,9 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: pixels touching by an edge, 2: also by a corner (1)")
     p.add_argument("--name", default="instances", help="array to write (instances)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier instances array")
-    p.add_argument("--scheduler", default=None, help="scheduler name or address")
-    p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_run_args(p)
 
     p = sub.add_parser("regions", help="region table (Parquet) of the objects of an output")
     p.add_argument("store", help="an output holding instances (Zarr path or URL)")
@@ -121,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel size Y,X (or one value) for physical areas and centroids")
     p.add_argument("--unit", default="micrometer", help="unit of --pixel-size (micrometer)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing table")
-    p.add_argument("--scheduler", default=None, help="scheduler name or address")
-    p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_run_args(p)
 
     p = sub.add_parser("predict-instances",
                        help="run a per-tile instance model (labels per tile) and write one "
@@ -134,8 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="package.module:factory returning model(batch) -> (N, T, T) int ids")
     _add_grid_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
-    p.add_argument("--scheduler", default=None, help="scheduler name or address")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_run_args(p, workers=False)
 
     p = sub.add_parser("figures", help="the patch figures of an output: overview, tile grid, "
                                        "per-tile predictions, reconstruction, seams (PNG)")
