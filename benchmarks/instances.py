@@ -27,16 +27,17 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from benchmarks._measure import measure  # noqa: E402
+
 ROOT = HERE.parent
 SPACING, JITTER, R_MIN, R_MAX = 40, 8, 5, 9  # 40 - 2 * (8 + 9) = 6 px between disks at least
 
@@ -157,49 +158,6 @@ def step(mode: str, image: str, out: str, size: int, args) -> dict:
     return result
 
 
-def _tree_rss(proc) -> int:
-    import psutil
-
-    try:
-        p = psutil.Process(proc.pid)
-        procs = [p] + p.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for q in procs:
-        try:
-            total += q.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def measure(args_list: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, __file__, "--one"] + args_list,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT)
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(proc))
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    stop.set()
-    sampler.join()
-    if proc.returncode:
-        raise RuntimeError(f"run failed:\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mib"] = peak / 2**20
-    return result
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,40000")
@@ -233,7 +191,7 @@ def main(argv=None) -> None:
         modes = [m for m in args.modes.split(",") if m != "dask-image" or size in di_sizes]
         for mode in modes:
             try:
-                r = measure([mode, image, out, str(size)] + common)
+                r = measure(__file__, [mode, image, out, str(size)] + common)
             except RuntimeError as err:  # e.g. dask-image out of memory: report, go on
                 r = {"error": str(err)[-300:]}
             r.update(size=size, mode=mode, expected=expected)

@@ -22,16 +22,17 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from benchmarks._measure import measure  # noqa: E402
+
 ROOT = HERE.parent
 
 
@@ -140,49 +141,6 @@ def run_one(image: str, out: str, model_name: str, args) -> dict:
             "label_agreement_min": min(agree)}
 
 
-def _tree_rss(proc) -> int:
-    import psutil
-
-    try:
-        p = psutil.Process(proc.pid)
-        procs = [p] + p.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for q in procs:
-        try:
-            total += q.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def measure(args_list: list[str]) -> dict:
-    """Run ``--one`` in a subprocess, sampling the RSS of its process tree every 0.1 s."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, __file__, "--one"] + args_list,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(proc))
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    stop.set()
-    sampler.join()
-    if proc.returncode:
-        raise RuntimeError(f"run failed:\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mib"] = peak / 2**20
-    return result
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,20000,40000")
@@ -224,7 +182,7 @@ def main(argv=None) -> None:
             write_texture(image, size)
             print(f"wrote {size}^2 input in {time.perf_counter() - t0:.1f} s", flush=True)
         out = str(tmp / f"out-{size}-{model}.zarr")
-        r = measure([image, out, model] + common)
+        r = measure(__file__, [image, out, model] + common)
         shutil.rmtree(out, ignore_errors=True)
         r.update(size=size, model=model, mpix_per_s=size * size / 1e6 / r["seconds"])
         rows.append(r)

@@ -156,8 +156,9 @@ class InstanceTileRunner:
     Notes
     -----
     ``accumulate(iy, ix)`` returns ``{(jy, jx): (block, layers, table)}``: ``layers`` the
-    ``(L, h, w)`` uint64 ids of the block's kept objects in chunk ``(jy, jx)`` (one layer per
-    tile parity class, see the module docstring), ``table`` the block's objects (sorted
+    ``(L, h, w)`` uint32 indices (1-based, 0 for none) into ``table`` of the block's kept
+    objects in chunk ``(jy, jx)`` (one layer per tile parity class, see the module
+    docstring: 4 bytes per layer and pixel), ``table`` the block's objects (sorted
     ``gid`` uint64, ``prio`` float64, ``size`` int64 pixels, ``oversized`` bool).
     ``fold(jy, jx, pieces)`` returns ``(winners, stats)``: the chunk's ``(h, w)`` uint64 winner
     ids and the O(objects) tables the client merges (see :func:`merge_tables`).
@@ -267,7 +268,7 @@ class InstanceTileRunner:
         Returns
         -------
         dict
-            ``(jy, jx) -> (block index, (L, h, w) uint64 layers, table)`` for every output
+            ``(jy, jx) -> (block index, (L, h, w) uint32 layers, table)`` for every output
             chunk the block reaches (see the class Notes).
 
         Raises
@@ -279,7 +280,10 @@ class InstanceTileRunner:
         plan = self.plan
         ys, xs = self._extents[0][iy], self._extents[1][ix]
         block = self.reader(ys, xs)
-        canvas = mapped_zeros((self.layers, ys[1] - ys[0], xs[1] - xs[0]), np.uint64)
+        # each pixel of a layer holds 1 + the index of its kept object in this block's table
+        # (uint32: half the memory of global ids; fold maps them back through the table)
+        canvas = mapped_zeros((self.layers, ys[1] - ys[0], xs[1] - xs[0]), np.uint32)
+        kept = 0
         (ky0, ky1), (kx0, kx1) = self._owned[0][iy], self._owned[1][ix]
         tiles = [(ky, kx) for ky in range(ky0, ky1) for kx in range(kx0, kx1)]
         ty, tx = plan.tile
@@ -303,8 +307,15 @@ class InstanceTileRunner:
                         "(background) or positive.")
                 ((y0, y1), (x0, x1)), gids, table = self.clean_tile(lab, ky, kx)
                 dst = canvas[self.layer(ky, kx), y0 - ys[0] : y1 - ys[0], x0 - xs[0] : x1 - xs[0]]
-                np.copyto(dst, gids, where=gids != 0)
+                base = np.uint64((ky * plan.grid_shape[1] + kx) * self._per_tile)
+                on = gids != 0  # gid = base + rank, rank 1.. in the order of the tile's table
+                np.copyto(dst, (gids - base).astype(np.uint32) + np.uint32(kept), where=on)
+                kept += len(table["gid"])
                 tables.append(table)
+        if kept >= np.iinfo(np.uint32).max:
+            raise InvalidValueError(
+                f"`tile` and `chunks` must keep fewer than 2**32 objects in one block. Got "
+                f"{kept} in block ({iy}, {ix}); use smaller `chunks`.")
         table = _concat_tables(tables)
         dests = [[(j, src) for j, sources in enumerate(axis) for i, src, _ in sources if i == b]
                  for axis, b in zip(self._sources, (iy, ix))]
@@ -338,7 +349,10 @@ class InstanceTileRunner:
         tables, own = [], None
         for (dy, dx), (block, part, table) in pieces:
             view = layers[:, dy, dx]
-            np.maximum(view, part, out=view)  # one tile per layer and pixel: no conflicts
+            # table indices (1-based) -> global ids; one tile per layer and pixel: no conflicts
+            gids = np.where(part != 0, table["gid"][part.astype(np.int64) - 1]
+                            if len(table["gid"]) else np.uint64(0), np.uint64(0))
+            np.maximum(view, gids.astype(np.uint64, copy=False), out=view)
             tables.append(table)
             if tuple(block) == (jy, jx):
                 own = table
