@@ -88,6 +88,9 @@ IOU_MATCH = 0.5
 TEMP_GROUP = "chunkseg_tmp"
 """Subgroup of the output holding the temporary winner ids (deleted when the run ends)."""
 
+FOLD_STRIP_ELEMENTS = 2**20
+"""Layer elements (8 bytes each) one fold step holds: the fold works in strips of rows."""
+
 _EMPTY_TABLE = {
     "gid": np.zeros(0, np.uint64), "prio": np.zeros(0, np.float64),
     "size": np.zeros(0, np.int64), "oversized": np.zeros(0, bool),
@@ -345,20 +348,56 @@ class InstanceTileRunner:
         """
         plan = self.plan
         h, w = plan.output_chunks()[0][jy], plan.output_chunks()[1][jx]
-        layers = mapped_zeros((self.layers, h, w), np.uint64)
         tables, own = [], None
-        for (dy, dx), (block, part, table) in pieces:
-            view = layers[:, dy, dx]
-            # table indices (1-based) -> global ids; one tile per layer and pixel: no conflicts
-            gids = np.where(part != 0, table["gid"][part.astype(np.int64) - 1]
-                            if len(table["gid"]) else np.uint64(0), np.uint64(0))
-            np.maximum(view, gids.astype(np.uint64, copy=False), out=view)
+        for _, (block, _, table) in pieces:
             tables.append(table)
             if tuple(block) == (jy, jx):
                 own = table
         table = _concat_tables(tables)
         order = np.argsort(table["gid"], kind="stable")
         gid_sorted, prio_sorted = table["gid"][order], table["prio"][order]
+        winners = np.zeros((h, w), np.uint64)
+        ids_list, first_list, pair_list, count_list = [], [], [], []
+        y0, x0 = jy * plan.chunks[0], jx * plan.chunks[1]
+        # strips of rows, so that the uint64 layers and the per-pixel priorities of only a few
+        # MiB exist at once (not 80 bytes a pixel of the whole chunk)
+        rows = max(1, FOLD_STRIP_ELEMENTS // (self.layers * w))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            layers = np.zeros((self.layers, r1 - r0, w), np.uint64)
+            for (dy, dx), (_, part, tbl) in pieces:
+                a, b, _ = dy.indices(h)
+                a0, a1 = max(a, r0), min(b, r1)
+                if a0 >= a1:
+                    continue
+                sub = part[:, a0 - a : a1 - a]
+                # table indices (1-based) -> global ids; one tile per layer and pixel
+                gids = (np.where(sub != 0, tbl["gid"][sub.astype(np.int64) - 1], np.uint64(0))
+                        if len(tbl["gid"]) else np.zeros(sub.shape, np.uint64))
+                view = layers[:, a0 - r0 : a1 - r0, dx]
+                np.maximum(view, gids.astype(np.uint64, copy=False), out=view)
+            best_g, pairs, counts = self._winners(layers, gid_sorted, prio_sorted)
+            winners[r0:r1] = best_g
+            pair_list += pairs
+            count_list += counts
+            ids, first = np.unique(best_g.ravel(), return_index=True)
+            first, ids = first[ids != 0], ids[ids != 0]
+            ids_list.append(ids.astype(np.uint64))
+            first_list.append((y0 + r0 + first // w).astype(np.int64) * plan.image_shape[1]
+                              + x0 + first % w)
+        stats = {
+            "objects": own if own is not None else dict(_EMPTY_TABLE),
+            "winners": (np.concatenate(ids_list) if ids_list else np.zeros(0, np.uint64)),
+            "first": (np.concatenate(first_list) if first_list else np.zeros(0, np.int64)),
+            "pairs": (np.concatenate(pair_list) if pair_list else np.zeros((0, 2), np.uint64)),
+            "counts": (np.concatenate(count_list) if count_list else np.zeros(0, np.int64)),
+        }
+        return winners, stats
+
+    def _winners(self, layers: np.ndarray, gid_sorted: np.ndarray, prio_sorted: np.ndarray):
+        """Per pixel of ``(L, h, w)`` uint64 layers: the winner id (highest priority, ties the
+        higher id), and the pairs of ids covering a pixel together with their pixel counts."""
+        h, w = layers.shape[1:]
         best_g = np.zeros((h, w), np.uint64)
         best_p = np.full((h, w), -np.inf)
         pair_list, count_list = [], []
@@ -383,18 +422,7 @@ class InstanceTileRunner:
                     uniq, counts = np.unique(pairs, axis=0, return_counts=True)
                     pair_list.append(uniq)
                     count_list.append(counts.astype(np.int64))
-        ids, first = np.unique(best_g.ravel(), return_index=True)
-        first = first[ids != 0]
-        ids = ids[ids != 0]
-        y0, x0 = jy * plan.chunks[0], jx * plan.chunks[1]
-        first_global = (y0 + first // w).astype(np.int64) * plan.image_shape[1] + x0 + first % w
-        stats = {
-            "objects": own if own is not None else dict(_EMPTY_TABLE),
-            "winners": ids.astype(np.uint64), "first": first_global.astype(np.int64),
-            "pairs": (np.concatenate(pair_list) if pair_list else np.zeros((0, 2), np.uint64)),
-            "counts": (np.concatenate(count_list) if count_list else np.zeros(0, np.int64)),
-        }
-        return best_g, stats
+        return best_g, pair_list, count_list
 
 
 def _concat_tables(tables: list[dict]) -> dict:

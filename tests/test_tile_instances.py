@@ -318,3 +318,16 @@ def test_tiny_and_empty_images(tmp_path):
     empty = run(np.zeros((90, 70), np.float32), tmp_path, "empty", tile=32, overlap=8,
                 chunks=40)
     assert empty.dtype == np.uint32 and not empty.any()
+
+
+def test_fold_in_strips_of_rows_gives_the_same_result(tmp_path, monkeypatch):
+    """The fold works in strips of rows; strips of 1 to 7 rows (blobs overlapping across
+    strips and tiles) give the result of one strip per chunk."""
+    import chunkseg._tile_instances as ti
+
+    image = blobs()
+    whole = run(image, tmp_path, "whole", tile=96, overlap=48, chunks=100)
+    for elements in (1, 3000):  # 1 row; about 7 rows of a 100 px chunk with 4 layers
+        monkeypatch.setattr(ti, "FOLD_STRIP_ELEMENTS", elements)
+        np.testing.assert_array_equal(
+            run(image, tmp_path, f"strips-{elements}", tile=96, overlap=48, chunks=100), whole)
