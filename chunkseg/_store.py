@@ -32,7 +32,8 @@ def check_aligned(name: str, blocks: Sequence[Sequence[int]], zarr_chunks: Seque
         Per axis, the lengths of the write tasks' blocks (a dask array's ``chunks``, or a
         plan's ``output_chunks()``), pixels.
     zarr_chunks : sequence of int
-        The Zarr chunk shape along the same axes.
+        The Zarr chunk shape along the same axes; for a sharded array, the shard shape (the
+        unit of a write).
 
     Raises
     ------
@@ -66,6 +67,7 @@ def create_array(
     storage_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     write_empty_chunks: bool = False,
+    shards: Sequence[int] | None = None,
 ):
     """Create a Zarr v3 array, at a store's root or as ``name`` inside a group.
 
@@ -77,7 +79,7 @@ def create_array(
         Where: a path, fsspec URL or store (the array is the root), or a group (the array is
         its member ``name``).
     shape, chunks : sequence of int
-        Array and chunk shape.
+        Array and chunk shape (with ``shards``, the inner chunks of each shard).
     dtype : numpy dtype or str
     compressor : zarr codec
         The one bytes-to-bytes codec (zstd, Blosc...).
@@ -93,6 +95,10 @@ def create_array(
     write_empty_chunks : bool, default False
         Store chunks equal to the fill value 0 too (so that every chunk of an output exists
         once written).
+    shards : sequence of int, optional
+        Shard shape (Zarr v3 sharding codec: one stored object per shard, holding its inner
+        ``chunks``), each a multiple of ``chunks``. Writers must then own whole shards (check
+        :func:`check_aligned` against the shard shape). Default: no sharding.
 
     Returns
     -------
@@ -105,6 +111,8 @@ def create_array(
         shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, compressors=compressor,
         fill_value=0, dimension_names=tuple(dimension_names),
         attributes=dict(attributes or {}), config={"write_empty_chunks": write_empty_chunks})
+    if shards is not None:
+        kwargs["shards"] = tuple(int(s) for s in shards)
     if isinstance(store, zarr.Group):
         if name is None:
             raise ValueError("`name` is needed to create an array in a group")

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish an interrupted run into STORE (same settings; finished chunks "
                         "are kept)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--shards", type=_pair, default=None,
+                   help="write Zarr v3 shards of N or Y,X px (one object per shard, inner "
+                        "chunks --chunk); the shard is the computation chunk and must be a "
+                        "multiple of --chunk (default: no sharding)")
 
     p = sub.add_parser("label", help="objects of one class of a predict output, one global id "
                                      "each (writes 'instances' into the output)")
@@ -240,6 +244,7 @@ def _cmd_predict(args) -> int:
         mask=_mask_arg(args.mask), kernel=args.kernel,
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
+        shards=args.shards,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")
@@ -267,8 +272,8 @@ def _cmd_info(args) -> int:
     print(f"complete   {'yes' if complete else 'no'}: {done} of {total} chunks written"
           + ("" if complete else "  (finish with: chunkseg predict ... --resume)"))
     fp = dict(group.attrs.get("fingerprint") or {})
-    for key in ("source", "image_shape", "tile", "overlap", "chunks", "window", "outputs",
-                "dtype", "classes"):
+    for key in ("source", "image_shape", "tile", "overlap", "chunks", "shards", "zarr_chunks",
+                "window", "outputs", "dtype", "classes"):
         if key in fp:
             print(f"{key:<10} {fp[key]}")
     return 0

@@ -51,7 +51,14 @@ from .errors import (
 )
 from .io import open_image
 from .models import LazyModel, Normalization, TorchAdapter, as_model, describe_model, load_model
-from .plan import TilePlan, fold_sources, plan_tiles, tile_mask
+from .plan import (
+    DEFAULT_CHUNK_TARGET,
+    TilePlan,
+    fold_sources,
+    normalize_pair,
+    plan_tiles,
+    tile_mask,
+)
 from .scheduling import compute, open_client
 from .windows import get_window, window_name
 
@@ -818,6 +825,7 @@ def predict_to_zarr(
     progress: bool = False,
     compression_level: int = 1,
     resume: bool = False,
+    shards: int | tuple[int, int] | None = None,
     **kwargs: Any,
 ) -> xr.Dataset:
     """Run :func:`predict` and write its outputs to a Zarr v3 group, each chunk written once.
@@ -855,6 +863,17 @@ def predict_to_zarr(
         dtype, classes, mask, kernel); the chunks marked finished in its manifest are neither
         recomputed nor rewritten, the others are computed with the blocks they need. The
         result is bit-identical to an uninterrupted run.
+    shards : int or (int, int), optional
+        Write every array with Zarr v3 sharding: one stored object per shard of ``shards``
+        pixels ``(y, x)`` (the class axis is never split), holding the inner Zarr chunks of
+        ``chunks`` pixels; a 40000^2 run then writes a few hundred objects instead of thousands
+        (``python benchmarks/shards.py``). The shard is the computation chunk too (one task
+        computes and writes each shard, whole, once; the manifest has one element per shard),
+        so it must be a multiple of ``chunks`` along each axis (``chunks`` defaults to 1536 px,
+        2048 px with a CUDA ``device``); otherwise an
+        :class:`~chunkseg.errors.InvalidValueError` is raised before anything is written.
+        Default: no sharding, one object per chunk. Readers (``xarray.open_zarr``, zarr-python
+        >= 3) read sharded arrays like any other.
     **kwargs
         ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
         ``device``, ``normalization``, ``array_name``, ``mask``, ``kernel``: as
@@ -890,7 +909,9 @@ def predict_to_zarr(
     the array ``chunkseg/done`` (a subgroup xarray does not list) marks each finished chunk;
     :func:`open_output` warns on an incomplete output, ``chunkseg info`` prints its progress.
     Arrays: ``logits``/``probabilities`` ``(class, y, x)`` chunked ``(K, C_y, C_x)``,
-    ``labels`` ``(y, x)`` chunked ``(C_y, C_x)``, zstd-compressed, ``dimension_names`` set.
+    ``labels`` ``(y, x)`` chunked ``(C_y, C_x)``, zstd-compressed, ``dimension_names`` set;
+    with ``shards``, sharded ``(K, S_y, S_x)`` / ``(S_y, S_x)`` around those chunks, and the
+    group's attrs record ``shards`` and ``zarr_chunks`` (``chunks`` is then the shard).
     """
     import zarr
 
@@ -901,6 +922,9 @@ def predict_to_zarr(
     if unknown:
         raise InvalidTypeError(f"predict_to_zarr() got unexpected keyword arguments {sorted(unknown)}.")
     params = {**defaults, **kwargs}
+    inner = None  # the inner Zarr chunks of a sharded output
+    if shards is not None:
+        params["chunks"], inner = _shard_layout(shards, params["chunks"], params["device"])
     # connect to the cluster before anything is written: a wrong address leaves no output
     with open_client(scheduler, workers) as client:
         threads = _threads(client)
@@ -910,6 +934,8 @@ def predict_to_zarr(
                        torch_threads=max(1, cores // threads) if local else None, **params)
         runner, ds_attrs = setup["runner"], setup["attrs"]
         plan, dtype_ = runner.plan, setup["dtype"]
+        if inner is not None:  # the computation chunks (ds_attrs["chunks"]) are the shards
+            ds_attrs.update(shards=list(plan.chunks), zarr_chunks=list(inner))
         fingerprint = _fingerprint(ds_attrs, setup, plan)
         so = _so(store, storage_options)
         if resume:
@@ -928,11 +954,16 @@ def predict_to_zarr(
                 else:
                     shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, \
                         dtype_, ("class", "y", "x")
+                # each write task owns whole Zarr chunks, or whole shards when sharded
                 check_aligned(name, plan.output_chunks(), chunks[-2:])
+                shard_shape = None
+                if inner is not None:
+                    shard_shape, chunks = chunks, chunks[:-2] + inner
                 targets[name] = create_array(
                     group, name=name, shape=shape, chunks=chunks, dtype=dt,
                     compressor=_compressor(name, compression_level), dimension_names=dims,
-                    attributes=_var_attrs(name, k), write_empty_chunks=True)
+                    attributes=_var_attrs(name, k), write_empty_chunks=True,
+                    shards=shard_shape)
             # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
             # concurrent tasks never write the same object
             done = create_array(
@@ -1012,11 +1043,32 @@ MANIFEST = "chunkseg"
 def _fingerprint(attrs: dict, setup: dict, plan: TilePlan) -> dict:
     """The settings that decide an output's values (what ``resume`` must match)."""
     keep = ("source", "model", "tile", "overlap", "window", "chunks", "classes", "mask",
-            "kernel", "padding")
+            "kernel", "padding", "shards", "zarr_chunks")
     fp = {k: attrs[k] for k in keep if k in attrs}
     fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup["outputs"]),
               dtype=str(setup["dtype"]))
     return json.loads(json.dumps(fp))
+
+
+def _shard_layout(shards, chunks, device) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(computation chunks, inner Zarr chunks)`` of a sharded output: the shard, and
+    ``chunks`` (default :data:`~chunkseg.plan.DEFAULT_CHUNK_TARGET`, :data:`GPU_CHUNK` on CUDA),
+    after checking that the shard is a positive multiple of the chunk."""
+    shard = normalize_pair(shards, "shards")
+    if chunks is None:
+        chunks = GPU_CHUNK if str(device).startswith("cuda") else DEFAULT_CHUNK_TARGET
+    inner = normalize_pair(chunks, "chunks")
+    if min(inner) < 1 or min(shard) < 1:
+        raise InvalidValueError(
+            f"`shards` and `chunks` must be positive numbers of pixels. Got shards={shard!r}, "
+            f"chunks={inner!r}.")
+    if any(s % c for s, c in zip(shard, inner)):
+        raise InvalidValueError(
+            f"`shards` must be a multiple of `chunks` (the inner Zarr chunk of each shard) along "
+            f"each axis. Got shards={shard!r}, chunks={inner!r}. Use shards that are multiples "
+            f"of the chunks (e.g. shards={tuple(c * max(1, round(s / c)) for s, c in zip(shard, inner))!r}"
+            f"), or chunks that divide the shards.")
+    return shard, inner
 
 
 def _reopen(store, so, fingerprint: dict, outputs) -> tuple:
