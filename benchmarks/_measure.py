@@ -59,3 +59,10 @@ def measure(script: str, args_list: list[str]) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mib"] = peak / 2**20
     return result
+
+
+def save_results(path: str | Path, meta: dict, rows: list, table: str) -> None:
+    """Write ``{"meta", "rows", "table"}`` as JSON to ``path`` (its folder created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=2) + "\n")

@@ -36,7 +36,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from benchmarks._measure import measure  # noqa: E402
+from benchmarks._measure import measure, save_results  # noqa: E402
 
 ROOT = HERE.parent
 SPACING, JITTER, R_MIN, R_MAX = 40, 8, 5, 9  # 40 - 2 * (8 + 9) = 6 px between disks at least
@@ -218,9 +218,7 @@ def main(argv=None) -> None:
     meta = {"command": "python benchmarks/instances.py " + " ".join(sys.argv[1:]),
             "cpus": os.cpu_count(), "tile": args.tile, "overlap": args.overlap,
             "chunk": args.chunk, "threads": args.threads}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=2)
-                              + "\n")
+    save_results(args.out, meta, rows, table)
     if not args.tmp:
         shutil.rmtree(tmp, ignore_errors=True)
 

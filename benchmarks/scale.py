@@ -31,7 +31,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from benchmarks._measure import measure  # noqa: E402
+from benchmarks._measure import measure, save_results  # noqa: E402
 
 ROOT = HERE.parent
 
@@ -201,9 +201,7 @@ def main(argv=None) -> None:
             "cpus": os.cpu_count(), "tile": args.tile, "overlap": args.overlap,
             "chunk": args.chunk, "threads": args.threads, "workers": args.workers,
             "outputs": "labels (uint8) + probabilities (float16), zstd"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=2)
-                              + "\n")
+    save_results(args.out, meta, rows, table)
     if not args.tmp:
         shutil.rmtree(tmp, ignore_errors=True)
 

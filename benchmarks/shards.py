@@ -31,7 +31,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from benchmarks._measure import measure  # noqa: E402
+from benchmarks._measure import measure, save_results  # noqa: E402
 from benchmarks.scale import write_texture  # noqa: E402
 
 MODEL = "benchmarks.overhead:conv3x3"
@@ -144,9 +144,7 @@ def main(argv=None) -> None:
             "overlap": args.overlap, "threads": args.threads, "windows": args.windows,
             "outputs": "labels (uint8) + probabilities (float16), zstd level 1",
             "model": MODEL, "read": "store reopened for each window; OS page cache warm"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=2)
-                              + "\n")
+    save_results(args.out, meta, rows, table)
     if not args.tmp:
         shutil.rmtree(tmp, ignore_errors=True)
 

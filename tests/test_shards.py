@@ -11,6 +11,7 @@ import pytest
 import xarray as xr
 import zarr
 from model_factories import numpy_conv3x3
+from test_resume import FailsLate
 
 import chunkseg
 from chunkseg.cli import main
@@ -108,21 +109,6 @@ def test_shard_not_a_multiple_of_chunks_refused_before_writing(tmp_path, shards,
     if shards:
         assert "shards=" in str(info.value) and "chunks=" in str(info.value)
     assert not out.exists()
-
-
-class FailsLate:
-    """The conv model; raises once ``limit`` batches have run."""
-
-    def __init__(self, limit):
-        self.calls, self.limit, self.lock = 0, limit, threading.Lock()
-        self.model = numpy_conv3x3()
-
-    def __call__(self, batch):
-        with self.lock:
-            self.calls += 1
-            if self.calls > self.limit:
-                raise RuntimeError("model failed on a late tile")
-        return self.model(batch)
 
 
 def test_resume_sharded_run_equals_clean_run(tmp_path):
