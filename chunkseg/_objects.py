@@ -349,6 +349,9 @@ def regions(
         If ``store`` has no group or no array ``name``.
     chunkseg.errors.OutputExistsError
         If ``table`` exists and ``overwrite`` is False.
+    chunkseg.errors.OutputOverlapError
+        If ``table`` is, contains or lies inside ``store`` or a path ``image`` (even with
+        ``overwrite``).
     chunkseg.errors.InvalidValueError
         If ``image`` does not have the output's height and width, or ``pixel_size`` is not
         positive.
@@ -366,13 +369,19 @@ def regions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ._target import describe_location
+    from ._target import describe_location, overlaps
     from .engine import BlockReader
-    from .errors import NotFoundError
+    from .errors import NotFoundError, OutputOverlapError
     from .io import open_image
     from .scheduling import compute, open_client
 
     path = os.fspath(table)
+    for what, other in (("store", store), ("image", image)):
+        if overlaps(other, path):  # never write the table over or into the data it measures
+            raise OutputOverlapError(
+                f"`table` must not be, contain or lie inside the `{what}`. Got table {path!r} "
+                f"for {what} {describe_location(other)!r}. Write the table elsewhere."
+            )
     if os.path.exists(path) and not overwrite:
         raise OutputExistsError(
             f"`table` {path!r} already exists. Pass `overwrite=True` to replace it, or choose "

@@ -158,6 +158,13 @@ def test_bad_input(tmp_path):
     with pytest.raises(OutputExistsError, match="table"):
         chunkseg.regions(str(out), str(table))
     assert table.read_text() == "mine"
+    from chunkseg.errors import OutputOverlapError
+
+    meta = out / "zarr.json"
+    before = meta.read_bytes()
+    with pytest.raises(OutputOverlapError, match="`table`.*`store`"):
+        chunkseg.regions(str(out), str(meta), overwrite=True)  # inside the store it measures
+    assert meta.read_bytes() == before
 
 
 def test_cli_label_and_regions(tmp_path, capsys):
