@@ -36,8 +36,9 @@ from benchmarks._measure import measure, save_results  # noqa: E402
 ROOT = HERE.parent
 
 
-def write_texture(store: str, size: int, chunk: int = 1024) -> None:
-    """Write a ``size x size`` uint8 Zarr array of tiled ISBI sections, one chunk at a time."""
+def write_texture(store: str, size: int, chunk: int = 1024, channel_axis: bool = True) -> None:
+    """Write a ``size x size`` uint8 Zarr array of tiled ISBI sections, one chunk at a time:
+    ``(y, x, c)`` with one channel, or ``(y, x)`` without ``channel_axis``."""
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -46,9 +47,10 @@ def write_texture(store: str, size: int, chunk: int = 1024) -> None:
     sections = load_test_sections()
     s = sections[0].shape[0]
     cols = -(-size // s)
-    arr = zarr.create_array(store, shape=(size, size, 1), chunks=(chunk, chunk, 1), dtype="uint8",
-                            fill_value=0, compressors=ZstdCodec(level=3),
-                            dimension_names=("y", "x", "c"), overwrite=True)
+    lead = (1,) if channel_axis else ()
+    arr = zarr.create_array(store, shape=(size, size) + lead, chunks=(chunk, chunk) + lead,
+                            dtype="uint8", fill_value=0, compressors=ZstdCodec(level=3),
+                            dimension_names=("y", "x", "c")[:2 + len(lead)], overwrite=True)
     for y0 in range(0, size, chunk):
         for x0 in range(0, size, chunk):
             y1, x1 = min(y0 + chunk, size), min(x0 + chunk, size)
@@ -60,7 +62,7 @@ def write_texture(store: str, size: int, chunk: int = 1024) -> None:
                     my = (ys >= sy * s) & (ys < (sy + 1) * s)
                     mx = (xs >= sx * s) & (xs < (sx + 1) * s)
                     block[np.ix_(my, mx)] = sec[np.ix_(ys[my] - sy * s, xs[mx] - sx * s)]
-            arr[y0:y1, x0:x1, 0] = block
+            arr[y0:y1, x0:x1, ...] = block.reshape(block.shape + lead)
 
 
 # the cheap model is benchmarks/overhead.py's one 3x3 convolution

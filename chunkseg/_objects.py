@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from . import _instances as kern
+from . import _ome
 from .errors import InvalidTypeError, InvalidValueError, OutputExistsError
 
 __all__ = ["instances", "regions", "REGION_COLUMNS"]
 
-_RESERVED = ("logits", "probabilities", "labels", "chunkseg")
+_RESERVED = ("logits", "probabilities", "labels", "chunkseg", "class", "y", "x")
 
 REGION_COLUMNS = ("label", "class", "area", "centroid_y", "centroid_x", "bbox_y0", "bbox_x0",
                   "bbox_y1", "bbox_x1")
@@ -35,7 +36,10 @@ def _open_group(store: Any, storage_options, mode: str):
     from .engine import _so
 
     try:
-        return zarr.open_group(store, mode=mode, storage_options=_so(store, storage_options))
+        # read-write: the hierarchy as stored (a consolidated view knows no new members)
+        kwargs = {"use_consolidated": False} if mode != "r" else {}
+        return zarr.open_group(store, mode=mode, storage_options=_so(store, storage_options),
+                               **kwargs)
     except (FileNotFoundError, ValueError, KeyError) as err:
         from .errors import NotFoundError
 
@@ -173,7 +177,8 @@ def instances(
     classes = int(group.attrs.get("classes", 0))
     cls = _class_index(cls, classes)
     variable = "labels" if threshold is None else "probabilities"
-    if variable not in group:
+    source_path = _ome.find(group, variable)
+    if source_path is None:
         raise InvalidValueError(
             f"`threshold` {'None' if threshold is None else repr(threshold)} needs the output "
             f"variable {variable!r}, which {describe_location(store)!r} does not hold. Run "
@@ -183,8 +188,12 @@ def instances(
     if threshold is not None and not (isinstance(threshold, int | float)
                                       and 0.0 <= float(threshold) <= 1.0):
         raise InvalidValueError(f"`threshold` must be a probability in [0, 1]. Got {threshold!r}.")
-    if name in group:
-        old = group[name]
+    ome = group.attrs.get("layout") == _ome.LAYOUT
+    # the OME layout: an NGFF label image labels/<name> (levels 0, 1, ...) beside labels/classes
+    path = f"labels/{name}/0" if ome else name
+    existing = _ome.find(group, name)
+    if existing is not None:
+        old = group[existing]
         if not overwrite or "connectivity" not in old.attrs:
             raise OutputExistsError(
                 f"`name` {name!r} already exists in {describe_location(store)!r}. Pass "
@@ -193,7 +202,7 @@ def instances(
                 f"`name` {name!r} in {describe_location(store)!r} was not written by "
                 "chunkseg.instances; chunkseg does not replace it. Choose another name."
             )
-    src = group[variable]
+    src = group[source_path]
     height, width = src.shape[-2:]
     ys_, xs_ = kern.block_grid((_axis_chunks(height, src.chunks[-2]),
                                 _axis_chunks(width, src.chunks[-1])))
@@ -209,10 +218,12 @@ def instances(
                                            progress=progress)))
         lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
         dtype = kern.ids_dtype(n_objects)
-        if name in group:
-            del group[name]
+        if existing is not None:  # written by this function (checked above)
+            del group[f"labels/{name}" if existing != name else name]
+        if ome:
+            group.require_group("labels").require_group(name)
         target = create_array(
-            group, name=name, shape=(height, width), chunks=src.chunks[-2:], dtype=dtype,
+            group, name=path, shape=(height, width), chunks=src.chunks[-2:], dtype=dtype,
             compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
             attributes={"long_name": "instance ids", "class": cls, "threshold": threshold,
                         "connectivity": connectivity, "objects": n_objects,
@@ -224,14 +235,44 @@ def instances(
             f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
         compute(*jobs, scheduler=sched, progress=progress)
+        if ome:
+            _instance_levels(group, name, target, sched, progress)
         target.attrs["complete"] = True
     _consolidate(group)
     import xarray as xr
 
     from .engine import _so
 
+    if ome:
+        import dask.array as da
+
+        data = da.from_zarr(target)
+        return xr.DataArray(data, dims=("y", "x"), name=name, attrs=target.attrs.asdict())
     return xr.open_zarr(store, storage_options=_so(store, storage_options),
                         consolidated=True)[name]
+
+
+def _instance_levels(group, name: str, target, scheduler, progress: bool) -> None:
+    """The pyramid (mode of 2 x 2: ids stay ids) and NGFF label metadata of an instances
+    array in the OME layout, with as many levels as the output's."""
+    from zarr.codecs import ZstdCodec
+
+    from . import _pyramid
+    from ._store import create_array
+    from .scheduling import compute
+
+    shapes = _pyramid.level_shapes(target.shape, int(group.attrs.get("levels", 1)))
+    previous = target
+    for i, shape in enumerate(shapes[1:], start=1):
+        level = create_array(
+            group, name=f"labels/{name}/{i}", shape=shape,
+            chunks=tuple(min(c, n) for c, n in zip(target.chunks, shape)), dtype=target.dtype,
+            compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+            attributes={"long_name": "instance ids", "level": i}, write_empty_chunks=True)
+        compute(_pyramid.build_level(previous, level, "mode"), scheduler=scheduler,
+                progress=progress)
+        previous = level
+    _ome.write_instances_metadata(group, name, len(shapes))
 
 
 def _axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
@@ -391,12 +432,13 @@ def regions(
         raise OutputExistsError(f"`table` {path!r} is a folder; chunkseg writes one file there. "
                                 "Choose a file path.")
     group = _open_group(store, storage_options, "r")
-    if name not in group:
+    found = _ome.find(group, name)
+    if found is None:
         raise NotFoundError(
             f"`name` {name!r} must be an array of {describe_location(store)!r}. Got none; make "
             "it with chunkseg.instances (CLI: chunkseg label)."
         )
-    ids = group[name]
+    ids = group[found]
     height, width = ids.shape
     scale = None
     if pixel_size is not None:

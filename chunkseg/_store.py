@@ -68,6 +68,7 @@ def create_array(
     overwrite: bool = False,
     write_empty_chunks: bool = False,
     shards: Sequence[int] | None = None,
+    fill_value: Any = 0,
 ):
     """Create a Zarr v3 array, at a store's root or as ``name`` inside a group.
 
@@ -99,17 +100,18 @@ def create_array(
         Shard shape (Zarr v3 sharding codec: one stored object per shard, holding its inner
         ``chunks``), each a multiple of ``chunks``. Writers must then own whole shards (check
         :func:`check_aligned` against the shard shape). Default: no sharding.
+    fill_value : scalar, default 0
+        What unwritten chunks read as (``""`` for a str array).
 
     Returns
     -------
     zarr.Array
-        Fill value 0.
     """
     import zarr
 
     kwargs: dict[str, Any] = dict(
         shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, compressors=compressor,
-        fill_value=0, dimension_names=tuple(dimension_names),
+        fill_value=fill_value, dimension_names=tuple(dimension_names),
         attributes=dict(attributes or {}), config={"write_empty_chunks": write_empty_chunks})
     if shards is not None:
         kwargs["shards"] = tuple(int(s) for s in shards)

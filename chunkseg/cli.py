@@ -33,9 +33,19 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
-def _add_grid_args(p: argparse.ArgumentParser, chunk_default=None) -> None:
-    p.add_argument("--tile", type=_pair, default=256, help="tile size, px: N or Y,X (256)")
-    p.add_argument("--overlap", type=_pair, default=64, help="tile overlap, px (64)")
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",")]
+
+
+def _add_grid_args(p: argparse.ArgumentParser, chunk_default=None, from_model=False) -> None:
+    if from_model:  # predict: the model's own tile and overlap (a bioimage.io package's)
+        p.add_argument("--tile", type=_pair, default=None,
+                       help="tile size, px: N or Y,X (the model's, else 256)")
+        p.add_argument("--overlap", type=_pair, default=None,
+                       help="tile overlap, px (the model's, else 64)")
+    else:
+        p.add_argument("--tile", type=_pair, default=256, help="tile size, px: N or Y,X (256)")
+        p.add_argument("--overlap", type=_pair, default=64, help="tile overlap, px (64)")
     p.add_argument("--chunk", type=_pair, default=chunk_default,
                    help="computation/output chunk, px, any size >= the tile is best "
                         "(default 1536; 2048 with --device cuda)")
@@ -76,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="input image: Zarr path/URL or a PNG/JPEG/TIFF file")
     p.add_argument("store", help="output Zarr group path or URL")
     p.add_argument("--model", required=True,
-                   help="'isbi2012-unet', a TorchScript .pt, an .onnx, or package.module:factory")
-    _add_grid_args(p)
+                   help="'isbi2012-unet', a TorchScript .pt, an .onnx, a bioimage.io rdf.yaml "
+                        "or .zip, or package.module:factory")
+    _add_grid_args(p, from_model=True)
     p.add_argument("--window", default="gaussian",
                    help="uniform | linear | gaussian | cosine, or a .npy file (gaussian)")
     p.add_argument("--outputs", default="logits,labels",
@@ -89,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-chunk kernel: torch keeps each chunk on the model's device, numpy "
                         "is the reference (auto: torch for torch models)")
     p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
+    p.add_argument("--classes", type=_names, default=None,
+                   help="class names, comma-separated, one per class (the model's, else 0,1..)")
+    p.add_argument("--ome", action="store_true",
+                   help="write OME-Zarr 0.5: an NGFF image with a pyramid and the labels as an "
+                        "NGFF label image, for napari and other OME-Zarr viewers")
+    p.add_argument("--levels", type=int, default=None,
+                   help="with --ome: pyramid levels, full resolution included (default: halve "
+                        "until the larger side is <= 512 px)")
     p.add_argument("--mask", default=None,
                    help="low-resolution foreground mask (.npy, PNG/TIFF or Zarr); tiles that "
                         "touch no foreground are skipped (NaN logits, label 0 there)")
@@ -244,7 +263,7 @@ def _cmd_predict(args) -> int:
         mask=_mask_arg(args.mask), kernel=args.kernel,
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
-        shards=args.shards,
+        shards=args.shards, classes=args.classes, ome=args.ome, levels=args.levels,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")

@@ -39,7 +39,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from . import blend
+from . import _ome, _pyramid, blend
 from ._store import ArrayWriter, check_aligned, create_array
 from ._target import MARKER, check_output_target, describe_location
 from .errors import (
@@ -50,7 +50,14 @@ from .errors import (
     RunInterruptedError,
 )
 from .io import open_image
-from .models import LazyModel, Normalization, TorchAdapter, as_model, describe_model, load_model
+from .models import (
+    LazyModel,
+    Normalization,
+    TorchAdapter,
+    as_model,
+    describe_model,
+    load_model,
+)
 from .plan import (
     DEFAULT_CHUNK_TARGET,
     TilePlan,
@@ -82,6 +89,12 @@ GPU_CHUNK = 2048
 """Default chunk, pixels, when the model runs on a CUDA device (measured on an H100, shipped
 U-Net at 8192^2: 2048 px chunks 0.43-0.52 s, 1536 px 0.48-0.56 s, 1024 px 0.56-0.64 s for 2 to 16
 dask threads)."""
+
+DEFAULT_TILE = 256
+"""Tile, pixels, when neither the call nor the model gives one."""
+
+DEFAULT_OVERLAP = 64
+"""Overlap, pixels, when neither the call nor the model gives one."""
 
 GPU_READ_AHEAD = 4
 """Blocks read ahead of the GPU in :func:`predict_to_zarr` (its rolling window is this plus 2)."""
@@ -554,8 +567,8 @@ def predict(
     image: Any,
     model: Any,
     *,
-    tile: int | tuple[int, int] = 256,
-    overlap: int | tuple[int, int] = 64,
+    tile: int | tuple[int, int] | None = None,
+    overlap: int | tuple[int, int] | None = None,
     window: str | np.ndarray = "gaussian",
     chunks: int | tuple[int, int] | None = None,
     batch_size: int = 8,
@@ -567,6 +580,7 @@ def predict(
     array_name: str | None = None,
     mask: Any = None,
     kernel: str = "auto",
+    classes: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Segment an image of any size with a tiled model and seamless blending, lazily.
 
@@ -585,10 +599,11 @@ def predict(
     model : callable, torch.nn.Module, ModelSpec or str
         Maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits ``(N, K, T_y, T_x)``; see
         :func:`chunkseg.models.as_model`.
-    tile : int or (int, int), default 256
-        Tile size, pixels.
-    overlap : int or (int, int), default 64
-        Overlap between tiles, pixels, ``0 <= overlap < tile``.
+    tile : int or (int, int), optional
+        Tile size, pixels. Default: the model's (a bioimage.io package's valid size), else 256.
+    overlap : int or (int, int), optional
+        Overlap between tiles, pixels, ``0 <= overlap < tile``. Default: the model's (twice a
+        bioimage.io package's halo), else 64.
     window : str or (T_y, T_x) array, default "gaussian"
         Blending window: ``"uniform"``, ``"linear"``, ``"gaussian"``, ``"cosine"`` or weights.
     chunks : int or (int, int), optional
@@ -623,14 +638,22 @@ def predict(
         chunk on the model's device from the raw input block to the outputs
         (:mod:`chunkseg.blend_torch`); ``"numpy"`` (the reference, and the kernel for ONNX
         models and plain callables) runs the model on numpy batches and blends on the CPU.
+    classes : sequence of str, optional
+        One name per class (``K`` of them), the ``class`` coordinate. Default: the model's
+        (the shipped U-Net's ``("cell", "membrane")``, a bioimage.io package's output channel
+        names), else ``"0"``, ``"1"``...
 
     Returns
     -------
     xarray.Dataset
         Dask-backed, nothing computed yet. ``logits`` and ``probabilities``: dims
         ``("class", "y", "x")``, ``dtype``; ``labels``: dims ``("y", "x")``, the smallest unsigned
-        integer holding ``K``. Chunks equal the computation chunks. ``attrs`` record the plan,
-        window, model and chunkseg version.
+        integer holding ``K``. Chunks equal the computation chunks. Coordinates: ``class`` (the
+        class names, str), and ``y``/``x`` where the input has them (pixel centres in its
+        units, with ``attrs["units"]``: an xarray input's own coordinates, an OME-NGFF input's
+        ``scale``/``translation``, a TIFF's resolution tags), plus an xarray input's scalar
+        coordinates (rioxarray's ``spatial_ref``). ``attrs`` record the plan, window, model,
+        class names and chunkseg version.
 
     Raises
     ------
@@ -653,7 +676,7 @@ def predict(
     setup = _setup(image, model, tile=tile, overlap=overlap, window=window, chunks=chunks,
                    batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
                    normalization=normalization, storage_options=storage_options,
-                   array_name=array_name, mask=mask, kernel=kernel,
+                   array_name=array_name, mask=mask, kernel=kernel, classes=classes,
                    torch_threads=max(1, cores // _threads(None)))
     runner, outputs_, dtype_ = setup["runner"], setup["outputs"], setup["dtype"]
     classes = runner.classes
@@ -670,11 +693,43 @@ def predict(
         labels = logits.map_blocks(blend.labels_from_logits, drop_axis=0, dtype=ldt,
                                    meta=np.empty((0, 0), ldt))
         data_vars["labels"] = (("y", "x"), labels)
-    return xr.Dataset(data_vars, attrs=setup["attrs"])
+    coords = {"class": ("class", np.asarray(setup["class_names"], dtype=object)),
+              **setup["coords"]}
+    return xr.Dataset(data_vars, coords=coords, attrs=setup["attrs"])
+
+
+def _model_defaults(model) -> dict:
+    from . import models  # TEMP until models.model_defaults lands
+
+    fn = getattr(models, "model_defaults", None)
+    if fn is None:
+        return {"class_names": ("cell", "membrane")} if model == "isbi2012-unet" else {}
+    return fn(model)
+
+
+def _class_names(classes, k: int, defaults: Sequence[str] | None) -> tuple[str, ...]:
+    """The ``K`` class names: ``classes``, else the model's, else ``"0"``, ``"1"``..."""
+    if classes is None:
+        if defaults is not None and len(defaults) == k:
+            return tuple(str(n) for n in defaults)
+        return tuple(str(i) for i in range(k))
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise InvalidTypeError(
+            f"`classes` must be a sequence of str, one name per class. Got {classes!r}; use e.g. "
+            f"classes={[f'class{i}' for i in range(k)]!r} (CLI: --classes a,b).")
+    names = tuple(classes)
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise InvalidTypeError(
+            f"`classes` must hold non-empty str names. Got {classes!r}; name every class.")
+    if len(names) != k or len(set(names)) != k:
+        raise InvalidValueError(
+            f"`classes` must hold {k} distinct names, one per class of the model's output (it "
+            f"has {k} classes). Got {len(names)} names {list(names)!r}; give {k} distinct names.")
+    return names
 
 
 def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, dtype, device,
-           normalization, storage_options, array_name, mask, kernel,
+           normalization, storage_options, array_name, mask, kernel, classes=None,
            torch_threads: int | None = None) -> dict:
     """Validate :func:`predict`'s arguments and build the runner and the output attrs."""
     outputs_ = _normalize_outputs(outputs)
@@ -684,12 +739,18 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     if chunks is None and str(device).startswith("cuda"):
         chunks = GPU_CHUNK
+    defaults = _model_defaults(model)
+    tile = defaults.get("tile", DEFAULT_TILE) if tile is None else tile
+    overlap = defaults.get("overlap", DEFAULT_OVERLAP) if overlap is None else overlap
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
     weights = get_window(window, plan.tile, plan.overlap)
     predictor = as_model(model, device=device, normalization=normalization)
     runner = make_runner(arr.data, predictor, plan, weights, batch_size=int(batch_size),
                          mask=mask, kernel=kernel, torch_threads=torch_threads,
                          direct=arr.encoding.get("chunkseg_reader"))
+    class_names = _class_names(classes, runner.classes, defaults.get("class_names"))
+    coords = {name: c.variable for name, c in arr.coords.items() if name in ("y", "x")
+              or (c.ndim == 0 and name not in ("c", "class"))}
     classes = runner.classes
     attrs = {
         MARKER: _version(),
@@ -706,9 +767,10 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
         "kernel": "torch" if runner.torch_model() is not None else "numpy",
         "mask": "none" if mask is None else ("predicate" if callable(mask) else "array"),
         "source": str(arr.attrs.get("source", "array")),
+        "class_names": list(class_names),
     }
     return {"image": arr.data, "runner": runner, "outputs": outputs_, "dtype": dtype_,
-            "attrs": attrs}
+            "attrs": attrs, "class_names": class_names, "coords": coords}
 
 
 class ChunkWriter:
@@ -826,6 +888,8 @@ def predict_to_zarr(
     compression_level: int = 1,
     resume: bool = False,
     shards: int | tuple[int, int] | None = None,
+    ome: bool = False,
+    levels: int | None = None,
     **kwargs: Any,
 ) -> xr.Dataset:
     """Run :func:`predict` and write its outputs to a Zarr v3 group, each chunk written once.
@@ -874,9 +938,23 @@ def predict_to_zarr(
         :class:`~chunkseg.errors.InvalidValueError` is raised before anything is written.
         Default: no sharding, one object per chunk. Readers (``xarray.open_zarr``, zarr-python
         >= 3) read sharded arrays like any other.
+    ome : bool, default False
+        Write the OME-Zarr 0.5 layout (:mod:`chunkseg._ome`): the group is also an NGFF image
+        of the probabilities (else the logits) with a pyramid, ``axes`` ``class, y, x`` (with
+        the input's units) and ``scale``/``translation`` from the input's pixel size, and the
+        class labels are an NGFF label image ``labels/classes`` (a colour and the name of
+        each class), so OME-Zarr viewers (napari with napari-ome-zarr, ome-zarr-py, vizarr)
+        open it. ``xarray.open_zarr(store)`` still opens the full-resolution image variables,
+        ``xarray.open_zarr(store, group="1")`` level 1; :func:`open_output` adds the labels.
+        Needs ome-zarr-py (``pip install 'chunkseg[ome]'``).
+    levels : int, optional
+        With ``ome``: pyramid levels, full resolution included. Default: halve until the larger
+        side is at most 512 px. Levels are computed out of core after every chunk is written,
+        each from the one before it as stored (mean of 2 x 2 for probabilities and logits,
+        mode for labels; :mod:`chunkseg._pyramid`), one task per chunk.
     **kwargs
         ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
-        ``device``, ``normalization``, ``array_name``, ``mask``, ``kernel``: as
+        ``device``, ``normalization``, ``array_name``, ``mask``, ``kernel``, ``classes``: as
         :func:`predict`.
 
     Returns
@@ -922,6 +1000,16 @@ def predict_to_zarr(
     if unknown:
         raise InvalidTypeError(f"predict_to_zarr() got unexpected keyword arguments {sorted(unknown)}.")
     params = {**defaults, **kwargs}
+    if not isinstance(ome, bool):
+        raise InvalidTypeError(f"`ome` must be True or False. Got {ome!r}.")
+    if levels is not None and (not ome or not isinstance(levels, (int, np.integer))
+                               or isinstance(levels, bool) or levels < 1):
+        raise InvalidValueError(
+            f"`levels` must be a positive int (pyramid levels, full resolution included) and "
+            f"needs `ome=True`. Got levels={levels!r} with ome={ome!r}; pass ome=True (CLI: "
+            "--ome) and levels >= 1, or drop `levels`.")
+    if ome:
+        _ome._ome()  # ome-zarr-py is needed: say so before anything is written
     inner = None  # the inner Zarr chunks of a sharded output
     if shards is not None:
         params["chunks"], inner = _shard_layout(shards, params["chunks"], params["device"])
@@ -936,10 +1024,13 @@ def predict_to_zarr(
         plan, dtype_ = runner.plan, setup["dtype"]
         if inner is not None:  # the computation chunks (ds_attrs["chunks"]) are the shards
             ds_attrs.update(shards=list(plan.chunks), zarr_chunks=list(inner))
+        level_shapes = _pyramid.level_shapes(plan.image_shape, levels) if ome else []
+        if ome:
+            ds_attrs.update(layout=_ome.LAYOUT, levels=len(level_shapes))
         fingerprint = _fingerprint(ds_attrs, setup, plan)
         so = _so(store, storage_options)
         if resume:
-            group, targets, done = _reopen(store, so, fingerprint, setup["outputs"])
+            group, targets, done = _reopen(store, so, fingerprint, setup["outputs"], ome)
             finished = {tuple(int(v) for v in ij) for ij in np.argwhere(done[...] == 1)}
         else:
             group = zarr.open_group(store, mode="w", storage_options=so,
@@ -947,6 +1038,8 @@ def predict_to_zarr(
                                                 "complete": False})
             targets = {}
             k = runner.classes
+            if ome and "labels" in setup["outputs"]:
+                group.require_group("labels").require_group("classes")
             for name in setup["outputs"]:
                 if name == "labels":
                     shape, chunks, dt, dims = plan.image_shape, plan.chunks, \
@@ -960,10 +1053,13 @@ def predict_to_zarr(
                 if inner is not None:
                     shard_shape, chunks = chunks, chunks[:-2] + inner
                 targets[name] = create_array(
-                    group, name=name, shape=shape, chunks=chunks, dtype=dt,
-                    compressor=_compressor(name, compression_level), dimension_names=dims,
-                    attributes=_var_attrs(name, k), write_empty_chunks=True,
-                    shards=shard_shape)
+                    group, name=_ome.var_path(name) if ome else name, shape=shape,
+                    chunks=chunks, dtype=dt, compressor=_compressor(name, compression_level),
+                    dimension_names=dims, attributes=_var_attrs(name, k, setup["coords"]),
+                    write_empty_chunks=True, shards=shard_shape)
+            _write_coords(group, setup["coords"], setup["class_names"])
+            if ome:
+                _create_levels(group, targets, level_shapes, plan, setup, compression_level)
             # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
             # concurrent tasks never write the same object
             done = create_array(
@@ -999,13 +1095,16 @@ def predict_to_zarr(
             ) from None
         if written + len(finished) != plan.n_chunks:
             raise RuntimeError(f"wrote {written + len(finished)} of {plan.n_chunks} chunks.")
+        if ome:  # every chunk is written: the pyramid, level by level, each from the one before
+            _write_levels(group, setup["outputs"], len(level_shapes), store,
+                          scheduler if client is None else client, progress)
         group.attrs["complete"] = True  # last: the output is whole
     with warnings.catch_warnings():
         # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
         # and xarray warns without it; silence zarr's notice about that.
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         zarr.consolidate_metadata(group.store)
-    return xr.open_zarr(store, storage_options=_so(store, storage_options), consolidated=True)
+    return _open(store, _so(store, storage_options), consolidated=True)
 
 
 @contextlib.contextmanager
@@ -1043,7 +1142,7 @@ MANIFEST = "chunkseg"
 def _fingerprint(attrs: dict, setup: dict, plan: TilePlan) -> dict:
     """The settings that decide an output's values (what ``resume`` must match)."""
     keep = ("source", "model", "tile", "overlap", "window", "chunks", "classes", "mask",
-            "kernel", "padding", "shards", "zarr_chunks")
+            "kernel", "padding", "shards", "zarr_chunks", "class_names", "layout", "levels")
     fp = {k: attrs[k] for k in keep if k in attrs}
     fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup["outputs"]),
               dtype=str(setup["dtype"]))
@@ -1071,14 +1170,16 @@ def _shard_layout(shards, chunks, device) -> tuple[tuple[int, int], tuple[int, i
     return shard, inner
 
 
-def _reopen(store, so, fingerprint: dict, outputs) -> tuple:
+def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
     """The group, variable arrays and manifest of an output to resume, after checking it."""
     import zarr
 
     try:
         group = zarr.open_group(store, mode="r+", storage_options=so)
         done = group[MANIFEST]["done"]
-        targets = {name: group[name] for name in outputs}
+        # write_empty_chunks is run-time configuration, not stored: set it again
+        targets = {name: group[_ome.var_path(name) if ome else name].with_config(
+            {"write_empty_chunks": True}) for name in outputs}
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise InvalidValueError(
             "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
@@ -1118,7 +1219,7 @@ def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Datase
         number of chunks written; ``predict_to_zarr(..., resume=True)`` finishes it.
     """
     so = _so(store, storage_options)
-    ds = xr.open_zarr(store, storage_options=so, consolidated=False)
+    ds = _open(store, so, consolidated=False)
     if ds.attrs.get("complete") is not True:
         done, total = output_progress(store, storage_options=storage_options)
         warnings.warn(
@@ -1171,10 +1272,140 @@ def _so(store: Any, storage_options: dict | None) -> dict | None:
     return storage_options if isinstance(store, str) and "://" in store else None
 
 
-def _var_attrs(name: str, k: int) -> dict:
-    return {
+def _var_attrs(name: str, k: int, coords: dict | None = None) -> dict:
+    attrs = {
         "logits": {"long_name": "blended logits", "units": "1"},
         "probabilities": {"long_name": "class probabilities", "units": "1",
                           "activation": "softmax" if k > 1 else "sigmoid"},
         "labels": {"long_name": "argmax class labels", "classes": k},
     }[name]
+    scalars = sorted(n for n, v in (coords or {}).items() if v.ndim == 0)
+    if scalars:  # CF: the scalar coordinates (e.g. rioxarray's spatial_ref) of the variable
+        attrs["coordinates"] = " ".join(scalars)
+    return attrs
+
+
+def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
+    """An output as one Dataset: the root's variables and, in the OME layout, the class labels
+    of ``labels/classes/0`` (an NGFF label image, not a root array)."""
+    import zarr
+
+    ds = xr.open_zarr(store, storage_options=so, consolidated=consolidated)
+    if ds.attrs.get("layout") == _ome.LAYOUT:
+        group = zarr.open_group(store, mode="r", storage_options=so)
+        path = _ome.var_path("labels")
+        if path in group:
+            array = group[path]
+            data = da.from_zarr(array, chunks=getattr(array, "shards", None) or array.chunks)
+            ds["labels"] = xr.DataArray(data, dims=("y", "x"), attrs=array.attrs.asdict())
+    return ds
+
+
+def _pixel_grid(coords: dict, shape: tuple[int, int]) -> tuple[list, list, dict]:
+    """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from the output's coordinates:
+    their spacing and first value where they are evenly spaced and increasing, else pixels."""
+    from ._ome import ngff_unit
+
+    scale, translation, units = [1.0, 1.0], [0.0, 0.0], {}
+    for i, dim in enumerate(("y", "x")):
+        c = coords.get(dim)
+        if c is None or c.size < 1:
+            continue
+        values = np.asarray(c.values, dtype=float)
+        step = float(values[1] - values[0]) if values.size > 1 else 1.0
+        if step > 0 and np.allclose(np.diff(values), step, rtol=1e-6, atol=0):
+            scale[i], translation[i] = step, float(values[0])
+            units[dim] = ngff_unit(c.attrs.get("units"))
+    return scale, translation, units
+
+
+def _write_coords(group, coords: dict, class_names: Sequence[str]) -> None:
+    """Write the ``class`` coordinate (names) and the ``y``/``x`` and scalar coordinates as
+    Zarr arrays of ``group``, which xarray reads as coordinates (1-D arrays named as their
+    dimension; scalars through the variables' CF ``coordinates`` attribute)."""
+    from zarr.codecs import ZstdCodec
+
+    arr = create_array(group, name="class", shape=(len(class_names),),
+                       chunks=(max(1, len(class_names)),), dtype=str, fill_value="",
+                       compressor=ZstdCodec(level=1), dimension_names=("class",),
+                       attributes={"long_name": "class name"})
+    arr[...] = np.asarray(class_names, dtype=str)
+    for name, var in coords.items():
+        values = np.asarray(var.values)
+        if var.ndim == 1:
+            a = create_array(group, name=name, shape=values.shape, chunks=values.shape,
+                             dtype=values.dtype, compressor=ZstdCodec(level=1),
+                             dimension_names=(name,), attributes=dict(var.attrs))
+        else:
+            a = create_array(group, name=name, shape=(), chunks=(), dtype=values.dtype,
+                             compressor=ZstdCodec(level=1), dimension_names=(),
+                             attributes=_json_attrs(var.attrs))
+        a[...] = values
+
+
+def _json_attrs(attrs: dict) -> dict:
+    """The JSON-serialisable part of ``attrs`` (numpy scalars and arrays become lists)."""
+    out = {}
+    for key, value in attrs.items():
+        value = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[str(key)] = value
+    return out
+
+
+def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: dict,
+                   level: int) -> None:
+    """Create the pyramid arrays (levels 1...) of the image variable and the labels, their
+    coordinates and the NGFF metadata of the OME layout (written with ome-zarr-py)."""
+    image_var = _ome.image_variable(setup["outputs"])
+    scale, translation, units = _pixel_grid(setup["coords"], plan.image_shape)
+    k = setup["runner"].classes
+    for i, shape in enumerate(shapes[1:], start=1):
+        chunks = tuple(min(c, n) for c, n in zip(plan.chunks, shape))
+        sub = group.require_group(str(i)) if image_var is not None else None
+        for name, arr0 in targets.items():
+            if name == "labels":
+                create_array(group, name=_ome.var_path("labels", i), shape=shape, chunks=chunks,
+                             dtype=arr0.dtype, compressor=_compressor(name, level),
+                             dimension_names=("y", "x"), attributes=_var_attrs(name, k),
+                             write_empty_chunks=True)
+            elif name == image_var:
+                create_array(sub, name=name, shape=(k,) + shape, chunks=(k,) + chunks,
+                             dtype=arr0.dtype, compressor=_compressor(name, level),
+                             dimension_names=("class", "y", "x"),
+                             attributes=_var_attrs(name, k), write_empty_chunks=True)
+        if sub is not None:  # the level's own coordinates: pixel centres of its 2^i squares
+            f = 2 ** i
+            coords = {d: xr.Variable(d, translation[j] + (f - 1) / 2 * scale[j]
+                                     + f * scale[j] * np.arange(shape[j]),
+                                     setup["coords"][d].attrs)
+                      for j, d in enumerate(("y", "x")) if d in setup["coords"]}
+            _write_coords(sub, coords, setup["class_names"])
+    if image_var is not None:
+        _ome.write_image_metadata(group, image_var, len(shapes), setup["class_names"], scale,
+                                  translation, units)
+    if "labels" in targets:
+        _ome.write_labels_metadata(group, len(shapes), setup["class_names"], scale,
+                                   translation, units)
+
+
+def _write_levels(group, outputs, n_levels: int, store, scheduler, progress: bool) -> None:
+    """Compute and write pyramid levels 1... from the level before each, as written."""
+    image_var = _ome.image_variable(outputs)
+    where = describe_location(store)
+    full = {"write_empty_chunks": True}  # every chunk stored, even one equal to the fill value
+    for i in range(1, n_levels):
+        writes = []
+        if image_var is not None:
+            src = group[_ome.var_path(image_var, i - 1)]
+            dst = group[_ome.var_path(image_var, i)].with_config(full)
+            writes.append(_pyramid.build_level(src, ArrayWriter(dst, where), "mean"))
+        if "labels" in outputs:
+            src = group[_ome.var_path("labels", i - 1)]
+            dst = group[_ome.var_path("labels", i)].with_config(full)
+            writes.append(_pyramid.build_level(src, ArrayWriter(dst, where), "mode"))
+        if writes:
+            compute(*writes, scheduler=scheduler, progress=progress)

@@ -313,6 +313,73 @@ def _ngff_axis_names(multiscale: Mapping[str, Any]) -> tuple[str, ...] | None:
     return tuple(str(a["name"]) if isinstance(a, Mapping) else str(a) for a in axes)
 
 
+def _ngff_coords(multiscale: Mapping[str, Any], path: str, names: Sequence[str],
+                 shape: Sequence[int], source_dims: Mapping[str, Any]) -> dict[str, xr.Variable]:
+    """``y``/``x`` coordinates (pixel centres, with ``units``) of dataset ``path`` of an NGFF
+    multiscale, from its ``scale``/``translation`` and the multiscale's own transforms (applied
+    after the dataset's, as the spec says). Empty when ``path`` is not one of its datasets."""
+    dataset = next((d for d in multiscale.get("datasets", []) if str(d.get("path")) == path), None)
+    if dataset is None or len(names) != len(shape):
+        return {}
+    ndim = len(shape)
+    scale, translation = np.ones(ndim), np.zeros(ndim)
+    for transforms in (dataset.get("coordinateTransformations") or [],
+                       multiscale.get("coordinateTransformations") or []):
+        for tr in transforms:
+            kind, values = tr.get("type"), tr.get(tr.get("type") or "")
+            if not isinstance(values, Sequence) or len(values) != ndim:
+                continue  # a transform by "path", or one chunkseg cannot apply: pixel units
+            if kind == "scale":
+                scale, translation = scale * np.asarray(values, float), \
+                    translation * np.asarray(values, float)
+            elif kind == "translation":
+                translation = translation + np.asarray(values, float)
+    axes = multiscale.get("axes") or []
+    coords = {}
+    for dim in ("y", "x"):
+        original = source_dims.get(dim)
+        if original is None or original not in names:
+            continue
+        i = list(names).index(original)
+        axis = axes[i] if i < len(axes) and isinstance(axes[i], Mapping) else {}
+        attrs = {"units": str(axis["unit"])} if axis.get("unit") else {}
+        coords[dim] = xr.Variable(dim, translation[i] + scale[i] * np.arange(shape[i]), attrs)
+    return coords
+
+
+def _tiff_coords(location: str, storage_options: Mapping[str, Any] | None,
+                 shape_yx: Sequence[int]) -> dict[str, xr.Variable]:
+    """``y``/``x`` coordinates (pixel centres, with ``units``) from a TIFF's resolution tags
+    (``XResolution``, ``YResolution``, ``ResolutionUnit``; ImageJ's ``unit`` where present).
+    Empty when the file has no physical unit (ResolutionUnit NONE and no ImageJ unit)."""
+    import tifffile
+
+    from ._ome import ngff_unit
+
+    with contextlib.ExitStack() as stack:
+        if _is_url(location):
+            import fsspec
+
+            opened = stack.enter_context(
+                fsspec.open(location, mode="rb", **(storage_options or {})))
+        else:
+            opened = location
+        tif = stack.enter_context(tifffile.TiffFile(opened))
+        page = tif.pages.first
+        unit = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micrometer"}.get(
+            int(page.resolutionunit))
+        ij_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+        if ij_unit:
+            unit = ngff_unit(ij_unit) or unit
+        if unit is None:
+            return {}
+        rx, ry = page.get_resolution()
+    if not (rx > 0 and ry > 0):
+        return {}
+    return {dim: xr.Variable(dim, (np.arange(n) * (1.0 / r)).astype(float), {"units": unit})
+            for dim, n, r in (("y", shape_yx[0], ry), ("x", shape_yx[1], rx))}
+
+
 def _pick_group_array(
     group: zarr.Group, array_name: str | None
 ) -> tuple[zarr.Array, str, tuple[str, ...] | None]:
@@ -379,9 +446,11 @@ def _open_zarr_node(
     node: zarr.Array | zarr.Group, array_name: str | None, source: str
 ) -> xr.DataArray:
     """:func:`open_image` for an already opened Zarr array or group."""
-    ngff_axes = None
+    ngff_axes = multiscale = name = None
     if isinstance(node, zarr.Group):
+        multiscale = _ngff_multiscale(node.attrs.asdict())
         node, name, ngff_axes = _pick_group_array(node, array_name)
+        ngff_axes = ngff_axes or (_ngff_axis_names(multiscale) if multiscale else None)
         source = f"{source.rstrip('/')}/{name}"
     elif array_name is not None:
         raise InvalidValueError(
@@ -389,8 +458,11 @@ def _open_zarr_node(
             f"Got array_name={array_name!r} for a Zarr array; drop `array_name`."
         )
     names = _zarr_dim_names(node) or ngff_axes
-    data, _ = _to_yxc(_zarr_to_dask(node), names)
-    out = _finish(data, source)
+    data, source_dims = _to_yxc(_zarr_to_dask(node), names)
+    coords = {}
+    if multiscale is not None and names is not None:
+        coords = _ngff_coords(multiscale, name, names, node.shape, source_dims)
+    out = _finish(data, source, coords=coords)
     reader = ZarrRegionReader.for_array(node, names)
     if reader is not None and out.dtype == node.dtype:
         out.encoding["chunkseg_reader"] = reader
@@ -600,7 +672,8 @@ def _open_tiff(location: str, storage_options: dict[str, Any] | None) -> xr.Data
     reader = _LazyTiff(location, storage_options, shape, dtype, memmap=memmap)
     data = da.from_array(reader, chunks=chunks, meta=np.empty((0,) * len(shape), dtype=dtype))
     data, _ = _to_yxc(data, names)
-    return _finish(data, _redact(location))
+    return _finish(data, _redact(location), coords=_tiff_coords(location, storage_options,
+                                                                data.shape[:2]))
 
 
 def _open_location(
@@ -753,10 +826,13 @@ def _open_dataarray(image: xr.DataArray) -> xr.DataArray:
         image = image.chunk("auto")
     data, source_dims = _to_yxc(image.data, image.dims)
     coords = {
-        new: image.indexes[old]
+        new: xr.Variable(new, image.indexes[old], image[old].attrs)
         for new, old in source_dims.items()
         if old is not None and old in image.indexes
     }
+    # scalar coordinates travel too (rioxarray's ``spatial_ref`` holds the CRS in its attrs)
+    coords.update({name: c.variable for name, c in image.coords.items()
+                   if c.ndim == 0 and name not in coords})
     source = image.attrs.get("source")
     if not isinstance(source, str):
         source = "xarray.DataArray" + (f" {image.name!r}" if image.name is not None else "")

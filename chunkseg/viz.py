@@ -372,6 +372,7 @@ class _Output:
 
         import zarr
 
+        from . import _ome
         from ._target import describe_location
         from .errors import IncompleteOutputWarning, InvalidValueError
         from .plan import plan_tiles
@@ -386,8 +387,9 @@ class _Output:
         self.attrs = dict(group.attrs)
         self.arrays = {}
         for name in ("labels", "probabilities", "logits", "instances"):
-            if name in group and isinstance(group[name], zarr.Array):
-                self.arrays[name] = group[name]
+            path = _ome.find(group, name)  # either layout (OME: labels/classes/0...)
+            if path is not None:
+                self.arrays[name] = group[path]
         missing = [k for k in ("tile", "overlap", "chunks") if k not in self.attrs]
         if missing or not {"labels", "probabilities", "logits"} & set(self.arrays):
             lacks = missing + ([] if {"labels", "probabilities", "logits"} & set(self.arrays)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import Counter
 
 import numpy as np
+import zarr
 
 
 def reference_blend(image, model, tile, overlap, window):
@@ -57,3 +60,44 @@ def max_rel_diff(a, b):
     """max |a - b| relative to max |b|."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+class CountingStore(zarr.storage.WrapperStore):
+    """A Zarr store that counts writes per key (every set of a chunk or of metadata)."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.writes: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    async def set(self, key, value):
+        with self.lock:
+            self.writes[key] = self.writes.get(key, 0) + 1
+        await super().set(key, value)
+
+    def _with_store(self, store):  # keep the counter when zarr rewraps the store
+        return self
+
+
+def reference_halve(a, kind):
+    """One pyramid level of a (..., H, W) array by a loop over its output pixels: the 2 x 2
+    square at (2i, 2j), indices clipped to the array (an odd edge repeats its last row/column);
+    "mean": mean of its finite values (NaN if none), "mode": its most common value, ties to
+    the first in (top-left, top-right, bottom-left, bottom-right) order."""
+    h, w = a.shape[-2:]
+    oh, ow = (h + 1) // 2, (w + 1) // 2
+    out = np.empty(a.shape[:-2] + (oh, ow), a.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            ys = [min(2 * i, h - 1), min(2 * i, h - 1), min(2 * i + 1, h - 1), min(2 * i + 1, h - 1)]
+            xs = [min(2 * j, w - 1), min(2 * j + 1, w - 1), min(2 * j, w - 1), min(2 * j + 1, w - 1)]
+            for lead in np.ndindex(*a.shape[:-2]):
+                vals = [a[lead + (y, x)] for y, x in zip(ys, xs)]
+                if kind == "mean":
+                    good = [float(v) for v in vals if np.isfinite(v)]
+                    out[lead + (i, j)] = sum(good) / len(good) if good else np.nan
+                else:
+                    counts = Counter(vals)
+                    best = max(counts.values())
+                    out[lead + (i, j)] = next(v for v in vals if counts[v] == best)
+    return out

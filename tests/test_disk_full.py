@@ -62,6 +62,9 @@ def _chunk_named(message: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+VARIABLES = ("logits/", "probabilities/", "labels/")  # not the manifest, not the coordinates
+
+
 class FullDisk(LocalStore):
     """A local store whose output-variable chunk writes fail with ENOSPC after ``allow`` of
     them (metadata and the manifest still write); ``allow=None`` never fails."""
@@ -74,7 +77,7 @@ class FullDisk(LocalStore):
         return LocalStore(self.root, read_only=read_only)  # reading never fails
 
     async def set(self, key, value):
-        if self.allow is not None and "/c/" in key and not key.startswith("chunkseg/"):
+        if self.allow is not None and "/c/" in key and key.startswith(VARIABLES):
             with self.lock:
                 self.writes += 1
                 full = self.writes > self.allow
