@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     _add_run_args(p, workers=False)
 
+    p = sub.add_parser("export-bioimageio",
+                       help="write the shipped model as a bioimage.io model package (0.5)")
+    p.add_argument("out", help="package folder (rdf.yaml inside) or a path ending in .zip")
+    p.add_argument("--model", default="isbi2012-unet", help="built-in model (isbi2012-unet)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a package chunkseg wrote there before")
+
     p = sub.add_parser("figures", help="the patch figures of an output: overview, tile grid, "
                                        "per-tile predictions, reconstruction, seams (PNG)")
     p.add_argument("store", help="a finished predict output (Zarr path or URL)")
@@ -267,6 +274,14 @@ def _cmd_predict(args) -> int:
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")
+    return 0
+
+
+def _cmd_export_bioimageio(args) -> int:
+    from .bioimageio import export_bioimageio
+
+    path = export_bioimageio(args.out, model=args.model, overwrite=args.overwrite)
+    print(f"wrote {path} (run it: chunkseg predict IMAGE OUT.zarr --model {path})")
     return 0
 
 
@@ -385,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = {"ingest": _cmd_ingest, "plan": _cmd_plan, "predict": _cmd_predict,
                "info": _cmd_info, "demo": _cmd_demo, "label": _cmd_label,
-               "regions": _cmd_regions, "predict-instances": _cmd_predict_instances, "figures": _cmd_figures}[args.command]
+               "regions": _cmd_regions, "predict-instances": _cmd_predict_instances, "figures": _cmd_figures,
+               "export-bioimageio": _cmd_export_bioimageio}[args.command]
     try:
         return handler(args)
     except (ChunksegError, OSError) as e:

@@ -57,6 +57,7 @@ from .models import (
     as_model,
     describe_model,
     load_model,
+    model_defaults,
 )
 from .plan import (
     DEFAULT_CHUNK_TARGET,
@@ -698,15 +699,6 @@ def predict(
     return xr.Dataset(data_vars, coords=coords, attrs=setup["attrs"])
 
 
-def _model_defaults(model) -> dict:
-    from . import models  # TEMP until models.model_defaults lands
-
-    fn = getattr(models, "model_defaults", None)
-    if fn is None:
-        return {"class_names": ("cell", "membrane")} if model == "isbi2012-unet" else {}
-    return fn(model)
-
-
 def _class_names(classes, k: int, defaults: Sequence[str] | None) -> tuple[str, ...]:
     """The ``K`` class names: ``classes``, else the model's, else ``"0"``, ``"1"``..."""
     if classes is None:
@@ -739,7 +731,7 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     if chunks is None and str(device).startswith("cuda"):
         chunks = GPU_CHUNK
-    defaults = _model_defaults(model)
+    defaults = model_defaults(model)  # a bioimage.io package's tile, overlap, class names
     tile = defaults.get("tile", DEFAULT_TILE) if tile is None else tile
     overlap = defaults.get("overlap", DEFAULT_OVERLAP) if overlap is None else overlap
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
@@ -1210,7 +1202,10 @@ def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Datase
     Returns
     -------
     xarray.Dataset
-        Dask-backed. Chunks not yet written read as 0.
+        Dask-backed. Chunks not yet written read as 0. The full-resolution variables with their
+        coordinates (``class`` names; ``y``, ``x`` where the input had them); for an OME-layout
+        output (``ome=True``) also ``labels``, read from the NGFF label image
+        ``labels/classes/0``.
 
     Warns
     -----

@@ -40,6 +40,7 @@ __all__ = [
     "as_model",
     "load_model",
     "describe_model",
+    "model_defaults",
     "BUILTIN_MODELS",
 ]
 
@@ -123,7 +124,10 @@ class ModelSpec:
     - a TorchScript file (``.pt``, ``.pth``, ``.ts``, loaded with ``torch.jit.load``);
     - an ONNX file (``.onnx``, run with ONNX Runtime);
     - ``"package.module:factory"``: ``factory()`` (or ``factory(device=...)`` when it takes a
-      ``device`` argument) returns a ``torch.nn.Module`` or a callable on numpy batches.
+      ``device`` argument) returns a ``torch.nn.Module`` or a callable on numpy batches;
+    - a bioimage.io model package: its ``rdf.yaml`` / ``bioimageio.yaml``, its folder or its
+      ``.zip`` (:func:`chunkseg.bioimageio.load_bioimageio`; needs ``chunkseg[bioimageio]``),
+      run through its TorchScript or ONNX weights with its preprocessing as the normalisation.
     """
 
     source: str
@@ -141,6 +145,10 @@ class ModelSpec:
             return self.normalization
         if self.source in BUILTIN_MODELS:
             return BUILTIN_MODELS[self.source][1]()
+        if _is_bioimageio(self.source):
+            from .bioimageio import load_bioimageio
+
+            return load_bioimageio(self.source).normalization
         return Normalization()
 
     def to_dict(self) -> dict:
@@ -161,6 +169,61 @@ BUILTIN_MODELS: dict[str, tuple[str, Callable[[], Normalization]]] = {
     "isbi2012-unet": ("chunkseg.unet:pretrained", _isbi_normalization),
 }
 """Models shipped with the package: ``name -> (factory, normalisation)``."""
+
+_BUILTIN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "isbi2012-unet": ("cell", "membrane"),  # class 0 cell interior, class 1 membrane
+}
+
+
+def _is_bioimageio(source: Any) -> bool:
+    from .bioimageio import is_bioimageio_source  # lazy: bioimageio imports this module
+
+    return is_bioimageio_source(source)
+
+
+def model_defaults(model: Any) -> dict:
+    """The tile, overlap and class names a model states for itself, for the engine's defaults.
+
+    Parameters
+    ----------
+    model : any
+        What :func:`as_model` takes; also a :class:`chunkseg.bioimageio.BioimageioModel`.
+
+    Returns
+    -------
+    dict
+        For a bioimage.io package (a spec string, a :class:`ModelSpec` or a
+        :class:`LazyModel` naming one, or a loaded ``BioimageioModel``): ``{"tile": ...,
+        "overlap": ..., "class_names": (...)}`` (int or ``(y, x)`` tuples; the package's valid
+        size nearest 256, twice its output halo, its output channel names), plus
+        ``"batch_size": 1`` when the package fixes its batch to one sample. For a built-in
+        model: its ``{"class_names": ...}``. ``{}`` for anything else.
+
+    Raises
+    ------
+    MissingDependencyError, NotFoundError, InvalidValueError
+        As :func:`chunkseg.bioimageio.load_bioimageio`, for a package that cannot be read.
+
+    Notes
+    -----
+    Reads and validates a package's description (cached per process); loads no weights.
+    """
+    if isinstance(model, LazyModel):
+        model = model.spec
+    source = model.source if isinstance(model, ModelSpec) else model
+    if type(source).__name__ == "BioimageioModel":
+        return source.defaults()
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        return {}
+    if source in _BUILTIN_CLASS_NAMES:
+        return {"class_names": _BUILTIN_CLASS_NAMES[source]}
+    if _is_bioimageio(source):
+        from .bioimageio import _package_defaults
+
+        return _package_defaults(source)  # whatever the preprocessing: normalization is apart
+    return {}
 
 
 class CallableAdapter:
@@ -378,6 +441,11 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
     if source in BUILTIN_MODELS:
         return _wrap(_load_factory(BUILTIN_MODELS[source][0], spec.device, dict(spec.options)),
                      spec.device, norm)
+    if _is_bioimageio(source):  # the package's weights file, with its (or the spec's) norm
+        from .bioimageio import load_bioimageio
+
+        package = load_bioimageio(source, normalization=spec.normalization)
+        return _load_model_cached(package.to_model_spec(spec.device))
     suffix = Path(source).suffix.lower()
     if suffix == ".onnx":
         return OnnxAdapter(source, spec.device, norm)
@@ -399,7 +467,8 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
     raise InvalidValueError(
         f"`model` spec {source!r} is not understood. Use a built-in name "
         f"({', '.join(BUILTIN_MODELS)}), a TorchScript file (.pt/.pth/.ts), an ONNX file "
-        f"(.onnx) or 'package.module:factory'."
+        f"(.onnx), a bioimage.io package (rdf.yaml, its folder or .zip) or "
+        f"'package.module:factory'."
     )
 
 

@@ -136,7 +136,7 @@ def test_path_store_full_cli_one_line_then_resume(tmp_path, monkeypatch, capsys)
     lock = threading.Lock()
 
     async def full_after_5(self, key, value):
-        if Path(self.root) == out and "/c/" in key:
+        if Path(self.root) == out and "/c/" in key and key.startswith(VARIABLES + ("chunkseg/",)):
             with lock:
                 writes["n"] += 1
                 full = writes["n"] > 5
