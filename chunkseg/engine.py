@@ -1296,7 +1296,7 @@ def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
     return ds
 
 
-def _pixel_grid(coords: dict, shape: tuple[int, int]) -> tuple[list, list, dict]:
+def _pixel_grid(coords: dict) -> tuple[list, list, dict]:
     """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from the output's coordinates:
     their spacing and first value where they are evenly spaced and increasing, else pixels."""
     from ._ome import ngff_unit
@@ -1352,11 +1352,11 @@ def _json_attrs(attrs: dict) -> dict:
 
 
 def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: dict,
-                   level: int) -> None:
+                   compression_level: int) -> None:
     """Create the pyramid arrays (levels 1...) of the image variable and the labels, their
     coordinates and the NGFF metadata of the OME layout (written with ome-zarr-py)."""
     image_var = _ome.image_variable(setup["outputs"])
-    scale, translation, units = _pixel_grid(setup["coords"], plan.image_shape)
+    scale, translation, units = _pixel_grid(setup["coords"])
     k = setup["runner"].classes
     for i, shape in enumerate(shapes[1:], start=1):
         chunks = tuple(min(c, n) for c, n in zip(plan.chunks, shape))
@@ -1364,12 +1364,12 @@ def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: di
         for name, arr0 in targets.items():
             if name == "labels":
                 create_array(group, name=_ome.var_path("labels", i), shape=shape, chunks=chunks,
-                             dtype=arr0.dtype, compressor=_compressor(name, level),
+                             dtype=arr0.dtype, compressor=_compressor(name, compression_level),
                              dimension_names=("y", "x"), attributes=_var_attrs(name, k),
                              write_empty_chunks=True)
             elif name == image_var:
                 create_array(sub, name=name, shape=(k,) + shape, chunks=(k,) + chunks,
-                             dtype=arr0.dtype, compressor=_compressor(name, level),
+                             dtype=arr0.dtype, compressor=_compressor(name, compression_level),
                              dimension_names=("class", "y", "x"),
                              attributes=_var_attrs(name, k), write_empty_chunks=True)
         if sub is not None:  # the level's own coordinates: pixel centres of its 2^i squares
