@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", default="auto", choices=("auto", "torch", "numpy"),
                    help="per-chunk kernel: torch keeps each chunk on the model's device, numpy "
                         "is the reference (auto: torch for torch models)")
+    p.add_argument("--tta", default=None, choices=("flips", "d4"),
+                   help="test-time augmentation: average each tile's logits over its 4 mirrored "
+                        "(flips) or 8 rotated/mirrored (d4) copies (none)")
     p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
     p.add_argument("--classes", type=_names, default=None,
                    help="class names, comma-separated, one per class (the model's, else 0,1..)")
@@ -271,6 +274,7 @@ def _cmd_predict(args) -> int:
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
         shards=args.shards, classes=args.classes, ome=args.ome, levels=args.levels,
+        tta=args.tta,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")

@@ -68,6 +68,7 @@ from .plan import (
     tile_mask,
 )
 from .scheduling import compute, open_client
+from .tta import TTAModel, check_tta
 from .windows import get_window, window_name
 
 __all__ = [
@@ -194,12 +195,16 @@ class TileRunner:
         Torch intra-op threads for the torch kernel on the CPU (one per dask thread by default).
     fill_nan : bool, default False
         Fill pixels no tile ran on with NaN logits (with a mask) instead of 0.
+    tta : {None, "flips", "d4"}, default None
+        Test-time augmentation: each tile's logits averaged over its flipped/rotated copies
+        (:class:`chunkseg.tta.TTAModel`) before the window weights them.
     """
 
     def __init__(self, reader: BlockReader, model, window: np.ndarray, plan: TilePlan,
                  batch_size: int, classes: int, *, kernel: str = "auto",
                  run_tiles: np.ndarray | None = None, predicate=None,
-                 torch_threads: int | None = None, fill_nan: bool = False):
+                 torch_threads: int | None = None, fill_nan: bool = False,
+                 tta: str | None = None):
         self.reader = reader
         self.model = model
         self.window = window
@@ -211,6 +216,7 @@ class TileRunner:
         self.predicate = predicate
         self.torch_threads = torch_threads
         self.fill_nan = fill_nan
+        self.tta = tta
         self._derive()
 
     def _derive(self) -> None:
@@ -273,7 +279,8 @@ class TileRunner:
             if skip:  # background: the model never sees it
                 acc = np.zeros((self.classes + 1,) + block.shape[1:], dtype=np.float32)
             else:
-                acc = blend.accumulate_block(block, self.model, self.window, self.plan.overlap,
+                model = self.model if self.tta is None else TTAModel(self.model, self.tta)
+                acc = blend.accumulate_block(block, model, self.window, self.plan.overlap,
                                              batch_size=self.batch_size, classes=self.classes,
                                              run=run)
         except ModelOutputError as err:
@@ -301,8 +308,9 @@ class TileRunner:
         if adapter.device.type == "cpu" and self.torch_threads:
             if torch.get_num_threads() != self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
+        module = adapter.module if self.tta is None else TTAModel(adapter.module, self.tta)
         return accumulate_block_torch(
-            block, adapter.module, self.window, self.plan.overlap, device=adapter.device,
+            block, module, self.window, self.plan.overlap, device=adapter.device,
             normalization=adapter.normalization, batch_size=self.batch_size,
             classes=self.classes, run=run, then=cut)
 
@@ -443,7 +451,7 @@ def _probe_classes(reader: BlockReader, model, plan: TilePlan) -> int:
 def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
                 batch_size: int = 8, classes: int | None = None, mask: Any = None,
                 kernel: str = "auto", torch_threads: int | None = None,
-                direct=None) -> TileRunner:
+                direct=None, tta: str | None = None) -> TileRunner:
     """The :class:`TileRunner` of an image, model and plan.
 
     Parameters
@@ -464,6 +472,8 @@ def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
         Torch intra-op threads in tasks on the CPU.
     direct : callable, optional
         A reader without dask (see :class:`BlockReader`).
+    tta : {None, "flips", "d4"}, default None
+        See :func:`predict`.
 
     Returns
     -------
@@ -490,7 +500,7 @@ def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
         run_tiles = tile_mask(plan, mask)
     runner = TileRunner(reader, model, window, plan, batch_size, classes, kernel=kernel,
                         run_tiles=run_tiles, predicate=predicate, torch_threads=torch_threads,
-                        fill_nan=mask is not None)
+                        fill_nan=mask is not None, tta=check_tta(tta, plan.tile))
     runner.torch_model()  # a wrong kernel for the model fails here, not in a task
     return runner
 
@@ -582,6 +592,7 @@ def predict(
     mask: Any = None,
     kernel: str = "auto",
     classes: Sequence[str] | None = None,
+    tta: str | None = None,
 ) -> xr.Dataset:
     """Segment an image of any size with a tiled model and seamless blending, lazily.
 
@@ -643,6 +654,11 @@ def predict(
         One name per class (``K`` of them), the ``class`` coordinate. Default: the model's
         (the shipped U-Net's ``("cell", "membrane")``, a bioimage.io package's output channel
         names), else ``"0"``, ``"1"``...
+    tta : {None, "flips", "d4"}, default None
+        Test-time augmentation (:mod:`chunkseg.tta`): each tile's logits are the mean of the
+        model's logits on its 4 mirrored (``"flips"``) or 8 rotated/mirrored (``"d4"``, square
+        tiles only) copies, mapped back, before the window weights them. The model runs 4 or 8
+        times per tile; the output stays independent of the chunking.
 
     Returns
     -------
@@ -678,7 +694,7 @@ def predict(
                    batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
                    normalization=normalization, storage_options=storage_options,
                    array_name=array_name, mask=mask, kernel=kernel, classes=classes,
-                   torch_threads=max(1, cores // _threads(None)))
+                   tta=tta, torch_threads=max(1, cores // _threads(None)))
     runner, outputs_, dtype_ = setup["runner"], setup["outputs"], setup["dtype"]
     classes = runner.classes
     logits = _logits_array(runner, setup["image"].name)
@@ -722,7 +738,7 @@ def _class_names(classes, k: int, defaults: Sequence[str] | None) -> tuple[str, 
 
 def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, dtype, device,
            normalization, storage_options, array_name, mask, kernel, classes=None,
-           torch_threads: int | None = None) -> dict:
+           tta=None, torch_threads: int | None = None) -> dict:
     """Validate :func:`predict`'s arguments and build the runner and the output attrs."""
     outputs_ = _normalize_outputs(outputs)
     dtype_ = _validate_dtype(dtype)
@@ -736,10 +752,11 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     overlap = defaults.get("overlap", DEFAULT_OVERLAP) if overlap is None else overlap
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
     weights = get_window(window, plan.tile, plan.overlap)
+    tta = check_tta(tta, plan.tile)
     predictor = as_model(model, device=device, normalization=normalization)
     runner = make_runner(arr.data, predictor, plan, weights, batch_size=int(batch_size),
                          mask=mask, kernel=kernel, torch_threads=torch_threads,
-                         direct=arr.encoding.get("chunkseg_reader"))
+                         direct=arr.encoding.get("chunkseg_reader"), tta=tta)
     class_names = _class_names(classes, runner.classes, defaults.get("class_names"))
     coords = {name: c.variable for name, c in arr.coords.items() if name in ("y", "x")
               or (c.ndim == 0 and name not in ("c", "class"))}
@@ -751,6 +768,7 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
         "stride": list(plan.stride),
         "chunks": list(plan.chunks),
         "window": window_name(window),
+        "tta": tta or "none",
         "padding": "reflect",
         "blend": "overlap-add of window-weighted logits, divided by the summed window",
         "classes": int(classes),
@@ -1133,7 +1151,7 @@ MANIFEST = "chunkseg"
 
 def _fingerprint(attrs: dict, setup: dict, plan: TilePlan) -> dict:
     """The settings that decide an output's values (what ``resume`` must match)."""
-    keep = ("source", "model", "tile", "overlap", "window", "chunks", "classes", "mask",
+    keep = ("source", "model", "tile", "overlap", "window", "tta", "chunks", "classes", "mask",
             "kernel", "padding", "shards", "zarr_chunks", "class_names", "layout", "levels")
     fp = {k: attrs[k] for k in keep if k in attrs}
     fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup["outputs"]),
