@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,10 +30,12 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-import chunkseg
-from chunkseg.train import DEFAULT_VAL_SECTIONS, load_sections
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import chunkseg  # noqa: E402
+from benchmarks._isbi import VAL_SECTIONS as DEFAULT_VAL_SECTIONS  # noqa: E402
+from benchmarks._isbi import load_sections  # noqa: E402
 
 
 def scores(gt: np.ndarray, pred: np.ndarray) -> dict:

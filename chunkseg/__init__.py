@@ -33,10 +33,21 @@ from .errors import (
     OutputWriteError,
     RunInterruptedError,
 )
+from .evaluation import evaluate
 from .io import ingest, open_image
 from .models import ModelSpec, Normalization, as_model, load_model
 from .plan import TilePlan, plan_tiles
+from .seams import seam_report
 from .windows import WINDOWS, get_window
+
+
+def __getattr__(name: str):  # PatchDataset/augmentation import torch: only when first used
+    if name in ("PatchDataset", "augmentation"):
+        from . import patches
+
+        return getattr(patches, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -50,6 +61,7 @@ __all__ = [
     "predict_instances",
     "plan_tiles",
     "TilePlan",
+    "seam_report",
     "get_window",
     "WINDOWS",
     "ModelSpec",
@@ -58,6 +70,9 @@ __all__ = [
     "load_model",
     "open_image",
     "ingest",
+    "PatchDataset",
+    "augmentation",
+    "evaluate",
     "ChunksegError",
     "InvalidValueError",
     "InvalidTypeError",

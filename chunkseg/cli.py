@@ -185,6 +185,63 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class of the objects (default: that of instances, else 1)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier PNGs")
 
+    p = sub.add_parser("evaluate", help="compare a prediction with ground truth, one chunk at "
+                                        "a time: per-class IoU and Dice, mean IoU, accuracy")
+    p.add_argument("pred", help="a predict output (its labels) or a label image: Zarr path/URL, "
+                                "NGFF, TIFF, PNG or .npy")
+    p.add_argument("gt", help="ground-truth label image (Zarr, NGFF, TIFF, PNG or .npy)")
+    p.add_argument("--ignore", default=None,
+                   help="ground-truth value(s) counted nowhere, e.g. 255 (comma-separated)")
+    p.add_argument("--mask", default=None,
+                   help="image of the same shape; only its nonzero pixels count")
+    p.add_argument("--label-map", default=None,
+                   help="stored ground-truth value -> class, e.g. 255:0,0:1 (ISBI 2012)")
+    p.add_argument("--classes", default=None,
+                   help="number of classes, or names comma-separated (default: the "
+                        "prediction's class names, else the largest label + 1)")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON")
+    p.add_argument("--pred-array", default="labels",
+                   help="variable of a predict output PRED, or array of a Zarr group (labels)")
+    p.add_argument("--gt-array", default=None, help="array inside a ground-truth Zarr group")
+    _add_run_args(p)
+
+    p = sub.add_parser("seams", help="how tiling changes a model's output on an image that fits "
+                                     "in memory: naive patches, crop-only and each blending "
+                                     "window against the whole-image pass (table, PNG, JSON)")
+    p.add_argument("image", help="input image (PNG/JPEG/TIFF, Zarr), read whole")
+    p.add_argument("--model", required=True,
+                   help="'isbi2012-unet', a TorchScript .pt, an .onnx, a bioimage.io rdf.yaml "
+                        "or .zip, or package.module:factory")
+    _add_grid_args(p, from_model=True)
+    p.add_argument("--windows", default=None,
+                   help="blending windows to compare, comma-separated (all: "
+                        "uniform,linear,gaussian,cosine)")
+    p.add_argument("--bins", type=_floats, default=None,
+                   help="distance-to-tile-edge bin edges, px, from 0 (0,4,8,16,32)")
+    p.add_argument("--multiple", type=_pair, default=None,
+                   help="pad the reference's image to a multiple of this (the model's: 8 for "
+                        "isbi2012-unet, else 1)")
+    p.add_argument("--margin", type=_pair, default=None,
+                   help="reflect padding around the reference's image, px (half the tile)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="largest image accepted, H*W (4096*4096: the report runs in memory)")
+    p.add_argument("--device", default="cpu", help="torch/ONNX device (cpu)")
+    p.add_argument("--scale", type=float, default=None, help="input normalisation: x * scale")
+    p.add_argument("--mean", type=_floats, default=None, help="... minus mean (per channel)")
+    p.add_argument("--std", type=_floats, default=None, help="... divided by std (per channel)")
+    p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
+    p.add_argument("--out", default=".", help="folder for seam_report.png (.)")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier PNG/JSON")
+
+    p = sub.add_parser("train", help="train a segmentation network on patches of big images, "
+                                      "as a TOML/JSON config says")
+    p.add_argument("config", help="training config (.toml or .json; see configs/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in the config's out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     p = sub.add_parser("info", help="progress and settings of a predict output")
     p.add_argument("store", help="output Zarr store (path or URL)")
 
@@ -281,11 +338,64 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train import train
+
+    result = train(args.config, resume=args.resume, overwrite=args.overwrite,
+                   progress=not args.no_progress)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in result.best.items()
+                     if k.startswith("val_") and isinstance(v, float))
+    print(f"wrote {result.out}: " + ", ".join(sorted(p.name for p in result.files.values())))
+    if best:
+        print(f"best epoch {result.best['epoch']}: {best}")
+    return 0
+
+
 def _cmd_export_bioimageio(args) -> int:
     from .bioimageio import export_bioimageio
 
     path = export_bioimageio(args.out, model=args.model, overwrite=args.overwrite)
     print(f"wrote {path} (run it: chunkseg predict IMAGE OUT.zarr --model {path})")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation import (
+        evaluate,
+        format_report,
+        parse_classes,
+        parse_ignore,
+        parse_label_map,
+        to_json,
+    )
+
+    result = evaluate(
+        args.pred, args.gt, classes=parse_classes(args.classes), ignore=parse_ignore(args.ignore),
+        mask=args.mask, pred_variable=args.pred_array, truth_array=args.gt_array,
+        label_map=None if args.label_map is None else parse_label_map(args.label_map),
+        scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+    print(format_report(result))
+    if args.json_out is not None:
+        with open(args.json_out, "w") as f:
+            json.dump(to_json(result), f, indent=2)
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def _cmd_seams(args) -> int:
+    from . import seams
+
+    seams.seam_report_paths(args.out, json_path=args.json_out, overwrite=args.overwrite)
+    report = seams.seam_report(
+        args.image, args.model, tile=args.tile, overlap=args.overlap, windows=args.windows,
+        bins=args.bins, normalization=_normalization(args), multiple=args.multiple,
+        margin=args.margin, batch_size=args.batch_size, device=args.device, chunks=args.chunk,
+        max_pixels=seams.MAX_PIXELS if args.max_pixels is None else args.max_pixels,
+        array_name=args.array_name)
+    print(seams.format_seam_table(report))
+    paths = seams.save_seam_report(report, args.out, json_path=args.json_out, overwrite=args.overwrite)
+    for name, path in paths.items():
+        print(f"wrote {name:<7}{path}")
     return 0
 
 
@@ -405,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"ingest": _cmd_ingest, "plan": _cmd_plan, "predict": _cmd_predict,
                "info": _cmd_info, "demo": _cmd_demo, "label": _cmd_label,
                "regions": _cmd_regions, "predict-instances": _cmd_predict_instances, "figures": _cmd_figures,
-               "export-bioimageio": _cmd_export_bioimageio}[args.command]
+               "export-bioimageio": _cmd_export_bioimageio, "train": _cmd_train, "seams": _cmd_seams,
+               "evaluate": _cmd_evaluate}[args.command]
     try:
         return handler(args)
     except (ChunksegError, OSError) as e:

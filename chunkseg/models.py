@@ -1,12 +1,14 @@
 """Model adapters: anything that maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits
 ``(N, K, T_y, T_x)``.
 
-Three adapters share one contract (a callable on numpy batches, picklable):
+Four adapters share one contract (a callable on numpy batches, picklable):
 
 - :class:`CallableAdapter` for any Python callable on numpy arrays;
 - :class:`TorchAdapter` for a ``torch.nn.Module`` or a TorchScript file (``device``,
   ``torch.inference_mode``);
-- :class:`OnnxAdapter` for an ``.onnx`` file through ONNX Runtime.
+- :class:`OnnxAdapter` for an ``.onnx`` file through ONNX Runtime;
+- :class:`KerasAdapter` for a Keras 3 model or ``.keras`` file, run with Keras' torch backend
+  (channels-last models are transposed to and from the engine's channels-first batches).
 
 A :class:`ModelSpec` names a model by file path or ``package.module:factory`` instead of holding
 it. :func:`as_model` turns a spec into a :class:`LazyModel`, which pickles as the spec alone and
@@ -20,7 +22,9 @@ import functools
 import importlib
 import inspect
 import os
+import sys
 import threading
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +40,7 @@ __all__ = [
     "CallableAdapter",
     "TorchAdapter",
     "OnnxAdapter",
+    "KerasAdapter",
     "LazyModel",
     "as_model",
     "load_model",
@@ -123,6 +128,7 @@ class ModelSpec:
     - a built-in name from :data:`BUILTIN_MODELS` (``"isbi2012-unet"``);
     - a TorchScript file (``.pt``, ``.pth``, ``.ts``, loaded with ``torch.jit.load``);
     - an ONNX file (``.onnx``, run with ONNX Runtime);
+    - a Keras 3 file (``.keras``, run with Keras' torch backend, see :class:`KerasAdapter`);
     - ``"package.module:factory"``: ``factory()`` (or ``factory(device=...)`` when it takes a
       ``device`` argument) returns a ``torch.nn.Module`` or a callable on numpy batches;
     - a bioimage.io model package: its ``rdf.yaml`` / ``bioimageio.yaml``, its folder or its
@@ -351,6 +357,249 @@ class OnnxAdapter:
         return f"OnnxAdapter({self.path.name!r})"
 
 
+_KERAS_FORMATS = ("channels_last", "channels_first")
+_KERAS_INSTALL = 'pip install "chunkseg[keras]"'
+
+
+def _import_keras():
+    """Keras 3 with the torch backend, importing it with that backend if it is not imported yet.
+
+    Keras reads its backend once, at its first import: from ``KERAS_BACKEND``, else from
+    ``~/.keras/keras.json``, else TensorFlow. When keras is not imported yet and
+    ``KERAS_BACKEND`` is unset, this sets it to ``torch`` (for this process and the processes it
+    starts) before importing keras.
+    """
+    keras = sys.modules.get("keras")
+    if keras is None:  # not imported yet: the backend can still be chosen
+        wanted = os.environ.get("KERAS_BACKEND")
+        if wanted is None:
+            os.environ["KERAS_BACKEND"] = "torch"
+        elif wanted.strip().lower() != "torch":
+            raise MissingDependencyError(
+                f"Keras models run with Keras' torch backend, but KERAS_BACKEND is {wanted!r}. "
+                "Set KERAS_BACKEND=torch before Python imports keras (a .keras file saved with "
+                "any backend loads with the torch one)."
+            )
+        try:
+            import torch  # noqa: F401  (keras' torch backend fails on import without it)
+        except ImportError as e:
+            raise MissingDependencyError(
+                f"Keras models run on Keras' torch backend, which needs torch: {_KERAS_INSTALL}."
+            ) from e
+        try:
+            import keras
+        except ImportError as e:
+            raise MissingDependencyError(
+                f"Keras models need Keras 3 (torch backend): {_KERAS_INSTALL}."
+            ) from e
+    version = str(getattr(keras, "__version__", "0"))
+    if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 3:
+        raise MissingDependencyError(
+            f"Keras models need Keras 3; this process has keras {version}: {_KERAS_INSTALL}."
+        )
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise MissingDependencyError(
+            f"Keras models run with Keras' torch backend, but keras was imported with the "
+            f"{backend!r} backend (Keras reads KERAS_BACKEND once, at its first import). Set "
+            "KERAS_BACKEND=torch before importing keras, e.g. `KERAS_BACKEND=torch python ...` "
+            "or os.environ['KERAS_BACKEND'] = 'torch' at the top of the script."
+        )
+    return keras
+
+
+def _is_keras_model(obj: Any) -> bool:
+    keras = sys.modules.get("keras")  # a Keras model exists only once keras is imported
+    model_class = getattr(keras, "Model", None)
+    return isinstance(model_class, type) and isinstance(obj, model_class)
+
+
+def _keras_input_shape(model: Any) -> tuple | None:
+    try:
+        inputs = model.inputs  # functional and sequential models; subclassed ones may lack it
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    if len(inputs) != 1:
+        raise InvalidValueError(
+            f"`model` (Keras) must take one image input. Got {len(inputs)} inputs; wrap it in "
+            "a model of one input."
+        )
+    return tuple(inputs[0].shape)
+
+
+def _keras_data_format(model: Any, keras: Any) -> str:
+    """The layout of the model's input: from its input shape when only one end of it is known
+    (``(None, None, None, 3)``: channels_last), else the ``data_format`` its layers agree on,
+    else Keras' ``image_data_format()``."""
+    shape = _keras_input_shape(model)
+    if shape is not None:
+        if len(shape) != 4:
+            raise InvalidValueError(
+                f"`model` (Keras) must take 4-D image batches, (N, H, W, C) or (N, C, H, W). "
+                f"Got an input of shape {shape}."
+            )
+        if shape[3] is not None and shape[1] is None:
+            return "channels_last"
+        if shape[1] is not None and shape[3] is None:
+            return "channels_first"
+    formats, stack, seen = set(), [model], set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if getattr(layer, "data_format", None) in _KERAS_FORMATS:
+            formats.add(layer.data_format)
+        stack.extend(getattr(layer, "layers", None) or ())
+    if len(formats) == 1:
+        return formats.pop()
+    if formats:
+        raise InvalidValueError(
+            f"`model` (Keras) has layers in both data formats and an input shape {shape} that "
+            "does not tell which one it takes; pass data_format='channels_last' or "
+            "'channels_first' (KerasAdapter, or ModelSpec options)."
+        )
+    return keras.config.image_data_format()
+
+
+def _same_device(a: Any, b: Any) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _keras_adapter_from_pickle(data: bytes, device: str, normalization: Normalization,
+                               data_format: str | None) -> KerasAdapter:
+    import pickle
+
+    keras = _import_keras()
+    with keras.device(device):  # Keras' own unpickling builds the weights on the current device
+        model = pickle.loads(data)
+    return KerasAdapter(model, device, normalization, data_format)
+
+
+class KerasAdapter:
+    """Run a Keras 3 model (or a ``.keras`` file) with Keras' torch backend on numpy batches.
+
+    Each call runs ``model(x, training=False)`` under ``torch.no_grad()`` and returns float32
+    numpy logits ``(N, K, T_y, T_x)``. A channels-last model gets the engine's batch transposed
+    to ``(N, T_y, T_x, C_in)`` and its ``(N, T_y, T_x, K)`` output transposed back; a
+    channels-first model gets the batch as it is.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or keras.Model
+        A ``.keras`` file (loaded with ``keras.saving.load_model(path, compile=False)``, in
+        Keras' safe mode: custom layers must be registered with
+        ``keras.saving.register_keras_serializable`` in an imported module, and ``Lambda``
+        layers are refused; load such a model yourself, or in a ``package.module:factory``),
+        or a model in memory.
+    device : str, default "cpu"
+        Torch device the model runs on. A file is loaded onto it; a model in memory must already
+        hold its weights there (build or load it under ``with keras.device(device):``).
+    normalization : Normalization, optional
+        Applied on the numpy batch ``(N, C_in, T_y, T_x)`` before it is transposed.
+    data_format : {"channels_last", "channels_first"}, optional
+        The layout the model takes. None reads it from the model's input shape (the end of
+        ``(None, None, None, 3)`` that is known), else from the ``data_format`` of its layers,
+        else from ``keras.config.image_data_format()``.
+
+    Raises
+    ------
+    MissingDependencyError
+        If Keras 3 is not installed (``pip install "chunkseg[keras]"``), or keras was imported
+        (or ``KERAS_BACKEND`` set) with a backend other than torch: set
+        ``KERAS_BACKEND=torch`` before importing keras. When keras is not imported yet and
+        ``KERAS_BACKEND`` is unset, chunkseg sets it to ``torch`` itself.
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the file is not a Keras model Keras can load, the model does not take one 4-D
+        input, ``data_format`` is unknown, or a model in memory lives on another device.
+    TypeError
+        If ``model`` is neither a path nor a ``keras.Model``.
+
+    Notes
+    -----
+    Pickles as its path (a file) or as Keras' own serialisation of the model (in memory),
+    rebuilt on ``device`` on arrival. Runs on the engine's numpy kernel (the torch kernel
+    takes torch modules in the channels-first layout only).
+    """
+
+    def __init__(self, model: Any, device: str = "cpu",
+                 normalization: Normalization | None = None, data_format: str | None = None):
+        keras = _import_keras()
+        torch = _import_torch()
+        if data_format is not None and data_format not in _KERAS_FORMATS:
+            raise InvalidValueError(
+                f"`data_format` must be one of {_KERAS_FORMATS} or None. Got {data_format!r}."
+            )
+        self.device = torch.device(device)
+        self.path: Path | None = None
+        if isinstance(model, (str, os.PathLike)):
+            path = Path(model)
+            if not path.exists():
+                raise NotFoundError(f"`model` file {str(path)!r} does not exist.")
+            try:
+                with keras.device(str(self.device)):
+                    model = keras.saving.load_model(str(path), compile=False)
+            except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as err:
+                raise InvalidValueError(
+                    f"`model` file {str(path)!r} must be a Keras 3 model saved with "
+                    f"model.save('name.keras'). Got a file Keras cannot load: "
+                    f"{_first_line(err)}. Custom layers must be registered "
+                    "(keras.saving.register_keras_serializable) in a module imported first."
+                ) from err
+            self.path = path
+        elif not _is_keras_model(model):
+            raise InvalidTypeError(
+                f"`model` must be a .keras file or a keras.Model. Got {type(model)!r}."
+            )
+        else:
+            weights = [w for w in model.weights if hasattr(w, "value")]
+            held = weights[0].value.device if weights else self.device
+            if not _same_device(held, self.device):
+                raise InvalidValueError(
+                    f"`device` is {str(self.device)!r} but the Keras model's weights are on "
+                    f"{str(held)!r}. Pass device={str(held)!r}, or build or load the model "
+                    f"under `with keras.device({str(self.device)!r}):`."
+                )
+        self.model = model
+        self._data_format = data_format
+        self.data_format = data_format or _keras_data_format(model, keras)
+        self.normalization = normalization or Normalization()
+
+    def __reduce__(self):
+        if self.path is not None:  # the file travels by name and is loaded on arrival
+            return (KerasAdapter, (self.path, str(self.device), self.normalization,
+                                   self._data_format))
+        import pickle
+
+        return (_keras_adapter_from_pickle, (pickle.dumps(self.model), str(self.device),
+                                             self.normalization, self._data_format))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        keras = _import_keras()
+        torch = _import_torch()
+        x = self.normalization(batch)
+        if self.data_format == "channels_last":
+            x = x.transpose(0, 2, 3, 1)
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        with torch.no_grad(), keras.device(str(self.device)):
+            y = self.model(x, training=False)
+        if isinstance(y, (list, tuple)):  # several outputs: the logits come first
+            y = y[0]
+        y = torch.as_tensor(y).detach().float().cpu().numpy()
+        if self.data_format == "channels_last" and y.ndim == 4:
+            y = y.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(y)
+
+    def __repr__(self) -> str:
+        name = repr(self.path.name) if self.path is not None else type(self.model).__name__
+        return (f"KerasAdapter({name}, data_format={self.data_format!r}, "
+                f"device={str(self.device)!r})")
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
@@ -373,6 +622,8 @@ def _is_torch_module(obj: Any) -> bool:
 
 
 def _wrap(obj: Any, device: str, normalization: Normalization) -> Callable[[np.ndarray], np.ndarray]:
+    if _is_keras_model(obj):  # first: with the torch backend a Keras model is a torch module
+        return KerasAdapter(obj, device, normalization)
     if _is_torch_module(obj):
         return TorchAdapter(obj, device, normalization)
     return CallableAdapter(obj, normalization)
@@ -449,6 +700,14 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
     suffix = Path(source).suffix.lower()
     if suffix == ".onnx":
         return OnnxAdapter(source, spec.device, norm)
+    if suffix == ".keras":
+        options = dict(spec.options)
+        data_format = options.pop("data_format", None)
+        if options:
+            raise InvalidValueError(
+                f"`options` of a .keras spec may only hold 'data_format'. Got {sorted(options)}."
+            )
+        return KerasAdapter(source, spec.device, norm, data_format)
     if suffix in (".pt", ".pth", ".ts"):
         if not Path(source).exists():
             raise NotFoundError(f"`model` file {source!r} does not exist.")
@@ -467,7 +726,7 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
     raise InvalidValueError(
         f"`model` spec {source!r} is not understood. Use a built-in name "
         f"({', '.join(BUILTIN_MODELS)}), a TorchScript file (.pt/.pth/.ts), an ONNX file "
-        f"(.onnx), a bioimage.io package (rdf.yaml, its folder or .zip) or "
+        f"(.onnx), a Keras file (.keras), a bioimage.io package (rdf.yaml, its folder or .zip) or "
         f"'package.module:factory'."
     )
 
@@ -495,12 +754,12 @@ def as_model(
 
     Parameters
     ----------
-    model : ModelSpec, str, os.PathLike, torch.nn.Module or callable
-        A spec or a string/path (see :class:`ModelSpec`) becomes a :class:`LazyModel`; a torch
-        module a :class:`TorchAdapter`; any other callable a :class:`CallableAdapter`. An
-        adapter or LazyModel is returned as it is.
+    model : ModelSpec, str, os.PathLike, keras.Model, torch.nn.Module or callable
+        A spec or a string/path (see :class:`ModelSpec`) becomes a :class:`LazyModel`; a Keras
+        model a :class:`KerasAdapter`; a torch module a :class:`TorchAdapter`; any other
+        callable a :class:`CallableAdapter`. An adapter or LazyModel is returned as it is.
     device : str, default "cpu"
-        Device for torch and ONNX models (ignored for plain callables).
+        Device for torch, Keras and ONNX models (ignored for plain callables).
     normalization : Normalization, optional
         Input normalisation; for specs it overrides the spec's own.
 
@@ -514,7 +773,7 @@ def as_model(
     TypeError
         If ``model`` is none of the above.
     """
-    if isinstance(model, (CallableAdapter, TorchAdapter, OnnxAdapter, LazyModel)):
+    if isinstance(model, (CallableAdapter, TorchAdapter, OnnxAdapter, KerasAdapter, LazyModel)):
         return model
     if isinstance(model, (str, os.PathLike)):
         model = ModelSpec(str(model), device=device, normalization=normalization)
@@ -522,13 +781,16 @@ def as_model(
         if normalization is not None and model.normalization is None:
             model = ModelSpec(model.source, model.device, normalization, model.options)
         return LazyModel(model)
+    if _is_keras_model(model):  # first: with the torch backend a Keras model is a torch module
+        return KerasAdapter(model, device, normalization)
     if _is_torch_module(model):
         return TorchAdapter(model, device, normalization)
     if callable(model):
         return CallableAdapter(model, normalization)
     raise InvalidTypeError(
-        "`model` must be a callable on numpy batches, a torch.nn.Module, a ModelSpec, or a "
-        f"spec string (file path or 'package.module:factory'). Got {type(model)!r}."
+        "`model` must be a callable on numpy batches, a torch.nn.Module, a keras.Model, a "
+        "ModelSpec, or a spec string (file path or 'package.module:factory'). "
+        f"Got {type(model)!r}."
     )
 
 
@@ -541,6 +803,12 @@ def describe_model(model: Any) -> dict:
                 "device": str(model.device), "normalization": model.normalization.to_dict()}
     if isinstance(model, OnnxAdapter):
         return {"kind": "onnx", "source": str(model.path),
+                "normalization": model.normalization.to_dict()}
+    if isinstance(model, KerasAdapter):
+        return {"kind": "keras", "source": None if model.path is None else str(model.path),
+                "model": type(model.model).__name__, "name": str(model.model.name),
+                "data_format": model.data_format, "device": str(model.device),
+                "keras": str(sys.modules["keras"].__version__), "backend": "torch",
                 "normalization": model.normalization.to_dict()}
     if isinstance(model, CallableAdapter):
         name = getattr(model.fn, "__qualname__", type(model.fn).__name__)

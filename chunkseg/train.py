@@ -1,304 +1,302 @@
-"""Train the shipped ISBI 2012 U-Net (script and importable functions).
+"""Train a segmentation network on patches of big images: ``chunkseg train CONFIG``.
 
-Run as::
+A run is described by a :class:`TrainConfig` (a TOML or JSON file): (image, labels) pairs for
+training and validation, the patch sampling and augmentation (:class:`chunkseg.patches.
+PatchDataset`), the architecture (:func:`chunkseg.architectures.build_model`), the loss
+(:func:`chunkseg.losses.build_loss`), the optimiser and learning-rate schedule, and early
+stopping on a validation metric. Validation runs the network through :func:`chunkseg.predict`
+on each whole validation image (the tiled engine, as at inference) and scores it with
+:func:`chunkseg.evaluation.evaluate`.
 
-    python -m chunkseg.train --data data/isbi2012/train --out chunkseg/data/isbi2012_unet.pt \\
-        --epochs 150 --val-sections 20,21,22,23,24 --seed 0
-
-Sections not listed in ``--val-sections`` are trained on; the listed ones are held out and only
-used for the final evaluation (the network runs on each whole section, it is fully
-convolutional). Training samples random ``crop x crop`` patches with the 8 flips/rotations and a
-mild brightness/contrast jitter, and minimises cross-entropy + soft Dice with Adam and a cosine
-learning-rate decay. One *epoch* is the number of iterations whose crops cover as many pixels as
-the training sections hold (20 sections of 512 x 512, 256 x 256 crops, batch 4: 20 iterations).
-At the end the weights (a float32 ``state_dict``) are written to ``--out`` and a JSON record of
-the run and its held-out scores next to them (same name, ``.json``).
-
-Labels on disk are 255 = cell interior, 0 = membrane; in memory they are class indices
-0 = cell interior, 1 = membrane.
+The output folder holds, as each epoch ends: ``checkpoint.pt`` (everything a resume needs),
+``best.pt`` (the best weights so far), ``metrics.csv`` and ``metrics.json`` (one row per epoch),
+and at the end ``loss_curve.png``, ``model.pt`` (a state_dict of the best epoch), ``model.ts``
+(TorchScript) and ``model.onnx``, both with the input normalisation built in, so
+``chunkseg predict IMAGE OUT --model run/model.ts`` needs no other setting, and ``train.json``
+(the config, the best epoch and its scores, the environment). The same folder written by a
+later ``--resume`` run continues the interrupted training where its last checkpoint left it.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
+import csv
+import glob
 import json
 import math
-import shlex
-import sys
+import os
+import platform
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from numpy.typing import NDArray
-from PIL import Image
+import tomllib
 
-from chunkseg.metrics import confusion_matrix
-from chunkseg.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, UNet
+from .errors import InvalidTypeError, InvalidValueError, NotFoundError, OutputExistsError
 
-from .errors import InvalidValueError, NotFoundError
+__all__ = ["TrainConfig", "TrainResult", "export_model", "train"]
 
-__all__ = [
-    "TrainResult",
-    "evaluate",
-    "iterations_per_epoch",
-    "load_sections",
-    "main",
-    "measure_normalisation",
-    "normalise",
-    "predict",
-    "sample_batch",
-    "segmentation_loss",
-    "soft_dice_loss",
-    "train",
-]
-
-MEMBRANE = 1
-DEFAULT_VAL_SECTIONS = (20, 21, 22, 23, 24)
+MARKER_FILE = "train.json"
+"""The file that marks a folder as a chunkseg training run (what ``overwrite`` may replace)."""
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.csv", "metrics.json", "loss_curve.png",
+             "model.pt", "model.ts", "model.onnx", MARKER_FILE)
+MONITORS = {"pixel_error": "min", "accuracy": "max", "mean_iou": "max", "mean_dice": "max",
+            "loss": "min"}
 
 
-# ----------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run, as plain data (``to_dict``/``from_dict``; a TOML or JSON file).
+
+    Paths in a config file are relative to the file's folder.
+
+    Attributes
+    ----------
+    train : tuple of (str, str)
+        ``(image, labels)`` pairs, anything :func:`chunkseg.io.open_image` opens. In a file,
+        ``[[train]]`` tables with ``image`` and ``labels``; glob patterns expand to sorted pairs.
+    classes : tuple of str
+        Class names, ``K`` of them; labels are class indices ``0..K-1`` (after ``label_map``).
+    val : tuple of (str, str), default ()
+        Validation pairs (same form). Without them there is no early stopping; the last epoch
+        is the result.
+    out : str, default "chunkseg-train"
+        Output folder.
+    tile : int, default 256
+        Training patch side, pixels (a multiple of the network's down-sampling).
+    stride : int, optional
+        ``sampling="grid"``: distance between patches (default ``tile``: non-overlapping).
+    sampling : {"random", "grid", "balanced"}, default "random"
+        See :class:`chunkseg.patches.PatchDataset`.
+    samples : int, optional
+        Patches per epoch for random/balanced sampling. Default: as many patch pixels as the
+        training images hold.
+    label_map : dict, optional
+        Stored label value -> class index (e.g. ISBI's ``{255: 0, 0: 1}``); other values are
+        ignored by the loss and the metrics.
+    augment : {"flips", "em", "rgb", "none"}, default "flips"
+        :func:`chunkseg.patches.augmentation`'s kind; ``elastic`` adds its elastic deformation.
+    elastic : bool, default False
+    normalization : dict or "measure", default "measure"
+        ``{scale, mean, std}`` (:class:`chunkseg.models.Normalization`), or measured on the
+        training images (mean and standard deviation per channel of ``pixel * scale``, scale
+        ``1/255`` for uint8, ``1/65535`` for uint16, else 1).
+    model : {"unet", "deeplabv3plus", "segformer"}, default "unet"
+    model_options : dict, default {}
+        Passed to :func:`chunkseg.architectures.build_model`.
+    loss : str or list of dict, default "ce+dice"
+        :func:`chunkseg.losses.build_loss`'s ``terms``.
+    optimizer : {"adam", "adamw", "sgd"}, default "adam"
+    lr : float, default 1e-3
+    weight_decay : float, default 0
+    schedule : {"cosine", "constant"}, default "cosine"
+        Cosine decay from ``lr`` to ``lr * min_lr_ratio`` over all iterations.
+    min_lr_ratio : float, default 0.01
+    epochs : int, default 50
+    batch_size : int, default 4
+    val_every : int, default 1
+        Validate every this many epochs (and after the last).
+    monitor : str, default "pixel_error"
+        Validation metric that picks the best epoch: ``pixel_error``, ``accuracy``,
+        ``mean_iou``, ``mean_dice``, or ``iou_<class>``/``dice_<class>``.
+    patience : int, optional
+        Stop after this many validations without improvement of ``monitor``.
+    val_tile, val_overlap : int, optional
+        Validation tiling (default ``tile`` and ``tile // 4``).
+    val_window : str, default "gaussian"
+    val_tta : {None, "flips", "d4"}, default None
+    seed : int, default 0
+    threads : int, optional
+        ``torch.set_num_threads`` (default: torch's).
+    workers : int, default 0
+        ``DataLoader`` worker processes.
+    export : tuple of str, default ("torchscript", "onnx")
+    """
+
+    train: tuple[tuple[str, str], ...]
+    classes: tuple[str, ...]
+    val: tuple[tuple[str, str], ...] = ()
+    out: str = "chunkseg-train"
+    tile: int = 256
+    stride: int | None = None
+    sampling: str = "random"
+    samples: int | None = None
+    label_map: dict | None = None
+    augment: str = "flips"
+    elastic: bool = False
+    normalization: Any = "measure"
+    model: str = "unet"
+    model_options: dict = field(default_factory=dict)
+    loss: Any = "ce+dice"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.01
+    epochs: int = 50
+    batch_size: int = 4
+    val_every: int = 1
+    monitor: str = "pixel_error"
+    patience: int | None = None
+    val_tile: int | None = None
+    val_overlap: int | None = None
+    val_window: str = "gaussian"
+    val_tta: str | None = None
+    seed: int = 0
+    threads: int | None = None
+    workers: int = 0
+    export: tuple[str, ...] = ("torchscript", "onnx")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data; ``TrainConfig.from_dict(c.to_dict()) == c``."""
+        d = asdict(self)
+        d["train"] = [{"image": i, "labels": la} for i, la in self.train]
+        d["val"] = [{"image": i, "labels": la} for i, la in self.val]
+        d["classes"] = list(self.classes)
+        d["export"] = list(self.export)
+        if self.label_map is not None:
+            d["label_map"] = {str(k): v for k, v in self.label_map.items()}
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], root: str | os.PathLike | None = None
+                  ) -> TrainConfig:
+        """Build from plain data (a parsed TOML/JSON file).
+
+        Parameters
+        ----------
+        data : mapping
+            The attributes, ``train``/``val`` as lists of ``{image, labels}`` tables (glob
+            patterns allowed) or of pairs.
+        root : path, optional
+            Folder that relative local paths are relative to (the config file's).
+
+        Raises
+        ------
+        TypeError, ValueError
+            For unknown keys or bad values; NotFoundError for a glob matching nothing.
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidTypeError(f"a training config must be a table of settings. Got {type(data).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidValueError(
+                f"the training config has unknown keys {unknown}. Known keys: {sorted(known)}.")
+        d = dict(data)
+        for key in ("train", "val"):
+            if key in d:
+                d[key] = _pairs(d[key], key, root)
+        if "out" in d and root is not None:
+            d["out"] = _resolve(d["out"], root)
+        for key in ("classes", "export"):
+            if key in d and isinstance(d[key], list):
+                d[key] = tuple(d[key])
+        if d.get("label_map") is not None:
+            d["label_map"] = _label_map(d["label_map"])
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a ``.toml`` or ``.json`` config; paths in it are relative to its folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"`config` must be a TOML or JSON file. Got {str(path)!r}, which does not exist.")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as err:
+            raise InvalidValueError(f"`config` {str(path)!r} could not be parsed: {err}.") from None
+        return cls.from_dict(data, root=path.parent)
 
 
-def _read_png(path: Path) -> NDArray[np.uint8]:
-    arr = np.asarray(Image.open(path))
-    if arr.ndim != 2 or arr.dtype != np.uint8:
+def _resolve(location: str, root) -> str:
+    if "://" in str(location) or Path(location).is_absolute():
+        return str(location)
+    return str(Path(root) / location)
+
+
+def _pairs(value, key: str, root) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidTypeError(f"`{key}` must be a list of {{image, labels}} tables. Got {value!r}.")
+    pairs = []
+    for item in value:
+        if isinstance(item, Mapping) and set(item) == {"image", "labels"}:
+            image, labels = item["image"], item["labels"]
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            image, labels = item
+        else:
+            raise InvalidValueError(
+                f"`{key}` entries must be {{image = ..., labels = ...}} tables. Got {item!r}.")
+        if root is not None:
+            image, labels = _resolve(image, root), _resolve(labels, root)
+        if glob.has_magic(image) or glob.has_magic(labels):
+            images, labelss = sorted(glob.glob(image)), sorted(glob.glob(labels))
+            if not images or len(images) != len(labelss):
+                raise NotFoundError(
+                    f"`{key}` patterns must match the same number (>= 1) of images and labels. "
+                    f"Got {len(images)} for {image!r} and {len(labelss)} for {labels!r}.")
+            pairs += list(zip(images, labelss))
+        else:
+            pairs.append((str(image), str(labels)))
+    return tuple(pairs)
+
+
+def _label_map(value) -> dict:
+    if not isinstance(value, Mapping):
+        raise InvalidTypeError(f"`label_map` must be a table of stored value = class index. Got {value!r}.")
+    try:
+        return {int(k): int(v) for k, v in value.items()}
+    except (TypeError, ValueError):
         raise InvalidValueError(
-            f"`{path}` must be a 2-D uint8 grayscale image. Got shape {arr.shape}, dtype "
-            f"{arr.dtype}."
-        )
-    return arr
+            f"`label_map` keys and values must be integers. Got {dict(value)!r}.") from None
 
 
-def list_sections(root: str | Path) -> list[int]:
-    """Section indices ``NN`` with an ``image/NN.png`` under ``root``, sorted.
-
-    Parameters
-    ----------
-    root : str or pathlib.Path
-        Folder holding ``image/`` and ``label/``.
-
-    Returns
-    -------
-    list of int
-    """
-    return sorted(int(p.stem) for p in (Path(root) / "image").glob("[0-9][0-9].png"))
+def _positive(cfg, name: str, allow_none: bool = False) -> None:
+    value = getattr(cfg, name)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidValueError(f"`{name}` must be a positive int. Got {value!r}.")
 
 
-def load_sections(
-    root: str | Path, sections: Sequence[int] | None = None
-) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """Load ISBI 2012 sections and their labels as class indices.
-
-    Parameters
-    ----------
-    root : str or pathlib.Path
-        Folder holding ``image/NN.png`` and ``label/NN.png`` (uint8, labels 255 = cell
-        interior, 0 = membrane).
-    sections : sequence of int, optional
-        Section indices ``NN`` to load; all sections found under ``root`` by default.
-
-    Returns
-    -------
-    images : numpy.ndarray
-        uint8, shape ``(S, H, W)``.
-    labels : numpy.ndarray
-        uint8 class indices, shape ``(S, H, W)``: 0 = cell interior, 1 = membrane (on-disk 0).
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``root`` holds no sections or a requested image or label file is missing.
-    ValueError
-        If a file is not a 2-D uint8 image or the sections differ in shape.
-    """
-    root = Path(root)
-    indices = list(sections) if sections is not None else list_sections(root)
-    if not indices:
-        raise NotFoundError(f"`root` must hold sections image/NN.png. Got {str(root)!r}, where none were "
-                            "found.")
-    images, labels = [], []
-    for i in indices:
-        images.append(_read_png(root / "image" / f"{i:02d}.png"))
-        labels.append((_read_png(root / "label" / f"{i:02d}.png") == 0).astype(np.uint8))
-    if len({a.shape for a in images + labels}) != 1:
-        raise InvalidValueError(f"the sections under `root` must share one shape. Got {str(root)!r}, whose "
-                                 "sections differ.")
-    return np.stack(images), np.stack(labels)
-
-
-def normalise(images: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """Apply the shipped model's input normalisation ``(x * ISBI_SCALE - ISBI_MEAN) / ISBI_STD``.
-
-    Parameters
-    ----------
-    images : numpy.ndarray
-        Raw uint8 (or any numeric) intensities, any shape.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 array of the same shape.
-    """
-    return ((np.asarray(images, dtype=np.float32) * ISBI_SCALE - ISBI_MEAN) / ISBI_STD).astype(
-        np.float32
-    )
-
-
-def measure_normalisation(images: NDArray[np.uint8]) -> tuple[float, float]:
-    """Mean and standard deviation of ``images * ISBI_SCALE`` over all pixels (float64).
-
-    Parameters
-    ----------
-    images : numpy.ndarray
-        Raw uint8 intensities, any shape.
-
-    Returns
-    -------
-    (float, float)
-        Mean and (population) standard deviation.
-    """
-    scaled = np.asarray(images, dtype=np.float64) * ISBI_SCALE
-    return float(scaled.mean()), float(scaled.std())
-
-
-def _augment(
-    image: NDArray[np.float32], label: NDArray[np.uint8], rng: np.random.Generator, jitter: bool
-) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
-    k = int(rng.integers(4))
-    image, label = np.rot90(image, k), np.rot90(label, k)
-    if rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    if jitter:
-        contrast = rng.uniform(0.85, 1.15)
-        brightness = rng.uniform(-0.05, 0.05) / ISBI_STD  # +-0.05 in [0, 1] intensity units
-        image = image * np.float32(contrast) + np.float32(brightness)
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
-
-
-def sample_batch(
-    images: NDArray[np.float32],
-    labels: NDArray[np.uint8],
-    rng: np.random.Generator,
-    batch_size: int,
-    crop: int,
-    jitter: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw random augmented crops.
-
-    Parameters
-    ----------
-    images : numpy.ndarray
-        Normalised float32 sections, shape ``(S, H, W)``.
-    labels : numpy.ndarray
-        Class indices, shape ``(S, H, W)``.
-    rng : numpy.random.Generator
-        Source of the crop positions and augmentations.
-    batch_size : int
-        Number of crops.
-    crop : int
-        Crop side, at most ``min(H, W)``.
-    jitter : bool, default True
-        Apply a random contrast factor in [0.85, 1.15] and brightness shift of +-0.05 (in
-        ``[0, 1]`` intensity units) besides the random rot90 and flip.
-
-    Returns
-    -------
-    x : torch.Tensor
-        float32, shape ``(batch_size, 1, crop, crop)``.
-    y : torch.Tensor
-        int64 class indices, shape ``(batch_size, crop, crop)``.
-
-    Raises
-    ------
-    ValueError
-        If ``crop`` exceeds the section size.
-    """
-    _, h, w = images.shape
-    if crop > min(h, w):
-        raise InvalidValueError(f"`crop` must be at most the section size {h} x {w}. Got {crop}.")
-    xs, ys = [], []
-    for _ in range(batch_size):
-        s, r, c = (
-            int(rng.integers(len(images))),
-            int(rng.integers(h - crop + 1)),
-            int(rng.integers(w - crop + 1)),
-        )
-        x, y = _augment(
-            images[s, r : r + crop, c : c + crop],
-            labels[s, r : r + crop, c : c + crop],
-            rng,
-            jitter,
-        )
-        xs.append(x)
-        ys.append(y)
-    return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
-
-
-# ----------------------------------------------------------------------------- losses
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss, ``1 - mean over classes of 2 sum(p t) / (sum p + sum t)``.
-
-    Probabilities are the softmax of ``logits`` over the class dimension; sums run over the
-    batch and all pixels, so each class counts equally whatever its frequency (Milletari et al.
-    2016, V-Net).
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        float, shape ``(N, C, H, W)``.
-    target : torch.Tensor
-        int64 class indices in ``[0, C)``, shape ``(N, H, W)``.
-    eps : float, default 1.0
-        Smoothing added to numerator and denominator.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar in [0, 1] (0 for a perfect, confident prediction).
-
-    Raises
-    ------
-    ValueError
-        If the shapes do not match.
-    """
-    if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
+def _validate(cfg: TrainConfig) -> None:
+    if not cfg.train:
+        raise InvalidValueError("`train` must list at least one {image, labels} pair. Got none.")
+    if not cfg.classes or not all(isinstance(c, str) and c for c in cfg.classes):
         raise InvalidValueError(
-            "`logits` must be (N, C, H, W) and `target` (N, H, W). Got "
-            f"{tuple(logits.shape)} and {tuple(target.shape)}."
-        )
-    probs = logits.softmax(dim=1)
-    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
-    inter = (probs * one_hot).sum(dims)
-    denom = probs.sum(dims) + one_hot.sum(dims)
-    return 1.0 - ((2.0 * inter + eps) / (denom + eps)).mean()
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Training loss: pixel-averaged cross-entropy + :func:`soft_dice_loss`.
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        float, shape ``(N, C, H, W)``.
-    target : torch.Tensor
-        int64 class indices, shape ``(N, H, W)``.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar.
-    """
-    return F.cross_entropy(logits, target) + soft_dice_loss(logits, target)
-
-
-# ----------------------------------------------------------------------------- training
+            f"`classes` must name every class (at least one). Got {cfg.classes!r}; e.g. "
+            "classes = [\"background\", \"foreground\"].")
+    for name in ("tile", "epochs", "batch_size", "val_every"):
+        _positive(cfg, name)
+    for name in ("stride", "samples", "patience", "val_tile", "threads"):
+        _positive(cfg, name, allow_none=True)
+    choices = {"sampling": ("random", "grid", "balanced"), "augment": ("flips", "em", "rgb", "none"),
+               "optimizer": ("adam", "adamw", "sgd"), "schedule": ("cosine", "constant")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise InvalidValueError(f"`{name}` must be one of {allowed}. Got {getattr(cfg, name)!r}.")
+    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+        raise InvalidValueError(f"`lr` must be a positive number. Got {cfg.lr!r}.")
+    metric = cfg.monitor
+    per_class = metric.split("_", 1)[1] if metric.startswith(("iou_", "dice_")) else None
+    if metric not in MONITORS and per_class not in cfg.classes:
+        raise InvalidValueError(
+            f"`monitor` must be one of {sorted(MONITORS)} or iou_<class>/dice_<class> with a "
+            f"class of {list(cfg.classes)}. Got {metric!r}.")
+    bad = set(cfg.export) - {"torchscript", "onnx"}
+    if bad:
+        raise InvalidValueError(f"`export` must hold 'torchscript' and/or 'onnx'. Got {sorted(bad)}.")
+    if cfg.label_map is not None and any(not 0 <= v < len(cfg.classes) for v in cfg.label_map.values()):
+        raise InvalidValueError(
+            f"`label_map` values must be class indices in [0, {len(cfg.classes)}). Got "
+            f"{cfg.label_map!r}.")
 
 
 @dataclass
@@ -307,89 +305,294 @@ class TrainResult:
 
     Attributes
     ----------
-    model : UNet
-        The trained model, left in train mode.
-    losses : list of float
-        Training loss of every iteration, in order.
-    iterations : int
-        Number of optimiser steps taken.
-    wall_time_s : float
-        Wall-clock seconds of the training loop.
+    model : torch.nn.Module
+        The network with the best epoch's weights (the last epoch's without validation), in
+        eval mode, on the CPU.
+    history : list of dict
+        One row per epoch (as ``metrics.csv``).
+    best : dict
+        The best validation row (empty without validation).
+    out : pathlib.Path
+        The output folder.
+    files : dict of str -> pathlib.Path
+        The exported files by kind.
     """
 
-    model: UNet
-    losses: list[float] = field(default_factory=list)
-    iterations: int = 0
-    wall_time_s: float = 0.0
+    model: Any
+    history: list
+    best: dict
+    out: Path
+    files: dict
 
 
-def iterations_per_epoch(
-    n_sections: int, height: int, width: int, crop: int, batch_size: int
-) -> int:
-    """Iterations whose crops cover as many pixels as ``n_sections`` sections hold (ceil).
+# ----------------------------------------------------------------------------- parts
+
+
+def _normalization(cfg: TrainConfig, datasets_images: Sequence[Any]):
+    """The :class:`~chunkseg.models.Normalization` of a run (given, or measured out of core)."""
+    import dask
+
+    from .io import open_image
+    from .models import Normalization
+
+    if isinstance(cfg.normalization, Mapping):
+        return Normalization(**cfg.normalization)
+    if cfg.normalization != "measure":
+        raise InvalidValueError(
+            f"`normalization` must be 'measure' or a {{scale, mean, std}} table. Got "
+            f"{cfg.normalization!r}.")
+    arrays = [open_image(i).data for i in datasets_images]
+    kind = arrays[0].dtype
+    scale = 1 / 255 if kind == np.uint8 else 1 / 65535 if kind == np.uint16 else 1.0
+    sums = [((a.astype(np.float64) * scale).sum(axis=(0, 1)),
+             ((a.astype(np.float64) * scale) ** 2).sum(axis=(0, 1))) for a in arrays]
+    (parts,) = dask.compute(sums)  # chunk by chunk: no image is held whole
+    n = sum(a.shape[0] * a.shape[1] for a in arrays)
+    total = sum(p[0] for p in parts)
+    squares = sum(p[1] for p in parts)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 1e-12))
+    return Normalization(scale=scale, mean=tuple(float(m) for m in mean),
+                         std=tuple(float(s) for s in std))
+
+
+def _dataset(cfg: TrainConfig, pairs, normalization, train: bool):
+    from .patches import PatchDataset, augmentation
+
+    transform = None
+    if train and cfg.augment != "none":
+        transform = augmentation(cfg.augment, elastic=cfg.elastic)
+    samples = cfg.samples
+    if samples is None and cfg.sampling != "grid":
+        from .io import open_image
+
+        pixels = sum(int(np.prod(open_image(i).shape[:2])) for i, _ in pairs)
+        samples = max(1, round(pixels / cfg.tile**2))
+    return PatchDataset(list(pairs), tile=cfg.tile, stride=cfg.stride, sampling=cfg.sampling,
+                        samples=samples, transform=transform, label_map=cfg.label_map,
+                        normalization=normalization, seed=cfg.seed)
+
+
+def _optimizer(cfg: TrainConfig, model):
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _schedule(cfg: TrainConfig, optimizer, iterations: int):
+    import torch
+
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, iterations),
+                                                      eta_min=cfg.lr * cfg.min_lr_ratio)
+
+
+def _evaluate_pairs(cfg: TrainConfig, model, normalization) -> dict:
+    """Run the network through chunkseg.predict on every validation pair; pooled scores."""
+    from . import engine
+    from .evaluation import confusion_matrix_dask
+    from .io import open_image
+    from .metrics import scores_from_confusion
+
+    tile = cfg.val_tile or cfg.tile
+    overlap = cfg.val_overlap if cfg.val_overlap is not None else tile // 4
+    total = None
+    for image, labels in cfg.val:
+        ds = engine.predict(image, model, tile=tile, overlap=overlap, window=cfg.val_window,
+                            normalization=normalization, outputs="labels", tta=cfg.val_tta)
+        truth = open_image(labels).data[..., 0]
+        cm = confusion_matrix_dask(ds.labels.data, truth, classes=len(cfg.classes),
+                                   label_map=cfg.label_map).compute()
+        total = cm if total is None else total + cm
+    scores = scores_from_confusion(total)
+    row = {"pixel_error": scores["pixel_error"], "accuracy": scores["accuracy"],
+           "mean_iou": scores["mean_iou"], "mean_dice": scores["mean_dice"]}
+    for k, name in enumerate(cfg.classes):
+        row[f"iou_{name}"] = float(scores["iou"][k])
+        row[f"dice_{name}"] = float(scores["dice"][k])
+    return row
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if mode == "min" else value > best
+
+
+class _Normalized:
+    """Builds the module that is exported: the input normalisation, then the network."""
+
+    @staticmethod
+    def build(net, normalization):
+        import torch
+
+        class Normalized(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+                c = len(normalization.mean)
+                self.register_buffer("mean", torch.tensor(normalization.mean).view(1, c, 1, 1))
+                self.register_buffer("std", torch.tensor(normalization.std).view(1, c, 1, 1))
+                self.scale = float(normalization.scale)
+
+            def forward(self, x):
+                return self.net((x * self.scale - self.mean) / self.std)
+
+        return Normalized().eval()
+
+
+def export_model(model, normalization, out: str | os.PathLike, *, in_channels: int,
+                 tile: int, kinds: Sequence[str] = ("torchscript", "onnx")) -> dict:
+    """Export a trained network with its input normalisation built in.
 
     Parameters
     ----------
-    n_sections, height, width : int
-        Training set size.
-    crop, batch_size : int
-        Crop side and crops per iteration.
+    model : torch.nn.Module
+        ``(N, C_in, H, W)`` -> logits; put in eval mode (a copy is exported, on the CPU).
+    normalization : chunkseg.models.Normalization
+        Applied inside the exported module, so it takes raw pixel values (uint8 0..255 as
+        float): ``(x * scale - mean) / std``.
+    out : path
+        Folder; writes ``model.ts`` (``torch.jit.trace``) and/or ``model.onnx``
+        (``torch.onnx.export``, opset 17, dynamic batch, height and width).
+    in_channels, tile : int
+        The example input of the trace, ``(1, in_channels, tile, tile)``.
+    kinds : sequence of {"torchscript", "onnx"}
 
     Returns
     -------
-    int
+    dict of str -> pathlib.Path
+        ``{"torchscript": .../model.ts, "onnx": .../model.onnx}`` for the kinds written.
+
+    Notes
+    -----
+    Both load with :func:`chunkseg.as_model` / ``chunkseg predict --model``. The ONNX file
+    needs the ``onnx`` package to be written and onnxruntime to run.
     """
-    return max(1, math.ceil(n_sections * height * width / (crop * crop * batch_size)))
+    import torch
+
+    out = Path(out)
+    wrapped = _Normalized.build(copy.deepcopy(model).cpu().eval(), normalization)
+    example = torch.zeros(1, in_channels, tile, tile)
+    files = {}
+    with torch.no_grad():
+        if "torchscript" in kinds:
+            traced = torch.jit.trace(wrapped, example, check_trace=False)
+            torch.jit.save(traced, str(out / "model.ts"))
+            files["torchscript"] = out / "model.ts"
+        if "onnx" in kinds:
+            torch.onnx.export(
+                wrapped, (example,), str(out / "model.onnx"), input_names=["input"],
+                output_names=["logits"], opset_version=17, dynamo=False,
+                dynamic_axes={"input": {0: "n", 2: "h", 3: "w"},
+                              "logits": {0: "n", 2: "h", 3: "w"}})
+            files["onnx"] = out / "model.onnx"
+    return files
 
 
-def train(
-    images: NDArray[np.uint8],
-    labels: NDArray[np.uint8],
-    *,
-    iterations: int,
-    batch_size: int = 4,
-    crop: int = 256,
-    lr: float = 1e-3,
-    seed: int = 0,
-    model: UNet | None = None,
-    jitter: bool = True,
-    channels_last: bool = True,
-    log_every: int = 0,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """Train a U-Net on random augmented crops with Adam and cross-entropy + soft Dice.
+def _loss_curve(history: list, out: Path, monitor: str) -> Path:
+    import matplotlib
 
-    Seeds ``torch.manual_seed(seed)`` (model initialisation) and a numpy generator (crops and
-    augmentation) so a run is reproducible on the same machine and torch version. The learning
-    rate decays from ``lr`` to ``lr / 100`` on a cosine schedule.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(epochs, [r["train_loss"] for r in history], label="training loss", color="C0")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    val = [(r["epoch"], r[f"val_{monitor}"]) for r in history if f"val_{monitor}" in r]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", ms=3, color="C1", label=f"validation {monitor}")
+        ax2.set_ylabel(f"validation {monitor}")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path = out / "loss_curve.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _write_log(history: list, out: Path) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+
+
+def _prepare_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"`out` must be a folder. Got {str(out)!r}, which is a file.")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / MARKER_FILE).is_file()
+        if resume:
+            if not (out / "checkpoint.pt").is_file():
+                raise NotFoundError(
+                    f"`resume` needs {str(out / 'checkpoint.pt')!r}, which does not exist. Start "
+                    "the run without --resume.")
+            return out
+        if not overwrite or not ours:
+            why = ("it holds an earlier chunkseg training run; pass --resume to continue it or "
+                   "--overwrite to replace it") if ours else (
+                   "it is not a chunkseg training run (no train.json): choose another `out`")
+            raise OutputExistsError(f"`out` {str(out)!r} is not empty: {why}.")
+        others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if others:
+            raise OutputExistsError(
+                f"`out` {str(out)!r} holds files a training run did not write ({others[:5]}); "
+                "nothing was deleted. Move them or choose another `out`.")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    elif resume:
+        raise NotFoundError(f"`resume` needs an earlier run in {str(out)!r}; there is none.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _environment() -> dict:
+    import torch
+
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = False,
+          overwrite: bool = False, progress: bool = True,
+          on_epoch_end: Callable[[dict], None] | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train a segmentation network as a :class:`TrainConfig` says.
 
     Parameters
     ----------
-    images : numpy.ndarray
-        Raw uint8 sections, shape ``(S, H, W)``; normalised here with :func:`normalise`.
-    labels : numpy.ndarray
-        Class indices (0 = cell interior, 1 = membrane), shape ``(S, H, W)``.
-    iterations : int
-        Optimiser steps.
-    batch_size : int, default 4
-        Crops per step.
-    crop : int, default 256
-        Crop side; must be divisible by ``2**model.depth``.
-    lr : float, default 1e-3
-        Initial Adam learning rate.
-    seed : int, default 0
-        Seed of torch and of the numpy generator.
-    model : UNet, optional
-        Model to train in place; ``UNet()`` (built after seeding) by default.
-    jitter : bool, default True
-        Brightness/contrast jitter, see :func:`sample_batch`.
-    channels_last : bool, default True
-        Use the channels-last memory format (faster convolutions on CPU).
-    log_every : int, default 0
-        Log the mean loss of the last ``log_every`` iterations every ``log_every`` iterations
-        through ``log``; 0 disables.
+    config : TrainConfig, mapping, or path of a .toml/.json file
+    resume : bool, default False
+        Continue the run whose ``checkpoint.pt`` is in ``config.out``: the config must be the
+        same; model, optimiser, schedule, history, best score and random state are restored,
+        and the run goes on from the next epoch as if it had not stopped.
+    overwrite : bool, default False
+        Replace an earlier run in ``config.out`` (only a folder holding ``train.json`` and
+        files a run writes; anything else is refused, never deleted).
+    progress : bool, default True
+        A tqdm progress bar over each epoch's iterations.
+    on_epoch_end : callable, optional
+        Called with each epoch's log row after its checkpoint is written.
     log : callable, default print
-        Receives the log lines.
+        Receives one line per epoch.
 
     Returns
     -------
@@ -397,225 +600,159 @@ def train(
 
     Raises
     ------
-    ValueError
-        If ``iterations`` < 1, shapes of ``images`` and ``labels`` differ, or ``crop`` is too
-        large or not divisible by ``2**depth``.
+    TypeError, ValueError
+        For a bad config (before anything is written).
+    chunkseg.errors.OutputExistsError
+        If ``config.out`` holds files and neither ``resume`` nor ``overwrite`` is given.
+
+    Notes
+    -----
+    One epoch is ``len(dataset) / batch_size`` iterations (the last partial batch dropped).
+    The learning-rate schedule spans ``epochs`` epochs. Validation predicts each validation
+    image through :func:`chunkseg.predict` (tile ``val_tile``, overlap ``val_overlap``) and
+    pools the confusion matrices of all of them.
     """
-    if iterations < 1:
-        raise InvalidValueError(f"`iterations` must be >= 1. Got {iterations}.")
-    if images.shape != labels.shape or images.ndim != 3:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .architectures import build_model, count_parameters, size_multiple
+    from .io import open_image
+    from .losses import build_loss
+
+    if isinstance(config, (str, os.PathLike)):
+        cfg = TrainConfig.from_file(config)
+    elif isinstance(config, Mapping):
+        cfg = TrainConfig.from_dict(config)
+    elif isinstance(config, TrainConfig):
+        cfg = config
+    else:
+        raise InvalidTypeError(
+            f"`config` must be a TrainConfig, a mapping or a config file path. Got {type(config).__name__}.")
+    channels = open_image(cfg.train[0][0]).shape[2]
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, in_channels=channels, classes=len(cfg.classes),
+                        **cfg.model_options)
+    multiple = size_multiple(model)
+    if cfg.tile % multiple or (cfg.val_tile or cfg.tile) % multiple:
         raise InvalidValueError(
-            "`images` and `labels` must both be (S, H, W). Got "
-            f"{images.shape} and {labels.shape}."
-        )
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = UNet() if model is None else model
-    if crop % model.multiple:
-        raise InvalidValueError(f"`crop` must be divisible by 2**depth = {model.multiple}. Got {crop}.")
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, iterations, eta_min=lr / 100)
-    data = normalise(images)
-    result = TrainResult(model=model)
-    start = time.perf_counter()
-    for it in range(1, iterations + 1):
-        x, y = sample_batch(data, labels, rng, batch_size, crop, jitter)
-        loss = segmentation_loss(model(x.contiguous(memory_format=memory_format)), y)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        result.losses.append(float(loss.detach()))
-        if log_every and it % log_every == 0:
-            elapsed = time.perf_counter() - start
-            mean = float(np.mean(result.losses[-log_every:]))
-            log(
-                f"iter {it}/{iterations} loss {mean:.4f} lr {schedule.get_last_lr()[0]:.2e} {elapsed:.0f}s"
-            )
-    result.iterations = iterations
-    result.wall_time_s = time.perf_counter() - start
-    model.to(memory_format=torch.contiguous_format)
-    return result
+            f"`tile` and `val_tile` must be multiples of {multiple} (the {cfg.model} network's "
+            f"down-sampling). Got tile={cfg.tile}, val_tile={cfg.val_tile}.")
+    loss_fn = build_loss(cfg.loss, ignore_index=-100)
+    out = _prepare_out(cfg, resume, overwrite)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    normalization = _normalization(cfg, [i for i, _ in cfg.train])
+    data = _dataset(cfg, cfg.train, normalization, train=True)
+    per_epoch = len(data) // cfg.batch_size
+    if per_epoch < 1:
+        raise InvalidValueError(
+            f"`batch_size` must be at most the patches per epoch ({len(data)}). Got "
+            f"{cfg.batch_size}; lower it or raise `samples`.")
+    optimizer = _optimizer(cfg, model)
+    schedule = _schedule(cfg, optimizer, cfg.epochs * per_epoch)
+    history: list[dict] = []
+    best: dict = {}
+    start_epoch = 1
+    mode = MONITORS.get(cfg.monitor, "max")
+    if resume:
+        state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        if state["config"] != cfg.to_dict():
+            old, new = state["config"], cfg.to_dict()
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise InvalidValueError(
+                f"`resume` needs the config of the interrupted run; these settings differ: "
+                f"{diff}. Restore them, or start a new run with --overwrite.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
+    else:
+        (out / MARKER_FILE).write_text(json.dumps({"config": cfg.to_dict(), "status": "running"},
+                                                  indent=1))
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
+        num_workers=cfg.workers, persistent_workers=False)
+    fmt = torch.channels_last  # faster convolutions on the CPU
+    model = model.to(memory_format=fmt)
+    stale = 0 if not history else _stale(history, best, cfg)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        data.set_epoch(epoch)
+        model.train()
+        losses, terms = [], {}
+        bar = tqdm(loader, total=per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        tick = time.perf_counter()
+        for x, y in bar:
+            loss = loss_fn(model(x.contiguous(memory_format=fmt)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            for k, v in loss_fn.last.items():
+                terms.setdefault(k, []).append(v)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        row = {"epoch": epoch, "iterations": epoch * per_epoch,
+               "train_loss": float(np.mean(losses)),
+               **{f"train_{k}": float(np.mean(v)) for k, v in terms.items()},
+               "lr": float(schedule.get_last_lr()[0]),
+               "train_s": round(time.perf_counter() - tick, 2)}
+        if cfg.val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+            tick = time.perf_counter()
+            model.eval()
+            threads = torch.get_num_threads()  # predict's tasks set their own
+            scores = _evaluate_pairs(cfg, model, normalization)
+            torch.set_num_threads(threads)
+            row.update({f"val_{k}": v for k, v in scores.items()})
+            row["val_s"] = round(time.perf_counter() - tick, 2)
+            value = scores[cfg.monitor]
+            if _better(value, best.get(f"val_{cfg.monitor}"), mode):
+                best = dict(row)
+                torch.save(model.state_dict(), out / "best.pt")
+                stale = 0
+            else:
+                stale += 1
+        history.append(row)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
+                    "best": best, "config": cfg.to_dict(), "torch_rng": torch.get_rng_state()},
+                   out / "checkpoint.tmp")
+        os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
+        _write_log(history, out)
+        shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()
+                 if k in ("train_loss", f"val_{cfg.monitor}", "lr")}
+        log(f"epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v}" for k, v in shown.items())
+            + f" ({time.perf_counter() - t0:.0f} s)")
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+        if cfg.patience and stale >= cfg.patience:
+            log(f"early stop: no better val_{cfg.monitor} for {stale} validations")
+            break
+    if best:
+        model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+    model = model.cpu().eval()
+    torch.save(model.state_dict(), out / "model.pt")
+    files = {"state_dict": out / "model.pt", "checkpoint": out / "checkpoint.pt"}
+    files.update(export_model(model, normalization, out, in_channels=channels, tile=cfg.tile,
+                              kinds=cfg.export))
+    files["loss_curve"] = _loss_curve(history, out, cfg.monitor)
+    record = {"config": cfg.to_dict(), "status": "done", "epochs_run": len(history),
+              "best": best, "last": history[-1] if history else {},
+              "normalization": {"scale": normalization.scale, "mean": list(normalization.mean),
+                                "std": list(normalization.std)},
+              "parameters": count_parameters(model), "patches_per_epoch": len(data),
+              "iterations_per_epoch": per_epoch, "environment": _environment(),
+              "files": {k: p.name for k, p in files.items()}}
+    (out / MARKER_FILE).write_text(json.dumps(record, indent=1))
+    return TrainResult(model=model, history=history, best=best, out=out, files=files)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(model: UNet, images: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """Run ``model`` in eval mode on each whole section and take the argmax class.
-
-    Parameters
-    ----------
-    model : UNet
-        Model; its train/eval mode is restored afterwards.
-    images : numpy.ndarray
-        Raw uint8 sections, shape ``(S, H, W)``, ``H`` and ``W`` divisible by ``2**depth``.
-
-    Returns
-    -------
-    numpy.ndarray
-        uint8 class indices, shape ``(S, H, W)``.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        out = [
-            model(torch.from_numpy(normalise(img)[None, None]).to(device))
-            .argmax(1)[0]
-            .cpu()
-            .numpy()
-            for img in images
-        ]
-    finally:
-        model.train(was_training)
-    return np.stack(out).astype(np.uint8)
-
-
-def evaluate(model: UNet, images: NDArray[np.uint8], labels: NDArray[np.uint8]) -> dict[str, float]:
-    """Score ``model`` on whole sections, pooling all their pixels.
-
-    Parameters
-    ----------
-    model : UNet
-        A 2-class model (0 = cell interior, 1 = membrane).
-    images : numpy.ndarray
-        Raw uint8 sections, shape ``(S, H, W)``.
-    labels : numpy.ndarray
-        Class indices, shape ``(S, H, W)``.
-
-    Returns
-    -------
-    dict of str to float
-        ``pixel_error`` (fraction of misclassified pixels, see
-        :func:`chunkseg.metrics.pixel_error`), ``membrane_iou``, ``membrane_dice``,
-        ``cell_iou``, and ``trivial_pixel_error``: the pixel error of predicting cell interior
-        everywhere (the membrane fraction). All in [0, 1].
-    """
-    pred = predict(model, images)
-    cm = confusion_matrix(labels, pred, 2).astype(np.float64)
-    tp = np.diag(cm)
-    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-    m = MEMBRANE
-    return {
-        "pixel_error": float(1.0 - tp.sum() / cm.sum()),
-        "membrane_iou": float(tp[m] / (tp[m] + fp[m] + fn[m])),
-        "membrane_dice": float(2 * tp[m] / (2 * tp[m] + fp[m] + fn[m])),
-        "cell_iou": float(tp[0] / (tp[0] + fp[0] + fn[0])),
-        "trivial_pixel_error": float(np.mean(labels == m)),
-    }
-
-
-# ----------------------------------------------------------------------------- script
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m chunkseg.train", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=Path("data/isbi2012/train"),
-        help="folder with image/ and label/",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("chunkseg/data/isbi2012_unet.pt"),
-        help="weights file to write",
-    )
-    p.add_argument("--epochs", type=int, default=150, help="epochs (see module docstring)")
-    p.add_argument(
-        "--iterations", type=int, default=None, help="optimiser steps; overrides --epochs"
-    )
-    p.add_argument(
-        "--val-sections", default="20,21,22,23,24", help="comma-separated held-out section indices"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--crop", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--log-every", type=int, default=50)
-    return p.parse_args(argv)
-
-
-def _run_record(
-    args: argparse.Namespace, argv: Sequence[str], result: TrainResult, **extra: object
-) -> dict:
-    tail = result.losses[-min(100, len(result.losses)) :]
-    return {
-        "command": "python -m chunkseg.train " + shlex.join(argv),
-        "epochs": args.epochs if args.iterations is None else None,
-        "iterations": result.iterations,
-        "batch_size": args.batch_size,
-        "crop": args.crop,
-        "lr": args.lr,
-        "optimizer": "Adam, cosine decay to lr/100",
-        "loss": "cross-entropy + soft Dice",
-        "loss_first": result.losses[0],
-        "loss_final_mean_last_100": float(np.mean(tail)),
-        "seed": args.seed,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "train_wall_time_s": round(result.wall_time_s, 1),
-        **extra,
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Train, save weights and a JSON record, evaluate the held-out sections, print and return scores.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Command-line arguments (``sys.argv[1:]`` by default); ``--help`` lists them.
-
-    Returns
-    -------
-    dict of str to float
-        The held-out scores of :func:`evaluate`.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parse_args(argv)
-    torch.set_num_threads(args.threads)
-    val = sorted(int(s) for s in args.val_sections.split(",") if s.strip())
-    train_ids = [i for i in list_sections(args.data) if i not in val]
-    images, labels = load_sections(args.data, train_ids)
-    val_images, val_labels = load_sections(args.data, val)
-    per_epoch = iterations_per_epoch(len(images), *images.shape[1:], args.crop, args.batch_size)
-    iterations = args.iterations if args.iterations is not None else args.epochs * per_epoch
-    print(
-        f"train sections {train_ids}, held out {val}; {iterations} iterations ({per_epoch}/epoch)",
-        flush=True,
-    )
-    result = train(
-        images, labels, iterations=iterations, batch_size=args.batch_size, crop=args.crop,
-        lr=args.lr, seed=args.seed, log_every=args.log_every, log=lambda s: print(s, flush=True),
-    )  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, args.out
-    )
-    scores = evaluate(result.model, val_images, val_labels)
-    mean, std = measure_normalisation(images)
-    record = _run_record(
-        args, argv, result,
-        iterations_per_epoch=per_epoch, train_sections=train_ids, val_sections=val,
-        parameters=sum(p.numel() for p in result.model.parameters()),
-        weights_bytes=args.out.stat().st_size,
-        normalisation={"scale": ISBI_SCALE, "mean": ISBI_MEAN, "std": ISBI_STD,
-                       "measured_train_mean": mean, "measured_train_std": std},
-        held_out=scores,
-    )  # fmt: skip
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(
-        json.dumps({"train_wall_time_s": record["train_wall_time_s"], "held_out": scores}, indent=2)
-    )
-    return scores
-
-
-if __name__ == "__main__":
-    main()
+def _stale(history: list, best: dict, cfg: TrainConfig) -> int:
+    """Validations since the best one (for a resumed run's patience)."""
+    if not best:
+        return 0
+    later = [r for r in history if r["epoch"] > best["epoch"] and f"val_{cfg.monitor}" in r]
+    return len(later)

@@ -17,6 +17,7 @@ ISBI 2012 EM segmentation challenge data (Cardona et al. 2010) with :mod:`chunks
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ ISBI_MEAN: float = 0.486477
 #: Standard deviation of the scaled intensities of the same 20 training sections.
 ISBI_STD: float = 0.166526
 
-#: Path of the shipped ``state_dict`` (float32 tensors) of ``UNet()`` with default arguments.
+#: Path of the shipped ``state_dict`` (float32 tensors) of ``UNet(**shipped_options())``.
 WEIGHTS_PATH: Path = Path(__file__).resolve().parent / "data" / "isbi2012_unet.pt"
 
 
@@ -207,6 +208,15 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+def shipped_options() -> dict:
+    """``UNet`` keyword arguments of the shipped weights (``model_options`` of the training
+    record next to them, ``isbi2012_unet.json``; ``{}`` means the defaults)."""
+    record = WEIGHTS_PATH.with_suffix(".json")
+    if not record.is_file():
+        return {}
+    return dict(json.loads(record.read_text()).get("config", {}).get("model_options", {}))
+
+
 def pretrained(device: str = "cpu") -> UNet:
     """Build ``UNet()`` and load the shipped ISBI 2012 membrane-segmentation weights.
 
@@ -235,6 +245,6 @@ def pretrained(device: str = "cpu") -> UNet:
                             "found; reinstall chunkseg.")
     state = torch.load(WEIGHTS_PATH, map_location="cpu", weights_only=True)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model = UNet()
+    model = UNet(**shipped_options())
     model.load_state_dict(state)
     return model.to(device).eval()

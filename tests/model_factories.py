@@ -135,3 +135,41 @@ def threshold_instances(level: float = 128.0):
         return out
 
     return model
+
+
+def keras_conv1x1(data_format: str = "channels_last"):
+    """:func:`reference` as a Keras 3 model (a 1x1 ``Conv2D``); import keras with the torch
+    backend first (``KERAS_BACKEND=torch``)."""
+    import keras
+
+    shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
+    inputs = keras.Input(shape)
+    conv = keras.layers.Conv2D(2, 1, data_format=data_format)
+    model = keras.Model(inputs, conv(inputs), name="conv1x1")
+    conv.set_weights([WEIGHTS.T[None, None], BIAS])  # kernel (1, 1, C_in, K)
+    return model
+
+
+def keras_unet(channels: int = 3, classes: int = 2, filters: int = 4, seed: int = 0):
+    """A small random 2-level Keras U-Net (channels-last, ``same`` padding), fixed seed: two 3x3
+    convolutions, 2x2 max-pooling, two 3x3 convolutions, nearest 2x upsampling, skip
+    concatenation, two 3x3 convolutions and a 1x1 head. Its output at a pixel depends on the
+    input within 9 pixels of it (``tests/test_keras.py`` measures it) and on the pooling grid,
+    so it commutes with shifts by even offsets only."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+
+    def block(x, f):
+        for _ in range(2):
+            x = layers.Conv2D(f, 3, padding="same", activation="relu",
+                              bias_initializer=keras.initializers.RandomNormal(stddev=0.1))(x)
+        return x
+
+    inputs = keras.Input((None, None, channels))
+    e1 = block(inputs, filters)
+    e2 = block(layers.MaxPooling2D(2)(e1), 2 * filters)
+    up = layers.UpSampling2D(2)(e2)
+    d1 = block(layers.Concatenate()([up, e1]), filters)
+    return keras.Model(inputs, layers.Conv2D(classes, 1)(d1), name="unet2")

@@ -1,141 +1,217 @@
+"""chunkseg train: config, a short training that lowers the loss, exports, resume, early stop."""
+
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from PIL import Image  # noqa: E402
+pytest.importorskip("albumentations")
 
-from chunkseg.train import (  # noqa: E402
-    TrainResult,
-    evaluate,
-    iterations_per_epoch,
-    load_sections,
-    main,
-    sample_batch,
-    soft_dice_loss,
-    train,
-)
-from chunkseg.unet import UNet  # noqa: E402
+import chunkseg  # noqa: E402
+from chunkseg.cli import main  # noqa: E402
+from chunkseg.losses import build_loss  # noqa: E402
+from chunkseg.train import TrainConfig, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _synthetic(n: int = 2, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Dark 'membrane' lines on a bright noisy background; label 1 where dark."""
+def _blobs(seed: int, shape=(96, 96)) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable task: smooth random blobs (uint8) and their thresholded mask (0/255)."""
+    from scipy.ndimage import gaussian_filter
+
     rng = np.random.default_rng(seed)
-    labels = np.zeros((n, size, size), dtype=np.uint8)
-    for s in range(n):
-        for r in rng.integers(0, size - 2, size=3):
-            labels[s, r : r + 2, :] = 1
-        for c in rng.integers(0, size - 2, size=3):
-            labels[s, :, c : c + 2] = 1
-    images = np.where(labels == 1, 60, 180) + rng.normal(0, 15, labels.shape)
-    return np.clip(images, 0, 255).astype(np.uint8), labels
+    field = gaussian_filter(rng.normal(size=shape), 4)
+    field = (field - field.min()) / (field.max() - field.min())
+    image = (field * 200 + rng.normal(0, 8, shape) + 20).clip(0, 255).astype(np.uint8)
+    labels = np.where(field > 0.5, 255, 0).astype(np.uint8)
+    return image, labels
 
 
-def _write_dataset(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    for sub in ("image", "label"):
-        (root / sub).mkdir(parents=True)
-    for i, (img, lbl) in enumerate(zip(images, labels, strict=True)):
-        Image.fromarray(img).save(root / "image" / f"{i:02d}.png")
-        Image.fromarray(np.where(lbl == 1, 0, 255).astype(np.uint8)).save(
-            root / "label" / f"{i:02d}.png"
-        )
+def _write_pairs(tmp_path: Path, n: int, prefix: str) -> list[dict]:
+    from PIL import Image
+
+    pairs = []
+    for i in range(n):
+        image, labels = _blobs(100 * len(prefix) + i)
+        ip, lp = tmp_path / f"{prefix}{i}_image.png", tmp_path / f"{prefix}{i}_labels.png"
+        Image.fromarray(image).save(ip)
+        Image.fromarray(labels).save(lp)
+        pairs.append({"image": str(ip), "labels": str(lp)})
+    return pairs
 
 
-def test_load_sections_maps_membrane_to_class_1(tmp_path: Path) -> None:
-    images, labels = _synthetic(3, 16)
-    _write_dataset(tmp_path, images, labels)
-    got_images, got_labels = load_sections(tmp_path, [0, 2])
-    assert got_images.dtype == np.uint8 and got_images.shape == (2, 16, 16)
-    np.testing.assert_array_equal(got_images, images[[0, 2]])
-    np.testing.assert_array_equal(got_labels, labels[[0, 2]])
-    assert load_sections(tmp_path)[0].shape == (3, 16, 16)
-    with pytest.raises(FileNotFoundError):
-        load_sections(tmp_path / "missing")
-
-
-def test_sample_batch_shapes_and_errors() -> None:
-    images, labels = _synthetic(2, 64)
-    rng = np.random.default_rng(0)
-    x, y = sample_batch(images.astype(np.float32), labels, rng, batch_size=3, crop=32)
-    assert x.shape == (3, 1, 32, 32) and x.dtype == torch.float32
-    assert y.shape == (3, 32, 32) and y.dtype == torch.int64
-    with pytest.raises(ValueError, match="`crop` must be at most.*Got 128"):
-        sample_batch(images.astype(np.float32), labels, rng, batch_size=1, crop=128)
-
-
-def test_soft_dice_loss() -> None:
-    target = torch.tensor([[[0, 1], [1, 0]]])
-    perfect = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float() * 50.0
-    assert float(soft_dice_loss(perfect, target)) == pytest.approx(0.0, abs=1e-6)
-    worst = float(soft_dice_loss(-perfect, target))
-    assert 0.0 <= worst <= 1.0 and worst > 0.5
-    with pytest.raises(ValueError, match="target"):
-        soft_dice_loss(perfect, target[0])
-
-
-def test_iterations_per_epoch() -> None:
-    assert iterations_per_epoch(20, 512, 512, 256, 4) == 20
-    assert iterations_per_epoch(1, 64, 64, 256, 4) == 1
-
-
-def test_train_few_iterations_and_evaluate() -> None:
-    images, labels = _synthetic(2, 64)
-    kwargs = {
-        "iterations": 12,
-        "batch_size": 2,
-        "crop": 32,
-        "lr": 1e-2,
-        "seed": 1,
-        "channels_last": False,
+def _config(tmp_path: Path, **overrides) -> dict:
+    cfg = {
+        "train": _write_pairs(tmp_path, 2, "t"), "val": _write_pairs(tmp_path, 1, "v"),
+        "out": str(tmp_path / "run"), "classes": ["background", "blob"],
+        "label_map": {"0": 0, "255": 1}, "model": "unet",
+        "model_options": {"base_channels": 4, "depth": 2}, "tile": 32, "samples": 64,
+        "batch_size": 8, "epochs": 2, "lr": 1e-2, "loss": "ce", "augment": "flips",
+        "val_tile": 48, "val_overlap": 16, "threads": 1, "seed": 0,
     }
-
-    def tiny() -> UNet:
-        torch.manual_seed(1)
-        return UNet(base_channels=4, depth=2)
-
-    result = train(images, labels, model=tiny(), **kwargs)
-    assert isinstance(result, TrainResult) and isinstance(result.model, UNet)
-    assert result.iterations == 12 and len(result.losses) == 12
-    assert all(math.isfinite(v) for v in result.losses)
-    assert result.wall_time_s > 0
-    assert np.mean(result.losses[-3:]) < np.mean(result.losses[:3])
-    again = train(images, labels, model=tiny(), **kwargs)
-    np.testing.assert_allclose(again.losses, result.losses, rtol=1e-5)  # seeded
-
-    scores = evaluate(result.model, images, labels)
-    assert set(scores) >= {"pixel_error", "membrane_iou", "membrane_dice", "trivial_pixel_error"}
-    assert all(0.0 <= v <= 1.0 for v in scores.values())
-    assert scores["trivial_pixel_error"] == pytest.approx(labels.mean())
-    assert result.model.training  # evaluate restores the mode
+    cfg.update(overrides)
+    return cfg
 
 
-def test_train_rejects_bad_arguments() -> None:
-    images, labels = _synthetic(1, 32)
-    with pytest.raises(ValueError, match="iterations"):
-        train(images, labels, iterations=0)
-    with pytest.raises(ValueError, match="divisible"):
-        train(images, labels, iterations=1, crop=20, model=UNet(base_channels=4))
+def _fixed_batch(cfg: TrainConfig, norm):
+    from chunkseg.patches import PatchDataset
+
+    data = PatchDataset([tuple(p) for p in cfg.val], tile=32, stride=32, sampling="grid",
+                        label_map=cfg.label_map, normalization=norm)
+    xs, ys = zip(*(data[i] for i in range(len(data))))
+    return torch.stack(xs), torch.stack(ys)
 
 
-def test_main_writes_weights_and_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images, labels = _synthetic(3, 32)
-    _write_dataset(tmp_path / "data", images, labels)
-    out = tmp_path / "w" / "model.pt"
-    argv = ["--data", str(tmp_path / "data"), "--out", str(out), "--iterations", "2",
-            "--crop", "32", "--batch-size", "1", "--val-sections", "2", "--log-every", "1",
-            "--threads", str(torch.get_num_threads())]  # fmt: skip
-    scores = main(argv)
-    assert all(0.0 <= v <= 1.0 for v in scores.values())
-    record = json.loads(out.with_suffix(".json").read_text())
-    assert record["train_sections"] == [0, 1] and record["val_sections"] == [2]
-    assert record["iterations"] == 2 and record["seed"] == 0
-    assert record["held_out"] == scores
-    assert record["command"].startswith("python -m chunkseg.train --data")
-    state = torch.load(out, weights_only=True)
-    UNet().load_state_dict(state)
-    assert "iter 2/2" in capsys.readouterr().out
+def test_two_epochs_lower_the_loss_and_write_every_file(tmp_path, capsys):
+    cfg = TrainConfig.from_dict(_config(tmp_path))
+    torch.manual_seed(cfg.seed)
+    from chunkseg.architectures import build_model
+
+    untrained = build_model("unet", in_channels=1, classes=2, base_channels=4, depth=2).eval()
+    result = train(cfg, progress=False)
+    norm = chunkseg.Normalization(**{k: v for k, v in json.loads(
+        (result.out / "train.json").read_text())["normalization"].items()})
+    x, y = _fixed_batch(cfg, norm)
+    loss = build_loss("ce")
+    with torch.no_grad():
+        before, after = float(loss(untrained(x), y)), float(loss(result.model(x), y))
+    assert after < 0.8 * before, (before, after)  # held-out patches, not the training ones
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert result.history[-1]["iterations"] == 2 * (64 // 8)
+    for name in ("checkpoint.pt", "best.pt", "metrics.csv", "metrics.json", "loss_curve.png",
+                 "model.pt", "model.ts", "model.onnx", "train.json"):
+        assert (result.out / name).is_file(), name
+    rows = json.loads((result.out / "metrics.json").read_text())
+    assert rows == json.loads(json.dumps(result.history))
+    csv_lines = (result.out / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and "val_pixel_error" in csv_lines[0]
+    record = json.loads((result.out / "train.json").read_text())
+    assert record["status"] == "done" and record["best"]["epoch"] in (1, 2)
+    assert record["config"] == cfg.to_dict()
+
+
+def test_exported_models_run_in_predict_like_the_network(tmp_path):
+    cfg = TrainConfig.from_dict(_config(tmp_path, epochs=1))
+    result = train(cfg, progress=False)
+    norm = chunkseg.Normalization(**json.loads((result.out / "train.json").read_text())[
+        "normalization"])
+    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(cfg.val[0][0]))
+    ref = chunkseg.predict(image, result.model, tile=48, overlap=16, normalization=norm,
+                           outputs="logits").logits.values
+    for name in ("model.ts", "model.onnx"):  # normalisation built in: raw pixels in
+        got = chunkseg.predict(image, str(result.out / name), tile=48, overlap=16,
+                               outputs="logits").logits.values
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_resume_continues_as_if_uninterrupted(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = train(TrainConfig.from_dict(_config(tmp_path / "a", out=str(tmp_path / "a/run"))),
+                  progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    cfg = TrainConfig.from_dict(_config(tmp_path / "b", out=str(tmp_path / "b/run")))
+    with pytest.raises(Stop):
+        train(cfg, progress=False, on_epoch_end=stop)
+    assert not (tmp_path / "b/run/model.pt").exists()
+    resumed = train(cfg, progress=False, resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6, err_msg=k)
+    assert resumed.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"])
+
+
+def test_early_stopping(tmp_path):
+    cfg = TrainConfig.from_dict(_config(tmp_path, epochs=6, lr=1e-12, patience=2,
+                                        export=[]))
+    result = train(cfg, progress=False)
+    # lr ~ 0: the validation score never improves after epoch 1, so epochs 2 and 3 are stale
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.best["epoch"] == 1
+
+
+def test_output_folder_rules(tmp_path):
+    cfg = _config(tmp_path, epochs=1, export=[])
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(chunkseg.OutputExistsError, match="not a chunkseg training run"):
+        train(cfg, progress=False)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    (foreign / "notes.txt").unlink()
+    train(cfg, progress=False)
+    with pytest.raises(chunkseg.OutputExistsError, match="--resume"):
+        train(cfg, progress=False)
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(chunkseg.OutputExistsError, match="did not write"):
+        train(cfg, progress=False, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    (foreign / "notes.txt").unlink()
+    train(cfg, progress=False, overwrite=True)
+    changed = dict(cfg, lr=0.5)
+    with pytest.raises(ValueError, match="lr"):
+        train(changed, progress=False, resume=True)
+
+
+def test_config_file_round_trip_and_globs(tmp_path):
+    cfg = _config(tmp_path)
+    text = "\n".join([
+        'out = "run"', 'classes = ["background", "blob"]', 'label_map = { "0" = 0, "255" = 1 }',
+        'tile = 32', 'epochs = 3',
+        '[[train]]', 'image = "t*_image.png"', 'labels = "t*_labels.png"',
+        '[[val]]', 'image = "v0_image.png"', 'labels = "v0_labels.png"'])
+    (tmp_path / "c.toml").write_text(text)
+    got = TrainConfig.from_file(tmp_path / "c.toml")
+    assert [p[0] for p in got.train] == [c["image"] for c in cfg["train"]]
+    assert got.out == str(tmp_path / "run") and got.label_map == {0: 0, 255: 1}
+    assert TrainConfig.from_dict(got.to_dict()) == got
+    (tmp_path / "c.json").write_text(json.dumps(got.to_dict()))
+    assert TrainConfig.from_file(tmp_path / "c.json") == got
+
+
+@pytest.mark.parametrize("change, exc, match", [
+    ({"colour": 1}, ValueError, "unknown keys"),
+    ({"classes": []}, ValueError, "`classes` must name"),
+    ({"monitor": "iou_cat"}, ValueError, "`monitor` must be"),
+    ({"tile": 30}, ValueError, "multiples of 4"),
+    ({"sampling": "poisson"}, ValueError, "`sampling` must be one of"),
+    ({"loss": "hinge"}, ValueError, "`loss` names"),
+    ({"label_map": {"0": 0, "255": 7}}, ValueError, "class indices"),
+    ({"train": [{"image": "nothere*.png", "labels": "nope*.png"}]}, FileNotFoundError,
+     "patterns must match"),
+    ({"model": "resnet"}, ValueError, "`model.name` must be one of"),
+])
+def test_bad_configs_refused_before_writing(tmp_path, change, exc, match):
+    cfg = _config(tmp_path, **change)
+    with pytest.raises(exc, match=match):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_train(tmp_path, capsys):
+    cfg = _config(tmp_path, epochs=1, export=["torchscript"])
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["train", str(tmp_path / "c.json"), "--no-progress"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.ts").is_file()
+    assert main(["train", str(tmp_path / "c.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chunkseg train: error:") and len(err.strip().splitlines()) == 1
+    assert main(["train", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_isbi_config_parses():
+    cfg = TrainConfig.from_file(ROOT / "configs" / "isbi2012_unet.toml")
+    assert len(cfg.train) == 20 and len(cfg.val) == 5
+    assert Path(cfg.val[0][0]).name == "20.png" and Path(cfg.train[-1][0]).name == "19.png"
