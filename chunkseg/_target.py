@@ -1,20 +1,25 @@
 """One check for every output target: never the input, never data chunkseg did not write.
 
-Used by every writer (:func:`chunkseg.predict_to_zarr`, :func:`chunkseg.ingest` and the demo)
-before anything is computed or written. Outputs chunkseg writes carry
-``attrs["chunkseg_version"]`` at their root; with ``overwrite=True`` only such a store is
-replaced, and only when it holds nothing but its Zarr nodes.
+Used by every writer before anything is computed or written: Zarr stores
+(:func:`check_output_target`: :func:`chunkseg.predict_to_zarr`, :func:`chunkseg.ingest`, the
+demo), folders of files (:func:`check_output_folder`: a training run, a bioimage.io package)
+and single files (:func:`check_output_files`: figures, reports). Zarr outputs chunkseg writes
+carry ``attrs["chunkseg_version"]`` at their root, folders a marker file; with
+``overwrite=True`` only such an output is replaced, and only when it holds nothing but what
+chunkseg writes there.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import OutputExistsError, OutputOverlapError
 
-__all__ = ["MARKER", "check_output_target", "describe_location", "overlaps"]
+__all__ = ["MARKER", "check_output_files", "check_output_folder", "check_output_target",
+           "describe_location", "overlaps"]
 
 MARKER = "chunkseg_version"
 """Root attribute that marks a Zarr store as written by chunkseg."""
@@ -164,3 +169,91 @@ def check_output_target(
                 f"{foreign[:5]}. chunkseg does not delete them even with overwrite=True; move "
                 "them or choose another path."
             )
+
+
+def check_output_folder(folder: str | os.PathLike, *, markers: Collection[str],
+                        what: str, overwrite: bool = False,
+                        owned: Collection[str] | None = None,
+                        hint: str = "pass overwrite=True (CLI: --overwrite) to replace it"
+                        ) -> list[Path]:
+    """Refuse a non-empty output folder unless it is chunkseg's and ``overwrite`` is set.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        A local folder that will receive files (absent or empty is fine).
+    markers : collection of str
+        File names of which one marks the folder as written by chunkseg (``train.json`` for a
+        training run, ``rdf.yaml`` for a bioimage.io package).
+    what : str
+        What such a folder is, for messages (``"a chunkseg training run"``).
+    overwrite : bool, default False
+        Allow replacing a marked folder.
+    owned : collection of str, optional
+        The entry names chunkseg writes there; any other entry is refused, never deleted.
+        None: every entry of a marked folder is chunkseg's.
+    hint : str
+        How to replace an earlier output, for the message without ``overwrite``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The entries the caller removes before writing (empty for an absent or empty folder).
+
+    Raises
+    ------
+    chunkseg.errors.OutputExistsError
+        If ``folder`` is a file; or holds entries and ``overwrite`` is False; or, with
+        ``overwrite``, holds no marker, or entries outside ``owned``.
+    """
+    path = Path(folder)
+    where = describe_location(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"`out` must be a folder path. Got {where!r}, which is a file; "
+                                "choose another path.")
+    entries = sorted(path.iterdir()) if path.is_dir() else []
+    if not entries:
+        return []
+    marked = any((path / m).is_file() for m in markers)
+    if not overwrite:
+        why = f"it holds {what}; {hint}" if marked else (
+            f"it is not {what} (no {' or '.join(markers)}); choose another folder")
+        raise OutputExistsError(f"`out` folder {where!r} must be empty. Got {len(entries)} "
+                                f"entries: {why}.")
+    if not marked:
+        raise OutputExistsError(
+            f"`out` folder {where!r} is not {what} (no {' or '.join(markers)}); chunkseg "
+            "replaces only its own outputs, even with overwrite=True. Choose another folder.")
+    foreign = [e.name for e in entries if owned is not None and e.name not in owned]
+    if foreign:
+        raise OutputExistsError(
+            f"`out` folder {where!r} holds files chunkseg did not write there ({foreign[:5]}); "
+            "nothing was deleted. Move them or choose another folder.")
+    return entries
+
+
+def check_output_files(paths: Iterable[str | os.PathLike], *, overwrite: bool = False) -> None:
+    """Refuse to replace existing files unless ``overwrite``; never a folder.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        The files a writer is about to create.
+    overwrite : bool, default False
+        Allow replacing existing files (only files: a folder at one of the paths is refused).
+
+    Raises
+    ------
+    chunkseg.errors.OutputExistsError
+        If a path is a folder, or an existing file without ``overwrite``.
+    """
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            raise OutputExistsError(f"`out` {describe_location(path)!r} must be a file path. Got "
+                                    "a folder; choose another path.")
+        if path.exists() and not overwrite:
+            raise OutputExistsError(
+                f"`out` must not hold an earlier {path.name} unless overwrite is set. Got "
+                f"{describe_location(path)!r}, which exists; pass overwrite=True (CLI: "
+                "--overwrite) or choose another path.")

@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from ._target import check_output_files, check_output_folder
 from .errors import (
     InvalidTypeError,
     InvalidValueError,
     MissingDependencyError,
     NotFoundError,
-    OutputExistsError,
 )
 from .models import BUILTIN_MODELS, ModelSpec, Normalization
 
@@ -710,35 +710,15 @@ def export_bioimageio(
 
 
 def _check_target(out: Path, as_zip: bool, overwrite: bool) -> None:
-    if not out.exists():
-        return
+    """The one output check (:func:`chunkseg._target.check_output_files` for a .zip,
+    :func:`~chunkseg._target.check_output_folder` for a folder); clears a folder package
+    written before when ``overwrite``."""
     if as_zip:
-        if out.is_dir():
-            raise OutputExistsError(f"`out` {str(out)!r} must be a .zip file path. Got a folder; "
-                                    f"choose another path.")
-        if not overwrite:
-            raise OutputExistsError(
-                f"`out` {str(out)!r} already exists. Pass overwrite=True to replace the package, "
-                f"or choose another path."
-            )
+        check_output_files([out], overwrite=overwrite)
         return
-    if not out.is_dir():
-        raise OutputExistsError(f"`out` {str(out)!r} must be a folder path. Got a file; choose "
-                                f"another path (end it in .zip for a zip package).")
-    entries = list(out.iterdir())
-    if not entries:
-        return
-    if not overwrite:
-        raise OutputExistsError(
-            f"`out` folder {str(out)!r} must be empty. Got {len(entries)} entries; pass "
-            f"overwrite=True to replace a package written before, or choose another folder."
-        )
-    if not any((out / n).is_file() for n in YAML_NAMES):
-        raise OutputExistsError(
-            f"`out` folder {str(out)!r} holds files that are not a bioimage.io package (no "
-            f"rdf.yaml); chunkseg replaces only a package. Choose another folder."
-        )
-    for entry in entries:
+    for entry in check_output_folder(out, markers=YAML_NAMES, what="a bioimage.io package",
+                                     overwrite=overwrite, hint="pass overwrite=True to "
+                                     "replace a package written before"):
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 

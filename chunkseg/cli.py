@@ -1,4 +1,4 @@
-"""Command-line interface: ``chunkseg ingest | plan | predict | predict-instances | label | regions | figures | info | demo``."""
+"""Command-line interface: ``chunkseg ingest | plan | predict | predict-instances | label | regions | figures | info | demo | export-bioimageio | train | evaluate | seams``."""
 
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidTypeError, InvalidValueError, ModelOutputError, OutputExistsError
+from ._target import check_output_files
+from .errors import InvalidTypeError, InvalidValueError, ModelOutputError
 from .plan import TilePlan, normalize_pair, plan_tiles
 from .windows import WINDOWS
 
@@ -722,11 +723,7 @@ def seam_report_paths(out_dir: str | os.PathLike = ".", *,
     paths = {"figure": Path(out_dir) / "seam_report.png"}
     if json_path is not None:
         paths["json"] = Path(json_path)
-    for path in paths.values():
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"`out` must not hold an earlier {path.name} unless "
-                                    f"overwrite is set. Got {str(path)!r}, which exists; pass "
-                                    "overwrite=True (CLI --overwrite) or choose another path.")
+    check_output_files(paths.values(), overwrite=overwrite)
     return paths
 
 

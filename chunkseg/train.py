@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from .errors import InvalidTypeError, InvalidValueError, NotFoundError, OutputExistsError
+from ._target import check_output_folder
+from .errors import InvalidTypeError, InvalidValueError, NotFoundError
 
 __all__ = ["TrainConfig", "TrainResult", "export_model", "train"]
 
@@ -533,30 +534,18 @@ def _write_log(history: list, out: Path) -> None:
 
 def _prepare_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"`out` must be a folder. Got {str(out)!r}, which is a file.")
-    if out.is_dir() and any(out.iterdir()):
-        ours = (out / MARKER_FILE).is_file()
-        if resume:
-            if not (out / "checkpoint.pt").is_file():
-                raise NotFoundError(
-                    f"`resume` needs {str(out / 'checkpoint.pt')!r}, which does not exist. Start "
-                    "the run without --resume.")
-            return out
-        if not overwrite or not ours:
-            why = ("it holds an earlier chunkseg training run; pass --resume to continue it or "
-                   "--overwrite to replace it") if ours else (
-                   "it is not a chunkseg training run (no train.json): choose another `out`")
-            raise OutputExistsError(f"`out` {str(out)!r} is not empty: {why}.")
-        others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
-        if others:
-            raise OutputExistsError(
-                f"`out` {str(out)!r} holds files a training run did not write ({others[:5]}); "
-                "nothing was deleted. Move them or choose another `out`.")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    elif resume:
-        raise NotFoundError(f"`resume` needs an earlier run in {str(out)!r}; there is none.")
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise NotFoundError(
+                f"`resume` needs {str(out / 'checkpoint.pt')!r}, which does not exist. Start "
+                "the run without --resume.")
+        return out
+    stale = check_output_folder(
+        out, markers=(MARKER_FILE,), what="a chunkseg training run", overwrite=overwrite,
+        owned=RUN_FILES + ("checkpoint.tmp",),
+        hint="pass --resume to continue it or --overwrite to replace it")
+    for entry in stale:
+        entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -119,3 +119,40 @@ def test_every_writer_uses_the_check(tmp_path):
     with pytest.raises(OutputExistsError):
         build_mosaic(folder, rows=1, cols=1, overwrite=True)
     assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_output_folder_check(tmp_path):
+    from chunkseg._target import check_output_folder
+
+    kw = {"markers": ("run.json",), "what": "a run", "owned": ("run.json", "a.bin")}
+    assert check_output_folder(tmp_path / "new", **kw) == []
+    out = tmp_path / "out"
+    out.mkdir()
+    assert check_output_folder(out, **kw) == []  # empty
+    (out / "a.bin").write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="not a run"):
+        check_output_folder(out, overwrite=True, **kw)  # no marker: never replaced
+    (out / "run.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="must be empty"):
+        check_output_folder(out, **kw)
+    assert sorted(p.name for p in check_output_folder(out, overwrite=True, **kw)) == [
+        "a.bin", "run.json"]
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(OutputExistsError, match=r"did not write there \(\['mine.txt'\]\)"):
+        check_output_folder(out, overwrite=True, **kw)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputExistsError, match="must be a folder"):
+        check_output_folder(tmp_path / "file", **kw)
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_output_files_check(tmp_path):
+    from chunkseg._target import check_output_files
+
+    check_output_files([tmp_path / "a.png"])
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(OutputExistsError, match="earlier a.png"):
+        check_output_files([tmp_path / "a.png"])
+    check_output_files([tmp_path / "a.png"], overwrite=True)
+    with pytest.raises(OutputExistsError, match="must be a file path"):
+        check_output_files([tmp_path], overwrite=True)

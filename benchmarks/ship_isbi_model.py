@@ -1,0 +1,64 @@
+"""Make a finished ``chunkseg train`` run of the ISBI config the shipped ``isbi2012-unet``.
+
+    chunkseg train configs/isbi2012_unet.toml
+    python benchmarks/ship_isbi_model.py runs/isbi2012_unet
+
+Copies the run's ``model.pt`` (the best epoch's state_dict, float32) to
+``chunkseg/data/isbi2012_unet.pt`` and writes ``chunkseg/data/isbi2012_unet.json``: the run's
+record (config, with ``model_options``, which :func:`chunkseg.unet.pretrained` builds the network
+from; best epoch; environment) and ``held_out``, the whole-section scores on sections 20-24
+measured here (one pass per 512 x 512 section, argmax), beside the trivial "cell everywhere".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
+from chunkseg.metrics import dice, iou, pixel_error  # noqa: E402
+from chunkseg.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, WEIGHTS_PATH, UNet  # noqa: E402
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", help="the run folder (holds train.json and model.pt)")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    record = json.loads((run / "train.json").read_text())
+    cfg = record["config"]
+    if cfg["model"] != "unet" or record.get("status") != "done":
+        raise SystemExit(f"{run} is not a finished U-Net run")
+    net = UNet(**cfg["model_options"])
+    net.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    images, labels = load_sections(sections=VAL_SECTIONS)
+    x = (images.astype(np.float32) * ISBI_SCALE - ISBI_MEAN) / ISBI_STD
+    with torch.no_grad():
+        pred = np.stack([net(torch.from_numpy(s)[None, None])[0].argmax(0).numpy() for s in x])
+    held = {"pixel_error": pixel_error(labels, pred),
+            "membrane_iou": float(iou(labels, pred, 2)[1]),
+            "membrane_dice": float(dice(labels, pred, 2)[1]),
+            "cell_iou": float(iou(labels, pred, 2)[0]),
+            "trivial_pixel_error": pixel_error(labels, np.zeros_like(labels)),
+            "per_section_pixel_error": {str(s): pixel_error(lab, prd) for s, lab, prd
+                                        in zip(VAL_SECTIONS, labels, pred)}}
+    shutil.copyfile(run / "model.pt", WEIGHTS_PATH)
+    out = {**record, "command": "chunkseg train configs/isbi2012_unet.toml",
+           "parameters": sum(p.numel() for p in net.parameters()),
+           "weights_bytes": WEIGHTS_PATH.stat().st_size, "held_out": held}
+    WEIGHTS_PATH.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(held, indent=1))
+
+
+if __name__ == "__main__":
+    main()
