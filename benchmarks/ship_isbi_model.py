@@ -52,10 +52,15 @@ def main(argv=None) -> None:
             "trivial_pixel_error": pixel_error(labels, np.zeros_like(labels)),
             "per_section_pixel_error": {str(s): pixel_error(lab, prd) for s, lab, prd
                                         in zip(VAL_SECTIONS, labels, pred)}}
+    x0 = torch.randn(1, 1, 384, 384, requires_grad=True)  # receptive field: input gradients
+    net(x0)[0, 1, 192, 192].backward()
+    hit = (x0.grad[0, 0].abs() > 0).nonzero()
+    field = int((hit.max(0).values - hit.min(0).values + 1).max())
     shutil.copyfile(run / "model.pt", WEIGHTS_PATH)
     out = {**record, "command": "chunkseg train configs/isbi2012_unet.toml",
            "parameters": sum(p.numel() for p in net.parameters()),
-           "weights_bytes": WEIGHTS_PATH.stat().st_size, "held_out": held}
+           "weights_bytes": WEIGHTS_PATH.stat().st_size, "receptive_field_px": field,
+           "held_out": held}
     WEIGHTS_PATH.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(held, indent=1))
 

@@ -1380,7 +1380,8 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     tiles (9 by default) and on the naive patches that meet it. Memory: the overview (at most
     ``max_side^2`` pixels) and a few full-resolution planes of the crop.
     """
-    from .errors import InvalidTypeError, InvalidValueError, OutputExistsError
+    from ._target import check_output_files
+    from .errors import InvalidTypeError, InvalidValueError
 
     if not isinstance(out_dir, str | os.PathLike):
         raise InvalidTypeError(f"`out_dir` must be a folder path. Got {type(out_dir).__name__}.")
@@ -1400,12 +1401,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     bs = _check_batch_size(batch_size)
     names = [n for n in FIGURES if model is not None or n not in ("tile_predictions", "seams")]
     paths = {n: folder / f"{n}.png" for n in names}
-    if not overwrite:
-        for path in paths.values():
-            if path.exists():
-                raise OutputExistsError(
-                    f"`out_dir` already holds {str(path)!r}. Pass `overwrite=True` (CLI: "
-                    "--overwrite) to replace the figures, or choose another folder.")
+    check_output_files(paths.values(), overwrite=overwrite)
     predictor = None if model is None else _predictor(model, device, normalization)
     makers = {
         "overview": lambda: _overview(out, img, crop_, max_side),

@@ -39,6 +39,8 @@ from chunkseg.models import (  # noqa: E402
 from chunkseg.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, pretrained  # noqa: E402
 
 ISBI = BUILTIN_MODELS["isbi2012-unet"][1]()
+STEP = pretrained().multiple  # the shipped U-Net's 2**depth
+MIN_TILE = STEP * (64 // STEP + 1)  # the smallest valid size above twice the default halo
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def test_export_validates_with_bioimageio_spec(package):
     assert "## Validation" in (package.parent / "README.md").read_text("utf-8")
     ipt, out = descr.inputs[0], descr.outputs[0]
     assert [a.type for a in ipt.axes] == ["batch", "channel", "space", "space"]
-    assert (ipt.axes[2].size.min, ipt.axes[2].size.step) == (72, 8)
+    assert (ipt.axes[2].size.min, ipt.axes[2].size.step) == (MIN_TILE, STEP)
     assert [a.halo for a in out.axes[2:]] == [32, 32]
     assert out.axes[1].channel_names == ["cell", "membrane"]
     assert descr.weights.torchscript is not None
@@ -117,7 +119,8 @@ def test_load_gives_back_the_builtin_normalization_classes_tile(package):
     np.testing.assert_allclose(model.normalization.std, ISBI.std, rtol=1e-12)
     assert model.class_names == ("cell", "membrane")
     assert (model.tile, model.overlap, model.halo) == (256, 64, (32, 32))
-    assert (model.tile_min, model.tile_step, model.input_channels) == ((72, 72), (8, 8), 1)
+    assert (model.tile_min, model.tile_step, model.input_channels) == (
+        (MIN_TILE, MIN_TILE), (STEP, STEP), 1)
     assert model.weights_format == "torchscript" and model.weights.endswith(".pt")
     assert model.postprocessing == ("softmax",) and model.batch_size is None
     json.dumps(model.to_dict())
@@ -255,15 +258,15 @@ def test_unsupported_preprocessing_names_the_op(package, tmp_path):
         load_bioimageio(rdf)
     assert "normalization=" in str(err.value) and "`model`" in str(err.value)
     with pytest.raises(InvalidValueError, match="zero_mean_unit_variance"):
-        chunkseg.predict(np.zeros((64, 64), np.uint8), str(rdf), tile=72, overlap=0)
+        chunkseg.predict(np.zeros((64, 64), np.uint8), str(rdf), tile=MIN_TILE, overlap=0)
     own = Normalization(1 / 255, 0.5, 0.2)  # the fix the message names
     assert load_bioimageio(rdf, normalization=own).normalization == own
     ds = chunkseg.predict(np.zeros((64, 64), np.uint8), ModelSpec(str(rdf), normalization=own),
-                          tile=72, overlap=0, outputs="labels")
+                          tile=MIN_TILE, overlap=0, outputs="labels")
     assert ds.labels.shape == (64, 64)
     assert model_defaults(str(rdf))["tile"] == 256  # the defaults need no normalisation
     ds = chunkseg.predict(np.zeros((64, 64), np.uint8), str(rdf), normalization=own,
-                          tile=72, overlap=0, outputs="labels")
+                          tile=MIN_TILE, overlap=0, outputs="labels")
     assert ds.labels.shape == (64, 64)
 
 
