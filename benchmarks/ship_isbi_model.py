@@ -45,6 +45,11 @@ def main(argv=None) -> None:
     x = (images.astype(np.float32) * ISBI_SCALE - ISBI_MEAN) / ISBI_STD
     with torch.no_grad():
         pred = np.stack([net(torch.from_numpy(s)[None, None])[0].argmax(0).numpy() for s in x])
+    train_images, _ = load_sections(sections=range(20))
+    scaled = train_images.astype(np.float64) * ISBI_SCALE
+    measured = {"scale": ISBI_SCALE, "mean": ISBI_MEAN, "std": ISBI_STD,
+                "measured_train_mean": float(scaled.mean()),
+                "measured_train_std": float(scaled.std())}
     held = {"pixel_error": pixel_error(labels, pred),
             "membrane_iou": float(iou(labels, pred, 2)[1]),
             "membrane_dice": float(dice(labels, pred, 2)[1]),
@@ -60,6 +65,7 @@ def main(argv=None) -> None:
     out = {**record, "command": "chunkseg train configs/isbi2012_unet.toml",
            "parameters": sum(p.numel() for p in net.parameters()),
            "weights_bytes": WEIGHTS_PATH.stat().st_size, "receptive_field_px": field,
+           "normalisation": measured,
            "held_out": held}
     WEIGHTS_PATH.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(held, indent=1))

@@ -468,13 +468,28 @@ def _same_device(a: Any, b: Any) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-def _keras_adapter_from_pickle(data: bytes, device: str, normalization: Normalization,
-                               data_format: str | None) -> KerasAdapter:
-    import pickle
+def _keras_bytes(model: Any) -> bytes:
+    """A Keras model as the bytes of a ``.keras`` file (Keras' own format, no pickle)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(str(path))
+        return path.read_bytes()
+
+
+def _keras_adapter_from_bytes(data: bytes, device: str, normalization: Normalization,
+                              data_format: str | None) -> KerasAdapter:
+    """Rebuild a pickled in-memory Keras adapter: its ``.keras`` bytes loaded in safe mode,
+    the weights built on ``device``."""
+    import tempfile
 
     keras = _import_keras()
-    with keras.device(device):  # Keras' own unpickling builds the weights on the current device
-        model = pickle.loads(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(data)
+        with keras.device(device):
+            model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     return KerasAdapter(model, device, normalization, data_format)
 
 
@@ -573,10 +588,8 @@ class KerasAdapter:
         if self.path is not None:  # the file travels by name and is loaded on arrival
             return (KerasAdapter, (self.path, str(self.device), self.normalization,
                                    self._data_format))
-        import pickle
-
-        return (_keras_adapter_from_pickle, (pickle.dumps(self.model), str(self.device),
-                                             self.normalization, self._data_format))
+        return (_keras_adapter_from_bytes, (_keras_bytes(self.model), str(self.device),
+                                            self.normalization, self._data_format))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         keras = _import_keras()

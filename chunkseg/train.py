@@ -644,7 +644,7 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
     start_epoch = 1
     mode = MONITORS.get(cfg.monitor, "max")
     if resume:
-        state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
         if state["config"] != cfg.to_dict():
             old, new = state["config"], cfg.to_dict()
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

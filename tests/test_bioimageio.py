@@ -201,7 +201,9 @@ def test_predict_with_the_packages_tile_and_overlap_matches_inside(package):
                           outputs="probabilities,labels")
     inner = (slice(None), slice(32, -32), slice(32, -32))
     diff = np.abs(ds.probabilities.values - y[0])[inner]
-    assert diff.mean() < 2e-3, diff.mean()  # measured 3.8e-4
+    # measured 3.4e-3 for the depth-4 U-Net (receptive field 188 px, so tile borders 32 px
+    # away still reach the inner pixels), 3.8e-4 for the depth-3 one
+    assert diff.mean() < 5e-3, diff.mean()
     agree = (ds.labels.values == y[0].argmax(0))[inner[1:]].mean()
     assert agree > 0.995, agree  # measured 0.9997
 
