@@ -285,6 +285,10 @@ def _validate(cfg: TrainConfig) -> None:
             raise InvalidValueError(f"`{name}` must be one of {allowed}. Got {getattr(cfg, name)!r}.")
     if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
         raise InvalidValueError(f"`lr` must be a positive number. Got {cfg.lr!r}.")
+    if not (isinstance(cfg.normalization, Mapping) or cfg.normalization == "measure"):
+        raise InvalidValueError(
+            f"`normalization` must be 'measure' or a {{scale, mean, std}} table. Got "
+            f"{cfg.normalization!r}.")
     metric = cfg.monitor
     per_class = metric.split("_", 1)[1] if metric.startswith(("iou_", "dice_")) else None
     if metric not in MONITORS and per_class not in cfg.classes:
@@ -329,20 +333,15 @@ class TrainResult:
 # ----------------------------------------------------------------------------- parts
 
 
-def _normalization(cfg: TrainConfig, datasets_images: Sequence[Any]):
-    """The :class:`~chunkseg.models.Normalization` of a run (given, or measured out of core)."""
+def _normalization(cfg: TrainConfig, arrays: Sequence[Any]):
+    """The :class:`~chunkseg.models.Normalization` of a run: given, or measured out of core
+    on the training images' ``(H, W, C)`` dask arrays ``arrays``."""
     import dask
 
-    from .io import open_image
     from .models import Normalization
 
     if isinstance(cfg.normalization, Mapping):
         return Normalization(**cfg.normalization)
-    if cfg.normalization != "measure":
-        raise InvalidValueError(
-            f"`normalization` must be 'measure' or a {{scale, mean, std}} table. Got "
-            f"{cfg.normalization!r}.")
-    arrays = [open_image(i).data for i in datasets_images]
     kind = arrays[0].dtype
     scale = 1 / 255 if kind == np.uint8 else 1 / 65535 if kind == np.uint16 else 1.0
     sums = [((a.astype(np.float64) * scale).sum(axis=(0, 1)),
@@ -357,19 +356,18 @@ def _normalization(cfg: TrainConfig, datasets_images: Sequence[Any]):
                          std=tuple(float(s) for s in std))
 
 
-def _dataset(cfg: TrainConfig, pairs, normalization, train: bool):
+def _dataset(cfg: TrainConfig, normalization, pixels: int):
+    """The training patches; ``pixels``: how many the training images hold (``H * W`` summed),
+    for the default ``samples``."""
     from .patches import PatchDataset, augmentation
 
     transform = None
-    if train and cfg.augment != "none":
+    if cfg.augment != "none":
         transform = augmentation(cfg.augment, elastic=cfg.elastic)
     samples = cfg.samples
     if samples is None and cfg.sampling != "grid":
-        from .io import open_image
-
-        pixels = sum(int(np.prod(open_image(i).shape[:2])) for i, _ in pairs)
         samples = max(1, round(pixels / cfg.tile**2))
-    return PatchDataset(list(pairs), tile=cfg.tile, stride=cfg.stride, sampling=cfg.sampling,
+    return PatchDataset(list(cfg.train), tile=cfg.tile, stride=cfg.stride, sampling=cfg.sampling,
                         samples=samples, transform=transform, label_map=cfg.label_map,
                         normalization=normalization, seed=cfg.seed)
 
@@ -617,7 +615,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
     else:
         raise InvalidTypeError(
             f"`config` must be a TrainConfig, a mapping or a config file path. Got {type(config).__name__}.")
-    channels = open_image(cfg.train[0][0]).shape[2]
+    images = [open_image(i) for i, _ in cfg.train]  # lazy; opened once here
+    channels = images[0].shape[2]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_channels=channels, classes=len(cfg.classes),
                         **cfg.model_options)
@@ -627,16 +626,16 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
             f"`tile` and `val_tile` must be multiples of {multiple} (the {cfg.model} network's "
             f"down-sampling). Got tile={cfg.tile}, val_tile={cfg.val_tile}.")
     loss_fn = build_loss(cfg.loss, ignore_index=-100)
-    out = _prepare_out(cfg, resume, overwrite)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    normalization = _normalization(cfg, [i for i, _ in cfg.train])
-    data = _dataset(cfg, cfg.train, normalization, train=True)
+    normalization = _normalization(cfg, [a.data for a in images])
+    data = _dataset(cfg, normalization, sum(a.shape[0] * a.shape[1] for a in images))
     per_epoch = len(data) // cfg.batch_size
     if per_epoch < 1:
         raise InvalidValueError(
             f"`batch_size` must be at most the patches per epoch ({len(data)}). Got "
             f"{cfg.batch_size}; lower it or raise `samples`.")
+    out = _prepare_out(cfg, resume, overwrite)  # every check above: nothing written before
     optimizer = _optimizer(cfg, model)
     schedule = _schedule(cfg, optimizer, cfg.epochs * per_epoch)
     history: list[dict] = []

@@ -215,3 +215,16 @@ def test_isbi_config_parses():
     cfg = TrainConfig.from_file(ROOT / "configs" / "isbi2012_unet.toml")
     assert len(cfg.train) == 20 and len(cfg.val) == 5
     assert Path(cfg.val[0][0]).name == "20.png" and Path(cfg.train[-1][0]).name == "19.png"
+
+
+def test_data_errors_leave_an_earlier_run_in_place(tmp_path):
+    """Checks that need the data (batch size against the patches, normalisation) come before
+    ``overwrite`` clears the folder."""
+    cfg = _config(tmp_path, epochs=1, export=[])
+    train(cfg, progress=False)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(ValueError, match="`batch_size` must be at most"):
+        train(dict(cfg, batch_size=1000), progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="`normalization` must be"):
+        train(dict(cfg, normalization="auto"), progress=False, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
