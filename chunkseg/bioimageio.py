@@ -635,11 +635,11 @@ def export_bioimageio(
     halo : int, optional
         Output halo, pixels cropped from each side of an output tile. Default 32: half of
         chunkseg's default overlap of 64, the overlap the model card measured (tile 256,
-        overlap 64). The model's receptive field is 92 px, so pixels within 46 px of a tile
-        border see zero padding; a halo of 32 leaves the blending window to hide the rest.
+        overlap 64). The shipped model's receptive field is 188 px, so pixels within 94 px of a
+        tile border see zero padding; a halo of 32 leaves the blending window to hide the rest.
     test_size : int, default 256
         Side of the test tensor: the centre crop of the shipped test section 00, a multiple
-        of 8, at most 512.
+        of the shipped U-Net's ``2**depth`` (16), at most 512.
     overwrite : bool, default False
         Replace an existing package at ``out``.
 
@@ -671,7 +671,8 @@ def export_bioimageio(
     and ``std = ISBI_STD / ISBI_SCALE``, the same map as chunkseg's ``(x * scale - mean) / std``
     (checked to 1e-6 on 0..255); the postprocessing is a softmax over the channels. Space axes
     take any size ``min + 2**depth n``, ``min`` the smallest multiple of ``2**depth`` above twice
-    the halo (``80 + 16 n`` for the shipped depth-4 U-Net and the default halo). ``config.chunkseg`` records the Normalization, tile and overlap.
+    the halo (``80 + 16 n`` for the shipped depth-4 U-Net and the default halo).
+    ``config.chunkseg`` records the Normalization, tile and overlap.
     """
     spec = _import_spec()
     if model != "isbi2012-unet":
@@ -681,9 +682,9 @@ def export_bioimageio(
     halo = _ISBI_DEFAULT_OVERLAP // 2 if halo is None else halo
     if isinstance(halo, bool) or not isinstance(halo, int) or not 1 <= halo <= 256:
         raise InvalidValueError(f"`halo` must be an int in [1, 256]. Got {halo!r}.")
-    from .unet import shipped_options
+    from .unet import UNet, shipped_options
 
-    step = 2 ** shipped_options().get("depth", 3)  # the shipped U-Net's input multiple
+    step = UNet(**shipped_options()).multiple  # the shipped U-Net's input multiple
     if (isinstance(test_size, bool) or not isinstance(test_size, int) or test_size % step
             or not 2 * halo < test_size <= 512):
         raise InvalidValueError(
@@ -795,9 +796,11 @@ def _isbi_description(tmp: Path, halo: int, test_size: int):
     config = v0_5.Config(
         bioimageio=v0_5.BioimageioConfig(
             architecture_type="UNet",
-            architecture_description="chunkseg.unet.UNet(in_channels=1, classes=2, "
-                                     "base_channels=16, depth=3): padded 3x3 convolutions with "
-                                     "BatchNorm, 3 max-poolings, receptive field 92 px.",
+            architecture_description=(
+                f"chunkseg.unet.UNet(in_channels=1, classes=2, base_channels="
+                f"{net.base_channels}, depth={net.depth}): padded 3x3 convolutions with "
+                f"BatchNorm, {net.depth} max-poolings, receptive field "
+                f"{run.get('receptive_field_px', 'unknown')} px."),
             modality="electron microscopy", target_structure=["cell membrane"],
             task="semantic segmentation", model_parameter_count=int(run.get("parameters", 0))
             or None,

@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=_floats, default=None,
                    help="distance-to-tile-edge bin edges, px, from 0 (0,4,8,16,32)")
     p.add_argument("--multiple", type=_pair, default=None,
-                   help="pad the reference's image to a multiple of this (the model's: 8 for "
-                        "isbi2012-unet, else 1)")
+                   help="pad the reference's image to a multiple of this (the model's: 2**depth "
+                        "for isbi2012-unet, else 1)")
     p.add_argument("--margin", type=_pair, default=None,
                    help="reflect padding around the reference's image, px (half the tile)")
     p.add_argument("--max-pixels", type=int, default=None,

@@ -128,7 +128,7 @@ def run_demo(
     rows, cols : int, default 5 and 6
         Mosaic size in 512 x 512 sections.
     tile, overlap, chunks, window, batch_size
-        As :func:`chunkseg.predict`. ``tile`` must be divisible by 8 (the U-Net's depth).
+        As :func:`chunkseg.predict`. ``tile`` must be divisible by ``2**depth`` of the shipped U-Net (16).
     scheduler, workers, progress
         As :func:`chunkseg.predict_to_zarr`.
     overwrite : bool, default False

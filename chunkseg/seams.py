@@ -432,7 +432,7 @@ def seam_report(
         built-in U-Net's, else none); used by every method and the reference alike.
     multiple : int or (int, int), optional
         The reference pads the image (reflect) to a multiple of this. Default: the model's
-        ``multiple`` attribute where its torch module has one (8 for ``isbi2012-unet``), else 1.
+        ``multiple`` attribute where its torch module has one (``2**depth`` for ``isbi2012-unet``: 16), else 1.
     margin : int or (int, int), optional
         Reflect padding on every side of the reference's image, px (at least ``overlap // 2``,
         the context the grid gives the image border, for a like-for-like border). Default half

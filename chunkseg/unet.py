@@ -218,11 +218,11 @@ def shipped_options() -> dict:
 
 
 def pretrained(device: str = "cpu") -> UNet:
-    """Build ``UNet()`` and load the shipped ISBI 2012 membrane-segmentation weights.
+    """Build ``UNet(**shipped_options())`` and load the shipped ISBI 2012 membrane weights.
 
     The model expects a single-channel input normalised by the caller as
     ``(raw_uint8 * ISBI_SCALE - ISBI_MEAN) / ISBI_STD`` (it does not normalise itself) with
-    height and width divisible by 8, and returns 2 logits per pixel: class 0 = cell interior,
+    height and width divisible by ``2**depth`` (16), and returns 2 logits per pixel: class 0 = cell interior,
     class 1 = membrane. Training data, split and held-out scores: ``chunkseg/data/MODEL_CARD.md``.
 
     Parameters
