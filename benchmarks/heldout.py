@@ -35,16 +35,21 @@ def scores(labels: np.ndarray, pred: np.ndarray) -> dict:
             "membrane_dice": round(float(dice(labels, pred, 2)[1]), 4)}
 
 
+def rate(adapter, x: np.ndarray, seconds: float) -> float:
+    """Tiles per second of ``adapter`` called on the batch ``x`` for about ``seconds``."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        adapter(x)
+        n += x.shape[0]
+    return n / (time.perf_counter() - start)
+
+
 def tiles_per_second(model, tile: int = 256, batch: int = 8, seconds: float = 10.0) -> float:
     """The bare model's throughput on float32 tiles (the adapter's normalisation included)."""
     adapter = chunkseg.as_model(model)
     x = np.random.default_rng(0).uniform(0, 255, (batch, 1, tile, tile)).astype(np.float32)
     adapter(x)  # warm-up
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        adapter(x)
-        n += batch
-    return n / (time.perf_counter() - start)
+    return rate(adapter, x, seconds)
 
 
 def whole_sections(model, images: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import chunkseg  # noqa: E402
+from benchmarks.heldout import rate  # noqa: E402
 from chunkseg.models import BUILTIN_MODELS  # noqa: E402
 from chunkseg.unet import UNet, pretrained  # noqa: E402
 
@@ -38,14 +38,6 @@ def _previous(rev: str) -> UNet:
     net = UNet(**record.get("config", {}).get("model_options", {}))
     net.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
     return net.eval()
-
-
-def rate(adapter, x, seconds: float) -> float:
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        adapter(x)
-        n += x.shape[0]
-    return n / (time.perf_counter() - start)
 
 
 def main(argv=None) -> None:

@@ -1231,15 +1231,41 @@ def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Datase
         If the run that writes it has not finished (``attrs["complete"]`` is not True), with the
         number of chunks written; ``predict_to_zarr(..., resume=True)`` finishes it.
     """
+    import zarr
+
     so = _so(store, storage_options)
     ds = _open(store, so, consolidated=False)
     if ds.attrs.get("complete") is not True:
-        done, total = output_progress(store, storage_options=storage_options)
-        warnings.warn(
-            f"{describe_location(store)!r} is incomplete: {done} of {total} chunks written; the others "
-            "read as 0. Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
-            IncompleteOutputWarning, stacklevel=2)
+        warn_if_incomplete(zarr.open_group(store, mode="r", storage_options=so),
+                           describe_location(store), stacklevel=2)
     return ds
+
+
+def warn_if_incomplete(group: Any, where: str, *, stacklevel: int = 2) -> None:
+    """Warn that a :func:`predict_to_zarr` output is not finished, with its chunks written.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The output's root group.
+    where : str
+        The output, for the message (no credentials).
+    stacklevel : int, default 2
+        As :func:`warnings.warn`'s, counted from the caller of this function.
+
+    Warns
+    -----
+    chunkseg.errors.IncompleteOutputWarning
+        Unless ``attrs["complete"]`` is True: the chunks marked in the ``chunkseg/done``
+        manifest, of all; the others read as 0.
+    """
+    if group.attrs.get("complete") is True:
+        return
+    done = group[MANIFEST]["done"][...] if MANIFEST in group else np.zeros(0)
+    warnings.warn(
+        f"{where!r} is incomplete: {int((done == 1).sum())} of {done.size} chunks written; the "
+        "others read as 0. Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
+        IncompleteOutputWarning, stacklevel=stacklevel + 1)
 
 
 def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple[int, int]:

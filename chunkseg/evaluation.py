@@ -25,8 +25,9 @@ import xarray as xr
 import zarr
 
 from . import _ome
+from ._target import MARKER
+from .engine import warn_if_incomplete
 from .errors import (
-    IncompleteOutputWarning,
     InvalidTypeError,
     InvalidValueError,
     NotFoundError,
@@ -170,10 +171,8 @@ def _class_names(values: Any) -> list[str] | None:
 
 
 def _warn_incomplete(group: zarr.Group, source: str) -> None:
-    if "chunkseg_version" in group.attrs and group.attrs.get("complete") is not True:
-        warnings.warn(f"{source!r} is incomplete: the chunks its run has not written read as 0. "
-                      "Finish it with predict_to_zarr(..., resume=True) (CLI: --resume) first.",
-                      IncompleteOutputWarning, stacklevel=5)
+    if MARKER in group.attrs:  # a chunkseg output, finished or not
+        warn_if_incomplete(group, source, stacklevel=5)
 
 
 def _open_group_labels(group: zarr.Group, param: str, option: str, variable: str | None,
@@ -190,7 +189,7 @@ def _open_group_labels(group: zarr.Group, param: str, option: str, variable: str
         if isinstance(group.get("class"), zarr.Array):
             names = _class_names(group["class"][...])
         return open_image(group[path]), names, f"{source} ({path})"
-    if "chunkseg_version" in group.attrs:
+    if MARKER in group.attrs:
         arrays = sorted(group.array_keys())
         raise NotFoundError(
             f"`{option}` must name a variable of the chunkseg output `{param}`. Got "
