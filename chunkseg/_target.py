@@ -232,8 +232,9 @@ def check_output_folder(folder: str | os.PathLike, *, markers: Collection[str],
     return entries
 
 
-def check_output_files(paths: Iterable[str | os.PathLike], *, overwrite: bool = False) -> None:
-    """Refuse to replace existing files unless ``overwrite``; never a folder.
+def check_output_files(paths: Iterable[str | os.PathLike], *, overwrite: bool = False,
+                       sources: Iterable[Any] = ()) -> None:
+    """Refuse to replace existing files unless ``overwrite``; never a folder or an input.
 
     Parameters
     ----------
@@ -241,14 +242,25 @@ def check_output_files(paths: Iterable[str | os.PathLike], *, overwrite: bool = 
         The files a writer is about to create.
     overwrite : bool, default False
         Allow replacing existing files (only files: a folder at one of the paths is refused).
+    sources : iterable, optional
+        The inputs being read; a path that is one of them (or inside one) is refused even with
+        ``overwrite``.
 
     Raises
     ------
+    chunkseg.errors.OutputOverlapError
+        If a path overlaps a path/URL in ``sources``.
     chunkseg.errors.OutputExistsError
         If a path is a folder, or an existing file without ``overwrite``.
     """
+    sources = [s for s in sources if s is not None]
     for p in paths:
         path = Path(p)
+        for source in sources:
+            if overlaps(source, path):
+                raise OutputOverlapError(
+                    f"`out` must not be an input being read. Got {describe_location(path)!r} "
+                    f"for input {describe_location(source)!r}; write to another path.")
         if path.is_dir():
             raise OutputExistsError(f"`out` {describe_location(path)!r} must be a file path. Got "
                                     "a folder; choose another path.")

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ._target import check_output_files
 from .errors import ChunksegError, InvalidValueError
 
 __all__ = ["main", "build_parser"]
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of classes, or names comma-separated (default: the "
                         "prediction's class names, else the largest label + 1)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier --json file")
     p.add_argument("--pred-array", default="labels",
                    help="variable of a predict output PRED, or array of a Zarr group (labels)")
     p.add_argument("--gt-array", default=None, help="array inside a ground-truth Zarr group")
@@ -369,6 +371,9 @@ def _cmd_evaluate(args) -> int:
         to_json,
     )
 
+    if args.json_out is not None:  # before anything is read: never an input, never unasked
+        check_output_files([args.json_out], overwrite=args.overwrite,
+                           sources=(args.pred, args.gt, args.mask))
     result = evaluate(
         args.pred, args.gt, classes=parse_classes(args.classes), ignore=parse_ignore(args.ignore),
         mask=args.mask, pred_variable=args.pred_array, truth_array=args.gt_array,
@@ -385,7 +390,8 @@ def _cmd_evaluate(args) -> int:
 def _cmd_seams(args) -> int:
     from . import seams
 
-    seams.seam_report_paths(args.out, json_path=args.json_out, overwrite=args.overwrite)
+    seams.seam_report_paths(args.out, json_path=args.json_out, overwrite=args.overwrite,
+                            sources=(args.image,))
     report = seams.seam_report(
         args.image, args.model, tile=args.tile, overlap=args.overlap, windows=args.windows,
         bins=args.bins, normalization=_normalization(args), multiple=args.multiple,

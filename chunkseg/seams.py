@@ -706,8 +706,9 @@ def plot_seam_report(report: SeamReport, path: str | os.PathLike | None = None, 
 
 def seam_report_paths(out_dir: str | os.PathLike = ".", *,
                       json_path: str | os.PathLike | None = None,
-                      overwrite: bool = False) -> dict[str, Path]:
-    """The files :func:`save_seam_report` writes, checked before anything is computed.
+                      overwrite: bool = False, sources: Sequence[Any] = ()) -> dict[str, Path]:
+    """The files :func:`save_seam_report` writes, checked before anything is computed
+    (:func:`chunkseg._target.check_output_files`; ``sources``: the inputs, never replaced).
 
     Returns
     -------
@@ -719,11 +720,13 @@ def seam_report_paths(out_dir: str | os.PathLike = ".", *,
     ------
     chunkseg.OutputExistsError
         If one exists and ``overwrite`` is False.
+    chunkseg.OutputOverlapError
+        If one is an input in ``sources``.
     """
     paths = {"figure": Path(out_dir) / "seam_report.png"}
     if json_path is not None:
         paths["json"] = Path(json_path)
-    check_output_files(paths.values(), overwrite=overwrite)
+    check_output_files(paths.values(), overwrite=overwrite, sources=sources)
     return paths
 
 

@@ -156,3 +156,31 @@ def test_output_files_check(tmp_path):
     check_output_files([tmp_path / "a.png"], overwrite=True)
     with pytest.raises(OutputExistsError, match="must be a file path"):
         check_output_files([tmp_path], overwrite=True)
+
+
+def test_output_files_never_an_input(tmp_path):
+    from chunkseg._target import check_output_files
+
+    image = tmp_path / "in.png"
+    image.write_bytes(b"x")
+    with pytest.raises(OutputOverlapError, match="must not be an input"):
+        check_output_files([image], overwrite=True, sources=[str(image), None])
+    check_output_files([tmp_path / "out.json"], sources=[str(image)])
+
+
+def test_cli_json_outputs_refuse_inputs_and_earlier_files(tmp_path, capsys):
+    from chunkseg.cli import main
+
+    labels = np.random.default_rng(0).integers(0, 2, (32, 32)).astype(np.uint8)
+    pred, gt = tmp_path / "pred.npy", tmp_path / "gt.npy"
+    np.save(pred, labels)
+    np.save(gt, labels)
+    before = pred.read_bytes()
+    assert main(["evaluate", str(pred), str(gt), "--json", str(pred), "--overwrite",
+                 "--no-progress"]) == 2
+    assert pred.read_bytes() == before and "must not be an input" in capsys.readouterr().err
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", str(pred), str(gt), "--json", str(out), "--no-progress"]) == 0
+    assert main(["evaluate", str(pred), str(gt), "--json", str(out), "--no-progress"]) == 2
+    assert main(["evaluate", str(pred), str(gt), "--json", str(out), "--no-progress",
+                 "--overwrite"]) == 0
