@@ -109,6 +109,11 @@ class TrainConfig:
         Validation tiling (default ``tile`` and ``tile // 4``).
     val_window : str, default "gaussian"
     val_tta : {None, "flips", "d4"}, default None
+    ema : float, optional
+        Keep an exponential moving average of the weights (and batch-norm statistics) with
+        this decay per iteration (e.g. 0.999: about the last 1000 iterations), with
+        :class:`torch.optim.swa_utils.AveragedModel`; validation, ``best.pt`` and the exports
+        use the averaged network. Default: no average, the trained weights themselves.
     seed : int, default 0
     threads : int, optional
         ``torch.set_num_threads`` (default: torch's).
@@ -146,6 +151,7 @@ class TrainConfig:
     val_overlap: int | None = None
     val_window: str = "gaussian"
     val_tta: str | None = None
+    ema: float | None = None
     seed: int = 0
     threads: int | None = None
     workers: int = 0
@@ -295,6 +301,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise InvalidValueError(
             f"`monitor` must be one of {sorted(MONITORS)} or iou_<class>/dice_<class> with a "
             f"class of {list(cfg.classes)}. Got {metric!r}.")
+    if cfg.ema is not None and (isinstance(cfg.ema, bool) or not isinstance(cfg.ema, (int, float))
+                                or not 0 < cfg.ema < 1):
+        raise InvalidValueError(
+            f"`ema` must be a decay in (0, 1), e.g. 0.999, or left out for no average. Got "
+            f"{cfg.ema!r}.")
     bad = set(cfg.export) - {"torchscript", "onnx"}
     if bad:
         raise InvalidValueError(f"`export` must hold 'torchscript' and/or 'onnx'. Got {sorted(bad)}.")
@@ -389,6 +400,15 @@ def _schedule(cfg: TrainConfig, optimizer, iterations: int):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, iterations),
                                                       eta_min=cfg.lr * cfg.min_lr_ratio)
+
+
+def _averaged(cfg: TrainConfig, model):
+    """The moving average of the weights (torch's AveragedModel), or None without ``ema``."""
+    if cfg.ema is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
 def _evaluate_pairs(cfg: TrainConfig, model, normalization) -> dict:
@@ -638,6 +658,7 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
     out = _prepare_out(cfg, resume, overwrite)  # every check above: nothing written before
     optimizer = _optimizer(cfg, model)
     schedule = _schedule(cfg, optimizer, cfg.epochs * per_epoch)
+    average = _averaged(cfg, model)
     history: list[dict] = []
     best: dict = {}
     start_epoch = 1
@@ -653,6 +674,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        if average is not None:
+            average.load_state_dict(state["ema"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         torch.set_rng_state(state["torch_rng"])
         log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
@@ -664,6 +687,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         num_workers=cfg.workers, persistent_workers=False)
     fmt = torch.channels_last  # faster convolutions on the CPU
     model = model.to(memory_format=fmt)
+    if average is not None:
+        average = average.to(memory_format=fmt)
     stale = 0 if not history else _stale(history, best, cfg)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -679,6 +704,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
             loss.backward()
             optimizer.step()
             schedule.step()
+            if average is not None:
+                average.update_parameters(model)
             losses.append(float(loss.detach()))
             for k, v in loss_fn.last.items():
                 terms.setdefault(k, []).append(v)
@@ -690,24 +717,27 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
                "train_s": round(time.perf_counter() - tick, 2)}
         if cfg.val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             tick = time.perf_counter()
-            model.eval()
+            net = model if average is None else average.module
+            net.eval()
             threads = torch.get_num_threads()  # predict's tasks set their own
-            scores = _evaluate_pairs(cfg, model, normalization)
+            scores = _evaluate_pairs(cfg, net, normalization)
             torch.set_num_threads(threads)
             row.update({f"val_{k}": v for k, v in scores.items()})
             row["val_s"] = round(time.perf_counter() - tick, 2)
             value = scores[cfg.monitor]
             if _better(value, best.get(f"val_{cfg.monitor}"), mode):
                 best = dict(row)
-                torch.save(model.state_dict(), out / "best.pt")
+                torch.save(net.state_dict(), out / "best.pt")
                 stale = 0
             else:
                 stale += 1
         history.append(row)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
-                    "best": best, "config": cfg.to_dict(), "torch_rng": torch.get_rng_state()},
-                   out / "checkpoint.tmp")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
+                 "best": best, "config": cfg.to_dict(), "torch_rng": torch.get_rng_state()}
+        if average is not None:
+            state["ema"] = average.state_dict()
+        torch.save(state, out / "checkpoint.tmp")
         os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
         _write_log(history, out)
         shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()
@@ -719,6 +749,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         if cfg.patience and stale >= cfg.patience:
             log(f"early stop: no better val_{cfg.monitor} for {stale} validations")
             break
+    if average is not None:
+        model = average.module  # the averaged network is the result
     if best:
         model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
     model = model.cpu().eval()

@@ -108,11 +108,12 @@ def test_exported_models_run_in_predict_like_the_network(tmp_path):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
-def test_resume_continues_as_if_uninterrupted(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_continues_as_if_uninterrupted(tmp_path, ema):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    whole = train(TrainConfig.from_dict(_config(tmp_path / "a", out=str(tmp_path / "a/run"))),
-                  progress=False)
+    whole = train(TrainConfig.from_dict(_config(tmp_path / "a", out=str(tmp_path / "a/run"),
+                                                ema=ema)), progress=False)
 
     class Stop(Exception):
         pass
@@ -121,7 +122,7 @@ def test_resume_continues_as_if_uninterrupted(tmp_path):
         if row["epoch"] == 1:
             raise Stop
 
-    cfg = TrainConfig.from_dict(_config(tmp_path / "b", out=str(tmp_path / "b/run")))
+    cfg = TrainConfig.from_dict(_config(tmp_path / "b", out=str(tmp_path / "b/run"), ema=ema))
     with pytest.raises(Stop):
         train(cfg, progress=False, on_epoch_end=stop)
     assert not (tmp_path / "b/run/model.pt").exists()
@@ -130,6 +131,44 @@ def test_resume_continues_as_if_uninterrupted(tmp_path):
     for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6, err_msg=k)
     assert resumed.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"])
+
+
+def test_ema_is_the_moving_average_of_the_trained_weights(tmp_path, monkeypatch):
+    """``ema=d``: the result is e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over the weights w_t
+    after each optimiser step (recorded here), while training itself is unchanged."""
+    steps = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        steps.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    decay = 0.8
+    plain = train(_config(tmp_path, out=str(tmp_path / "plain"), val=[]), progress=False)
+    plain_steps, steps[:] = list(steps), []
+    averaged = train(_config(tmp_path, out=str(tmp_path / "ema"), val=[], ema=decay),
+                     progress=False)
+    assert len(steps) == len(plain_steps) == 16  # 2 epochs x 64 patches / batch 8
+    for a, b in zip(plain_steps[-1], steps[-1]):  # the average does not change training
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    expected = steps[0]
+    for w in steps[1:]:
+        expected = [decay * e + (1 - decay) * x for e, x in zip(expected, w)]
+    got = list(averaged.model.parameters())
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g.detach(), e, rtol=1e-5, atol=1e-6)
+    raw = torch.load(tmp_path / "ema/checkpoint.pt", weights_only=True)["model"]
+    assert not all(torch.equal(raw[k], v) for k, v in averaged.model.state_dict().items())
+    del plain
+
+
+@pytest.mark.parametrize("ema", [0, 1, 1.5, True, "0.9"])
+def test_ema_must_be_a_decay(tmp_path, ema):
+    with pytest.raises((TypeError, ValueError), match="`ema` must be a decay in"):
+        TrainConfig.from_dict(_config(tmp_path, ema=ema))
 
 
 def test_early_stopping(tmp_path):
