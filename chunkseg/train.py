@@ -301,8 +301,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise InvalidValueError(
             f"`monitor` must be one of {sorted(MONITORS)} or iou_<class>/dice_<class> with a "
             f"class of {list(cfg.classes)}. Got {metric!r}.")
-    if cfg.ema is not None and (isinstance(cfg.ema, bool) or not isinstance(cfg.ema, (int, float))
-                                or not 0 < cfg.ema < 1):
+    if cfg.ema is not None and (isinstance(cfg.ema, bool) or not isinstance(cfg.ema, (int, float))):
+        raise InvalidTypeError(
+            f"`ema` must be a decay in (0, 1) as a number, e.g. 0.999, or left out for no "
+            f"average. Got {type(cfg.ema).__name__} {cfg.ema!r}.")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise InvalidValueError(
             f"`ema` must be a decay in (0, 1), e.g. 0.999, or left out for no average. Got "
             f"{cfg.ema!r}.")
