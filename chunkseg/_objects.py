@@ -236,7 +236,7 @@ def instances(
             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
         compute(*jobs, scheduler=sched, progress=progress)
         if ome:
-            _instance_levels(group, name, target, sched, progress)
+            _instance_levels(group, name, target, sched, progress, describe_location(store))
         target.attrs["complete"] = True
     _consolidate(group)
     import xarray as xr
@@ -252,26 +252,22 @@ def instances(
                         consolidated=True)[name]
 
 
-def _instance_levels(group, name: str, target, scheduler, progress: bool) -> None:
+def _instance_levels(group, name: str, target, scheduler, progress: bool, location: str) -> None:
     """The pyramid (mode of 2 x 2: ids stay ids) and NGFF label metadata of an instances
     array in the OME layout, with as many levels as the output's."""
     from zarr.codecs import ZstdCodec
 
     from . import _pyramid
     from ._store import create_array
-    from .scheduling import compute
 
     shapes = _pyramid.level_shapes(target.shape, int(group.attrs.get("levels", 1)))
-    previous = target
-    for i, shape in enumerate(shapes[1:], start=1):
-        level = create_array(
-            group, name=f"labels/{name}/{i}", shape=shape,
-            chunks=tuple(min(c, n) for c, n in zip(target.chunks, shape)), dtype=target.dtype,
-            compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
-            attributes={"long_name": "instance ids", "level": i}, write_empty_chunks=True)
-        compute(_pyramid.build_level(previous, level, "mode"), scheduler=scheduler,
-                progress=progress)
-        previous = level
+    levels = [target] + [create_array(
+        group, name=f"labels/{name}/{i}", shape=shape,
+        chunks=_pyramid.level_chunks(target.chunks, shape), dtype=target.dtype,
+        compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+        attributes={"long_name": "instance ids", "level": i}, write_empty_chunks=True)
+        for i, shape in enumerate(shapes[1:], start=1)]
+    _pyramid.write_levels([(levels, "mode")], location, scheduler=scheduler, progress=progress)
     _ome.write_instances_metadata(group, name, len(shapes))
 
 

@@ -23,7 +23,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-__all__ = ["MIN_SIZE", "downsample_mean", "downsample_mode", "level_shapes", "build_level"]
+__all__ = ["MIN_SIZE", "downsample_mean", "downsample_mode", "level_shapes", "level_chunks",
+           "build_level", "write_levels"]
 
 MIN_SIZE = 512
 """The automatic pyramid stops at the first level whose larger side is at most this, pixels."""
@@ -114,6 +115,11 @@ def level_shapes(shape: Sequence[int], levels: int | None = None,
     return out
 
 
+def level_chunks(chunks: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """The chunks of a level: the full-resolution chunks, cut to the level's shape."""
+    return tuple(min(int(c), int(n)) for c, n in zip(chunks, shape))
+
+
 def build_level(source: Any, target: Any, kind: str) -> Any:
     """A lazy write of one pyramid level, computed from the level before it.
 
@@ -142,3 +148,32 @@ def build_level(source: Any, target: Any, kind: str) -> Any:
     low = src.map_blocks(kernel, chunks=out_chunks, dtype=source.dtype,
                          meta=np.empty((0,) * source.ndim, source.dtype))
     return da.store(low, target, lock=False, compute=False)
+
+
+def write_levels(pyramids: Sequence[tuple[Sequence[Any], str]], location: str, *,
+                 scheduler: Any = None, progress: bool = False) -> None:
+    """Fill the levels 1... of one or more pyramids, each level from the one before as written.
+
+    The one writer of every pyramid chunkseg stores (semantic outputs and instance ids): level
+    ``i`` of all pyramids is one computation, after level ``i - 1`` of all of them is written;
+    every chunk is stored, even one equal to the fill value, and a failed write raises
+    :class:`~chunkseg.errors.OutputWriteError` naming the array.
+
+    Parameters
+    ----------
+    pyramids : sequence of (sequence of zarr.Array, {"mean", "mode"})
+        Each pyramid's arrays, full resolution (written) first, then the created, empty levels;
+        and its reduction (:func:`build_level`'s ``kind``).
+    location : str
+        The store, as shown in messages (:func:`chunkseg._target.describe_location`).
+    scheduler, progress
+        As :func:`chunkseg.scheduling.compute`.
+    """
+    from ._store import ArrayWriter
+    from .scheduling import compute
+
+    full = {"write_empty_chunks": True}
+    for i in range(1, max((len(arrays) for arrays, _ in pyramids), default=0)):
+        writes = [build_level(arrays[i - 1], ArrayWriter(arrays[i].with_config(full), location),
+                              kind) for arrays, kind in pyramids if i < len(arrays)]
+        compute(*writes, scheduler=scheduler, progress=progress)

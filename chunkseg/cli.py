@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run in the config's out folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one setting of the config (repeatable; VALUE is TOML, e.g. "
+                        "--set ema=0.999 --set model_options.base_channels=20 --set out=runs/wide; "
+                        "paths relative to the current directory)")
 
     p = sub.add_parser("info", help="progress and settings of a predict output")
     p.add_argument("store", help="output Zarr store (path or URL)")
@@ -341,9 +345,10 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import train
+    from .train import TrainConfig, train
 
-    result = train(args.config, resume=args.resume, overwrite=args.overwrite,
+    config = TrainConfig.from_file(args.config, overrides=args.overrides)
+    result = train(config, resume=args.resume, overwrite=args.overwrite,
                    progress=not args.no_progress)
     best = ", ".join(f"{k} {v:.4f}" for k, v in result.best.items()
                      if k.startswith("val_") and isinstance(v, float))

@@ -1403,7 +1403,7 @@ def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: di
     scale, translation, units = _pixel_grid(setup["coords"])
     k = setup["runner"].classes
     for i, shape in enumerate(shapes[1:], start=1):
-        chunks = tuple(min(c, n) for c, n in zip(plan.chunks, shape))
+        chunks = _pyramid.level_chunks(plan.chunks, shape)
         sub = group.require_group(str(i)) if image_var is not None else None
         for name, arr0 in targets.items():
             if name == "labels":
@@ -1434,17 +1434,8 @@ def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: di
 def _write_levels(group, outputs, n_levels: int, store, scheduler, progress: bool) -> None:
     """Compute and write pyramid levels 1... from the level before each, as written."""
     image_var = _ome.image_variable(outputs)
-    where = describe_location(store)
-    full = {"write_empty_chunks": True}  # every chunk stored, even one equal to the fill value
-    for i in range(1, n_levels):
-        writes = []
-        if image_var is not None:
-            src = group[_ome.var_path(image_var, i - 1)]
-            dst = group[_ome.var_path(image_var, i)].with_config(full)
-            writes.append(_pyramid.build_level(src, ArrayWriter(dst, where), "mean"))
-        if "labels" in outputs:
-            src = group[_ome.var_path("labels", i - 1)]
-            dst = group[_ome.var_path("labels", i)].with_config(full)
-            writes.append(_pyramid.build_level(src, ArrayWriter(dst, where), "mode"))
-        if writes:
-            compute(*writes, scheduler=scheduler, progress=progress)
+    pyramids = [([group[_ome.var_path(name, i)] for i in range(n_levels)], kind)
+                for name, kind in ((image_var, "mean"), ("labels", "mode"))
+                if name is not None and name in outputs]
+    _pyramid.write_levels(pyramids, describe_location(store), scheduler=scheduler,
+                          progress=progress)

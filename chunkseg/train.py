@@ -210,8 +210,28 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
-        """Read a ``.toml`` or ``.json`` config; paths in it are relative to its folder."""
+    def from_file(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+        """Read a ``.toml`` or ``.json`` config, optionally changing some of its settings.
+
+        Parameters
+        ----------
+        path : path
+            The config file; relative paths in it are relative to its folder.
+        overrides : sequence of str, default ()
+            ``"KEY=VALUE"`` settings that replace the file's (``chunkseg train --set``). VALUE
+            is a TOML value (``ema=0.999``, ``export=["onnx"]``,
+            ``model_options={base_channels=20, depth=4}``); one that is not valid TOML is a
+            string (``out=runs/wide``). A dotted KEY changes one entry of a table
+            (``model_options.base_channels=20`` keeps ``depth``). Relative paths in
+            overrides (``out``, ``train``, ``val``) are relative to the current directory.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` is not a file.
+        TypeError, ValueError
+            For a file that does not parse, an override without ``=``, or a bad setting.
+        """
         path = Path(path)
         if not path.is_file():
             raise NotFoundError(f"`config` must be a TOML or JSON file. Got {str(path)!r}, which does not exist.")
@@ -220,7 +240,57 @@ class TrainConfig:
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (ValueError, tomllib.TOMLDecodeError) as err:
             raise InvalidValueError(f"`config` {str(path)!r} could not be parsed: {err}.") from None
+        if isinstance(data, dict):
+            _merge(data, _overrides(overrides))
         return cls.from_dict(data, root=path.parent)
+
+
+def _overrides(overrides: Sequence[str]) -> dict:
+    """``["a.b=1", "out=runs/x"]`` -> ``{"a": {"b": 1}, "out": "/cwd/runs/x"}``."""
+    if isinstance(overrides, str) or not isinstance(overrides, Sequence):
+        raise InvalidTypeError(
+            f"`overrides` must be a list of KEY=VALUE strings. Got {type(overrides).__name__}.")
+    data: dict = {}
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidValueError(
+                f"a config override must be KEY=VALUE (e.g. ema=0.999). Got {item!r}.")
+        try:
+            parsed = tomllib.loads(f"{key} = {value.strip()}")
+        except tomllib.TOMLDecodeError:
+            try:
+                parsed = tomllib.loads(f"{key} = {json.dumps(value.strip())}")
+            except tomllib.TOMLDecodeError:
+                raise InvalidValueError(
+                    f"a config override's KEY must be a setting name such as ema or "
+                    f"model_options.depth. Got {key!r}.") from None
+        for name in ("out", "train", "val"):
+            if name in parsed:
+                parsed[name] = _from_cwd(parsed[name])
+        _merge(data, parsed)
+    return data
+
+
+def _merge(base: dict, changes: Mapping) -> None:
+    """Deep-merge ``changes`` into ``base``: tables merge, anything else replaces."""
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _from_cwd(value):
+    """Relative local paths of an override made absolute (so a config's folder is not their root)."""
+    if isinstance(value, str):
+        return _resolve(value, Path.cwd())
+    if isinstance(value, list):
+        return [{k: _from_cwd(v) if k in ("image", "labels") else v for k, v in item.items()}
+                if isinstance(item, Mapping) else [_from_cwd(v) for v in item]
+                if isinstance(item, list) else item for item in value]
+    return value
 
 
 def _resolve(location: str, root) -> str:

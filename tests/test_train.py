@@ -219,6 +219,38 @@ def test_config_file_round_trip_and_globs(tmp_path):
     assert TrainConfig.from_file(tmp_path / "c.json") == got
 
 
+def test_config_overrides(tmp_path, monkeypatch):
+    """``--set KEY=VALUE`` replaces one setting; a dotted key one entry of a table; a path in
+    an override is relative to the current directory, not to the config's folder."""
+    text = "\n".join([
+        'out = "run"', 'classes = ["background", "blob"]', 'tile = 32',
+        'model_options = { base_channels = 4, depth = 2 }',
+        '[[train]]', 'image = "t0_image.png"', 'labels = "t0_labels.png"'])
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "c.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    base = TrainConfig.from_file("conf/c.toml")
+    got = TrainConfig.from_file("conf/c.toml", overrides=[
+        "ema=0.999", "model_options.base_channels=8", "out=runs/wide", 'export=["onnx"]',
+        "val_window = triangular"])
+    assert got.ema == 0.999 and got.model_options == {"base_channels": 8, "depth": 2}
+    assert got.out == str(tmp_path / "runs" / "wide") and got.export == ("onnx",)
+    assert got.val_window == "triangular"
+    assert Path(base.out).resolve() == tmp_path / "conf" / "run" and base.train == got.train
+    changed = {"ema", "model_options", "out", "export", "val_window"}
+    assert {k for k, v in got.to_dict().items() if base.to_dict()[k] != v} == changed
+    whole = TrainConfig.from_file("conf/c.toml", ["model_options={depth=3}"])
+    assert whole.model_options == {"base_channels": 4, "depth": 3}
+    with pytest.raises(ValueError, match="must be KEY=VALUE .* Got 'ema'"):
+        TrainConfig.from_file("conf/c.toml", ["ema"])
+    with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
+        TrainConfig.from_file("conf/c.toml", ["colour=1"])
+    with pytest.raises(ValueError, match="setting name"):
+        TrainConfig.from_file("conf/c.toml", ["two words=1"])
+    with pytest.raises(TypeError, match="list of KEY=VALUE"):
+        TrainConfig.from_file("conf/c.toml", "ema=0.9")
+
+
 @pytest.mark.parametrize("change, exc, match", [
     ({"colour": 1}, ValueError, "unknown keys"),
     ({"classes": []}, ValueError, "`classes` must name"),
@@ -248,12 +280,24 @@ def test_cli_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("chunkseg train: error:") and len(err.strip().splitlines()) == 1
     assert main(["train", str(tmp_path / "missing.toml")]) == 2
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "c.json"), "--no-progress", "--set", "epochs=2",
+                 "--set", f"out={tmp_path / 'run2'}"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out
+    record = json.loads((tmp_path / "run2" / "train.json").read_text())
+    assert record["config"]["epochs"] == 2 and (tmp_path / "run2" / "model.ts").is_file()
+    assert main(["train", str(tmp_path / "c.json"), "--set", "epochs"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
 
 
 def test_isbi_config_parses():
     cfg = TrainConfig.from_file(ROOT / "configs" / "isbi2012_unet.toml")
     assert len(cfg.train) == 20 and len(cfg.val) == 5
     assert Path(cfg.val[0][0]).name == "20.png" and Path(cfg.train[-1][0]).name == "19.png"
+    ema = TrainConfig.from_file(ROOT / "configs" / "isbi2012_unet.toml",
+                                ["ema=0.999", "epochs=200"])
+    assert (ema.ema, ema.epochs, ema.train, ema.model_options) == (
+        0.999, 200, cfg.train, cfg.model_options)
 
 
 def test_data_errors_leave_an_earlier_run_in_place(tmp_path):
