@@ -24,8 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import chunkseg  # noqa: E402
 from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
+from benchmarks.heldout import whole_sections  # noqa: E402
 from chunkseg.metrics import dice, iou, pixel_error  # noqa: E402
+from chunkseg.models import Normalization  # noqa: E402
 from chunkseg.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, WEIGHTS_PATH, UNet  # noqa: E402
 
 
@@ -42,9 +45,8 @@ def main(argv=None) -> None:
     net.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
     images, labels = load_sections(sections=VAL_SECTIONS)
-    x = (images.astype(np.float32) * ISBI_SCALE - ISBI_MEAN) / ISBI_STD
-    with torch.no_grad():
-        pred = np.stack([net(torch.from_numpy(s)[None, None])[0].argmax(0).numpy() for s in x])
+    norm = Normalization(scale=ISBI_SCALE, mean=(ISBI_MEAN,), std=(ISBI_STD,))
+    pred = whole_sections(chunkseg.as_model(net, normalization=norm), images)
     train_images, _ = load_sections(sections=range(20))
     scaled = train_images.astype(np.float64) * ISBI_SCALE
     measured = {"scale": ISBI_SCALE, "mean": ISBI_MEAN, "std": ISBI_STD,
