@@ -17,7 +17,7 @@ import numpy as np
 from ._store import ArrayWriter, create_array
 from ._target import MARKER, check_output_target, describe_location
 from .errors import InvalidValueError, OutputExistsError
-from .io import _chunkseg_version
+from .io._ingest import _chunkseg_version
 
 __all__ = ["SECTION_SIZE", "build_mosaic", "load_test_sections", "run_demo"]
 

@@ -1305,7 +1305,7 @@ def _compressor(name: str, level: int):
 
 def _so(store: Any, storage_options: dict | None) -> dict | None:
     if isinstance(store, str):
-        from .io import _refuse_url_password
+        from .io._locations import _refuse_url_password
 
         _refuse_url_password(store, "store")
     return storage_options if isinstance(store, str) and "://" in store else None

@@ -32,7 +32,8 @@ from .errors import (
     InvalidValueError,
     NotFoundError,
 )
-from .io import _fspath, _is_url, _redact, is_zarr_url_or_path, open_image
+from .io import is_zarr_url_or_path, open_image
+from .io._locations import _fspath, _is_url, _redact
 from .metrics import scores_from_confusion
 from .scheduling import compute
 

@@ -48,7 +48,8 @@ except ImportError as _err:  # pragma: no cover - torch is an optional extra
         f"`chunkseg.patches` needs PyTorch. Got ImportError: {_err}. Install it with "
         "`pip install 'chunkseg[torch,train]'`."
     ) from _err
-from .io import _is_url, open_image
+from .io import open_image
+from .io._locations import _is_url
 from .models import Normalization
 from .plan import normalize_pair
 

@@ -14,9 +14,17 @@ import xarray as xr
 import zarr
 from zarr.storage import MemoryStore
 
-from chunkseg import io
 from chunkseg.errors import ChunkAlignmentError, OutputExistsError
-from chunkseg.io import ingest, is_zarr_url_or_path, open_image, store_has_data
+from chunkseg.io import (
+    _axes,
+    _files,
+    _ingest,
+    _locations,
+    ingest,
+    is_zarr_url_or_path,
+    open_image,
+    store_has_data,
+)
 
 tifffile = pytest.importorskip("tifffile")
 Image = pytest.importorskip("PIL.Image")
@@ -110,7 +118,7 @@ def test_dask_2d():
 )
 def test_xarray_dims(dims, to_yxc):
     shape = {"y": 6, "x": 5, "c": 3}
-    a = _rand(tuple(shape.get(io._canonical_dim(d), 3) for d in dims))
+    a = _rand(tuple(shape.get(_axes._canonical_dim(d), 3) for d in dims))
     out = open_image(xr.DataArray(a, dims=dims))
     _check(out, to_yxc(a), source="xarray.DataArray")
 
@@ -311,9 +319,9 @@ def test_zarr_url_local_and_memory_equal():
 
 
 def test_url_credentials_are_not_recorded():
-    assert io._redact("s3://key:secret@bucket/x.zarr?token=abc") == "s3://bucket/x.zarr"
-    assert io._redact("zip::s3://u:p@b/x.zip") == "zip::s3://b/x.zip"
-    assert io._redact("/local/x.zarr") == "/local/x.zarr"
+    assert _locations._redact("s3://key:secret@bucket/x.zarr?token=abc") == "s3://bucket/x.zarr"
+    assert _locations._redact("zip::s3://u:p@b/x.zip") == "zip::s3://b/x.zip"
+    assert _locations._redact("/local/x.zarr") == "/local/x.zarr"
 
 
 def test_zarr_graph_pickles(tmp_path):
@@ -406,7 +414,7 @@ def test_tiff_planar_channels_last(tmp_path):
 
 
 def test_tiff_single_uncompressed_strip_is_memory_mapped(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "_MEMMAP_MIN_BYTES", 4096)
+    monkeypatch.setattr(_files, "_MEMMAP_MIN_BYTES", 4096)
     a = _rand((300, 200, 3), "uint8")
     path = tmp_path / "contig.tif"
     tifffile.imwrite(path, a, photometric="rgb")  # uncompressed, one strip
@@ -516,23 +524,23 @@ def test_array_name_only_for_groups():
 
 
 def test_to_yxc_reports_source_dims():
-    data, dims = io._to_yxc(np.zeros((1, 3, 4, 5)), ("t", "C", "y", "x"))
+    data, dims = _axes._to_yxc(np.zeros((1, 3, 4, 5)), ("t", "C", "y", "x"))
     assert data.shape == (4, 5, 3)
     assert dims == {"y": "y", "x": "x", "c": "C"}
-    data, dims = io._to_yxc(np.zeros((4, 5)), ("y", "x"))
+    data, dims = _axes._to_yxc(np.zeros((4, 5)), ("y", "x"))
     assert data.shape == (4, 5, 1) and dims["c"] is None
 
 
 def test_to_yxc_repeated_dims():
     with pytest.raises(ValueError, match="once each"):
-        io._to_yxc(np.zeros((3, 4, 5)), ("y", "x", "X"))
+        _axes._to_yxc(np.zeros((3, 4, 5)), ("y", "x", "X"))
 
 
 @pytest.mark.parametrize(
     ("chunks", "expected"), [(512, (512, 512)), ((256, 128), (256, 128)), ([7, 9], (7, 9))]
 )
 def test_normalise_chunks(chunks, expected):
-    assert io._normalise_chunks(chunks) == expected
+    assert _ingest._normalise_chunks(chunks) == expected
 
 
 @pytest.mark.parametrize(
@@ -549,7 +557,7 @@ def test_normalise_chunks(chunks, expected):
 )
 def test_normalise_chunks_errors(chunks, error):
     with pytest.raises(error, match="`chunks` must"):
-        io._normalise_chunks(chunks)
+        _ingest._normalise_chunks(chunks)
 
 
 def test_check_aligned():

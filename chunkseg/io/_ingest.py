@@ -1,0 +1,171 @@
+""":func:`ingest`: anything :func:`open_image` reads -> a Zarr v3 array, chunk by chunk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import zarr
+import zarr.errors
+from zarr.abc.store import Store
+
+from chunkseg.errors import (
+    InvalidTypeError,
+    InvalidValueError,
+)
+
+from ._axes import DIMS
+from ._locations import _check_storage_options, _fspath
+from ._open import open_image
+
+if TYPE_CHECKING:
+    pass
+
+
+def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
+    """``chunks`` as ``(cy, cx)``: an int becomes square; then type and range are checked."""
+    if isinstance(chunks, bool):
+        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
+    pair: Sequence[Any]
+    if isinstance(chunks, int | np.integer):
+        pair = (int(chunks), int(chunks))
+    elif isinstance(chunks, Sequence) and not isinstance(chunks, str):
+        pair = tuple(chunks)
+    else:
+        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
+    if len(pair) != 2:
+        raise InvalidValueError(
+            f"`chunks` must be an int or a pair (cy, cx) of ints; the channel axis is always one "
+            f"chunk. Got {chunks!r} (length {len(pair)})."
+        )
+    if not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in pair):
+        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
+    if any(c < 1 for c in pair):
+        raise InvalidValueError(f"`chunks` must be positive. Got {chunks!r}.")
+    return int(pair[0]), int(pair[1])
+
+
+def _chunkseg_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def ingest(
+    source: Any,
+    store: str | os.PathLike[str] | Store,
+    *,
+    chunks: int | tuple[int, int] = 1024,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    compressor_level: int = 3,
+    progress: bool = False,
+    array_name: str | None = None,
+    source_storage_options: Mapping[str, Any] | None = None,
+) -> zarr.Array:
+    """Convert an image into a chunked, zstd-compressed Zarr v3 array, one chunk at a time.
+
+    Parameters
+    ----------
+    source : any
+        Anything :func:`open_image` accepts: NumPy, Dask, xarray or Zarr array, Zarr group, or a
+        path/URL of a Zarr store or a PNG/JPEG/TIFF file.
+    store : str, os.PathLike or zarr.abc.store.Store
+        Where to write: local path, fsspec URL (``s3://bucket/image.zarr``) or zarr store. The
+        array is written at the store's root.
+    chunks : int or (int, int), default 1024
+        Zarr chunk size ``(cy, cx)`` in pixels; an int means square chunks. The channel axis is
+        always one chunk, so the chunk shape is ``(cy, cx, C)``. Clipped to the image size.
+    overwrite : bool, default False
+        Replace a Zarr store chunkseg wrote at ``store`` (``attrs["chunkseg_version"]``). A
+        location that holds anything else (other files, a Zarr store chunkseg did not write) is
+        never deleted.
+    storage_options : mapping, optional
+        fsspec options for a URL ``store``; not written to the output.
+    compressor_level : int, default 3
+        zstd level, 1 (fast) to 22 (small); 0 means zstd's default (3).
+    progress : bool, default False
+        Show a :class:`dask.diagnostics.ProgressBar` (local schedulers only).
+    array_name : str, optional
+        Passed to :func:`open_image` for a Zarr-group ``source``.
+    source_storage_options : mapping, optional
+        fsspec options for a URL ``source`` (``storage_options`` is for ``store``).
+
+    Returns
+    -------
+    zarr.Array
+        The written array: shape ``(Y, X, C)``, the source's dtype, ``dimension_names``
+        ``("y", "x", "c")``, chunks ``(min(cy, Y), min(cx, X), C)``, one
+        :class:`zarr.codecs.ZstdCodec`, ``attrs["source"]`` naming the source (no credentials).
+
+    Raises
+    ------
+    chunkseg.errors.OutputExistsError
+        If ``store`` already holds data and ``overwrite`` is False (nothing is written), or it
+        holds anything but a Zarr store chunkseg wrote.
+    TypeError, ValueError, FileNotFoundError
+        For a bad ``source`` (see :func:`open_image`), bad ``chunks`` or ``compressor_level``,
+        or ``store`` overlapping a path ``source``.
+
+    Notes
+    -----
+    Never loads the whole image: the source is read lazily (see :func:`open_image`), rechunked to
+    exactly the Zarr chunks and written with :func:`dask.array.store` (``lock=False``), so each
+    task writes whole Zarr chunks and peak memory is a few chunks per worker thread, e.g. for
+    1024 x 1024 x 3 uint16 chunks about 6 MiB each, plus the source blocks that overlap them.
+    Chunks equal to the fill value 0 are not stored (Zarr's default); they read back as 0.
+    """
+    cy, cx = _normalise_chunks(chunks)
+    if isinstance(compressor_level, bool) or not isinstance(compressor_level, int | np.integer):
+        raise InvalidTypeError(
+            f"`compressor_level` must be an int from 0 to 22. Got {compressor_level!r}."
+        )
+    if not 0 <= compressor_level <= 22:
+        raise InvalidValueError(f"`compressor_level` must be an int from 0 to 22. Got {compressor_level}.")
+    if isinstance(store, Store):
+        if storage_options is not None:
+            raise InvalidValueError(
+                "`storage_options` must be None when `store` is a zarr store object. "
+                "Got storage_options; configure the store object instead."
+            )
+        target: str | Store = store
+        options = None
+    elif isinstance(store, str | os.PathLike):
+        target = _fspath(store, "store")
+        options = _check_storage_options(storage_options, target, "store")
+    else:
+        raise InvalidTypeError(
+            "`store` must be a str or os.PathLike path, an fsspec URL or a zarr store. "
+            f"Got {type(store).__name__}."
+        )
+    from .._store import ArrayWriter, check_aligned, create_array
+    from .._target import MARKER, check_output_target, describe_location
+
+    check_output_target(target, source=source, overwrite=overwrite, storage_options=options)
+
+    image = open_image(source, storage_options=source_storage_options, array_name=array_name)
+    height, width, channels = image.shape
+    zarr_chunks = (min(cy, height), min(cx, width), channels)
+
+    data = image.data.rechunk(zarr_chunks)
+    check_aligned("image", data.chunks, zarr_chunks)
+    array = create_array(
+        target, shape=image.shape, chunks=zarr_chunks, dtype=image.dtype,
+        compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)), dimension_names=DIMS,
+        attributes={"source": image.attrs["source"], MARKER: _chunkseg_version()},
+        storage_options=options, overwrite=overwrite)
+    writer = ArrayWriter(array, describe_location(target), "image",
+                         fix="Free space (or fix the store) and ingest again with "
+                             "overwrite=True (CLI: --overwrite).")
+    bar: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        bar = ProgressBar()
+    with bar:
+        da.store(data, writer, lock=False, compute=True)
+    return array
