@@ -239,6 +239,9 @@ def test_config_overrides(tmp_path, monkeypatch):
     assert Path(base.out).resolve() == tmp_path / "conf" / "run" and base.train == got.train
     changed = {"ema", "model_options", "out", "export", "val_window"}
     assert {k for k, v in got.to_dict().items() if base.to_dict()[k] != v} == changed
+    pairs = TrainConfig.from_file(
+        "conf/c.toml", ['train=[{image="data/a.png", labels="data/b.png"}]']).train
+    assert pairs == ((str(tmp_path / "data" / "a.png"), str(tmp_path / "data" / "b.png")),)
     whole = TrainConfig.from_file("conf/c.toml", ["model_options={depth=3}"])
     assert whole.model_options == {"base_channels": 4, "depth": 3}
     with pytest.raises(ValueError, match="must be KEY=VALUE .* Got 'ema'"):
