@@ -316,7 +316,8 @@ def labels_from_logits(logits: np.ndarray) -> np.ndarray:
     """Argmax labels from blended logits on axis 0.
 
     ``K >= 2``: the index of the largest logit, ties to the lower class (as ``numpy.argmax``),
-    computed plane by plane (faster than ``numpy.argmax`` over a leading axis).
+    computed plane by plane (faster than ``numpy.argmax`` over a leading axis; ``K == 2`` is one
+    comparison, ``logits[1] > logits[0]``).
     ``K == 1``: ``logit > 0`` (probability above one half) as 0/1.
 
     Parameters
@@ -331,10 +332,12 @@ def labels_from_logits(logits: np.ndarray) -> np.ndarray:
     dtype = labels_dtype(k)
     if k == 1:
         return (logits[0] > 0).astype(dtype)
+    if k == 2:  # one comparison; the bool result's bytes are the 0/1 uint8 labels
+        return np.greater(logits[1], logits[0]).view(dtype)
     best = logits[0].copy()
     labels = np.zeros(logits.shape[1:], dtype=dtype)
     for c in range(1, k):
         better = logits[c] > best
-        labels[better] = c
+        np.copyto(labels, dtype.type(c), where=better)
         np.maximum(best, logits[c], out=best)
     return labels

@@ -65,6 +65,17 @@ def test_probabilities_and_labels():
     assert blend.labels_from_logits(np.zeros((300, 2, 2))).dtype == np.uint16
 
 
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_labels_are_the_argmax_with_ties_to_the_lower_class(k):
+    logits = RNG.integers(-2, 3, size=(k, 40, 50)).astype(np.float32)  # many ties
+    got = blend.labels_from_logits(logits)
+    np.testing.assert_array_equal(got, logits.argmax(0))
+    assert got.dtype == np.uint8 and got.shape == (40, 50)
+    assert (logits.max(0) == logits[0]).sum() > 100 and (got == 0).sum() > 100
+    np.testing.assert_array_equal(blend.labels_from_logits(logits[:, ::2, ::3]),
+                                  logits[:, ::2, ::3].argmax(0))  # strided views too
+
+
 @pytest.mark.parametrize(
     "out, classes, match",
     [
