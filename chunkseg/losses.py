@@ -60,6 +60,13 @@ class WeightedLoss:
             total = total + weight * value
         return total
 
+    def to(self, device) -> WeightedLoss:
+        """Move the terms that hold tensors (torch modules) to ``device``; returns self."""
+        for _, _, loss in self.terms:
+            if hasattr(loss, "to"):
+                loss.to(device)
+        return self
+
     def __repr__(self) -> str:
         return " + ".join(f"{w:g} * {n}" for n, w, _ in self.terms)
 

@@ -115,6 +115,11 @@ class TrainConfig:
         :class:`torch.optim.swa_utils.AveragedModel`; validation, ``best.pt`` and the exports
         use the averaged network. Default: no average, the trained weights themselves.
     seed : int, default 0
+    device : str, default "cpu"
+        Torch device of the training and of the validation's ``chunkseg.predict``
+        (``"cuda"``, ``"cuda:1"``, ``"mps"``). The saved weights (``model.pt``, ``best.pt``) and
+        the exports are CPU tensors either way, so a model trained on a GPU loads and runs on
+        the CPU.
     threads : int, optional
         ``torch.set_num_threads`` (default: torch's).
     workers : int, default 0
@@ -153,6 +158,7 @@ class TrainConfig:
     val_tta: str | None = None
     ema: float | None = None
     seed: int = 0
+    device: str = "cpu"
     threads: int | None = None
     workers: int = 0
     export: tuple[str, ...] = ("torchscript", "onnx")
@@ -379,6 +385,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise InvalidValueError(
             f"`ema` must be a decay in (0, 1), e.g. 0.999, or left out for no average. Got "
             f"{cfg.ema!r}.")
+    if not isinstance(cfg.device, str):
+        raise InvalidTypeError(
+            f"`device` must be a torch device name such as 'cpu' or 'cuda'. Got "
+            f"{type(cfg.device).__name__} {cfg.device!r}.")
     bad = set(cfg.export) - {"torchscript", "onnx"}
     if bad:
         raise InvalidValueError(f"`export` must hold 'torchscript' and/or 'onnx'. Got {sorted(bad)}.")
@@ -496,7 +506,8 @@ def _evaluate_pairs(cfg: TrainConfig, model, normalization) -> dict:
     total = None
     for image, labels in cfg.val:
         ds = engine.predict(image, model, tile=tile, overlap=overlap, window=cfg.val_window,
-                            normalization=normalization, outputs="labels", tta=cfg.val_tta)
+                            normalization=normalization, outputs="labels", tta=cfg.val_tta,
+                            device=cfg.device)
         truth = open_image(labels).data[..., 0]
         cm = confusion_matrix_dask(ds.labels.data, truth, classes=len(cfg.classes),
                                    label_map=cfg.label_map).compute()
@@ -718,7 +729,9 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         raise InvalidValueError(
             f"`tile` and `val_tile` must be multiples of {multiple} (the {cfg.model} network's "
             f"down-sampling). Got tile={cfg.tile}, val_tile={cfg.val_tile}.")
-    loss_fn = build_loss(cfg.loss, ignore_index=-100)
+    device = _device(cfg.device)
+    model = model.to(device)
+    loss_fn = build_loss(cfg.loss, ignore_index=-100).to(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     normalization = _normalization(cfg, [a.data for a in images])
@@ -772,7 +785,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
                    disable=not progress, leave=False)
         tick = time.perf_counter()
         for x, y in bar:
-            loss = loss_fn(model(x.contiguous(memory_format=fmt)), y)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            loss = loss_fn(model(x), y.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -800,16 +814,16 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
             value = scores[cfg.monitor]
             if _better(value, best.get(f"val_{cfg.monitor}"), mode):
                 best = dict(row)
-                torch.save(net.state_dict(), out / "best.pt")
+                torch.save(_cpu(net.state_dict()), out / "best.pt")
                 stale = 0
             else:
                 stale += 1
         history.append(row)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": _cpu(model.state_dict()), "optimizer": optimizer.state_dict(),
                  "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
                  "best": best, "config": cfg.to_dict(), "torch_rng": torch.get_rng_state()}
         if average is not None:
-            state["ema"] = average.state_dict()
+            state["ema"] = _cpu(average.state_dict())
         torch.save(state, out / "checkpoint.tmp")
         os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
         _write_log(history, out)
@@ -841,6 +855,33 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
               "files": {k: p.name for k, p in files.items()}}
     (out / MARKER_FILE).write_text(json.dumps(record, indent=1))
     return TrainResult(model=model, history=history, best=best, out=out, files=files)
+
+
+def _device(name: str):
+    """``torch.device(name)``, refused before anything is written if this machine lacks it."""
+    import torch
+
+    fix = "Use 'cpu', or a device this machine has (torch.cuda.device_count() GPUs here)."
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InvalidValueError(
+            f"`device` must be a torch device such as 'cpu', 'cuda' or 'cuda:1'. Got {name!r}. "
+            + fix) from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (
+            device.index is not None and device.index >= torch.cuda.device_count())):
+        raise InvalidValueError(
+            f"`device` must be a device this machine has; {name!r} is not available "
+            f"(torch.cuda.is_available() is {torch.cuda.is_available()}). {fix}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidValueError(f"`device` must be a device this machine has; {name!r} is not "
+                                f"available. {fix}")
+    return device
+
+
+def _cpu(state: dict) -> dict:
+    """A state_dict with CPU tensors (what is saved: it loads on any machine)."""
+    return {k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in state.items()}
 
 
 def _stale(history: list, best: dict, cfg: TrainConfig) -> int:

@@ -265,6 +265,10 @@ def test_config_overrides(tmp_path, monkeypatch):
     ({"train": [{"image": "nothere*.png", "labels": "nope*.png"}]}, FileNotFoundError,
      "patterns must match"),
     ({"model": "resnet"}, ValueError, "`model.name` must be one of"),
+    ({"device": 0}, TypeError, "`device` must be a torch device name"),
+    ({"device": "toaster"}, ValueError, "`device` must be a torch device such as"),
+    pytest.param({"device": "cuda:0"}, ValueError, "not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
 ])
 def test_bad_configs_refused_before_writing(tmp_path, change, exc, match):
     cfg = _config(tmp_path, **change)
@@ -314,3 +318,16 @@ def test_data_errors_leave_an_earlier_run_in_place(tmp_path):
     with pytest.raises(ValueError, match="`normalization` must be"):
         train(dict(cfg, normalization="auto"), progress=False, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_a_gpu_saves_weights_that_run_on_the_cpu(tmp_path):
+    result = train(_config(tmp_path, device="cuda", export=["torchscript"]), progress=False)
+    assert next(result.model.parameters()).device.type == "cpu"
+    for name in ("model.pt", "best.pt"):
+        state = torch.load(tmp_path / "run" / name, weights_only=True)
+        assert {v.device.type for v in state.values()} == {"cpu"}
+    image = np.asarray(_blobs(7)[0])
+    got = chunkseg.predict(image, str(tmp_path / "run" / "model.ts"), tile=48, overlap=16,
+                           outputs="labels").labels.values
+    assert got.shape == image.shape
