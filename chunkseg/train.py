@@ -28,7 +28,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -751,8 +751,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
     mode = MONITORS.get(cfg.monitor, "max")
     if resume:
         state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-        if state["config"] != cfg.to_dict():
-            old, new = state["config"], cfg.to_dict()
+        old, new = _with_defaults(state["config"]), cfg.to_dict()
+        if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise InvalidValueError(
                 f"`resume` needs the config of the interrupted run; these settings differ: "
@@ -861,7 +861,7 @@ def _device(name: str):
     """``torch.device(name)``, refused before anything is written if this machine lacks it."""
     import torch
 
-    fix = "Use 'cpu', or a device this machine has (torch.cuda.device_count() GPUs here)."
+    fix = f"Use 'cpu', or a device this machine has ({torch.cuda.device_count()} CUDA GPUs here)."
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -877,6 +877,16 @@ def _device(name: str):
         raise InvalidValueError(f"`device` must be a device this machine has; {name!r} is not "
                                 f"available. {fix}")
     return device
+
+
+def _with_defaults(recorded: dict) -> dict:
+    """A recorded config with the settings added since it was written at their defaults (a
+    run from before ``device`` existed resumes as the CPU run it was)."""
+    out = dict(recorded)
+    for f in fields(TrainConfig):
+        if f.name not in out and f.default is not MISSING:
+            out[f.name] = json.loads(json.dumps(f.default))
+    return out
 
 
 def _cpu(state: dict) -> dict:

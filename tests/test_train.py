@@ -133,6 +133,30 @@ def test_resume_continues_as_if_uninterrupted(tmp_path, ema):
     assert resumed.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"])
 
 
+def test_resume_of_a_run_recorded_before_a_setting_existed(tmp_path):
+    """A checkpoint whose config lacks a later setting (``device``) resumes at its default;
+    one that differs from the default is still refused."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        raise Stop
+
+    cfg = TrainConfig.from_dict(_config(tmp_path, epochs=2, export=[]))
+    with pytest.raises(Stop):
+        train(cfg, progress=False, on_epoch_end=stop)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["device"]
+    torch.save(state, path)
+    assert [r["epoch"] for r in train(cfg, progress=False, resume=True).history] == [1, 2]
+    state["config"]["ema"] = 0.5
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"differ: \['ema'\]"):
+        train(cfg, progress=False, resume=True)
+
+
 def test_ema_is_the_moving_average_of_the_trained_weights(tmp_path, monkeypatch):
     """``ema=d``: the result is e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over the weights w_t
     after each optimiser step (recorded here), while training itself is unchanged."""
