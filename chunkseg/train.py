@@ -274,7 +274,7 @@ def _overrides(overrides: Sequence[str]) -> dict:
                     f"model_options.depth. Got {key!r}.") from None
         for name in ("out", "train", "val"):
             if name in parsed:
-                parsed[name] = _from_cwd(parsed[name])
+                parsed[name] = _from_cwd(parsed[name], name)
         _merge(data, parsed)
     return data
 
@@ -288,15 +288,15 @@ def _merge(base: dict, changes: Mapping) -> None:
             base[key] = value
 
 
-def _from_cwd(value):
-    """Relative local paths of an override made absolute (so a config's folder is not their root)."""
-    if isinstance(value, str):
-        return _resolve(value, Path.cwd())
-    if isinstance(value, list):
-        return [{k: _from_cwd(v) if k in ("image", "labels") else v for k, v in item.items()}
-                if isinstance(item, Mapping) else [_from_cwd(v) for v in item]
-                if isinstance(item, list) else item for item in value]
-    return value
+def _from_cwd(value, key: str):
+    """An override's relative local paths made absolute from the current directory (so the
+    config's folder is not their root): ``out`` itself, or each pair of ``train``/``val``."""
+    def cwd(path):
+        return _resolve(path, Path.cwd()) if isinstance(path, str) else path
+
+    if key == "out":
+        return cwd(value)
+    return [{"image": cwd(image), "labels": cwd(labels)} for image, labels in _pair_items(value, key)]
 
 
 def _resolve(location: str, root) -> str:
@@ -305,18 +305,25 @@ def _resolve(location: str, root) -> str:
     return str(Path(root) / location)
 
 
-def _pairs(value, key: str, root) -> tuple[tuple[str, str], ...]:
+def _pair_items(value, key: str) -> list[tuple[Any, Any]]:
+    """The ``(image, labels)`` of each entry of ``train``/``val``: tables or pairs."""
     if not isinstance(value, (list, tuple)):
         raise InvalidTypeError(f"`{key}` must be a list of {{image, labels}} tables. Got {value!r}.")
-    pairs = []
+    items = []
     for item in value:
         if isinstance(item, Mapping) and set(item) == {"image", "labels"}:
-            image, labels = item["image"], item["labels"]
+            items.append((item["image"], item["labels"]))
         elif isinstance(item, (list, tuple)) and len(item) == 2:
-            image, labels = item
+            items.append(tuple(item))
         else:
             raise InvalidValueError(
                 f"`{key}` entries must be {{image = ..., labels = ...}} tables. Got {item!r}.")
+    return items
+
+
+def _pairs(value, key: str, root) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for image, labels in _pair_items(value, key):
         if root is not None:
             image, labels = _resolve(image, root), _resolve(labels, root)
         if glob.has_magic(image) or glob.has_magic(labels):
