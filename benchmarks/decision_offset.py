@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import chunkseg  # noqa: E402
 from benchmarks._isbi import load_sections  # noqa: E402
+from benchmarks.heldout import tiled_sections  # noqa: E402
 from chunkseg.metrics import pixel_error  # noqa: E402
 
 OFFSETS = tuple(float(o) for o in np.round(np.arange(-1.0, 1.001, 0.125), 3))
@@ -33,12 +33,8 @@ OFFSETS = tuple(float(o) for o in np.round(np.arange(-1.0, 1.001, 0.125), 3))
 
 def margins(model: str, images: np.ndarray, tta: str | None) -> np.ndarray:
     """``(S, H, W)`` float32 membrane-minus-cell logits through the engine."""
-    out = []
-    for image in images:
-        logits = chunkseg.predict(image, model, tile=256, overlap=64, window="gaussian",
-                                  outputs="logits", tta=tta).logits.values
-        out.append(logits[1] - logits[0])
-    return np.stack(out)
+    logits = tiled_sections(model, images, tta=tta, output="logits")
+    return logits[:, 1] - logits[:, 0]
 
 
 def main(argv=None) -> None:

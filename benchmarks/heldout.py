@@ -59,6 +59,16 @@ def whole_sections(model, images: np.ndarray) -> np.ndarray:
                      for img in images])
 
 
+def tiled_sections(model, images: np.ndarray, *, tile: int = 256, overlap: int = 64,
+                   window: str = "gaussian", tta: str | None = None, chunks: int | None = None,
+                   output: str = "labels") -> np.ndarray:
+    """``chunkseg.predict`` on each section (tiles, overlap, blending): the stacked ``labels``
+    ``(S, H, W)`` or ``logits`` ``(S, K, H, W)``."""
+    return np.stack([getattr(chunkseg.predict(img, model, tile=tile, overlap=overlap,
+                                              window=window, chunks=chunks, outputs=output,
+                                              tta=tta), output).values for img in images])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DATA))
@@ -75,11 +85,9 @@ def main(argv=None) -> None:
 
     def run(window, tta):
         start = time.perf_counter()
-        pred = np.stack([
-            chunkseg.predict(img, args.model, tile=args.tile, overlap=args.overlap,
-                             window=window, chunks=2 * stride, outputs="labels",
-                             tta=None if tta == "none" else tta).labels.values
-            for img in images])
+        pred = tiled_sections(args.model, images, tile=args.tile, overlap=args.overlap,
+                              window=window, chunks=2 * stride,
+                              tta=None if tta == "none" else tta)
         rows.append({"inference": f"chunkseg, tile {args.tile}, overlap {args.overlap}, "
                                   f"{window}" + ("" if tta == "none" else f", tta {tta}"),
                      "window": window, "tta": tta, "tile": args.tile, "overlap": args.overlap,

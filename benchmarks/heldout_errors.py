@@ -28,8 +28,8 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import chunkseg  # noqa: E402
 from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
+from benchmarks.heldout import tiled_sections  # noqa: E402
 from chunkseg.metrics import pixel_error  # noqa: E402
 
 DISTANCES = (1.0, 1.5, 2.0, 3.0, 5.0)
@@ -47,8 +47,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/heldout_errors.json"))
     args = parser.parse_args(argv)
     images, truth = load_sections(sections=VAL_SECTIONS)
-    pred = np.stack([chunkseg.predict(img, args.model, tile=256, overlap=64, window="gaussian",
-                                      outputs="labels").labels.values for img in images])
+    pred = tiled_sections(args.model, images)
     wrong = pred != truth
     dist = edge_distance(truth)
     by_distance = {str(d): {"share_of_errors": round(float((wrong & (dist <= d)).sum()
