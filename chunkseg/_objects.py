@@ -32,7 +32,7 @@ REGION_COLUMNS = ("label", "class", "area", "centroid_y", "centroid_x", "bbox_y0
 def _open_group(store: Any, storage_options, mode: str):
     import zarr
 
-    from ._target import describe_location
+    from .outputs._target import describe_location
     from .engine import _so
 
     try:
@@ -50,7 +50,7 @@ def _open_group(store: Any, storage_options, mode: str):
 
 
 def _check_complete(group, store) -> None:
-    from ._target import describe_location
+    from .outputs._target import describe_location
 
     if group.attrs.get("complete") is not True:
         raise InvalidValueError(
@@ -163,8 +163,8 @@ def instances(
     import dask
     from zarr.codecs import ZstdCodec
 
-    from ._store import ArrayWriter, create_array
-    from ._target import describe_location
+    from .outputs._arrays import ArrayWriter, create_array
+    from .outputs._target import describe_location
     from .scheduling import compute, open_client
 
     if not isinstance(name, str) or not name or "/" in name or name in _RESERVED:
@@ -257,8 +257,8 @@ def _instance_levels(group, name: str, target, scheduler, progress: bool, locati
     array in the OME layout, with as many levels as the output's."""
     from zarr.codecs import ZstdCodec
 
-    from . import _pyramid
-    from ._store import create_array
+    from .outputs import _pyramid
+    from .outputs._arrays import create_array
 
     shapes = _pyramid.level_shapes(target.shape, int(group.attrs.get("levels", 1)))
     levels = [target] + [create_array(
@@ -406,7 +406,7 @@ def regions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ._target import describe_location, overlaps
+    from .outputs._target import describe_location, overlaps
     from .engine import BlockReader
     from .errors import NotFoundError, OutputOverlapError
     from .io import open_image

@@ -17,7 +17,7 @@ xarray dataset and an OME-NGFF 0.5 image (https://ngff.openmicroscopy.org/0.5/):
 ``xarray.open_zarr(out, group="1")`` level 1, and :func:`chunkseg.open_output` adds the labels.
 The metadata are written with ome-zarr-py (``ome_zarr.writer.write_multiscales_metadata`` and
 ``write_label_metadata``, format 0.5), never by hand; the level arrays are chunkseg's own
-(:mod:`chunkseg._pyramid`), written before the metadata name them.
+(:mod:`chunkseg.outputs._pyramid`), written before the metadata name them.
 """
 
 from __future__ import annotations

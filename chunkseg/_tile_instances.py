@@ -65,8 +65,8 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from ._store import ArrayWriter, check_aligned, create_array
-from ._target import MARKER, check_output_target, describe_location
+from .outputs._arrays import ArrayWriter, check_aligned, create_array
+from .outputs._target import MARKER, check_output_target, describe_location
 from .blend import mapped_zeros
 from .engine import BlockReader, _so, _threads, _version, blend_graph
 from .errors import InvalidTypeError, InvalidValueError, LargeObjectWarning, ModelOutputError
@@ -613,7 +613,7 @@ def predict_instances(
         Tiles per model call.
     overwrite : bool, default False
         Replace a previous chunkseg output at ``store`` (see
-        :func:`chunkseg._target.check_output_target`).
+        :func:`chunkseg.outputs._target.check_output_target`).
     storage_options : dict, optional
         fsspec options for URL inputs and outputs.
     scheduler : None, str or distributed.Client

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ._target import check_output_files, check_output_folder
+from .outputs._target import check_output_files, check_output_folder
 from .errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -715,8 +715,8 @@ def export_bioimageio(
 
 
 def _check_target(out: Path, as_zip: bool, overwrite: bool) -> None:
-    """The one output check (:func:`chunkseg._target.check_output_files` for a .zip,
-    :func:`~chunkseg._target.check_output_folder` for a folder); clears a folder package
+    """The one output check (:func:`chunkseg.outputs._target.check_output_files` for a .zip,
+    :func:`~chunkseg.outputs._target.check_output_folder` for a folder); clears a folder package
     written before when ``overwrite``."""
     if as_zip:
         check_output_files([out], overwrite=overwrite)

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ._target import check_output_files
+from .outputs._target import check_output_files
 from .errors import ChunksegError, InvalidValueError
 
 __all__ = ["main", "build_parser"]
@@ -413,7 +413,7 @@ def _cmd_seams(args) -> int:
 def _cmd_info(args) -> int:
     import zarr
 
-    from ._target import describe_location
+    from .outputs._target import describe_location
     from .engine import output_progress
 
     try:

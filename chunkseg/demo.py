@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ._store import ArrayWriter, create_array
-from ._target import MARKER, check_output_target, describe_location
+from .outputs._arrays import ArrayWriter, create_array
+from .outputs._target import MARKER, check_output_target, describe_location
 from .errors import InvalidValueError, OutputExistsError
 from .io._ingest import _chunkseg_version
 

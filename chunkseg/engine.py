@@ -39,9 +39,10 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from . import _ome, _pyramid, blend
-from ._store import ArrayWriter, check_aligned, create_array
-from ._target import MARKER, check_output_target, describe_location
+from . import _ome, blend
+from .outputs import _pyramid
+from .outputs._arrays import ArrayWriter, check_aligned, create_array
+from .outputs._target import MARKER, check_output_target, describe_location
 from .errors import (
     IncompleteOutputWarning,
     InvalidTypeError,
@@ -797,7 +798,7 @@ class ChunkWriter:
         The completion manifest, ``(n_y, n_x)`` uint8, one Zarr chunk per element: set to 1
         once all of a chunk's variables are written.
     location : str, optional
-        The output store, for messages (:func:`chunkseg._target.describe_location`: no
+        The output store, for messages (:func:`chunkseg.outputs._target.describe_location`: no
         credentials).
 
     Raises
@@ -914,7 +915,7 @@ def predict_to_zarr(
         Replace a previous chunkseg output at ``store``. Without it, a store that already holds
         data is refused before anything is computed or written; even with it, a folder that is
         not a Zarr store, a Zarr store chunkseg did not write, or one holding other files is
-        refused, never deleted (see ``chunkseg._target.check_output_target``).
+        refused, never deleted (see ``chunkseg.outputs._target.check_output_target``).
     storage_options : dict, optional
         fsspec options for URL inputs and outputs.
     scheduler : None, str or distributed.Client
@@ -961,7 +962,7 @@ def predict_to_zarr(
         With ``ome``: pyramid levels, full resolution included. Default: halve until the larger
         side is at most 512 px. Levels are computed out of core after every chunk is written,
         each from the one before it as stored (mean of 2 x 2 for probabilities and logits,
-        mode for labels; :mod:`chunkseg._pyramid`), one task per chunk.
+        mode for labels; :mod:`chunkseg.outputs._pyramid`), one task per chunk.
     **kwargs
         ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
         ``device``, ``normalization``, ``array_name``, ``mask``, ``kernel``, ``classes``: as

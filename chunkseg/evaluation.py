@@ -25,7 +25,7 @@ import xarray as xr
 import zarr
 
 from . import _ome
-from ._target import MARKER
+from .outputs._target import MARKER
 from .engine import warn_if_incomplete
 from .errors import (
     InvalidTypeError,

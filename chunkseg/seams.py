@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ._target import check_output_files
+from .outputs._target import check_output_files
 from .errors import InvalidTypeError, InvalidValueError, ModelOutputError
 from .plan import TilePlan, normalize_pair, plan_tiles
 from .windows import WINDOWS
@@ -708,7 +708,7 @@ def seam_report_paths(out_dir: str | os.PathLike = ".", *,
                       json_path: str | os.PathLike | None = None,
                       overwrite: bool = False, sources: Sequence[Any] = ()) -> dict[str, Path]:
     """The files :func:`save_seam_report` writes, checked before anything is computed
-    (:func:`chunkseg._target.check_output_files`; ``sources``: the inputs, never replaced).
+    (:func:`chunkseg.outputs._target.check_output_files`; ``sources``: the inputs, never replaced).
 
     Returns
     -------

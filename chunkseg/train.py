@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from ._target import check_output_folder
+from .outputs._target import check_output_folder
 from .errors import InvalidTypeError, InvalidValueError, NotFoundError
 
 __all__ = ["TrainConfig", "TrainResult", "export_model", "train"]

@@ -373,7 +373,7 @@ class _Output:
         import zarr
 
         from . import _ome
-        from ._target import describe_location
+        from .outputs._target import describe_location
         from .errors import IncompleteOutputWarning, InvalidValueError
         from .plan import plan_tiles
 
@@ -1380,7 +1380,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     tiles (9 by default) and on the naive patches that meet it. Memory: the overview (at most
     ``max_side^2`` pixels) and a few full-resolution planes of the crop.
     """
-    from ._target import check_output_files
+    from .outputs._target import check_output_files
     from .errors import InvalidTypeError, InvalidValueError
 
     if not isinstance(out_dir, str | os.PathLike):

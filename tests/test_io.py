@@ -561,7 +561,7 @@ def test_normalise_chunks_errors(chunks, error):
 
 
 def test_check_aligned():
-    from chunkseg._store import check_aligned
+    from chunkseg.outputs._arrays import check_aligned
 
     check_aligned("a", ((4, 4, 2), (3, 3), (2,)), (4, 3, 2))
     check_aligned("a", ((8, 2),), (4,))  # a block may own several whole chunks

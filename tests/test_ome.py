@@ -13,7 +13,7 @@ from reference import CountingStore, reference_halve
 from test_resume import FailsLate
 
 import chunkseg
-from chunkseg import _pyramid
+from chunkseg.outputs import _pyramid
 from chunkseg.cli import main
 from chunkseg.errors import InvalidTypeError, InvalidValueError
 from chunkseg.plan import plan_tiles

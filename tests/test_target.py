@@ -10,7 +10,7 @@ import zarr
 from reference import conv_model
 
 import chunkseg
-from chunkseg._target import check_output_target, overlaps
+from chunkseg.outputs._target import check_output_target, overlaps
 from chunkseg.demo import build_mosaic
 from chunkseg.errors import OutputExistsError, OutputOverlapError
 
@@ -122,7 +122,7 @@ def test_every_writer_uses_the_check(tmp_path):
 
 
 def test_output_folder_check(tmp_path):
-    from chunkseg._target import check_output_folder
+    from chunkseg.outputs._target import check_output_folder
 
     kw = {"markers": ("run.json",), "what": "a run", "owned": ("run.json", "a.bin")}
     assert check_output_folder(tmp_path / "new", **kw) == []
@@ -147,7 +147,7 @@ def test_output_folder_check(tmp_path):
 
 
 def test_output_files_check(tmp_path):
-    from chunkseg._target import check_output_files
+    from chunkseg.outputs._target import check_output_files
 
     check_output_files([tmp_path / "a.png"])
     (tmp_path / "a.png").write_bytes(b"")
@@ -159,7 +159,7 @@ def test_output_files_check(tmp_path):
 
 
 def test_output_files_never_an_input(tmp_path):
-    from chunkseg._target import check_output_files
+    from chunkseg.outputs._target import check_output_files
 
     image = tmp_path / "in.png"
     image.write_bytes(b"x")

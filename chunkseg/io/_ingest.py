@@ -142,8 +142,8 @@ def ingest(
             "`store` must be a str or os.PathLike path, an fsspec URL or a zarr store. "
             f"Got {type(store).__name__}."
         )
-    from .._store import ArrayWriter, check_aligned, create_array
-    from .._target import MARKER, check_output_target, describe_location
+    from ..outputs._arrays import ArrayWriter, check_aligned, create_array
+    from ..outputs._target import MARKER, check_output_target, describe_location
 
     check_output_target(target, source=source, overwrite=overwrite, storage_options=options)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from chunkseg._redact import is_url as _is_url
+from chunkseg._redact import redact_location as _redact
 from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -26,23 +28,6 @@ TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
 #: Every image-file suffix :func:`open_image` reads; any other path is opened as a Zarr store.
 IMAGE_FILE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + TIFF_SUFFIXES
-
-
-def _is_url(path: str) -> bool:
-    """Whether ``path`` is an fsspec URL (``s3://...``, ``memory://...``, ``zip::s3://...``)."""
-    return "://" in path or "::" in path
-
-
-def _redact(location: str) -> str:
-    """``location`` without user name, password, query or fragment (no credentials in attrs)."""
-    if not _is_url(location):
-        return location
-    parts = []
-    for part in location.split("::"):
-        split = urlsplit(part)
-        netloc = split.netloc.rpartition("@")[2]
-        parts.append(urlunsplit((split.scheme, netloc, split.path, "", "")))
-    return "::".join(parts)
 
 
 def _refuse_url_password(location: str, name: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputExistsError, OutputOverlapError
+from ..errors import OutputExistsError, OutputOverlapError
 
 __all__ = ["MARKER", "check_output_files", "check_output_folder", "check_output_target",
            "describe_location", "overlaps"]
@@ -29,7 +29,7 @@ _ZARR_FILES = {"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"}
 
 def describe_location(store: Any) -> str:
     """A path or URL without credentials, or the type of a store object, for messages."""
-    from .io._locations import _redact
+    from .._redact import redact_location as _redact
 
     if isinstance(store, str | os.PathLike):
         return _redact(os.fspath(store))
@@ -37,7 +37,7 @@ def describe_location(store: Any) -> str:
 
 
 def _url_key(location: str) -> str:
-    from .io._locations import _redact
+    from .._redact import redact_location as _redact
 
     return _redact(location).rstrip("/") + "/"
 
@@ -51,7 +51,7 @@ def overlaps(source: Any, store: Any) -> bool:
     """
     if not isinstance(source, str | os.PathLike) or not isinstance(store, str | os.PathLike):
         return False
-    from .io._locations import _is_url
+    from .._redact import is_url as _is_url
 
     src, dst = os.fspath(source), os.fspath(store)
     if not isinstance(src, str) or not isinstance(dst, str):
@@ -132,8 +132,8 @@ def check_output_target(
         holds is not a Zarr store, is a Zarr store chunkseg did not write, or holds other files
         beside its Zarr nodes.
     """
-    from .io import store_has_data
-    from .io._locations import _redact
+    from ..io import store_has_data
+    from .._redact import redact_location as _redact
 
     where = describe_location(store)
     if overlaps(source, store):

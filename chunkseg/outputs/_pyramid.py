@@ -127,7 +127,7 @@ def build_level(source: Any, target: Any, kind: str) -> Any:
     ----------
     source : zarr.Array
         The previous level, ``(..., H, W)``, as written.
-    target : zarr.Array or chunkseg._store.ArrayWriter
+    target : zarr.Array or chunkseg.outputs._arrays.ArrayWriter
         The new level, ``(..., ceil(H/2), ceil(W/2))``, chunked ``(..., C_y, C_x)``; each task
         writes whole chunks of it.
     kind : {"mean", "mode"}
@@ -165,11 +165,11 @@ def write_levels(pyramids: Sequence[tuple[Sequence[Any], str]], location: str, *
         Each pyramid's arrays, full resolution (written) first, then the created, empty levels;
         and its reduction (:func:`build_level`'s ``kind``).
     location : str
-        The store, as shown in messages (:func:`chunkseg._target.describe_location`).
+        The store, as shown in messages (:func:`chunkseg.outputs._target.describe_location`).
     scheduler, progress
         As :func:`chunkseg.scheduling.compute`.
     """
-    from ._store import ArrayWriter
+    from ._arrays import ArrayWriter
     from .scheduling import compute
 
     full = {"write_empty_chunks": True}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ChunkAlignmentError, OutputWriteError
+from ..errors import ChunkAlignmentError, OutputWriteError
 
 __all__ = ["ArrayWriter", "check_aligned", "create_array"]
 
@@ -72,7 +72,7 @@ def create_array(
 ):
     """Create a Zarr v3 array, at a store's root or as ``name`` inside a group.
 
-    Call only after :func:`chunkseg._target.check_output_target` accepted the store.
+    Call only after :func:`chunkseg.outputs._target.check_output_target` accepted the store.
 
     Parameters
     ----------
@@ -136,7 +136,7 @@ class ArrayWriter:
     array : zarr.Array
     location : str
         The store, as shown in messages (no credentials:
-        :func:`chunkseg._target.describe_location`).
+        :func:`chunkseg.outputs._target.describe_location`).
     name : str, optional
         The array's name in its group, for messages.
     fix : str, optional
