@@ -170,7 +170,7 @@ def write_levels(pyramids: Sequence[tuple[Sequence[Any], str]], location: str, *
         As :func:`chunkseg.scheduling.compute`.
     """
     from ._arrays import ArrayWriter
-    from .scheduling import compute
+    from ..scheduling import compute
 
     full = {"write_empty_chunks": True}
     for i in range(1, max((len(arrays) for arrays, _ in pyramids), default=0)):
