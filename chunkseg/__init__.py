@@ -16,7 +16,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 from ._objects import instances, regions
 from ._tile_instances import predict_instances
-from .engine import OUTPUTS, open_output, output_progress, predict, predict_to_zarr
+from .engine import OUTPUTS, predict, predict_to_zarr
+from .outputs._manifest import open_output, output_progress
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,

@@ -19,6 +19,7 @@ import numpy as np
 from . import _instances as kern
 from . import _ome
 from .errors import InvalidTypeError, InvalidValueError, OutputExistsError
+from .outputs._lifecycle import leased
 
 __all__ = ["instances", "regions", "REGION_COLUMNS"]
 
@@ -33,7 +34,7 @@ def _open_group(store: Any, storage_options, mode: str):
     import zarr
 
     from .outputs._target import describe_location
-    from .engine import _so
+    from .outputs._manifest import _so
 
     try:
         # read-write: the hierarchy as stored (a consolidated view knows no new members)
@@ -95,6 +96,7 @@ def _class_index(cls: Any, classes: int) -> int:
     return int(cls)
 
 
+@leased("chunkseg label")
 def instances(
     store: Any,
     *,
@@ -221,7 +223,9 @@ def instances(
         if existing is not None:  # written by this function (checked above)
             del group[f"labels/{name}" if existing != name else name]
         if ome:
-            group.require_group("labels").require_group(name)
+            from .outputs._ownership import require_group
+
+            require_group(group, f"labels/{name}")
         target = create_array(
             group, name=path, shape=(height, width), chunks=src.chunks[-2:], dtype=dtype,
             compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
@@ -241,7 +245,7 @@ def instances(
     _consolidate(group)
     import xarray as xr
 
-    from .engine import _so
+    from .outputs._manifest import _so
 
     if ome:
         import dask.array as da
@@ -406,7 +410,8 @@ def regions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .outputs._target import describe_location, overlaps
+    from .outputs._identity import overlaps
+    from .outputs._target import describe_location
     from .engine import BlockReader
     from .errors import NotFoundError, OutputOverlapError
     from .io import open_image

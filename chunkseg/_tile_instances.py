@@ -66,9 +66,12 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
-from .outputs._target import MARKER, check_output_target, describe_location
+from .outputs._ownership import require_group
+from .outputs._lifecycle import writing
+from .outputs._target import MARKER, describe_location
 from .blend import mapped_zeros
-from .engine import BlockReader, _so, _threads, _version, blend_graph
+from .engine import BlockReader, _threads, _version, blend_graph
+from .outputs._manifest import _so
 from .errors import InvalidTypeError, InvalidValueError, LargeObjectWarning, ModelOutputError
 from .io import open_image
 from .plan import TilePlan, fold_sources, plan_tiles
@@ -703,81 +706,83 @@ def predict_instances(
             or batch_size < 1:
         raise InvalidValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
     out_so = _so(store, storage_options)
-    check_output_target(store, source=image, overwrite=overwrite, storage_options=out_so)
-    arr = open_image(image, storage_options=_so(image, storage_options))
-    plan = plan_tiles(arr.shape, tile, overlap, chunks)
-    check_id_space(plan)
-    reader = BlockReader(arr.data, arr.encoding.get("chunkseg_reader"))
-    runner = InstanceTileRunner(reader, model, plan, int(batch_size))
-    _probe(runner)
-    attrs = {
-        MARKER: _version(),
-        "tile": list(plan.tile), "overlap": list(plan.overlap), "stride": list(plan.stride),
-        "chunks": list(plan.chunks), "padding": "reflect",
-        "method": ("per-tile instances; keep an object iff its centroid lies in the tile's "
-                   "stride cell; max-priority paste (centrality); IoU >= 0.5 matching; "
-                   "ids 1..N in raster order of first pixel"),
-        "source": str(arr.attrs.get("source", "array")),
-        "complete": False,
-    }
-    location = describe_location(store)
-    with open_client(scheduler) as client:
-        threads = _threads(client)
-        group = zarr.open_group(store, mode="w", storage_options=out_so, attributes=attrs)
-        check_aligned("instances", plan.output_chunks(), plan.chunks)
-        temp = create_array(group.create_group(TEMP_GROUP), name="winners",
-                            shape=plan.image_shape, chunks=plan.chunks, dtype="uint64",
-                            compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
-                            write_empty_chunks=True)
-        token = tokenize(arr.data.name, plan, uuid.uuid4().hex)
-        writer = _TempWriter(ArrayWriter(temp, location, name=f"{TEMP_GROUP}/winners"), plan)
-        dsk, _, fold_keys = blend_graph(runner, _fold_task, context=writer, lag=threads + 2,
-                                        token=token)
-        gather_key = f"chunkseg-instances-gather-{token}"
-        dsk[gather_key] = (_gather, list(fold_keys))
-        run_on = scheduler if client is None else client
-        stats = compute(Delayed(gather_key, HighLevelGraph.from_collections(
-            gather_key, dsk, dependencies=[])), scheduler=run_on, progress=progress)[0]
-        merged = merge_tables(stats)
-        del stats
-        n = merged["n_objects"]
-        target = create_array(group, name="instances", shape=plan.image_shape,
-                              chunks=plan.chunks, dtype=merged["values"].dtype,
-                              compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
-                              attributes={"long_name": "instance labels", "units": "1",
-                                          "background": 0, "n_objects": n},
-                              write_empty_chunks=True)
-        out_writer = ArrayWriter(target, location, name="instances",
-                                 fix="Run again with overwrite=True.")
-        map_key = f"chunkseg-instances-map-{token}"
-        src_key, dst_key = f"chunkseg-instances-src-{token}", f"chunkseg-instances-dst-{token}"
-        plan_key = f"chunkseg-instances-plan-{token}"
-        dsk2: dict = {map_key: {"keys": merged["keys"], "values": merged["values"]},
-                      src_key: temp, dst_key: out_writer, plan_key: plan}
-        keys2 = []
-        for jy in range(plan.chunk_grid[0]):
-            for jx in range(plan.chunk_grid[1]):
-                key = (f"chunkseg-instances-relabel-{token}", jy, jx)
-                dsk2[key] = (_relabel_task, map_key, src_key, dst_key, plan_key, jy, jx)
-                keys2.append(key)
-        done_key = f"chunkseg-instances-done-{token}"
-        dsk2[done_key] = (sum, keys2)
-        written = compute(Delayed(done_key, HighLevelGraph.from_collections(
-            done_key, dsk2, dependencies=[])), scheduler=run_on, progress=progress)[0]
-        if written != plan.n_chunks:
-            raise RuntimeError(f"wrote {written} of {plan.n_chunks} chunks.")
-    del group[TEMP_GROUP]
-    group.attrs.update({"n_objects": n, "kept_objects": merged["kept"],
-                        "iou_matches": merged["merged"],
-                        "oversized_objects": merged["oversized"], "complete": True})
-    if merged["oversized"]:
-        warnings.warn(
-            f"{merged['oversized']} kept object(s) touch an inner edge of their tile: they are "
-            f"larger than the tiles' context (overlap {plan.overlap}) and may be split into "
-            "pieces or kept twice. Use a larger overlap (objects should be under about "
-            "overlap / 2 across) or a larger tile.", LargeObjectWarning, stacklevel=2)
-    with warnings.catch_warnings():
-        # consolidated metadata is not in the v3 spec yet; silence zarr's notice (as engine)
-        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        zarr.consolidate_metadata(group.store)
+    with writing(store, source=image, overwrite=overwrite, storage_options=out_so,
+                 what="chunkseg predict-instances") as target:
+        arr = open_image(image, storage_options=_so(image, storage_options))
+        plan = plan_tiles(arr.shape, tile, overlap, chunks)
+        check_id_space(plan)
+        reader = BlockReader(arr.data, arr.encoding.get("chunkseg_reader"))
+        runner = InstanceTileRunner(reader, model, plan, int(batch_size))
+        _probe(runner)
+        attrs = {
+            MARKER: _version(),
+            "tile": list(plan.tile), "overlap": list(plan.overlap), "stride": list(plan.stride),
+            "chunks": list(plan.chunks), "padding": "reflect",
+            "method": ("per-tile instances; keep an object iff its centroid lies in the tile's "
+                       "stride cell; max-priority paste (centrality); IoU >= 0.5 matching; "
+                       "ids 1..N in raster order of first pixel"),
+            "source": str(arr.attrs.get("source", "array")),
+            "complete": False,
+        }
+        location = describe_location(store)
+        with open_client(scheduler) as client:
+            threads = _threads(client)
+            group = zarr.open_group(target.store, mode="w", storage_options=out_so,
+                                    attributes=attrs)
+            check_aligned("instances", plan.output_chunks(), plan.chunks)
+            temp = create_array(require_group(group, TEMP_GROUP), name="winners",
+                                shape=plan.image_shape, chunks=plan.chunks, dtype="uint64",
+                                compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+                                write_empty_chunks=True)
+            token = tokenize(arr.data.name, plan, uuid.uuid4().hex)
+            writer = _TempWriter(ArrayWriter(temp, location, name=f"{TEMP_GROUP}/winners"), plan)
+            dsk, _, fold_keys = blend_graph(runner, _fold_task, context=writer, lag=threads + 2,
+                                            token=token)
+            gather_key = f"chunkseg-instances-gather-{token}"
+            dsk[gather_key] = (_gather, list(fold_keys))
+            run_on = scheduler if client is None else client
+            stats = compute(Delayed(gather_key, HighLevelGraph.from_collections(
+                gather_key, dsk, dependencies=[])), scheduler=run_on, progress=progress)[0]
+            merged = merge_tables(stats)
+            del stats
+            n = merged["n_objects"]
+            target = create_array(group, name="instances", shape=plan.image_shape,
+                                  chunks=plan.chunks, dtype=merged["values"].dtype,
+                                  compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+                                  attributes={"long_name": "instance labels", "units": "1",
+                                              "background": 0, "n_objects": n},
+                                  write_empty_chunks=True)
+            out_writer = ArrayWriter(target, location, name="instances",
+                                     fix="Run again with overwrite=True.")
+            map_key = f"chunkseg-instances-map-{token}"
+            src_key, dst_key = f"chunkseg-instances-src-{token}", f"chunkseg-instances-dst-{token}"
+            plan_key = f"chunkseg-instances-plan-{token}"
+            dsk2: dict = {map_key: {"keys": merged["keys"], "values": merged["values"]},
+                          src_key: temp, dst_key: out_writer, plan_key: plan}
+            keys2 = []
+            for jy in range(plan.chunk_grid[0]):
+                for jx in range(plan.chunk_grid[1]):
+                    key = (f"chunkseg-instances-relabel-{token}", jy, jx)
+                    dsk2[key] = (_relabel_task, map_key, src_key, dst_key, plan_key, jy, jx)
+                    keys2.append(key)
+            done_key = f"chunkseg-instances-done-{token}"
+            dsk2[done_key] = (sum, keys2)
+            written = compute(Delayed(done_key, HighLevelGraph.from_collections(
+                done_key, dsk2, dependencies=[])), scheduler=run_on, progress=progress)[0]
+            if written != plan.n_chunks:
+                raise RuntimeError(f"wrote {written} of {plan.n_chunks} chunks.")
+        del group[TEMP_GROUP]
+        group.attrs.update({"n_objects": n, "kept_objects": merged["kept"],
+                            "iou_matches": merged["merged"],
+                            "oversized_objects": merged["oversized"], "complete": True})
+        if merged["oversized"]:
+            warnings.warn(
+                f"{merged['oversized']} kept object(s) touch an inner edge of their tile: they are "
+                f"larger than the tiles' context (overlap {plan.overlap}) and may be split into "
+                "pieces or kept twice. Use a larger overlap (objects should be under about "
+                "overlap / 2 across) or a larger tile.", LargeObjectWarning, stacklevel=2)
+        with warnings.catch_warnings():
+            # consolidated metadata is not in the v3 spec yet; silence zarr's notice (as engine)
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            zarr.consolidate_metadata(group.store)
     return xr.open_zarr(store, storage_options=out_so)["instances"]

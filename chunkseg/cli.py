@@ -414,7 +414,7 @@ def _cmd_info(args) -> int:
     import zarr
 
     from .outputs._target import describe_location
-    from .engine import output_progress
+    from .outputs._manifest import output_progress
 
     try:
         done, total = output_progress(args.store)  # refuses a URL with a password first

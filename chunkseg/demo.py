@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .outputs._arrays import ArrayWriter, create_array
+from .outputs._lifecycle import writing
 from .outputs._target import MARKER, check_output_target, describe_location
 from .errors import InvalidValueError, OutputExistsError
 from .io._ingest import _chunkseg_version
@@ -79,25 +80,28 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
     chunkseg.errors.OutputExistsError
         If the store holds data and ``overwrite`` is False.
     """
+    import zarr
     from zarr.codecs import ZstdCodec
 
     if rows < 1 or cols < 1:
         raise InvalidValueError(f"`rows` and `cols` must be >= 1. Got {rows} x {cols}.")
-    check_output_target(str(store), overwrite=overwrite)
-    s = SECTION_SIZE
-    arr = create_array(
-        str(store), shape=(rows * s, cols * s, 1), chunks=(s, s, 1), dtype="uint8",
-        compressor=ZstdCodec(level=3), dimension_names=("y", "x", "c"), overwrite=True,
-        attributes={"source": "ISBI 2012 test sections (Cardona et al. 2010), mosaic",
-                    "layout": f"{rows} x {cols} sections, row-major", MARKER: _chunkseg_version()},
-    )
-    writer = ArrayWriter(arr, describe_location(str(store)), "mosaic",
-                         fix="Free space and run the demo again with --overwrite.")
-    sections = load_test_sections()
-    for i in range(rows * cols):
-        r, c = divmod(i, cols)
-        writer[r * s : (r + 1) * s, c * s : (c + 1) * s, 0] = sections[i % len(sections)]
-    return arr
+    with writing(str(store), overwrite=overwrite, what="chunkseg demo") as target:
+        s = SECTION_SIZE
+        arr = create_array(
+            str(target.store), shape=(rows * s, cols * s, 1), chunks=(s, s, 1), dtype="uint8",
+            compressor=ZstdCodec(level=3), dimension_names=("y", "x", "c"), overwrite=True,
+            attributes={"source": "ISBI 2012 test sections (Cardona et al. 2010), mosaic",
+                        "layout": f"{rows} x {cols} sections, row-major",
+                        MARKER: _chunkseg_version(), "complete": False},
+        )
+        writer = ArrayWriter(arr, describe_location(str(store)), "mosaic",
+                             fix="Free space and run the demo again with --overwrite.")
+        sections = load_test_sections()
+        for i in range(rows * cols):
+            r, c = divmod(i, cols)
+            writer[r * s : (r + 1) * s, c * s : (c + 1) * s, 0] = sections[i % len(sections)]
+        arr.attrs["complete"] = True
+    return zarr.open_array(str(store), mode="r")
 
 
 def run_demo(

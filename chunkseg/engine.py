@@ -40,11 +40,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import _ome, blend
-from .outputs import _pyramid
-from .outputs._arrays import ArrayWriter, check_aligned, create_array
-from .outputs._target import MARKER, check_output_target, describe_location
 from .errors import (
-    IncompleteOutputWarning,
     InvalidTypeError,
     InvalidValueError,
     ModelOutputError,
@@ -60,6 +56,20 @@ from .models import (
     load_model,
     model_defaults,
 )
+from .outputs import _pyramid
+from .outputs._arrays import ArrayWriter, check_aligned, create_array
+from .outputs._lifecycle import writing
+from .outputs._manifest import (
+    MANIFEST,
+    _fingerprint,
+    _open,
+    _reopen,
+    _so,
+    open_output,
+    output_progress,
+)
+from .outputs._ownership import require_group
+from .outputs._target import MARKER, describe_location
 from .plan import (
     DEFAULT_CHUNK_TARGET,
     TilePlan,
@@ -781,7 +791,8 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
         "class_names": list(class_names),
     }
     return {"image": arr.data, "runner": runner, "outputs": outputs_, "dtype": dtype_,
-            "attrs": attrs, "class_names": class_names, "coords": coords}
+            "attrs": attrs, "class_names": class_names, "coords": coords,
+            "input_attrs": dict(arr.attrs)}
 
 
 class ChunkWriter:
@@ -1004,8 +1015,6 @@ def predict_to_zarr(
     """
     import zarr
 
-    check_output_target(store, source=image, overwrite=overwrite or resume,
-                        storage_options=_so(store, storage_options))
     defaults = _predict_defaults()
     unknown = set(kwargs) - set(defaults)
     if unknown:
@@ -1024,97 +1033,99 @@ def predict_to_zarr(
     inner = None  # the inner Zarr chunks of a sharded output
     if shards is not None:
         params["chunks"], inner = _shard_layout(shards, params["chunks"], params["device"])
-    # connect to the cluster before anything is written: a wrong address leaves no output
-    with open_client(scheduler, workers) as client:
-        threads = _threads(client)
-        cores = os.cpu_count() or 1
-        local = client is None or workers is not None
-        setup = _setup(image, model, storage_options=_so(image, storage_options),
-                       torch_threads=max(1, cores // threads) if local else None, **params)
-        runner, ds_attrs = setup["runner"], setup["attrs"]
-        plan, dtype_ = runner.plan, setup["dtype"]
-        if inner is not None:  # the computation chunks (ds_attrs["chunks"]) are the shards
-            ds_attrs.update(shards=list(plan.chunks), zarr_chunks=list(inner))
-        level_shapes = _pyramid.level_shapes(plan.image_shape, levels) if ome else []
-        if ome:
-            ds_attrs.update(layout=_ome.LAYOUT, levels=len(level_shapes))
-        fingerprint = _fingerprint(ds_attrs, setup, plan)
-        so = _so(store, storage_options)
-        if resume:
-            group, targets, done = _reopen(store, so, fingerprint, setup["outputs"], ome)
-            finished = {tuple(int(v) for v in ij) for ij in np.argwhere(done[...] == 1)}
-        else:
-            group = zarr.open_group(store, mode="w", storage_options=so,
-                                    attributes={**ds_attrs, "fingerprint": fingerprint,
-                                                "complete": False})
-            targets = {}
-            k = runner.classes
-            if ome and "labels" in setup["outputs"]:
-                group.require_group("labels").require_group("classes")
-            for name in setup["outputs"]:
-                if name == "labels":
-                    shape, chunks, dt, dims = plan.image_shape, plan.chunks, \
-                        blend.labels_dtype(k), ("y", "x")
-                else:
-                    shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, \
-                        dtype_, ("class", "y", "x")
-                # each write task owns whole Zarr chunks, or whole shards when sharded
-                check_aligned(name, plan.output_chunks(), chunks[-2:])
-                shard_shape = None
-                if inner is not None:
-                    shard_shape, chunks = chunks, chunks[:-2] + inner
-                targets[name] = create_array(
-                    group, name=_ome.var_path(name) if ome else name, shape=shape,
-                    chunks=chunks, dtype=dt, compressor=_compressor(name, compression_level),
-                    dimension_names=dims, attributes=_var_attrs(name, k, setup["coords"]),
-                    write_empty_chunks=True, shards=shard_shape)
-            _write_coords(group, setup["coords"], setup["class_names"])
+    so = _so(store, storage_options)
+    with writing(store, source=image, overwrite=overwrite, resume=resume, storage_options=so,
+                 what="chunkseg predict") as target:
+        # connect to the cluster before anything is written: a wrong address leaves no output
+        with open_client(scheduler, workers) as client:
+            threads = _threads(client)
+            cores = os.cpu_count() or 1
+            local = client is None or workers is not None
+            setup = _setup(image, model, storage_options=_so(image, storage_options),
+                           torch_threads=max(1, cores // threads) if local else None, **params)
+            runner, ds_attrs = setup["runner"], setup["attrs"]
+            plan, dtype_ = runner.plan, setup["dtype"]
+            if inner is not None:  # the computation chunks (ds_attrs["chunks"]) are the shards
+                ds_attrs.update(shards=list(plan.chunks), zarr_chunks=list(inner))
+            level_shapes = _pyramid.level_shapes(plan.image_shape, levels) if ome else []
             if ome:
-                _create_levels(group, targets, level_shapes, plan, setup, compression_level)
-            # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
-            # concurrent tasks never write the same object
-            done = create_array(
-                group.create_group(MANIFEST), name="done", shape=plan.chunk_grid, chunks=(1, 1),
-                dtype="uint8", compressor=_compressor("done", compression_level),
-                dimension_names=("chunk_y", "chunk_x"),
-                attributes={"meaning": "1 where every variable of that output chunk is written"})
-            finished = set()
-        writer = ChunkWriter(targets, plan, dtype_, done=done,
-                             location=describe_location(store))
-        token = tokenize(setup["image"].name, plan, uuid.uuid4().hex)
-        gpu = str(params["device"]).startswith("cuda") and runner.torch_model() is not None
-        # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
-        lag = (min(threads, GPU_READ_AHEAD) if gpu else threads) + 2
-        dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer, lag=lag,
-                                        token=token, skip=finished)
-        resources = _gpu_resources(client, params["device"])
-        done_key = f"chunkseg-done-{token}"
-        dsk[done_key] = (_count, list(fold_keys))
-        graph = _graph(done_key, dsk, resources)
-        try:
-            with _restore_torch_threads():
-                written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
-                                  else client, progress=progress)[0]
-        except (asyncio.CancelledError, concurrent.futures.CancelledError) as err:
-            # e.g. distributed's FutureCancelledError when the scheduler is lost
-            done_now = output_progress(store, storage_options=storage_options)[0]
-            reason = " ".join(str(err).split())
-            raise RunInterruptedError(
-                f"the run was interrupted before it finished ({reason}). {done_now} of "
-                f"{plan.n_chunks} chunks are written and marked in {describe_location(store)!r}; "
-                "finish it with resume=True (CLI: --resume)."
-            ) from None
-        if written + len(finished) != plan.n_chunks:
-            raise RuntimeError(f"wrote {written + len(finished)} of {plan.n_chunks} chunks.")
-        if ome:  # every chunk is written: the pyramid, level by level, each from the one before
-            _write_levels(group, setup["outputs"], len(level_shapes), store,
-                          scheduler if client is None else client, progress)
-        group.attrs["complete"] = True  # last: the output is whole
-    with warnings.catch_warnings():
-        # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
-        # and xarray warns without it; silence zarr's notice about that.
-        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        zarr.consolidate_metadata(group.store)
+                ds_attrs.update(layout=_ome.LAYOUT, levels=len(level_shapes))
+            fingerprint = _fingerprint(ds_attrs, setup, plan)
+            if target.resume:
+                group, targets, done = _reopen(target.store, so, fingerprint, setup["outputs"], ome)
+                finished = {tuple(int(v) for v in ij) for ij in np.argwhere(done[...] == 1)}
+            else:
+                group = zarr.open_group(target.store, mode="w", storage_options=so,
+                                        attributes={**ds_attrs, "fingerprint": fingerprint,
+                                                    "complete": False})
+                targets = {}
+                k = runner.classes
+                if ome and "labels" in setup["outputs"]:
+                    require_group(group, "labels/classes")
+                for name in setup["outputs"]:
+                    if name == "labels":
+                        shape, chunks, dt, dims = plan.image_shape, plan.chunks, \
+                            blend.labels_dtype(k), ("y", "x")
+                    else:
+                        shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, \
+                            dtype_, ("class", "y", "x")
+                    # each write task owns whole Zarr chunks, or whole shards when sharded
+                    check_aligned(name, plan.output_chunks(), chunks[-2:])
+                    shard_shape = None
+                    if inner is not None:
+                        shard_shape, chunks = chunks, chunks[:-2] + inner
+                    targets[name] = create_array(
+                        group, name=_ome.var_path(name) if ome else name, shape=shape,
+                        chunks=chunks, dtype=dt, compressor=_compressor(name, compression_level),
+                        dimension_names=dims, attributes=_var_attrs(name, k, setup["coords"]),
+                        write_empty_chunks=True, shards=shard_shape)
+                _write_coords(group, setup["coords"], setup["class_names"])
+                if ome:
+                    _create_levels(group, targets, level_shapes, plan, setup, compression_level)
+                # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
+                # concurrent tasks never write the same object
+                done = create_array(
+                    require_group(group, MANIFEST), name="done", shape=plan.chunk_grid, chunks=(1, 1),
+                    dtype="uint8", compressor=_compressor("done", compression_level),
+                    dimension_names=("chunk_y", "chunk_x"),
+                    attributes={"meaning": "1 where every variable of that output chunk is written"})
+                finished = set()
+            writer = ChunkWriter(targets, plan, dtype_, done=done,
+                                 location=describe_location(store))
+            token = tokenize(setup["image"].name, plan, uuid.uuid4().hex)
+            gpu = str(params["device"]).startswith("cuda") and runner.torch_model() is not None
+            # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
+            lag = (min(threads, GPU_READ_AHEAD) if gpu else threads) + 2
+            dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer, lag=lag,
+                                            token=token, skip=finished)
+            resources = _gpu_resources(client, params["device"])
+            done_key = f"chunkseg-done-{token}"
+            dsk[done_key] = (_count, list(fold_keys))
+            graph = _graph(done_key, dsk, resources)
+            try:
+                with _restore_torch_threads():
+                    written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
+                                      else client, progress=progress)[0]
+            except (asyncio.CancelledError, concurrent.futures.CancelledError) as err:
+                # e.g. distributed's FutureCancelledError when the scheduler is lost
+                done_now = output_progress(target.store, storage_options=so)[0]
+                reason = " ".join(str(err).split())
+                raise RunInterruptedError(
+                    f"the run was interrupted before it finished ({reason}). {done_now} of "
+                    f"{plan.n_chunks} chunks are written and marked in {describe_location(store)!r}; "
+                    "finish it with resume=True (CLI: --resume)."
+                ) from None
+            if written + len(finished) != plan.n_chunks:
+                raise RuntimeError(f"wrote {written + len(finished)} of {plan.n_chunks} chunks.")
+            if ome:  # every chunk is written: the pyramid, level by level, each from the one before
+                _write_levels(group, setup["outputs"], len(level_shapes), store,
+                              scheduler if client is None else client, progress)
+            group.attrs["complete"] = True  # last: the output is whole
+        with warnings.catch_warnings():
+            # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
+            # and xarray warns without it; silence zarr's notice about that.
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            zarr.consolidate_metadata(group.store)
     return _open(store, _so(store, storage_options), consolidated=True)
 
 
@@ -1146,20 +1157,6 @@ def _graph(key: str, dsk: dict, resources: dict | None) -> HighLevelGraph:
     return HighLevelGraph(layers, {key: {f"{key}-gpu"}, f"{key}-gpu": set()})
 
 
-MANIFEST = "chunkseg"
-"""Subgroup of an output holding its completion manifest (array ``done``)."""
-
-
-def _fingerprint(attrs: dict, setup: dict, plan: TilePlan) -> dict:
-    """The settings that decide an output's values (what ``resume`` must match)."""
-    keep = ("source", "model", "tile", "overlap", "window", "tta", "chunks", "classes", "mask",
-            "kernel", "padding", "shards", "zarr_chunks", "class_names", "layout", "levels")
-    fp = {k: attrs[k] for k in keep if k in attrs}
-    fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup["outputs"]),
-              dtype=str(setup["dtype"]))
-    return json.loads(json.dumps(fp))
-
-
 def _shard_layout(shards, chunks, device) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(computation chunks, inner Zarr chunks)`` of a sharded output: the shard, and
     ``chunks`` (default :data:`~chunkseg.plan.DEFAULT_CHUNK_TARGET`, :data:`GPU_CHUNK` on CUDA),
@@ -1181,120 +1178,6 @@ def _shard_layout(shards, chunks, device) -> tuple[tuple[int, int], tuple[int, i
     return shard, inner
 
 
-def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
-    """The group, variable arrays and manifest of an output to resume, after checking it."""
-    import zarr
-
-    try:
-        group = zarr.open_group(store, mode="r+", storage_options=so)
-        done = group[MANIFEST]["done"]
-        # write_empty_chunks is run-time configuration, not stored: set it again
-        targets = {name: group[_ome.var_path(name) if ome else name].with_config(
-            {"write_empty_chunks": True}) for name in outputs}
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise InvalidValueError(
-            "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
-            f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: {err}. Drop "
-            "`resume` to start a new run."
-        ) from None
-    old = dict(group.attrs.get("fingerprint") or {})
-    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-    if diff:
-        raise InvalidValueError(
-            "`resume=True` needs the same settings as the interrupted run; these differ: "
-            + ", ".join(f"{k} (was {old.get(k)!r}, now {fingerprint.get(k)!r})" for k in diff)
-            + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
-            "again."
-        )
-    return group, targets, done
-
-
-def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Open a :func:`predict_to_zarr` output as an xarray Dataset; warn if it is incomplete.
-
-    Parameters
-    ----------
-    store : str, os.PathLike or zarr store
-    storage_options : dict, optional
-        fsspec options for a URL.
-
-    Returns
-    -------
-    xarray.Dataset
-        Dask-backed. Chunks not yet written read as 0. The full-resolution variables with their
-        coordinates (``class`` names; ``y``, ``x`` where the input had them); for an OME-layout
-        output (``ome=True``) also ``labels``, read from the NGFF label image
-        ``labels/classes/0``.
-
-    Warns
-    -----
-    chunkseg.errors.IncompleteOutputWarning
-        If the run that writes it has not finished (``attrs["complete"]`` is not True), with the
-        number of chunks written; ``predict_to_zarr(..., resume=True)`` finishes it.
-    """
-    import zarr
-
-    so = _so(store, storage_options)
-    ds = _open(store, so, consolidated=False)
-    if ds.attrs.get("complete") is not True:
-        warn_if_incomplete(zarr.open_group(store, mode="r", storage_options=so),
-                           describe_location(store), stacklevel=2)
-    return ds
-
-
-def warn_if_incomplete(group: Any, where: str, *, stacklevel: int = 2) -> None:
-    """Warn that a :func:`predict_to_zarr` output is not finished, with its chunks written.
-
-    Parameters
-    ----------
-    group : zarr.Group
-        The output's root group.
-    where : str
-        The output, for the message (no credentials).
-    stacklevel : int, default 2
-        As :func:`warnings.warn`'s, counted from the caller of this function.
-
-    Warns
-    -----
-    chunkseg.errors.IncompleteOutputWarning
-        Unless ``attrs["complete"]`` is True: the chunks marked in the ``chunkseg/done``
-        manifest, of all; the others read as 0.
-    """
-    if group.attrs.get("complete") is True:
-        return
-    done = group[MANIFEST]["done"][...] if MANIFEST in group else np.zeros(0)
-    warnings.warn(
-        f"{where!r} is incomplete: {int((done == 1).sum())} of {done.size} chunks written; the "
-        "others read as 0. Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
-        IncompleteOutputWarning, stacklevel=stacklevel + 1)
-
-
-def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple[int, int]:
-    """How far a :func:`predict_to_zarr` run has written its output.
-
-    Parameters
-    ----------
-    store : str, os.PathLike or zarr store
-    storage_options : dict, optional
-        fsspec options for a URL.
-
-    Returns
-    -------
-    (int, int)
-        Chunks written (marked in the ``chunkseg/done`` manifest) and chunks in all.
-
-    Raises
-    ------
-    FileNotFoundError, KeyError
-        If ``store`` holds no Zarr group, or a group without the manifest.
-    """
-    import zarr
-
-    group = zarr.open_group(store, mode="r", storage_options=_so(store, storage_options))
-    done = group[MANIFEST]["done"][...]
-    return int((done == 1).sum()), int(done.size)
-
-
 def _compressor(name: str, level: int):
     """The codec of an output variable (see :func:`predict_to_zarr`'s ``compression_level``)."""
     from zarr.codecs import BloscCodec, ZstdCodec
@@ -1302,14 +1185,6 @@ def _compressor(name: str, level: int):
     if name == "logits":
         return BloscCodec(cname="lz4", clevel=level, shuffle="shuffle")
     return ZstdCodec(level=level)
-
-
-def _so(store: Any, storage_options: dict | None) -> dict | None:
-    if isinstance(store, str):
-        from .io._locations import _refuse_url_password
-
-        _refuse_url_password(store, "store")
-    return storage_options if isinstance(store, str) and "://" in store else None
 
 
 def _var_attrs(name: str, k: int, coords: dict | None = None) -> dict:
@@ -1323,22 +1198,6 @@ def _var_attrs(name: str, k: int, coords: dict | None = None) -> dict:
     if scalars:  # CF: the scalar coordinates (e.g. rioxarray's spatial_ref) of the variable
         attrs["coordinates"] = " ".join(scalars)
     return attrs
-
-
-def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
-    """An output as one Dataset: the root's variables and, in the OME layout, the class labels
-    of ``labels/classes/0`` (an NGFF label image, not a root array)."""
-    import zarr
-
-    ds = xr.open_zarr(store, storage_options=so, consolidated=consolidated)
-    if ds.attrs.get("layout") == _ome.LAYOUT:
-        group = zarr.open_group(store, mode="r", storage_options=so)
-        path = _ome.var_path("labels")
-        if path in group:
-            array = group[path]
-            data = da.from_zarr(array, chunks=getattr(array, "shards", None) or array.chunks)
-            ds["labels"] = xr.DataArray(data, dims=("y", "x"), attrs=array.attrs.asdict())
-    return ds
 
 
 def _pixel_grid(coords: dict) -> tuple[list, list, dict]:
@@ -1405,7 +1264,7 @@ def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: di
     k = setup["runner"].classes
     for i, shape in enumerate(shapes[1:], start=1):
         chunks = _pyramid.level_chunks(plan.chunks, shape)
-        sub = group.require_group(str(i)) if image_var is not None else None
+        sub = require_group(group, str(i)) if image_var is not None else None
         for name, arr0 in targets.items():
             if name == "labels":
                 create_array(group, name=_ome.var_path("labels", i), shape=shape, chunks=chunks,

@@ -26,7 +26,7 @@ import zarr
 
 from . import _ome
 from .outputs._target import MARKER
-from .engine import warn_if_incomplete
+from .outputs._manifest import warn_if_incomplete
 from .errors import (
     InvalidTypeError,
     InvalidValueError,

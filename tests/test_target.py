@@ -10,7 +10,8 @@ import zarr
 from reference import conv_model
 
 import chunkseg
-from chunkseg.outputs._target import check_output_target, overlaps
+from chunkseg.outputs._identity import overlaps
+from chunkseg.outputs._target import check_output_target
 from chunkseg.demo import build_mosaic
 from chunkseg.errors import OutputExistsError, OutputOverlapError
 

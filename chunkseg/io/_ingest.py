@@ -81,9 +81,12 @@ def ingest(
         Zarr chunk size ``(cy, cx)`` in pixels; an int means square chunks. The channel axis is
         always one chunk, so the chunk shape is ``(cy, cx, C)``. Clipped to the image size.
     overwrite : bool, default False
-        Replace a Zarr store chunkseg wrote at ``store`` (``attrs["chunkseg_version"]``). A
-        location that holds anything else (other files, a Zarr store chunkseg did not write) is
-        never deleted.
+        Replace a Zarr store chunkseg wrote at ``store`` (every node stamped
+        ``attrs["chunkseg_version"]``). A location that holds anything else, at any depth
+        (other files, a Zarr node chunkseg did not write) is never deleted. On a local
+        filesystem the new store is built beside the old one and renamed into place only once
+        complete, so a failed run leaves the earlier store as it was
+        (:mod:`chunkseg.outputs._lifecycle`).
     storage_options : mapping, optional
         fsspec options for a URL ``store``; not written to the output.
     compressor_level : int, default 3
@@ -100,7 +103,9 @@ def ingest(
     zarr.Array
         The written array: shape ``(Y, X, C)``, the source's dtype, ``dimension_names``
         ``("y", "x", "c")``, chunks ``(min(cy, Y), min(cx, X), C)``, one
-        :class:`zarr.codecs.ZstdCodec`, ``attrs["source"]`` naming the source (no credentials).
+        :class:`zarr.codecs.ZstdCodec`, ``attrs["source"]`` naming the source (no credentials),
+        ``attrs["complete"]`` True (False until the last chunk was written: chunkseg refuses
+        to read an incomplete store as an input).
 
     Raises
     ------
@@ -143,29 +148,35 @@ def ingest(
             f"Got {type(store).__name__}."
         )
     from ..outputs._arrays import ArrayWriter, check_aligned, create_array
-    from ..outputs._target import MARKER, check_output_target, describe_location
+    from ..outputs._lifecycle import writing
+    from ..outputs._target import MARKER, describe_location
 
-    check_output_target(target, source=source, overwrite=overwrite, storage_options=options)
+    with writing(target, source=source, overwrite=overwrite, storage_options=options,
+                 what="chunkseg ingest") as out:
+        image = open_image(source, storage_options=source_storage_options,
+                           array_name=array_name)
+        height, width, channels = image.shape
+        zarr_chunks = (min(cy, height), min(cx, width), channels)
 
-    image = open_image(source, storage_options=source_storage_options, array_name=array_name)
-    height, width, channels = image.shape
-    zarr_chunks = (min(cy, height), min(cx, width), channels)
+        data = image.data.rechunk(zarr_chunks)
+        check_aligned("image", data.chunks, zarr_chunks)
+        array = create_array(
+            out.store, shape=image.shape, chunks=zarr_chunks, dtype=image.dtype,
+            compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)), dimension_names=DIMS,
+            attributes={"source": image.attrs["source"], MARKER: _chunkseg_version(),
+                        "complete": False},
+            storage_options=options if out.store is target else None, overwrite=overwrite)
+        writer = ArrayWriter(array, describe_location(target), "image",
+                             fix="Free space (or fix the store) and ingest again with "
+                                 "overwrite=True (CLI: --overwrite).")
+        bar: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if progress:
+            from dask.diagnostics import ProgressBar
 
-    data = image.data.rechunk(zarr_chunks)
-    check_aligned("image", data.chunks, zarr_chunks)
-    array = create_array(
-        target, shape=image.shape, chunks=zarr_chunks, dtype=image.dtype,
-        compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)), dimension_names=DIMS,
-        attributes={"source": image.attrs["source"], MARKER: _chunkseg_version()},
-        storage_options=options, overwrite=overwrite)
-    writer = ArrayWriter(array, describe_location(target), "image",
-                         fix="Free space (or fix the store) and ingest again with "
-                             "overwrite=True (CLI: --overwrite).")
-    bar: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        bar = ProgressBar()
-    with bar:
-        da.store(data, writer, lock=False, compute=True)
+            bar = ProgressBar()
+        with bar:
+            da.store(data, writer, lock=False, compute=True)
+        array.attrs["complete"] = True  # last: every chunk is written
+    if out.staged:  # the array now lives at the output's own path
+        array = zarr.open_array(target, mode="r")
     return array

@@ -182,6 +182,11 @@ def _open_zarr_node(
             "`array_name` must be None unless `image` is a Zarr group. "
             f"Got array_name={array_name!r} for a Zarr array; drop `array_name`."
         )
+    if node.attrs.get("chunkseg_version") is not None and node.attrs.get("complete") is False:
+        raise InputReadError(
+            f"`image` must be a finished store; {source!r} was written by chunkseg ingest, "
+            "which did not finish (attrs['complete'] is False: some chunks are missing and "
+            "would read as 0). Ingest it again with --overwrite.")
     names = _zarr_dim_names(node) or ngff_axes
     data, source_dims = _to_yxc(_zarr_to_dask(node), names)
     coords = {}

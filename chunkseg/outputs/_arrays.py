@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ChunkAlignmentError, OutputWriteError
+from ._ownership import stamp
 
 __all__ = ["ArrayWriter", "check_aligned", "create_array"]
 
@@ -87,6 +88,7 @@ def create_array(
     dimension_names : sequence of str
         One name per axis (``"y"``, ``"x"``, ``"c"``, ``"class"``), read by xarray.
     attributes : mapping, optional
+        Stamped with the ownership marker (:func:`chunkseg.outputs._ownership.stamp`).
     name : str, optional
         Member name; required when ``store`` is a group.
     storage_options : mapping, optional
@@ -112,7 +114,7 @@ def create_array(
     kwargs: dict[str, Any] = dict(
         shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, compressors=compressor,
         fill_value=fill_value, dimension_names=tuple(dimension_names),
-        attributes=dict(attributes or {}), config={"write_empty_chunks": write_empty_chunks})
+        attributes=stamp(attributes), config={"write_empty_chunks": write_empty_chunks})
     if shards is not None:
         kwargs["shards"] = tuple(int(s) for s in shards)
     if isinstance(store, zarr.Group):

@@ -169,8 +169,8 @@ def write_levels(pyramids: Sequence[tuple[Sequence[Any], str]], location: str, *
     scheduler, progress
         As :func:`chunkseg.scheduling.compute`.
     """
-    from ._arrays import ArrayWriter
     from ..scheduling import compute
+    from ._arrays import ArrayWriter
 
     full = {"write_empty_chunks": True}
     for i in range(1, max((len(arrays) for arrays, _ in pyramids), default=0)):

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputExistsError, OutputOverlapError
+from ._identity import overlaps
+from ._ownership import MARKER, foreign_zarr_entries
 
 __all__ = ["MARKER", "check_output_files", "check_output_folder", "check_output_target",
-           "describe_location", "overlaps"]
+           "describe_location"]
 
-MARKER = "chunkseg_version"
-"""Root attribute that marks a Zarr store as written by chunkseg."""
-
-_ZARR_FILES = {"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"}
 
 
 def describe_location(store: Any) -> str:
@@ -34,56 +32,6 @@ def describe_location(store: Any) -> str:
     if isinstance(store, str | os.PathLike):
         return _redact(os.fspath(store))
     return type(store).__name__
-
-
-def _url_key(location: str) -> str:
-    from .._redact import redact_location as _redact
-
-    return _redact(location).rstrip("/") + "/"
-
-
-def overlaps(source: Any, store: Any) -> bool:
-    """Whether a path/URL ``store`` is, contains or lies inside a path/URL ``source``.
-
-    Local paths are compared after resolving ``~`` and symbolic links; URLs by their prefix
-    (credentials removed). Anything that is not a path or URL (an array, a store object)
-    overlaps nothing.
-    """
-    if not isinstance(source, str | os.PathLike) or not isinstance(store, str | os.PathLike):
-        return False
-    from .._redact import is_url as _is_url
-
-    src, dst = os.fspath(source), os.fspath(store)
-    if not isinstance(src, str) or not isinstance(dst, str):
-        return False
-    if _is_url(src) or _is_url(dst):
-        if not (_is_url(src) and _is_url(dst)):
-            return False
-        a, b = _url_key(src), _url_key(dst)
-        return a.startswith(b) or b.startswith(a)
-    a = os.path.realpath(os.path.expanduser(src))
-    b = os.path.realpath(os.path.expanduser(dst))
-    return os.path.commonpath([a, b]) in (a, b)
-
-
-def _foreign_entries(location: str, options: Mapping[str, Any] | None) -> list[str]:
-    """Top-level entries of a store folder (local or URL) that are not part of a Zarr
-    hierarchy."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location, **(options or {}))
-    if not fs.isdir(path):
-        return [path.rstrip("/").rsplit("/", 1)[-1]]
-    foreign = []
-    for sub in fs.ls(path, detail=False):
-        name = sub.rstrip("/").rsplit("/", 1)[-1]
-        if name in _ZARR_FILES:
-            continue
-        if fs.isdir(sub) and (name == "c"  # the chunk folder of an array at the root
-                              or any(fs.exists(f"{sub.rstrip('/')}/{f}") for f in _ZARR_FILES)):
-            continue
-        foreign.append(name)
-    return sorted(foreign)
 
 
 def _chunkseg_root(target: Any, options: Mapping[str, Any] | None) -> bool | None:
@@ -132,8 +80,8 @@ def check_output_target(
         holds is not a Zarr store, is a Zarr store chunkseg did not write, or holds other files
         beside its Zarr nodes.
     """
-    from ..io import store_has_data
     from .._redact import redact_location as _redact
+    from ..io import store_has_data
 
     where = describe_location(store)
     if overlaps(source, store):
@@ -163,12 +111,14 @@ def check_output_target(
             "overwrite=True; remove it yourself or choose another path."
         )
     if isinstance(store, str | os.PathLike):
-        foreign = _foreign_entries(os.fspath(store), storage_options)
+        foreign = foreign_zarr_entries(os.fspath(store), storage_options)
         if foreign:
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
             raise OutputExistsError(
-                f"`store` {where!r} holds files that are not part of its Zarr store: "
-                f"{foreign[:5]}. chunkseg does not delete them even with overwrite=True; move "
-                "them or choose another path."
+                f"`store` {where!r} holds entries chunkseg did not write (files, or Zarr nodes "
+                f"without its '{MARKER}' attribute), at any depth: {foreign[:5]}{more}. chunkseg "
+                "does not delete them even with overwrite=True; move them or choose another "
+                "path."
             )
 
 

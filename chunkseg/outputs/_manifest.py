@@ -1,0 +1,265 @@
+"""An output's manifest, completion and resume: what a writer records and what it trusts.
+
+A :func:`chunkseg.predict_to_zarr` output holds, beside its variables, the subgroup
+:data:`MANIFEST` with the array ``done`` (one element per output chunk, set to 1 by the task
+that wrote every variable of that chunk), ``attrs["complete"]`` (True once the run finished)
+and ``attrs["fingerprint"]``: the settings that decide the output's values, the input's
+identity (shape, dtype, a hash of its metadata and of a sample of its pixels) and chunkseg's
+version. ``resume`` checks all of it before trusting a single chunk (:func:`_reopen`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .. import _ome
+from ..errors import IncompleteOutputWarning, InvalidValueError
+from ._target import describe_location
+
+if TYPE_CHECKING:
+    from ..plan import TilePlan
+
+__all__ = ["MANIFEST", "open_output", "output_progress", "warn_if_incomplete"]
+
+
+MANIFEST = "chunkseg"
+"""Subgroup of an output holding its completion manifest (array ``done``)."""
+
+
+def input_identity(image: Any, attrs: dict | None = None, sample: int = 32) -> dict:
+    """What identifies an input's content, cheaply: shape, dtype, metadata, a pixel sample.
+
+    Parameters
+    ----------
+    image : dask.array.Array
+        The input as read, ``(y, x, c)``.
+    attrs : dict, optional
+        Its metadata (the opened DataArray's attrs: the source, pixel size...).
+    sample : int, default 32
+        Side of the squares read: the four corners and the centre.
+
+    Returns
+    -------
+    dict
+        ``shape``, ``dtype``, ``metadata`` (SHA-256 of the attrs as JSON) and ``sample``
+        (SHA-256 of the five squares' bytes). Reads at most five ``sample``-square windows
+        (the chunks that hold them).
+    """
+    import hashlib
+
+    h, w = image.shape[:2]
+    sy, sx = min(sample, h), min(sample, w)
+    corners = {(0, 0), (0, w - sx), (h - sy, 0), (h - sy, w - sx),
+               ((h - sy) // 2, (w - sx) // 2)}
+    digest = hashlib.sha256()
+    for y, x in sorted(corners):
+        digest.update(np.ascontiguousarray(np.asarray(image[y:y + sy, x:x + sx])).tobytes())
+    meta = json.dumps(attrs or {}, sort_keys=True, default=str)
+    return {"shape": [int(n) for n in image.shape], "dtype": str(image.dtype),
+            "metadata": hashlib.sha256(meta.encode()).hexdigest(),
+            "sample": digest.hexdigest()}
+
+
+def _fingerprint(attrs: dict, setup: dict, plan: TilePlan) -> dict:
+    """The settings that decide an output's values (what ``resume`` must match): the run's
+    settings, the input's identity (:func:`input_identity`) and chunkseg's version."""
+    keep = ("source", "model", "tile", "overlap", "window", "tta", "chunks", "classes", "mask",
+            "kernel", "padding", "shards", "zarr_chunks", "class_names", "layout", "levels",
+            "chunkseg_version")
+    fp = {k: attrs[k] for k in keep if k in attrs}
+    fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup["outputs"]),
+              dtype=str(setup["dtype"]),
+              input=input_identity(setup["image"], setup.get("input_attrs")))
+    return json.loads(json.dumps(fp))
+
+
+def _so(store: Any, storage_options: dict | None) -> dict | None:
+    if isinstance(store, str):
+        from ..io._locations import _refuse_url_password
+
+        _refuse_url_password(store, "store")
+    return storage_options if isinstance(store, str) and "://" in store else None
+
+
+
+def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
+    """An output as one Dataset: the root's variables and, in the OME layout, the class labels
+    of ``labels/classes/0`` (an NGFF label image, not a root array)."""
+    import zarr
+
+    ds = xr.open_zarr(store, storage_options=so, consolidated=consolidated)
+    if ds.attrs.get("layout") == _ome.LAYOUT:
+        group = zarr.open_group(store, mode="r", storage_options=so)
+        path = _ome.var_path("labels")
+        if path in group:
+            array = group[path]
+            data = da.from_zarr(array, chunks=getattr(array, "shards", None) or array.chunks)
+            ds["labels"] = xr.DataArray(data, dims=("y", "x"), attrs=array.attrs.asdict())
+    return ds
+
+
+
+def _missing_chunks(store: Any, so: dict | None, targets: dict, done: np.ndarray) -> list:
+    """The output chunks marked done whose stored chunk (or shard) of some variable is absent.
+
+    Only for a path or URL store (listed through fsspec); a store object is not checked.
+    """
+    import os
+
+    if not isinstance(store, str | os.PathLike):
+        return []
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(os.fspath(store), **dict(so or {}))
+    marked = {tuple(int(v) for v in ij) for ij in np.argwhere(done == 1)}
+    missing: set = set()
+    for array in targets.values():
+        prefix = f"{root.rstrip('/')}/{array.path}/c"
+        present = set()
+        if fs.exists(prefix):
+            for key in fs.find(prefix):
+                parts = key[len(prefix) + 1:].split("/")
+                if all(p.isdigit() for p in parts) and len(parts) == array.ndim:
+                    present.add(tuple(int(p) for p in parts[-2:]))
+        missing |= marked - present
+    return sorted(missing)
+
+
+def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
+    """The group, variable arrays and manifest of an output to resume, after checking it."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store, mode="r+", storage_options=so)
+        done = group[MANIFEST]["done"]
+        # write_empty_chunks is run-time configuration, not stored: set it again
+        targets = {name: group[_ome.var_path(name) if ome else name].with_config(
+            {"write_empty_chunks": True}) for name in outputs}
+    except (FileNotFoundError, KeyError, ValueError, OSError) as err:
+        raise InvalidValueError(
+            "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
+            f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: {err}. Drop "
+            "`resume` to start a new run."
+        ) from None
+    old = dict(group.attrs.get("fingerprint") or {})
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff:
+        raise InvalidValueError(
+            "`resume=True` needs the same settings as the interrupted run; these differ: "
+            + ", ".join(f"{k} (was {old.get(k)!r}, now {fingerprint.get(k)!r})" for k in diff)
+            + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
+            "again."
+        )
+    try:
+        marks = np.asarray(done[...])
+    except (OSError, ValueError, RuntimeError) as err:  # a codec's RuntimeError on bad bytes
+        marks, reason = None, f"{type(err).__name__}: {err}"
+    else:
+        reason = "values other than 0 and 1"
+    if marks is None or marks.shape != tuple(done.shape) or not np.isin(marks, (0, 1)).all():
+        raise InvalidValueError(
+            f"`resume=True` needs a readable manifest; {describe_location(store)!r}'s "
+            f"'chunkseg/done' cannot be trusted ({reason}), so which chunks are finished is "
+            "not known. Start again with `overwrite=True` (CLI: --overwrite).")
+    missing = _missing_chunks(store, so, targets, marks)
+    if missing:
+        raise InvalidValueError(
+            f"`resume=True` trusts only chunks that are stored; {describe_location(store)!r} "
+            f"marks {len(missing)} output chunk(s) done whose data is missing, e.g. chunk "
+            f"{missing[0]} (y, x of the chunk grid). The output was changed after it was "
+            "written; start again with `overwrite=True` (CLI: --overwrite).")
+    return group, targets, done
+
+
+def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a :func:`predict_to_zarr` output as an xarray Dataset; warn if it is incomplete.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed. Chunks not yet written read as 0. The full-resolution variables with their
+        coordinates (``class`` names; ``y``, ``x`` where the input had them); for an OME-layout
+        output (``ome=True``) also ``labels``, read from the NGFF label image
+        ``labels/classes/0``.
+
+    Warns
+    -----
+    chunkseg.errors.IncompleteOutputWarning
+        If the run that writes it has not finished (``attrs["complete"]`` is not True), with the
+        number of chunks written; ``predict_to_zarr(..., resume=True)`` finishes it.
+    """
+    import zarr
+
+    so = _so(store, storage_options)
+    ds = _open(store, so, consolidated=False)
+    if ds.attrs.get("complete") is not True:
+        warn_if_incomplete(zarr.open_group(store, mode="r", storage_options=so),
+                           describe_location(store), stacklevel=2)
+    return ds
+
+
+def warn_if_incomplete(group: Any, where: str, *, stacklevel: int = 2) -> None:
+    """Warn that a :func:`predict_to_zarr` output is not finished, with its chunks written.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The output's root group.
+    where : str
+        The output, for the message (no credentials).
+    stacklevel : int, default 2
+        As :func:`warnings.warn`'s, counted from the caller of this function.
+
+    Warns
+    -----
+    chunkseg.errors.IncompleteOutputWarning
+        Unless ``attrs["complete"]`` is True: the chunks marked in the ``chunkseg/done``
+        manifest, of all; the others read as 0.
+    """
+    if group.attrs.get("complete") is True:
+        return
+    done = group[MANIFEST]["done"][...] if MANIFEST in group else np.zeros(0)
+    warnings.warn(
+        f"{where!r} is incomplete: {int((done == 1).sum())} of {done.size} chunks written; the "
+        "others read as 0. Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
+        IncompleteOutputWarning, stacklevel=stacklevel + 1)
+
+
+def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple[int, int]:
+    """How far a :func:`predict_to_zarr` run has written its output.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    (int, int)
+        Chunks written (marked in the ``chunkseg/done`` manifest) and chunks in all.
+
+    Raises
+    ------
+    FileNotFoundError, KeyError
+        If ``store`` holds no Zarr group, or a group without the manifest.
+    """
+    import zarr
+
+    group = zarr.open_group(store, mode="r", storage_options=_so(store, storage_options))
+    done = group[MANIFEST]["done"][...]
+    return int((done == 1).sum()), int(done.size)
+
+
