@@ -16,6 +16,7 @@ __all__ = [
     "OutputWriteError",
     "ModelOutputError",
     "OutputExistsError",
+    "OutputLockedError",
     "OutputOverlapError",
     "ChunkAlignmentError",
     "IncompleteOutputWarning",
@@ -61,6 +62,11 @@ class ModelOutputError(ChunksegError, ValueError):
 
 class OutputExistsError(ChunksegError, FileExistsError):
     """The output store already holds data and ``overwrite`` was not requested."""
+
+
+class OutputLockedError(ChunksegError, FileExistsError):
+    """Another run holds the output's lease (it is being written, overwritten or resumed); the
+    message names the holder (host, pid, start time) and how to break a lease whose run is gone."""
 
 
 class OutputOverlapError(ChunksegError, ValueError):
