@@ -25,7 +25,6 @@ import functools
 import hashlib
 import math
 import os
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .outputs._ownership import write_record
 from .outputs._target import check_output_files, check_output_folder
 from .errors import (
     InvalidTypeError,
@@ -707,6 +707,9 @@ def export_bioimageio(
             written = out
         else:
             folder = Path(spec.save_bioimageio_package_as_folder(descr, output_path=out))
+            # the ownership record: what a later overwrite may replace, and nothing else
+            write_record(folder, [p for p in folder.rglob("*") if p.is_file()],
+                         "a bioimage.io package")
             written = next(folder / n for n in YAML_NAMES if (folder / n).is_file())
             check = spec.load_description(written, perform_io_checks=True)
             if isinstance(check, spec.InvalidDescr):  # pragma: no cover - a bug here
@@ -724,7 +727,10 @@ def _check_target(out: Path, as_zip: bool, overwrite: bool) -> None:
     for entry in check_output_folder(out, markers=YAML_NAMES, what="a bioimage.io package",
                                      overwrite=overwrite, hint="pass overwrite=True to "
                                      "replace a package written before"):
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        entry.unlink()  # a file the package's ownership record lists
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _isbi_description(tmp: Path, halo: int, test_size: int):

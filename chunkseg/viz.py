@@ -1401,7 +1401,8 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     bs = _check_batch_size(batch_size)
     names = [n for n in FIGURES if model is not None or n not in ("tile_predictions", "seams")]
     paths = {n: folder / f"{n}.png" for n in names}
-    check_output_files(paths.values(), overwrite=overwrite)
+    # never over an input, under any name (the image, the output store)
+    check_output_files(paths.values(), overwrite=overwrite, sources=(store, image))
     predictor = None if model is None else _predictor(model, device, normalization)
     makers = {
         "overview": lambda: _overview(out, img, crop_, max_side),

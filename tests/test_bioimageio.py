@@ -335,3 +335,38 @@ def test_cli_exports_and_predicts_with_a_package(tmp_path, capsys):
     np.testing.assert_allclose(ds.probabilities.values, ref.probabilities.values, atol=1e-5)
     assert main(["export-bioimageio", str(out)]) == 2  # exists: refused, one line
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_only_the_files_the_package_records(tmp_path):
+    """Ownership at every depth: a package folder is replaced only when every file in it,
+    in any subfolder, is one chunkseg recorded writing there."""
+    import hashlib
+
+    from chunkseg.outputs._ownership import RECORD, read_record
+
+    out = tmp_path / "pkg"
+    rdf = export_bioimageio(out)
+    recorded = read_record(out)
+    assert recorded and "rdf.yaml" in recorded
+    assert recorded == {p.relative_to(out).as_posix() for p in out.rglob("*")
+                        if p.is_file()} - {RECORD}
+    mine = out / "docs" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("mine")
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*")
+              if p.is_file()}
+    with pytest.raises(OutputExistsError, match="docs/notes.txt"):
+        export_bioimageio(out, overwrite=True)
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*")
+            if p.is_file()} == digest
+    mine.unlink()
+    mine.parent.rmdir()
+    assert export_bioimageio(out, overwrite=True) == rdf
+    # a folder with an rdf.yaml but no record (not written by chunkseg) is never emptied
+    other = tmp_path / "theirs"
+    other.mkdir()
+    (other / "rdf.yaml").write_text("type: model\n")
+    (other / "weights.pt").write_bytes(b"theirs")
+    with pytest.raises(OutputExistsError, match="chunkseg did not write"):
+        export_bioimageio(other, overwrite=True)
+    assert sorted(p.name for p in other.iterdir()) == ["rdf.yaml", "weights.pt"]

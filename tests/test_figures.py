@@ -251,3 +251,20 @@ def test_bad_arguments(conv_store, image, tmp_path):
     with pytest.raises(NotFoundError):
         viz.figures(tmp_path / "missing.zarr", tmp_path / "f")
     assert not (tmp_path / "f").exists()
+
+
+def test_figures_never_overwrite_their_input_image(conv_store, image, tmp_path):
+    from PIL import Image
+
+    from chunkseg.errors import OutputOverlapError
+
+    out = tmp_path / "figs"
+    out.mkdir()
+    overview = out / "overview.png"
+    Image.fromarray(image).save(overview)
+    before = overview.read_bytes()
+    for name in (str(overview), f"file://{overview}"):
+        with pytest.raises(OutputOverlapError, match="must not be an input"):
+            viz.figures(conv_store, out, image=name, overwrite=True, dpi=72)
+    assert overview.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png"]

@@ -479,3 +479,61 @@ def test_fingerprint_records_the_inputs_identity(tmp_path):
     assert set(fp["input"]) == {"shape", "dtype", "metadata", "sample"}
     assert fp["input"]["shape"][:2] == [100, 90] and fp[MARKER] == chunkseg.__version__
 
+
+
+# --- one writer per output: two real processes ------------------------------------------------
+
+
+def _start_writer(tmp_path, out, *extra):
+    """A `chunkseg predict` process with a slow model; returns it once its lease is taken."""
+    import sys
+    import time
+
+    src = tmp_path / "in.zarr"
+    if not src.exists():
+        chunkseg.ingest(_image((300, 280)), str(src), chunks=100)
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chunkseg.cli", "predict", str(src), str(out), "--model",
+         "model_factories:slow_conv3x3", "--tile", "32", "--overlap", "8", "--chunk", "64",
+         "--no-progress", *extra], env=env, stderr=subprocess.PIPE, text=True)
+    lease = out.parent / f".{out.name}.chunkseg-lease"
+    deadline = time.monotonic() + 60
+    while not lease.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc, src
+
+
+@pytest.mark.parametrize("second", ["plain", "--overwrite", "--resume"])
+def test_a_second_run_on_a_leased_output_is_refused_naming_the_holder(tmp_path, capsys, second):
+    out = tmp_path / "seg.zarr"
+    first, src = _start_writer(tmp_path, out)
+    try:
+        extra = [] if second == "plain" else [second]
+        code = main(["predict", str(src), str(out), "--model", "model_factories:numpy_conv3x3",
+                     "--tile", "32", "--overlap", "8", "--chunk", "64", "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert f"pid {first.pid}" in err and "being written by another run" in err
+    finally:
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    # the first run's output is whole and its lease gone: now a replacement may start
+    assert chunkseg.open_output(str(out)).attrs["complete"] is True
+    assert not (tmp_path / ".seg.zarr.chunkseg-lease").exists()
+    assert main(["predict", str(src), str(out), "--model", "model_factories:numpy_conv3x3",
+                 "--tile", "32", "--overlap", "8", "--chunk", "64", "--no-progress",
+                 "--overwrite"]) == 0
+
+
+def test_label_waits_for_no_one_while_predict_holds_the_output(tmp_path):
+    out = tmp_path / "seg.zarr"
+    chunkseg.predict_to_zarr(_image(), numpy_conv3x3(), str(out), **KW)
+    first, _ = _start_writer(tmp_path, out, "--overwrite")
+    try:
+        with pytest.raises(chunkseg.errors.OutputLockedError, match=f"pid {first.pid}"):
+            chunkseg.instances(str(out), cls=1)
+    finally:
+        assert first.wait(timeout=300) == 0, first.stderr.read()

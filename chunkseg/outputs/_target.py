@@ -18,7 +18,13 @@ from typing import Any
 
 from ..errors import OutputExistsError, OutputOverlapError
 from ._identity import overlaps
-from ._ownership import MARKER, foreign_zarr_entries
+from ._ownership import (
+    MARKER,
+    RECORD,
+    foreign_folder_entries,
+    foreign_zarr_entries,
+    read_record,
+)
 
 __all__ = ["MARKER", "check_output_files", "check_output_folder", "check_output_target",
            "describe_location"]
@@ -141,15 +147,20 @@ def check_output_folder(folder: str | os.PathLike, *, markers: Collection[str],
     overwrite : bool, default False
         Allow replacing a marked folder.
     owned : collection of str, optional
-        The entry names chunkseg writes there; any other entry is refused, never deleted.
-        None: every entry of a marked folder is chunkseg's.
+        The file names chunkseg writes at the folder's top level; any other entry (a folder,
+        a link, another file) is refused, never deleted. None: the folder's ownership record
+        (:data:`chunkseg.outputs._ownership.RECORD`, written by
+        :func:`~chunkseg.outputs._ownership.write_record`) lists the files chunkseg wrote, at
+        any depth; a folder without a readable record, or with any file it does not list, is
+        refused.
     hint : str
         How to replace an earlier output, for the message without ``overwrite``.
 
     Returns
     -------
     list of pathlib.Path
-        The entries the caller removes before writing (empty for an absent or empty folder).
+        The files the caller removes before writing (empty for an absent or empty folder);
+        folders emptied by that removal are the caller's to remove.
 
     Raises
     ------
@@ -175,12 +186,20 @@ def check_output_folder(folder: str | os.PathLike, *, markers: Collection[str],
         raise OutputExistsError(
             f"`out` folder {where!r} is not {what} (no {' or '.join(markers)}); chunkseg "
             "replaces only its own outputs, even with overwrite=True. Choose another folder.")
-    foreign = [e.name for e in entries if owned is not None and e.name not in owned]
+    if owned is not None:
+        foreign = [e.name for e in entries
+                   if e.name not in owned or e.is_symlink() or not e.is_file()]
+        files = [e for e in entries if e.name != RECORD]
+    else:
+        record = read_record(path)
+        foreign = (foreign_folder_entries(path, record) if record is not None
+                   else [f"{RECORD} (missing: chunkseg cannot tell its files from others)"])
+        files = [path / f for f in sorted(record or ()) if (path / f).is_file()]
     if foreign:
         raise OutputExistsError(
-            f"`out` folder {where!r} holds files chunkseg did not write there ({foreign[:5]}); "
-            "nothing was deleted. Move them or choose another folder.")
-    return entries
+            f"`out` folder {where!r} holds entries chunkseg did not write there, at any depth "
+            f"({foreign[:5]}); nothing was deleted. Move them or choose another folder.")
+    return files + ([path / RECORD] if (path / RECORD).is_file() else [])
 
 
 def check_output_files(paths: Iterable[str | os.PathLike], *, overwrite: bool = False,
