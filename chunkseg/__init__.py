@@ -20,6 +20,7 @@ from .engine import OUTPUTS, open_output, output_progress, predict, predict_to_z
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,
+    Float16OverflowWarning,
     IncompleteOutputWarning,
     InputReadError,
     InvalidTypeError,
@@ -27,6 +28,7 @@ from .errors import (
     LargeObjectWarning,
     MissingDependencyError,
     ModelOutputError,
+    ModelRunError,
     NotFoundError,
     OutputExistsError,
     OutputOverlapError,
@@ -81,10 +83,12 @@ __all__ = [
     "InputReadError",
     "OutputWriteError",
     "ModelOutputError",
+    "ModelRunError",
     "OutputExistsError",
     "OutputOverlapError",
     "ChunkAlignmentError",
     "RunInterruptedError",
     "IncompleteOutputWarning",
     "LargeObjectWarning",
+    "Float16OverflowWarning",
 ]
