@@ -104,7 +104,7 @@ CASES = {
         late=True),
     "model returns NaN on a late tile": Case(ModelOutputError, "non-finite",
                                              model="bad_models:nan_late", late=True),
-    "model raises on a late tile": Case(ModelRunError, "in chunk .*RuntimeError: the model "
+    "model raises on a late tile": Case(ModelRunError, "in chunk .*RuntimeError.*: the model "
                                         "failed on a late tile.*resume", late=True,
                                         model="bad_models:raises_late"),
 }
