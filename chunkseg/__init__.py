@@ -21,6 +21,7 @@ from .outputs._manifest import open_output, output_progress
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,
+    Float16OverflowWarning,
     IncompleteOutputWarning,
     InputReadError,
     InvalidTypeError,
@@ -28,6 +29,7 @@ from .errors import (
     LargeObjectWarning,
     MissingDependencyError,
     ModelOutputError,
+    ModelRunError,
     NotFoundError,
     OutputExistsError,
     OutputOverlapError,
@@ -82,10 +84,12 @@ __all__ = [
     "InputReadError",
     "OutputWriteError",
     "ModelOutputError",
+    "ModelRunError",
     "OutputExistsError",
     "OutputOverlapError",
     "ChunkAlignmentError",
     "RunInterruptedError",
     "IncompleteOutputWarning",
     "LargeObjectWarning",
+    "Float16OverflowWarning",
 ]

@@ -169,9 +169,13 @@ def instances(
     from .outputs._target import describe_location
     from .scheduling import compute, open_client
 
-    if not isinstance(name, str) or not name or "/" in name or name in _RESERVED:
+    # zarr v3 node names: not empty, no "/", not made of dots only, not starting with "__"
+    if (not isinstance(name, str) or not name or "/" in name or "\\" in name
+            or not name.strip(".") or name.startswith("__") or name in _RESERVED):
         raise InvalidValueError(
-            f"`name` must be a new array name, not one of {_RESERVED} or a path. Got {name!r}."
+            f"`name` must be a new array name: not empty, no '/' or '\\', not '.' or '..', not "
+            f"starting with '__', not one of {_RESERVED}. Got {name!r}. Choose a plain name "
+            "such as 'instances' or 'cells' (CLI: --name)."
         )
     kern.foreground_structure(connectivity)  # checks it
     group = _open_group(store, storage_options, "r+")

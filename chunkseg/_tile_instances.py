@@ -65,6 +65,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from ._check import positive_int
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._ownership import require_group
 from .outputs._lifecycle import writing
@@ -702,9 +703,7 @@ def predict_instances(
         raise InvalidTypeError(
             f"`model` must be a callable on float32 batches returning integer instance ids. "
             f"Got {type(model)!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise InvalidValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
+    batch_size = positive_int(batch_size, "batch_size")
     out_so = _so(store, storage_options)
     with writing(store, source=image, overwrite=overwrite, storage_options=out_so,
                  what="chunkseg predict-instances") as target:

@@ -8,16 +8,18 @@ plane ``K``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ModelOutputError
+from .errors import ChunksegError, Float16OverflowWarning, ModelOutputError, ModelRunError
 
 __all__ = [
     "mapped_zeros",
     "tile_starts",
     "iter_batches",
+    "run_model",
     "check_model_output",
     "accumulate_block",
     "fold_pieces",
@@ -25,6 +27,8 @@ __all__ = [
     "probabilities_from_logits",
     "labels_from_logits",
     "labels_dtype",
+    "FLOAT16_MAX",
+    "LogitsCast",
 ]
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -105,6 +109,43 @@ def iter_batches(
                  if run is None or run[i, j]]
     for i in range(0, len(positions), batch_size):
         yield positions[i : i + batch_size]
+
+
+def run_model(model: Model, batch):
+    """``model(batch)``, an exception it raises becoming a :class:`ModelRunError`.
+
+    The one place where batches of tiles go through the model (:func:`accumulate_block`,
+    the torch kernel and the engine's first-tile probe call it), so that a model failing
+    mid-run is reported with its chunk (:class:`chunkseg.engine.TileRunner` adds it) instead
+    of a bare traceback.
+
+    Parameters
+    ----------
+    model : callable
+    batch : (N, C_in, T_y, T_x) ndarray or tensor
+
+    Returns
+    -------
+    object
+        What the model returned.
+
+    Raises
+    ------
+    ModelRunError
+        When the model raises an ``Exception``; the model's exception is its ``__cause__``.
+        chunkseg's own errors (from chunkseg's model adapters) and ``MemoryError`` pass
+        unchanged, and so do ``KeyboardInterrupt`` and ``SystemExit``.
+    """
+    try:
+        return model(batch)
+    except (ChunksegError, MemoryError):
+        raise
+    except Exception as err:
+        message = " ".join(str(err).split())
+        raise ModelRunError(
+            f"`model` raised {type(err).__name__} on a batch of shape {tuple(batch.shape)}"
+            + (f": {message}" if message else "") + ("" if message.endswith(".") else ".")
+        ) from err
 
 
 def check_model_output(
@@ -203,6 +244,8 @@ def accumulate_block(
     ------
     ModelOutputError
         From :func:`check_model_output`.
+    ModelRunError
+        From :func:`run_model`: the model raised.
 
     Notes
     -----
@@ -216,7 +259,7 @@ def accumulate_block(
     for positions in iter_batches(block.shape[1:], (ty, tx), overlap, batch_size, run):
         batch = np.stack([block[:, y : y + ty, x : x + tx] for y, x in positions])
         batch = batch.astype(np.float32, copy=False)
-        logits = check_model_output(model(batch), batch.shape, classes)
+        logits = check_model_output(run_model(model, batch), batch.shape, classes)
         if acc is None:
             classes = logits.shape[1]
             acc = mapped_zeros((classes + 1,) + block.shape[1:], np.float32)
@@ -279,6 +322,63 @@ def normalize_accumulator(acc: np.ndarray, dtype: np.dtype | str = np.float32,
         out[...] = fill_value
     np.divide(acc[:-1], weights, out=out, where=weights > 0)
     return out.astype(dtype, copy=False)
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+"""The largest finite float16, 65504: float16 logits are clamped to +-this."""
+
+
+class LogitsCast:
+    """Cast float32 logits to the output dtype; for float16, clamp them to +-65504 first.
+
+    A float16 logit beyond +-65504 would otherwise become infinite (with only numpy's
+    overflow warning). The first time values are clamped, a
+    :class:`~chunkseg.errors.Float16OverflowWarning` counts them; later chunks of the same run
+    (the same object) clamp silently. NaN (pixels no tile ran on) stays NaN.
+
+    Parameters
+    ----------
+    dtype : {float32, float16}
+    """
+
+    def __init__(self, dtype: np.dtype | str = np.float32):
+        self.dtype = np.dtype(dtype)
+        self.warned = False
+
+    def __call__(self, logits: np.ndarray, where: str = "", block_id=None) -> np.ndarray:
+        """``logits`` (float32) in :attr:`dtype`, clamped to its range for float16.
+
+        Parameters
+        ----------
+        logits : ndarray of float32
+        where : str, optional
+            The chunk, for the warning.
+        block_id : tuple of int, optional
+            The chunk's index in a dask array (as ``dask.array.map_blocks`` passes it).
+
+        Returns
+        -------
+        ndarray of :attr:`dtype`
+        """
+        if self.dtype != np.float16:
+            return logits.astype(self.dtype, copy=False)
+        n = int(np.count_nonzero(logits > FLOAT16_MAX) + np.count_nonzero(logits < -FLOAT16_MAX))
+        out = np.empty(logits.shape, np.float16)
+        np.clip(logits, -FLOAT16_MAX, FLOAT16_MAX, out=out)
+        if block_id is not None and not where:
+            where = f"output chunk {tuple(block_id[-2:])} (y, x of the chunk grid)"
+        self.clamped(n, where)
+        return out
+
+    def clamped(self, n: int, where: str = "") -> None:
+        """Warn that ``n`` logits were clamped (in ``where``), the first time only."""
+        if n and not self.warned:
+            self.warned = True
+            warnings.warn(Float16OverflowWarning(
+                f"{n} logits{' of ' + where if where else ''} lie beyond the float16 range "
+                f"(+-{FLOAT16_MAX:g}) and were clamped to it (warned once per run; other "
+                "chunks may have more). Write dtype='float32' (CLI: --dtype float32) to keep "
+                "them, or check the model's output scale."), stacklevel=2)
 
 
 def probabilities_from_logits(

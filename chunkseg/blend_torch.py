@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .blend import check_model_output, labels_dtype
+from .blend import FLOAT16_MAX, check_model_output, labels_dtype, run_model
 from .errors import ModelOutputError
 
 __all__ = [
@@ -127,6 +127,8 @@ def accumulate_block_torch(
     ModelOutputError
         If the model returns the wrong shape or non-finite values (the same messages as
         :func:`chunkseg.blend.check_model_output`).
+    chunkseg.errors.ModelRunError
+        If the model raises (:func:`chunkseg.blend.run_model`).
 
     Notes
     -----
@@ -233,7 +235,7 @@ def _run_batches(grid, positions, module, batch_size, classes, tile):
     for i in range(0, len(positions), batch_size):
         pos = positions[i : i + batch_size]
         batch = torch.stack([grid[p] for p in pos])
-        out = module(batch)
+        out = run_model(module, batch)
         if (out.ndim != 4 or out.shape[0] != batch.shape[0] or tuple(out.shape[2:]) != tile
                 or (classes is not None and out.shape[1] != classes)):
             check_model_output(out.detach().float().cpu().numpy(), tuple(batch.shape), classes)
@@ -324,8 +326,8 @@ def _fold_enqueue(shape, pieces):
     return out
 
 
-def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float = 0.0
-                  ) -> dict[str, np.ndarray]:
+def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float = 0.0,
+                  *, clamped: list | None = None) -> dict[str, np.ndarray]:
     """The requested outputs of a folded accumulator, computed on its device, as host arrays.
 
     Parameters
@@ -336,6 +338,9 @@ def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float
         dtype of ``logits`` and ``probabilities``.
     fill_value : float, default 0.0
         Logits where the weight sum is 0 (no tile ran: only with a foreground mask).
+    clamped : list, optional
+        With float16 ``logits``: logits beyond +-65504 are clamped to it (as
+        :class:`chunkseg.blend.LogitsCast`), and their number is appended to this list.
 
     Returns
     -------
@@ -349,6 +354,9 @@ def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float
     wait = on_device(acc.device, _outputs_enqueue, acc, tuple(names), np.dtype(dtype),
                      fill_value)
     host = {name: t.numpy() for name, t in wait().items()}
+    n_clamped = host.pop("clamped", None)
+    if clamped is not None and n_clamped is not None:
+        clamped.append(int(n_clamped))
     if "labels" in host:
         host["labels"] = host["labels"].astype(labels_dtype(k), copy=False)
     return host
@@ -364,7 +372,10 @@ def _outputs_enqueue(acc, names, dtype, fill_value):
         logits = _empty(tuple(acc[:-1].shape), acc.device)
         torch.div(acc[:-1], weights, out=logits)
         logits.masked_fill_((weights <= 0).expand_as(logits), fill_value)  # no tile ran
-        if "logits" in names:
+        if "logits" in names and tdtype == torch.float16:  # clamped: never inf
+            out["clamped"] = torch.count_nonzero(logits.abs() > FLOAT16_MAX)
+            out["logits"] = logits.clamp(-FLOAT16_MAX, FLOAT16_MAX).to(tdtype)
+        elif "logits" in names:
             out["logits"] = logits.to(tdtype)
         if "probabilities" in names:
             p = _empty(tuple(logits.shape), acc.device)

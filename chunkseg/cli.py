@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .outputs._target import check_output_files
@@ -419,13 +421,18 @@ def _cmd_info(args) -> int:
     try:
         done, total = output_progress(args.store)  # refuses a URL with a password first
         group = zarr.open_group(args.store, mode="r")
-    except (FileNotFoundError, KeyError, ValueError) as err:
+        attrs = group.attrs.asdict()
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        # TypeError: zarr's reading of a zarr.json whose fields have the wrong types
         if isinstance(err, ChunksegError):
             raise
         raise InvalidValueError(
-            f"`store` must be an output of chunkseg predict. Got "
-            f"{describe_location(args.store)!r}, which is not one ({type(err).__name__})."
+            f"`store` must be an output of chunkseg predict, with the metadata chunkseg wrote. "
+            f"Got {describe_location(args.store)!r}, which is not one or whose metadata "
+            f"(zarr.json) was changed ({type(err).__name__}: {_one_line(err)}). Run chunkseg "
+            "predict again with --overwrite if it was one."
         ) from None
+    _check_info_attrs(attrs, describe_location(args.store))
     complete = group.attrs.get("complete") is True
     print(f"store      {args.store}")
     print(f"complete   {'yes' if complete else 'no'}: {done} of {total} chunks written"
@@ -436,6 +443,39 @@ def _cmd_info(args) -> int:
         if key in fp:
             print(f"{key:<10} {fp[key]}")
     return 0
+
+
+def _int_list(value, lengths: tuple[int, ...]) -> bool:
+    return (isinstance(value, list) and len(value) in lengths
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+def _check_info_attrs(attrs: dict, where: str) -> None:
+    """Refuse an output whose attributes ``chunkseg info`` reads are not of the types
+    predict_to_zarr writes (edited by hand, or another program's)."""
+    fp = attrs.get("fingerprint", {})
+    problems = []
+    if not isinstance(fp, dict):
+        problems.append(f"'fingerprint' is {fp!r}, not a mapping")
+        fp = {}
+    if "complete" in attrs and not isinstance(attrs["complete"], bool):
+        problems.append(f"'complete' is {attrs['complete']!r}, not true or false")
+    for prefix, d in (("", attrs), ("fingerprint.", fp)):
+        for key, lengths in (("tile", (2,)), ("overlap", (2,)), ("stride", (2,)),
+                             ("chunks", (2,)), ("shards", (2,)), ("zarr_chunks", (2,)),
+                             ("image_shape", (2, 3))):
+            if key in d and not _int_list(d[key], lengths):
+                problems.append(f"'{prefix}{key}' is {d[key]!r}, not a list of "
+                                f"{' or '.join(map(str, lengths))} ints")
+        if "classes" in d and (not isinstance(d["classes"], int)
+                               or isinstance(d["classes"], bool)):
+            problems.append(f"'{prefix}classes' is {d['classes']!r}, not an int")
+    if problems:
+        raise InvalidValueError(
+            f"`store` must hold the metadata chunkseg predict wrote. Got {where!r}, whose "
+            f"attributes were changed: {'; '.join(problems)}. Run chunkseg predict again with "
+            "--overwrite."
+        )
 
 
 def _cmd_label(args) -> int:
@@ -512,7 +552,14 @@ def _cmd_demo(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``chunkseg`` command. Returns the exit status."""
+    """Entry point of the ``chunkseg`` command.
+
+    Returns
+    -------
+    int
+        The exit status: 0; 2 after an error (one line on stderr); 130 after Ctrl-C, 143 after
+        SIGTERM (one line: what was interrupted and, for ``predict``, how to finish it).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -528,6 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                "regions": _cmd_regions, "predict-instances": _cmd_predict_instances, "figures": _cmd_figures,
                "export-bioimageio": _cmd_export_bioimageio, "train": _cmd_train, "seams": _cmd_seams,
                "evaluate": _cmd_evaluate}[args.command]
+    # SIGTERM (a scheduler's or `kill`'s) stops a run as Ctrl-C does; signal handlers can
+    # only be set in the main thread
+    catch = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if catch else None
     try:
         return handler(args)
     except (ChunksegError, OSError) as e:
@@ -536,6 +587,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         # are one line; anything else is a bug and keeps its traceback.
         print(f"chunkseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Terminated)
+        print(f"chunkseg {args.command}: error: {_interrupted(args, e)}", file=sys.stderr)
+        return 128 + int(signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+    finally:
+        if catch:  # None: the handler was not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the handler :func:`main` installs: it stops a
+    run as Ctrl-C does (``except Exception`` does not catch it)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _interrupted(args, error: KeyboardInterrupt) -> str:
+    """The one line for an interrupted command: the signal, and for ``predict`` how many
+    chunks its output holds and how to finish it."""
+    what = "SIGTERM" if isinstance(error, _Terminated) else "Ctrl-C (SIGINT)"
+    line = f"interrupted by {what}"
+    if args.command == "train":
+        return f"{line}; continue the run with --resume."
+    if args.command != "predict":
+        return f"{line}."
+    from .engine import output_progress
+    from .outputs._target import describe_location
+
+    where = describe_location(args.store)
+    try:
+        done, total = output_progress(args.store)
+    except (ChunksegError, OSError, KeyError, ValueError, TypeError):
+        return f"{line} before the output {where!r} was set up; run the command again."
+    return (f"{line}: {done} of {total} chunks are written and marked in {where!r}, which "
+            "stays marked incomplete; finish it with the same command and --resume.")
 
 
 def _one_line(error: BaseException) -> str:

@@ -40,10 +40,12 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import _ome, blend
+from ._check import positive_int
 from .errors import (
     InvalidTypeError,
     InvalidValueError,
     ModelOutputError,
+    ModelRunError,
     RunInterruptedError,
 )
 from .io import open_image
@@ -283,6 +285,9 @@ class TileRunner:
             run = self.run_tiles[ky0:ky1, kx0:kx1]
         skip = (self.predicate is not None and not self.predicate(block)) or (
             run is not None and not run.any())
+        if not skip:
+            _check_finite_input(block, ys, xs, self.plan, run,
+                                f"chunk ({iy}, {ix}) (y, x of the chunk grid), ")
         try:
             torch_model = self.torch_model()
             if torch_model is not None:
@@ -294,12 +299,17 @@ class TileRunner:
                 acc = blend.accumulate_block(block, model, self.window, self.plan.overlap,
                                              batch_size=self.batch_size, classes=self.classes,
                                              run=run)
-        except ModelOutputError as err:
-            raise ModelOutputError(
-                f"in chunk ({iy}, {ix}) (y, x of the chunk grid), tiles {ky0}..{ky1 - 1} (y) x "
-                f"{kx0}..{kx1 - 1} (x) of the tile grid, image pixels y {ys[0]}..{ys[1]}, "
-                f"x {xs[0]}..{xs[1]}: {err}"
-            ) from None
+        except (ModelOutputError, ModelRunError) as err:
+            where = (f"in chunk ({iy}, {ix}) (y, x of the chunk grid), tiles {ky0}..{ky1 - 1} "
+                     f"(y) x {kx0}..{kx1 - 1} (x) of the tile grid, image pixels y "
+                     f"{ys[0]}..{ys[1]}, x {xs[0]}..{xs[1]}: {err}")
+            if isinstance(err, ModelOutputError):
+                raise ModelOutputError(where) from None
+            # the model's own exception stays the cause (its traceback shows where it failed)
+            raise ModelRunError(
+                f"{where} The chunks written before are marked; fix the model, then finish the "
+                "run with resume=True (CLI: --resume)."
+            ) from err.__cause__
         return self._pieces(acc, iy, ix)
 
     def _accumulate_torch(self, block, adapter: TorchAdapter, run, skip, iy: int, ix: int):
@@ -455,8 +465,51 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
 def _probe_classes(reader: BlockReader, model, plan: TilePlan) -> int:
     """Run the model on the first tile of the image: number of classes, and an early check."""
     (y0, x0), (ty, tx) = (o[0] for o in plan.tile_origins()), plan.tile
-    batch = reader((int(y0), int(y0) + ty), (int(x0), int(x0) + tx))[None].astype(np.float32)
-    return blend.check_model_output(model(batch), batch.shape).shape[1]
+    ys, xs = (int(y0), int(y0) + ty), (int(x0), int(x0) + tx)
+    tile = reader(ys, xs)
+    _check_finite_input(tile, ys, xs, plan, None, "the first tile, ")
+    batch = tile[None].astype(np.float32)
+    return blend.check_model_output(blend.run_model(model, batch), batch.shape).shape[1]
+
+
+def _check_finite_input(block: np.ndarray, ys: tuple[int, int], xs: tuple[int, int],
+                        plan: TilePlan, run: np.ndarray | None, where: str) -> None:
+    """Refuse a float input block holding NaN or infinity where tiles are to run.
+
+    ``block`` is ``(C_in, y, x)``, read at image coordinates ``ys``, ``xs`` (reflect-padded
+    past the edges); ``run``, the block's owned tiles to run (all when None): non-finite pixels
+    that only skipped tiles cover are allowed (the model never sees them). Integer inputs are
+    not checked (always finite); for float ones this costs one ``isfinite`` pass.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        Naming ``where``, the number of non-finite pixels and the first one's image
+        coordinates, and the fix.
+    """
+    if block.dtype.kind != "f" or np.isfinite(block).all():
+        return
+    bad = ~np.isfinite(block).all(axis=0)
+    if run is not None:  # only the pixels of the tiles that run
+        covered = np.zeros(bad.shape, bool)
+        (ty, tx), (sy, sx) = plan.tile, plan.stride
+        for i, j in np.argwhere(run):
+            covered[i * sy : i * sy + ty, j * sx : j * sx + tx] = True
+        bad &= covered
+    n = int(np.count_nonzero(bad))
+    if not n:
+        return
+    by, bx = (int(v) for v in np.argwhere(bad)[0])
+    h, w = plan.image_shape
+    py = int(reflect_index(ys[0] + by, ys[0] + by + 1, h)[0])
+    px = int(reflect_index(xs[0] + bx, xs[0] + bx + 1, w)[0])
+    raise InvalidValueError(
+        f"`image` must hold finite values where the model runs; in {where}image pixels y "
+        f"{ys[0]}..{ys[1]}, x {xs[0]}..{xs[1]} hold {n} pixels with NaN or infinity (the first "
+        f"at y {py}, x {px} of the image). Clean the input first (fill NaN, e.g. "
+        "numpy.nan_to_num or xarray's fillna, or skip those regions with `mask`), then run "
+        "again."
+    )
 
 
 def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
@@ -711,7 +764,9 @@ def predict(
     logits = _logits_array(runner, setup["image"].name)
     data_vars = {}
     if "logits" in outputs_:
-        data_vars["logits"] = (("class", "y", "x"), logits.astype(dtype_))
+        # float16: clamped to +-65504 (a Float16OverflowWarning, once), never infinite
+        data_vars["logits"] = (("class", "y", "x"), logits.map_blocks(
+            blend.LogitsCast(dtype_), dtype=dtype_, meta=np.empty((0, 0, 0), dtype_)))
     if "probabilities" in outputs_:
         probs = logits.map_blocks(blend.probabilities_from_logits, dtype_, dtype=dtype_,
                                   meta=np.empty((0, 0, 0), dtype_))
@@ -753,8 +808,7 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
     """Validate :func:`predict`'s arguments and build the runner and the output attrs."""
     outputs_ = _normalize_outputs(outputs)
     dtype_ = _validate_dtype(dtype)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InvalidValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
+    batch_size = positive_int(batch_size, "batch_size", "Tiles per model call: e.g. 8.")
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     if chunks is None and str(device).startswith("cuda"):
         chunks = GPU_CHUNK
@@ -804,7 +858,9 @@ class ChunkWriter:
         ``logits``/``probabilities`` ``(K, H, W)``, ``labels`` ``(H, W)``, chunked as the plan.
     plan : TilePlan
     dtype : numpy dtype
-        Of ``logits`` and ``probabilities``.
+        Of ``logits`` and ``probabilities``; float16 logits are clamped to +-65504 (a
+        :class:`~chunkseg.errors.Float16OverflowWarning` once per run, from the first chunk
+        that had any: :class:`chunkseg.blend.LogitsCast`).
     done : zarr.Array, optional
         The completion manifest, ``(n_y, n_x)`` uint8, one Zarr chunk per element: set to 1
         once all of a chunk's variables are written.
@@ -826,6 +882,7 @@ class ChunkWriter:
         self.plan = plan
         self.dtype = np.dtype(dtype)
         self.done = done
+        self._cast = blend.LogitsCast(self.dtype)  # warns once per run (per worker process)
         self.location = location
         where = location or "the output store"
         # one writer for every write: an OSError becomes an OutputWriteError naming the chunk
@@ -835,15 +892,18 @@ class ChunkWriter:
 
     def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
         names = tuple(self.targets)
+        what = f"output chunk ({jy}, {jx}) (y, x of the chunk grid)"
         if hasattr(acc, "clone"):
             from .blend_torch import outputs_torch
 
-            outs = outputs_torch(acc, names, self.dtype, runner.fill_value)
+            clamped: list = []
+            outs = outputs_torch(acc, names, self.dtype, runner.fill_value, clamped=clamped)
+            self._cast.clamped(sum(clamped), what)
         else:
             logits = blend.normalize_accumulator(acc, np.float32, runner.fill_value)
             outs = {}
             if "logits" in names:
-                outs["logits"] = logits.astype(self.dtype, copy=False)
+                outs["logits"] = self._cast(logits, what)
             if "probabilities" in names:
                 outs["probabilities"] = blend.probabilities_from_logits(logits, self.dtype)
             if "labels" in names:
@@ -851,7 +911,6 @@ class ChunkWriter:
         (c_y, c_x) = self.plan.chunks
         h, w = outs[names[0]].shape[-2:]
         region = (slice(jy * c_y, jy * c_y + h), slice(jx * c_x, jx * c_x + w))
-        what = f"output chunk ({jy}, {jx}) (y, x of the chunk grid)"
         for name, data in outs.items():
             self._writers[name].write((slice(None),) * (data.ndim - 2) + region, data, what)
         if self.done is not None:  # after every variable of the chunk is written
@@ -1028,6 +1087,7 @@ def predict_to_zarr(
             f"`levels` must be a positive int (pyramid levels, full resolution included) and "
             f"needs `ome=True`. Got levels={levels!r} with ome={ome!r}; pass ome=True (CLI: "
             "--ome) and levels >= 1, or drop `levels`.")
+    _check_compression_level(compression_level, _normalize_outputs(params["outputs"]))
     if ome:
         _ome._ome()  # ome-zarr-py is needed: say so before anything is written
     inner = None  # the inner Zarr chunks of a sharded output
@@ -1176,6 +1236,21 @@ def _shard_layout(shards, chunks, device) -> tuple[tuple[int, int], tuple[int, i
             f"of the chunks (e.g. shards={tuple(c * max(1, round(s / c)) for s, c in zip(shard, inner))!r}"
             f"), or chunks that divide the shards.")
     return shard, inner
+
+
+def _check_compression_level(level: Any, outputs: Sequence[str]) -> None:
+    """Refuse a ``compression_level`` a codec of :func:`_compressor` would fail on while
+    writing: zstd takes 0..22, Blosc (``logits``) 0..9."""
+    top = 9 if "logits" in outputs else 22
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+        raise InvalidTypeError(f"`compression_level` must be an int from 0 to {top}. Got "
+                               f"{level!r}; the default is 1.")
+    if not 0 <= level <= top:
+        raise InvalidValueError(
+            f"`compression_level` must be from 0 to {top}"
+            + (" when logits are written (Blosc, which compresses them, takes 0..9; zstd, for "
+               "labels and probabilities, 0..22)" if top == 9 else " (zstd)")
+            + f". Got {level!r}; the default, 1, writes fastest for about the same size.")
 
 
 def _compressor(name: str, level: int):

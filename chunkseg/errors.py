@@ -15,12 +15,14 @@ __all__ = [
     "InputReadError",
     "OutputWriteError",
     "ModelOutputError",
+    "ModelRunError",
     "OutputExistsError",
     "OutputLockedError",
     "OutputOverlapError",
     "ChunkAlignmentError",
     "IncompleteOutputWarning",
     "LargeObjectWarning",
+    "Float16OverflowWarning",
     "RunInterruptedError",
 ]
 
@@ -60,6 +62,12 @@ class ModelOutputError(ChunksegError, ValueError):
     """The model returned an array of the wrong shape, dtype or with non-finite values."""
 
 
+class ModelRunError(ChunksegError, RuntimeError):
+    """The model raised an exception on a batch of tiles; the message names the chunk, the
+    model's exception type and message (chained as ``__cause__``), and, mid-run, that
+    ``resume=True`` finishes the run once the model is fixed."""
+
+
 class OutputExistsError(ChunksegError, FileExistsError):
     """The output store already holds data and ``overwrite`` was not requested."""
 
@@ -89,3 +97,8 @@ class IncompleteOutputWarning(UserWarning):
 class LargeObjectWarning(UserWarning):
     """Some kept objects touch an inner edge of their tile: larger than the overlap's context,
     they may be split or duplicated."""
+
+
+class Float16OverflowWarning(UserWarning):
+    """Float16 logits beyond the float16 range (+-65504) were clamped to it instead of
+    becoming infinite; warned once per run, with the count of the first chunk that had any."""

@@ -229,7 +229,18 @@ class TilePlan:
         -------
         int
             Bytes.
+
+        Raises
+        ------
+        chunkseg.errors.InvalidValueError, chunkseg.errors.InvalidTypeError
+            If ``classes`` or ``batch_size`` is not a positive int.
         """
+        from ._check import positive_int
+
+        classes = positive_int(classes, "classes", "The model's number of classes (CLI: "
+                               "--classes), e.g. 2.")
+        batch_size = positive_int(batch_size, "batch_size", "Tiles per model call (CLI: "
+                                  "--batch-size), e.g. 8.")
         by, bx = ((m - 1) * s + t for m, s, t in zip(self.tiles_per_chunk, self.stride, self.tile))
         ty, tx = self.tile
         block = by * bx * self.channels * (input_itemsize + 4)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ._check import positive_int
 from .outputs._target import check_output_files
 from .errors import InvalidTypeError, InvalidValueError, ModelOutputError
 from .plan import TilePlan, normalize_pair, plan_tiles
@@ -199,13 +200,6 @@ def _check_size(shape: tuple[int, int], max_pixels: int) -> None:
             f"in memory by design. Got {h} x {w} = {h * w} pixels. Report on a crop (e.g. "
             f"image[:{min(h, 4096)}, :{min(w, 4096)}]) or raise `max_pixels` (CLI "
             f"--max-pixels) if the machine has the memory.")
-
-
-def _check_batch_size(batch_size) -> int:
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1):
-        raise InvalidValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
-    return int(batch_size)
 
 
 def _model_multiple(predictor) -> int:
@@ -488,7 +482,7 @@ def seam_report(
     max_pixels = _check_max_pixels(max_pixels)
     bins_ = _check_bins(bins)
     windows_ = _check_windows(windows)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = positive_int(batch_size, "batch_size")
     if isinstance(maps, str):
         maps = tuple(m.strip() for m in maps.split(","))
     arr = open_image(image, storage_options=storage_options, array_name=array_name)

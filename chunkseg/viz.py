@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._check import positive_int
 from .plan import TilePlan
 from .windows import WINDOWS, get_window, window_1d
 
@@ -615,15 +616,6 @@ def _predictor(model, device: str, normalization):
     return as_model(model, device=device, normalization=normalization)
 
 
-def _check_batch_size(batch_size) -> int:
-    from .errors import InvalidValueError
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
-            or batch_size < 1:
-        raise InvalidValueError(f"`batch_size` must be a positive int. Got {batch_size!r}.")
-    return int(batch_size)
-
-
 def _run_tiles(predictor, img: _Image, origins, tile: tuple[int, int], batch_size: int,
                classes: int | None = None):
     """Logits ``(K, T_y, T_x)`` float32 of each tile ``origins[i]`` (reflect padded)."""
@@ -947,7 +939,7 @@ def tile_components(store, image, model, *, crop=None, cls: int | None = None,
     img = _open_image(image, out, storage_options)
     return _tile_components(out, img, _predictor(model, device, normalization),
                             _check_crop(crop, out.plan), _cls_index(cls, out), connectivity,
-                            _check_batch_size(batch_size))
+                            positive_int(batch_size, "batch_size"))
 
 
 def _tile_components(out: _Output, img: _Image, predictor, crop, cls: int, connectivity,
@@ -1014,7 +1006,7 @@ def tile_predictions(store, image, model, *, crop=None, cls: int | None = None,
     crop_ = _check_crop(crop, out.plan)
     cls_ = _cls_index(cls, out)
     comps = _tile_components(out, img, _predictor(model, device, normalization), crop_, cls_,
-                             connectivity, _check_batch_size(batch_size))
+                             connectivity, positive_int(batch_size, "batch_size"))
     return _tile_predictions(out, comps, crop_, cls_)
 
 
@@ -1167,7 +1159,7 @@ def naive_patches(image, model, tile: int | tuple[int, int], crop=None, *, batch
     plan = plan_tiles(img.shape, tile_, 0, img.shape)
     crop_ = _check_crop(((0, img.shape[0]), (0, img.shape[1])) if crop is None else crop, plan)
     return _naive_patches(img, _predictor(model, device, normalization), tile_, crop_,
-                          _check_batch_size(batch_size))
+                          positive_int(batch_size, "batch_size"))
 
 
 def _naive_patches(img: _Image, predictor, tile: tuple[int, int], crop, batch_size: int,
@@ -1226,7 +1218,7 @@ def seam_arrays(store, image, model, *, crop=None, cls: int | None = None, batch
     img = _open_image(image, out, storage_options)
     return _seam_arrays(out, img, _predictor(model, device, normalization),
                         _check_crop(crop, out.plan), _cls_index(cls, out),
-                        _check_batch_size(batch_size))
+                        positive_int(batch_size, "batch_size"))
 
 
 def _seam_arrays(out: _Output, img: _Image, predictor, crop, cls: int, batch_size: int) -> dict:
@@ -1269,7 +1261,7 @@ def seams(store, image, model, *, crop=None, cls: int | None = None, batch_size:
     img = _open_image(image, out, storage_options)
     arrays = _seam_arrays(out, img, _predictor(model, device, normalization),
                           _check_crop(crop, out.plan), _cls_index(cls, out),
-                          _check_batch_size(batch_size))
+                          positive_int(batch_size, "batch_size"))
     return _seams(out, arrays)
 
 
@@ -1398,7 +1390,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     img = _open_image(image, out, storage_options)
     crop_ = _check_crop(crop, out.plan)
     cls_ = _cls_index(cls, out)
-    bs = _check_batch_size(batch_size)
+    bs = positive_int(batch_size, "batch_size")
     names = [n for n in FIGURES if model is not None or n not in ("tile_predictions", "seams")]
     paths = {n: folder / f"{n}.png" for n in names}
     # never over an input, under any name (the image, the output store)

@@ -61,3 +61,14 @@ def nan_late():
         return out
 
     return model
+
+
+def raises_late():
+    """RuntimeError for batches that hold the :data:`LATE` value (a model failing mid-run)."""
+
+    def model(batch):
+        if (batch == LATE).any():
+            raise RuntimeError("the model failed on a late tile")
+        return _two_class(batch)
+
+    return model

@@ -173,3 +173,44 @@ def keras_unet(channels: int = 3, classes: int = 2, filters: int = 4, seed: int 
     up = layers.UpSampling2D(2)(e2)
     d1 = block(layers.Concatenate()([up, e1]), filters)
     return keras.Model(inputs, layers.Conv2D(classes, 1)(d1), name="unet2")
+
+
+def huge_logits(scale: float = 1e6):
+    """1 channel -> 2 classes: ``(+scale, -scale)`` where ``x >= 128``, ``(-scale, +scale)``
+    elsewhere; beyond the float16 range for the default ``scale``."""
+
+    def model(batch):
+        z = np.where(batch >= 128, np.float32(scale), np.float32(-scale))
+        return np.concatenate([z, -z], axis=1).astype(np.float32)
+
+    return model
+
+
+def torch_huge_logits(device: str = "cpu", scale: float = 1e6):
+    """:func:`huge_logits` as a torch module (for the torch kernel)."""
+    import torch
+
+    class Huge(torch.nn.Module):
+        def forward(self, x):
+            z = torch.where(x >= 128, torch.tensor(scale), torch.tensor(-scale))
+            return torch.cat([z, -z], dim=1)
+
+    return Huge().to(device)
+
+
+def torch_late_raising(device: str = "cpu"):
+    """A torch module: :func:`late_raising_conv3x3`'s failure (RuntimeError on batches holding
+    the pixel value named by ``CHUNKSEG_TEST_FAIL_ON``), else a 1x1 two-class map."""
+    import os
+
+    import torch
+
+    class Late(torch.nn.Module):
+        def forward(self, x):
+            value = os.environ.get(FAIL_ON_ENV)
+            if value and bool((x == float(value)).any()):
+                raise RuntimeError(f"model failed on a late tile (a pixel of value {value})")
+            z = x / 255.0 - 0.5
+            return torch.cat([z, -z], dim=1)
+
+    return Late().to(device)

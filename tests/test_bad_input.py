@@ -24,6 +24,7 @@ from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
     ModelOutputError,
+    ModelRunError,
     NotFoundError,
 )
 
@@ -59,7 +60,8 @@ CASES = {
     "4-d plane stack": Case(InvalidValueError, "image", image=np.zeros((2, 3, 40, 40), np.uint8)),
     "empty array": Case(InvalidValueError, "image", image=np.zeros((0, 40), np.uint8)),
     "complex input": Case(InvalidTypeError, "dtype", image=GOOD.astype(np.complex64)),
-    "NaN in the input": Case(ModelOutputError, "non-finite", image=_nan_image(), late=True),
+    "NaN in the input": Case(InvalidValueError, "NaN or infinity.*y 75, x 85", image=_nan_image(),
+                             late=True),
     "missing input": Case(NotFoundError, "image", source="missing"),
     "folder that is not a store": Case((NotFoundError, InvalidValueError), "image",
                                        source="plain"),
@@ -102,6 +104,9 @@ CASES = {
         late=True),
     "model returns NaN on a late tile": Case(ModelOutputError, "non-finite",
                                              model="bad_models:nan_late", late=True),
+    "model raises on a late tile": Case(ModelRunError, "in chunk .*RuntimeError.*: the model "
+                                        "failed on a late tile.*resume", late=True,
+                                        model="bad_models:raises_late"),
 }
 
 

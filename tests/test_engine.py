@@ -16,7 +16,7 @@ from reference import CountingStore, conv_model, max_rel_diff, reference_blend
 
 import chunkseg
 from chunkseg import engine
-from chunkseg.errors import ModelOutputError, OutputExistsError
+from chunkseg.errors import InvalidValueError, ModelOutputError, OutputExistsError
 from chunkseg.models import as_model
 from chunkseg.plan import plan_tiles
 from chunkseg.windows import get_window
@@ -367,14 +367,15 @@ def test_bad_model_refused_before_writing(tmp_path):
         assert not out.exists()
 
 
-def test_nan_on_a_later_tile_is_reported():
+def test_nan_input_on_a_later_tile_is_reported():
     image = _image((100, 100), 1)
     image[90, 90] = np.nan  # only a tile far from the first one sees it
-    with pytest.raises(ModelOutputError, match="non-finite") as info:
+    # the input's fault, not the model's (whose NaN output would follow)
+    with pytest.raises(InvalidValueError, match="`image` must hold finite values") as info:
         chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, chunks=48,
                          outputs="logits").logits.compute()
-    # the error names the chunk, its tiles and its pixels (pixel 90 lies in chunk 1 of 3)
-    assert "in chunk (1, 1)" in str(info.value) and "tiles" in str(info.value)
+    # the error names the chunk and its pixels (pixel 90 lies in chunk 1 of 3)
+    assert "in chunk (1, 1)" in str(info.value) and "y 90, x 90" in str(info.value)
 
 
 @pytest.mark.parametrize(

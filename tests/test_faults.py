@@ -200,12 +200,18 @@ def test_model_nan_late_on_cluster_fails_in_one_line_then_resumes(tmp_path, monk
     _resume_equals_clean(tmp_path, src, out, args, capsys)
 
 
-def test_model_raising_late_on_cluster_leaves_incomplete_then_resumes(tmp_path, monkeypatch,
+def test_model_raising_late_on_cluster_fails_in_one_line_then_resumes(tmp_path, monkeypatch,
                                                                        capsys):
     proc, stderr, src, out, args = _late_failure(tmp_path, monkeypatch, "late_raising_conv3x3")
-    # the user's own exception is not chunkseg's: it keeps its traceback
-    assert proc.returncode != 0
-    assert "RuntimeError: model failed on a late tile" in stderr, stderr[-2000:]
+    # the model's exception becomes a ModelRunError naming the chunk (pickled from the worker)
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    m = re.match(r"chunkseg predict: error: in chunk \((\d+), (\d+)\) \(y, x of the chunk "
+                 r"grid\), .*`model` raised RuntimeError on a batch of shape .*: model failed on "
+                 r"a late tile .*--resume", last)
+    assert m, stderr[-2000:]
     assert zarr.open_group(str(out)).attrs["complete"] is False
     _late_progress(out)
+    assert zarr.open_group(str(out))["chunkseg/done"][int(m[1]), int(m[2])] == 0
     _resume_equals_clean(tmp_path, src, out, args, capsys)
