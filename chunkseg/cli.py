@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment an image and write logits/labels to Zarr")
     p.add_argument("image", help="input image: Zarr path/URL or a PNG/JPEG/TIFF file")
     p.add_argument("store", help="output Zarr group path or URL")
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="'isbi2012-unet', a TorchScript .pt, an .onnx, a bioimage.io rdf.yaml "
-                        "or .zip, or package.module:factory")
+                        "or .zip, or package.module:factory (required; with --resume, the "
+                        "output's recorded model)")
     _add_grid_args(p, from_model=True)
     p.add_argument("--window", default="gaussian",
                    help="uniform | linear | gaussian | cosine, or a .npy file (gaussian)")
@@ -125,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="start a LocalCluster of N workers")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     p.add_argument("--resume", action="store_true",
-                   help="finish an interrupted run into STORE (same settings; finished chunks "
-                        "are kept)")
+                   help="finish an interrupted run into STORE: options not given are taken "
+                        "from its record, options given must match it; finished chunks are "
+                        "kept; with nothing at STORE yet, the run starts")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--shards", type=_pair, default=None,
                    help="write Zarr v3 shards of N or Y,X px (one object per shard, inner "
@@ -327,19 +329,63 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+#: ``chunkseg predict`` options whose value a resumed run takes from the output's record
+#: when they are not given (dest -> the keyword of :func:`chunkseg.predict_to_zarr`).
+_RECORDED = {"model": "model", "tile": "tile", "overlap": "overlap", "window": "window",
+             "chunk": "chunks", "shards": "shards", "batch_size": "batch_size",
+             "outputs": "outputs", "dtype": "dtype", "device": "device", "kernel": "kernel",
+             "tta": "tta", "classes": "classes", "ome": "ome", "levels": "levels"}
+
+
+def _given(args, dest: str) -> bool:
+    """Whether option ``dest`` was on the command line (not its default)."""
+    argv = getattr(args, "argv", None) or []
+    flag = "--" + dest.replace("_", "-")
+    if dest == "chunk":
+        flag = "--chunk"
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _resumed_settings(args) -> dict:
+    """The settings of ``chunkseg predict``: the options given, and with ``--resume`` the
+    output's recorded settings for the others (a given option must match the record: the
+    fingerprint check says so)."""
+    from .outputs._manifest import recorded_settings
+
+    settings = {kw: getattr(args, dest) for dest, kw in _RECORDED.items()}
+    settings["normalization"] = _normalization(args)
+    recorded = recorded_settings(args.store) if args.resume else None
+    if recorded:
+        for dest, kw in _RECORDED.items():
+            if not _given(args, dest) and kw in recorded:
+                settings[kw] = recorded[kw]
+        if settings["normalization"] is None:
+            settings["normalization"] = recorded.get("normalization")
+        if recorded.get("mask") and args.mask is None:
+            raise InvalidValueError(
+                f"`--mask` must be given again to resume {args.store!r}: its run skipped "
+                "tiles by a mask, which the output does not hold. Pass the same --mask.")
+    if settings["model"] is None:
+        raise InvalidValueError(
+            "`--model` is required" + (
+                f": {args.store!r} records no model that can be loaded again (it ran a model "
+                "object in memory)" if recorded else "") + ". Pass --model "
+            "(isbi2012-unet, a .pt/.onnx/.keras file, an rdf.yaml or package.module:factory).")
+    return settings
+
+
 def _cmd_predict(args) -> int:
     from .engine import predict_to_zarr
 
+    settings = _resumed_settings(args)
+    window = settings.pop("window")
     ds = predict_to_zarr(
-        args.image, args.model, args.store, tile=args.tile, overlap=args.overlap,
-        window=_window_arg(args.window), chunks=args.chunk, batch_size=args.batch_size,
-        outputs=args.outputs, dtype=args.dtype, device=args.device,
-        normalization=_normalization(args), array_name=args.array_name,
-        mask=_mask_arg(args.mask), kernel=args.kernel,
+        args.image, settings.pop("model"), args.store,
+        window=_window_arg(window) if isinstance(window, str) else window,
+        array_name=args.array_name, mask=_mask_arg(args.mask),
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
-        shards=args.shards, classes=args.classes, ome=args.ome, levels=args.levels,
-        tta=args.tta,
+        **settings,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")
@@ -562,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.version:
         from . import __version__
 

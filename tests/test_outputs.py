@@ -537,3 +537,72 @@ def test_label_waits_for_no_one_while_predict_holds_the_output(tmp_path):
             chunkseg.instances(str(out), cls=1)
     finally:
         assert first.wait(timeout=300) == 0, first.stderr.read()
+
+
+# --- the CLI's --resume takes the recorded settings ---------------------------------------------
+
+
+def _late_input(tmp_path):
+    from bad_models import LATE, late_image
+
+    src = tmp_path / "in.zarr"
+    chunkseg.ingest(late_image((200, 190)), str(src), chunks=64)
+    return src, LATE
+
+
+SETTINGS = ["--tile", "32", "--overlap", "8", "--chunk", "64", "--window", "cosine",
+            "--outputs", "logits,probabilities,labels", "--dtype", "float16",
+            "--classes", "cell,membrane", "--batch-size", "3", "--no-progress"]
+
+
+def test_resume_with_no_other_flag_takes_the_recorded_settings(tmp_path, monkeypatch, capsys):
+    src, late = _late_input(tmp_path)
+    out = tmp_path / "seg.zarr"
+    monkeypatch.setenv("CHUNKSEG_TEST_FAIL_ON", str(late))
+    model = ["--model", "model_factories:late_raising_conv3x3"]
+    assert main(["predict", str(src), str(out), *model, *SETTINGS]) == 2
+    done, total = chunkseg.output_progress(str(out))
+    assert 0 < done < total
+    monkeypatch.delenv("CHUNKSEG_TEST_FAIL_ON")
+    # a given flag must match the record
+    assert main(["predict", str(src), str(out), "--resume", "--tile", "48"]) == 2
+    assert "tile (was [32, 32], now [48, 48])" in capsys.readouterr().err
+    assert main(["predict", str(src), str(out), "--resume", "--no-progress"]) == 0
+    clean = tmp_path / "clean.zarr"
+    assert main(["predict", str(src), str(clean), *model, *SETTINGS]) == 0
+    a, b = chunkseg.open_output(str(out)), chunkseg.open_output(str(clean))
+    for name in ("logits", "probabilities", "labels"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert list(a["class"].values) == ["cell", "membrane"] and a.logits.dtype == np.float16
+
+
+def test_resume_of_nothing_still_needs_a_model(tmp_path, capsys):
+    src, _ = _late_input(tmp_path)
+    assert main(["predict", str(src), str(tmp_path / "new.zarr"), "--resume"]) == 2
+    assert "`--model` is required" in capsys.readouterr().err
+    assert main(["predict", str(src), str(tmp_path / "new.zarr"), "--resume", "--model",
+                 "model_factories:numpy_conv3x3", "--no-progress"]) == 0
+
+
+def test_an_unfinished_ingest_is_marked_and_refused_as_an_input(tmp_path):
+    import dask.array as da
+
+    from chunkseg.errors import InputReadError
+
+    def late_failure(block, block_info=None):
+        if block_info[0]["chunk-location"] == (1, 1):
+            raise OSError("the source went away")
+        return block
+
+    out = tmp_path / "img.zarr"
+    source = da.from_array(_image(), chunks=50).map_blocks(late_failure, dtype=np.uint8)
+    with pytest.raises(OSError, match="went away"):
+        chunkseg.ingest(source, str(out), chunks=50)
+    assert zarr.open_array(str(out), mode="r").attrs["complete"] is False
+    with pytest.raises(InputReadError, match="did not finish"):
+        chunkseg.predict_to_zarr(str(out), numpy_conv3x3(), str(tmp_path / "seg.zarr"), **KW)
+    assert not (tmp_path / "seg.zarr").exists()
+    assert main(["predict", str(out), str(tmp_path / "seg.zarr"), "--model",
+                 "model_factories:numpy_conv3x3", "--no-progress"]) == 2
+    chunkseg.ingest(_image(), str(out), chunks=50, overwrite=True)
+    assert zarr.open_array(str(out), mode="r").attrs["complete"] is True

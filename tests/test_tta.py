@@ -143,5 +143,7 @@ def test_cli_tta_recorded_and_resume_checks_it(tmp_path, capsys):
                            outputs="logits")
     np.testing.assert_allclose(ds.logits.values, ref.logits.values, rtol=1e-5, atol=1e-5)
     capsys.readouterr()
-    assert main(["predict", *args, "--resume"]) == 2  # without --tta: other settings
+    # --resume takes the recorded tta when --tta is not given; another one is refused
+    assert main(["predict", *args, "--resume", "--tta", "flips"]) == 2
     assert "tta" in capsys.readouterr().err
+    assert main(["predict", *args, "--resume"]) == 0

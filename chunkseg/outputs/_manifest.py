@@ -25,7 +25,8 @@ from ._target import describe_location
 if TYPE_CHECKING:
     from ..plan import TilePlan
 
-__all__ = ["MANIFEST", "open_output", "output_progress", "warn_if_incomplete"]
+__all__ = ["MANIFEST", "open_output", "output_progress", "recorded_settings",
+           "warn_if_incomplete"]
 
 
 MANIFEST = "chunkseg"
@@ -47,7 +48,8 @@ def input_identity(image: Any, attrs: dict | None = None, sample: int = 32) -> d
     Returns
     -------
     dict
-        ``shape``, ``dtype``, ``metadata`` (SHA-256 of the attrs as JSON) and ``sample``
+        ``shape``, ``dtype``, ``metadata`` (SHA-256 of the attrs as JSON, but ``source``,
+        the location, which the fingerprint records apart) and ``sample``
         (SHA-256 of the five squares' bytes). Reads at most five ``sample``-square windows
         (the chunks that hold them).
     """
@@ -59,8 +61,16 @@ def input_identity(image: Any, attrs: dict | None = None, sample: int = 32) -> d
                ((h - sy) // 2, (w - sx) // 2)}
     digest = hashlib.sha256()
     for y, x in sorted(corners):
-        digest.update(np.ascontiguousarray(np.asarray(image[y:y + sy, x:x + sx])).tobytes())
-    meta = json.dumps(attrs or {}, sort_keys=True, default=str)
+        try:
+            digest.update(np.ascontiguousarray(np.asarray(image[y:y + sy, x:x + sx])).tobytes())
+        except (OSError, ValueError, RuntimeError) as err:  # a corrupt chunk (a codec's error)
+            # the run reads it again and reports it with the pixels; here it is a fact of the
+            # input like any other
+            digest.update(f"unreadable {type(err).__name__}".encode())
+    # the location is recorded apart (``source``): the same data under another name is the
+    # same input
+    meta = json.dumps({k: v for k, v in (attrs or {}).items() if k != "source"},
+                      sort_keys=True, default=str)
     return {"shape": [int(n) for n in image.shape], "dtype": str(image.dtype),
             "metadata": hashlib.sha256(meta.encode()).hexdigest(),
             "sample": digest.hexdigest()}
@@ -263,3 +273,70 @@ def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple
     return int((done == 1).sum()), int(done.size)
 
 
+
+
+def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dict | None:
+    """The :func:`chunkseg.predict_to_zarr` settings an output records, to resume it with.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+        An output (or, after an interrupted ``overwrite``, its staging folder is read).
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    dict or None
+        None where no chunkseg output with a fingerprint is there. Else the keyword arguments
+        that decide its values and can be given again: ``model`` (a spec string; absent for a
+        model that was an object in memory), ``normalization``, ``tile``, ``overlap``,
+        ``window`` (absent for a window array), ``chunks`` and ``shards``, ``outputs``,
+        ``dtype``, ``tta``, ``kernel``, ``classes``, ``ome``, ``levels``, ``batch_size``,
+        ``device``; and ``mask``: True when the run had a mask (which must be given again).
+    """
+    import os
+
+    import zarr
+
+    from ._lifecycle import staging_path
+
+    where = store
+    staging = staging_path(store)
+    if staging is not None and os.path.isdir(staging):
+        where = staging
+    try:
+        attrs = zarr.open_group(where, mode="r", storage_options=_so(where, storage_options)
+                                ).attrs.asdict()
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return None
+    fp = attrs.get("fingerprint")
+    if not isinstance(fp, dict):
+        return None
+    out: dict[str, Any] = {}
+    model = fp.get("model") or {}
+    if isinstance(model, dict) and model.get("kind") in ("spec", "onnx", "keras"):
+        out["model"] = model.get("source")
+        out["device"] = model.get("device")
+    if isinstance(model, dict) and isinstance(model.get("normalization"), dict):
+        from ..models import Normalization
+
+        out["normalization"] = Normalization(**model["normalization"])
+    for key in ("tile", "overlap", "tta", "kernel", "dtype", "levels"):
+        if key in fp:
+            out[key] = fp[key]
+    if fp.get("window") in ("uniform", "linear", "gaussian", "cosine"):
+        out["window"] = fp["window"]
+    out["tta"] = None if fp.get("tta") in (None, "none") else fp.get("tta")
+    if "shards" in fp:
+        out["shards"], out["chunks"] = fp["shards"], fp.get("zarr_chunks")
+    elif "chunks" in fp:
+        out["chunks"] = fp["chunks"]
+    if "outputs" in fp:
+        out["outputs"] = ",".join(fp["outputs"])
+    if "class_names" in fp:
+        out["classes"] = list(fp["class_names"])
+    out["ome"] = fp.get("layout") is not None
+    out["batch_size"] = attrs.get("batch_size")
+    out["mask"] = fp.get("mask", "none") != "none"
+    return {k: v for k, v in out.items() if v is not None}

@@ -197,8 +197,9 @@ def check_output_folder(folder: str | os.PathLike, *, markers: Collection[str],
         files = [path / f for f in sorted(record or ()) if (path / f).is_file()]
     if foreign:
         raise OutputExistsError(
-            f"`out` folder {where!r} holds entries chunkseg did not write there, at any depth "
-            f"({foreign[:5]}); nothing was deleted. Move them or choose another folder.")
+            f"`out` folder {where!r} holds entries chunkseg did not write there ({foreign[:5]}); "
+            "every depth was checked and nothing was deleted. Move them or choose another "
+            "folder.")
     return files + ([path / RECORD] if (path / RECORD).is_file() else [])
 
 
