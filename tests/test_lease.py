@@ -58,6 +58,7 @@ print("WON" if mode == "race" else "HELD", flush=True)
 if mode == "hold":
     sys.stdin.readline()
 elif mode == "race":
+    open(os.path.join(os.path.dirname(sys.argv[4]), "won-%d" % os.getpid()), "w").close()
     while not os.path.exists(sys.argv[4]):
         time.sleep(0.01)
 assert lease.release()
@@ -186,8 +187,7 @@ def test_the_lease_of_a_killed_holder_is_taken_over(tmp_path):
     out = str(tmp_path / "seg.zarr")
     holder = _holding(out)
     holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=30)
-    holder.stdin.close()
+    holder.communicate(timeout=30)
     left = read_holder(out)
     assert left is not None and left.pid == holder.pid  # a killed run leaves its lease
     with acquire(out) as lease:
@@ -252,12 +252,14 @@ def _race(out: str, tmp_path: Path, n: int = 6) -> None:
         for proc in procs:
             assert proc.stdout.readline() == "READY\n", proc.stderr.read()
         barrier.touch()
-        deadline = time.monotonic() + 120
-        while sum(proc.poll() is not None for proc in procs) < n - 1:
-            assert time.monotonic() < deadline, "the losers did not exit"
+        deadline = time.monotonic() + 60
+        won = []
+        while sum(proc.poll() is not None for proc in procs) + len(won) < n:
+            assert time.monotonic() < deadline, "the racers neither won nor exited"
             time.sleep(0.05)
+            won = [proc for proc in procs if (done.parent / f"won-{proc.pid}").exists()]
         winners = [proc for proc in procs if proc.poll() is None]
-        assert len(winners) == 1
+        assert len(won) == 1 and winners == won
         assert read_holder(out).pid == winners[0].pid
     finally:
         done.touch()
