@@ -203,7 +203,10 @@ class _Place:
         name = os.path.realpath(self.path) if self.fs is None else self.path
         key = hashlib.sha256(f"{type(self.fs).__name__}:{name}".encode()).hexdigest()[:24]
         lock = os.path.join(tempfile.gettempdir(), f"chunkseg-lease-{key}.lock")
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        except PermissionError:  # made by another user: a read-only descriptor locks as well
+            fd = os.open(lock, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
