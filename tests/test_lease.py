@@ -45,12 +45,14 @@ from chunkseg.errors import OutputLockedError
 from chunkseg.outputs._lease import acquire
 
 out, mode = sys.argv[1], sys.argv[2]
+endpoint = os.environ.get("CHUNKSEG_TEST_S3_ENDPOINT")
+options = {"endpoint_url": endpoint} if endpoint else None
 if mode == "race":
     print("READY", flush=True)
     while not os.path.exists(sys.argv[3]):
         time.sleep(0.002)
 try:
-    lease = acquire(out, command="child " + mode)
+    lease = acquire(out, storage_options=options, command="child " + mode)
 except OutputLockedError as exc:
     print(exc, file=sys.stderr, flush=True)
     sys.exit(3)
@@ -58,22 +60,25 @@ print("WON" if mode == "race" else "HELD", flush=True)
 if mode == "hold":
     sys.stdin.readline()
 elif mode == "race":
+    open(os.path.join(os.path.dirname(sys.argv[4]), "won-%d" % os.getpid()), "w").close()
     while not os.path.exists(sys.argv[4]):
         time.sleep(0.01)
 assert lease.release()
 """
 
 
-def _env() -> dict[str, str]:
+def _env(s3_options: dict | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if s3_options:
+        env["CHUNKSEG_TEST_S3_ENDPOINT"] = s3_options["endpoint_url"]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
-def _child(*args: str) -> subprocess.Popen:
+def _child(*args: str, s3_options: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CHILD, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=_env(s3_options))
 
 
 def _holding(out: str) -> subprocess.Popen:
@@ -186,8 +191,7 @@ def test_the_lease_of_a_killed_holder_is_taken_over(tmp_path):
     out = str(tmp_path / "seg.zarr")
     holder = _holding(out)
     holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=30)
-    holder.stdin.close()
+    holder.communicate(timeout=30)
     left = read_holder(out)
     assert left is not None and left.pid == holder.pid  # a killed run leaves its lease
     with acquire(out) as lease:
@@ -244,21 +248,24 @@ def test_release_leaves_a_lease_another_run_took_since(tmp_path):
     assert second.release() is True and read_holder(out) is None
 
 
-def _race(out: str, tmp_path: Path, n: int = 6) -> None:
+def _race(out: str, tmp_path: Path, n: int = 6, s3_options: dict | None = None) -> None:
     """``n`` child processes released at once by one barrier file: exactly one wins."""
     barrier, done = tmp_path / f"go-{uuid.uuid4().hex}", tmp_path / f"done-{uuid.uuid4().hex}"
-    procs = [_child(out, "race", str(barrier), str(done)) for _ in range(n)]
+    procs = [_child(out, "race", str(barrier), str(done), s3_options=s3_options)
+             for _ in range(n)]
     try:
         for proc in procs:
             assert proc.stdout.readline() == "READY\n", proc.stderr.read()
         barrier.touch()
-        deadline = time.monotonic() + 120
-        while sum(proc.poll() is not None for proc in procs) < n - 1:
-            assert time.monotonic() < deadline, "the losers did not exit"
+        deadline = time.monotonic() + 60
+        won = []
+        while sum(proc.poll() is not None for proc in procs) + len(won) < n:
+            assert time.monotonic() < deadline, "the racers neither won nor exited"
             time.sleep(0.05)
+            won = [proc for proc in procs if (done.parent / f"won-{proc.pid}").exists()]
         winners = [proc for proc in procs if proc.poll() is None]
-        assert len(winners) == 1
-        assert read_holder(out).pid == winners[0].pid
+        assert len(won) == 1 and winners == won
+        assert read_holder(out, storage_options=s3_options).pid == winners[0].pid
     finally:
         done.touch()
         results = [proc.communicate(timeout=60) for proc in procs]
@@ -269,7 +276,7 @@ def _race(out: str, tmp_path: Path, n: int = 6) -> None:
             assert stdout == "" and f"pid {winners[0].pid}," in stderr, stderr
         else:
             assert stdout == "WON\n"  # (READY was read above)
-    assert read_holder(out) is None  # the winner released it
+    assert read_holder(out, storage_options=s3_options) is None  # the winner released it
 
 
 def test_six_processes_race_for_a_free_lease_and_exactly_one_wins(tmp_path):
@@ -389,3 +396,11 @@ def test_s3_lease_is_a_conditional_put(s3_options):
                  _record(socket.gethostname(), _dead_pid()))
     with acquire(out, storage_options=s3_options) as lease:  # stale: taken over
         assert Holder.from_bytes(fs.cat_file(lease.path)).token == lease.holder.token
+
+
+def test_six_processes_race_for_an_s3_lease_and_exactly_one_wins(s3_options, tmp_path):
+    import s3fs
+
+    bucket = f"chunkseg-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**s3_options).mkdir(bucket)
+    _race(f"s3://{bucket}/seg.zarr", tmp_path, s3_options=s3_options)

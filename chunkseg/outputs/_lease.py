@@ -17,8 +17,8 @@ What the exclusive create guarantees depends on where the output is:
 - **Local filesystem** (a path or ``file://``): atomic, ``os.open(O_CREAT | O_EXCL)``. On NFS,
   ``O_EXCL`` is atomic from NFSv3 on (Linux >= 2.6 clients).
 - **S3** (``s3fs``): atomic, a conditional put (``If-None-Match: *``), which AWS S3 honours
-  since 2024 and which needs botocore > 1.35.20; an S3-compatible server that ignores the
-  condition turns it into a best-effort create (see below).
+  since 2024 and which needs botocore > 1.35.20; on an S3-compatible server that ignores the
+  condition it is the best-effort check-then-put below.
 - **memory://**: atomic within the process that owns the memory filesystem.
 - **Any other fsspec filesystem** (GCS, Azure, HTTP...): best effort, not atomic: chunkseg
   checks that no lease exists, writes its own and reads it back. Two runs starting within the
@@ -27,7 +27,9 @@ What the exclusive create guarantees depends on where the output is:
 A stale lease (its host is this host and its pid is not alive) is taken over under a lock
 local to this host (``fcntl.flock`` on a file in the temporary directory), so that of several
 processes that find the same stale lease exactly one replaces it. A lease from another host is
-never taken over: chunkseg cannot tell whether that process is alive. Nor is a lease that
+never taken over: chunkseg cannot tell whether that process is alive ("this host" means the
+same ``socket.gethostname()``: containers that share a host name must not share an output
+folder without sharing a pid namespace too). Nor is a lease that
 cannot be read as one (never guess). The refusal says to delete the lease file by hand (or call
 :func:`break_lease`) when its run is known to be gone. On Windows (no ``os.kill(pid, 0)`` probe,
 no ``fcntl``) no lease is ever taken over automatically.
@@ -143,17 +145,23 @@ class _Place:
                 raise
             _fsync_dir(os.path.dirname(self.path))
             return True
-        if self.atomic:
-            try:
+        if self.read() is not None:  # also what a server ignoring the condition leaves
+            return False
+        try:
+            if self.atomic:
                 self.fs.pipe_file(self.path, data, mode="create")
-            except FileExistsError:
+            else:
+                self.fs.pipe_file(self.path, data)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            # AWS S3 answers 409 ConditionalRequestConflict to a conditional put racing another
+            # one on the same key: that other run is taking the lease.
+            if "ConditionalRequestConflict" in str(exc):
                 return False
-        else:
-            if self.read() is not None:
-                return False
-            self.fs.pipe_file(self.path, data)
-        # Read back: a store that ignored the condition (or the check-then-put above) may have
-        # let another run's lease replace this one.
+            raise
+        # Read back: a store that ignored the condition (or a check-then-put racing another)
+        # may have let another run's lease replace this one.
         return self.read() == data
 
     def read(self) -> bytes | None:
@@ -180,11 +188,12 @@ class _Place:
 
     @contextlib.contextmanager
     def host_lock(self) -> Iterator[None]:
-        """Hold a lock, local to this host, on this lease's takeovers and releases.
+        """Hold a lock, local to this host, on this lease's takeovers.
 
         Only processes on the holder's own host ever take a stale lease over, so a lock that
         serialises them on this host suffices (a flock on a file in the temporary directory,
-        named after the lease). Without ``fcntl`` (Windows) it locks nothing.
+        named after the lease, left in place: deleting a flock file races). Without ``fcntl``
+        (Windows) it locks nothing.
         """
         try:
             import fcntl
@@ -194,7 +203,10 @@ class _Place:
         name = os.path.realpath(self.path) if self.fs is None else self.path
         key = hashlib.sha256(f"{type(self.fs).__name__}:{name}".encode()).hexdigest()[:24]
         lock = os.path.join(tempfile.gettempdir(), f"chunkseg-lease-{key}.lock")
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        except PermissionError:  # made by another user: a read-only descriptor locks as well
+            fd = os.open(lock, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -426,10 +438,10 @@ class Lease:
         if self._released:
             return False
         self._released = True
-        with self._place.host_lock():
-            if not self.still_held():
-                return False
-            self._place.remove()
+        # No lock needed: only a takeover replaces a lease, and a takeover needs a dead holder.
+        if not self.still_held():
+            return False
+        self._place.remove()
         return True
 
 
