@@ -279,8 +279,7 @@ class TorchAdapter:
     """
 
     def __init__(self, module: Any, device: str = "cpu", normalization: Normalization | None = None):
-        torch = _import_torch()
-        self.device = torch.device(device)
+        self.device = _torch_device(device)
         self.module = module.to(self.device).eval()
         self.normalization = normalization or Normalization()
 
@@ -544,12 +543,11 @@ class KerasAdapter:
     def __init__(self, model: Any, device: str = "cpu",
                  normalization: Normalization | None = None, data_format: str | None = None):
         keras = _import_keras()
-        torch = _import_torch()
         if data_format is not None and data_format not in _KERAS_FORMATS:
             raise InvalidValueError(
                 f"`data_format` must be one of {_KERAS_FORMATS} or None. Got {data_format!r}."
             )
-        self.device = torch.device(device)
+        self.device = _torch_device(device)
         self.path: Path | None = None
         if isinstance(model, (str, os.PathLike)):
             path = Path(model)
@@ -626,6 +624,53 @@ def _import_torch():
     return torch
 
 
+def _torch_device(device: Any):
+    """``torch.device(device)``, refused unless this machine has it (checked before a model is
+    loaded or anything is written: torch's own errors come late and name no parameter).
+
+    The one device check of the package: prediction (:class:`TorchAdapter`, :class:`KerasAdapter`,
+    a TorchScript file, a factory taking ``device``) and :func:`chunkseg.train.train` call it.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``device`` is neither a str nor a ``torch.device``.
+    chunkseg.errors.InvalidValueError
+        If ``device`` is not a torch device name, or names a device this machine lacks (CUDA
+        without a GPU, ``cuda:N`` past the GPU count, MPS off Apple silicon).
+    """
+    torch = _import_torch()
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise InvalidTypeError(
+            f"`device` must be a torch device name such as 'cpu' or 'cuda'. Got "
+            f"{type(device).__name__} {device!r}.")
+    count = torch.cuda.device_count()
+    gpus = f", or 'cuda:0' to 'cuda:{count - 1}'" if count else ""
+    fix = (f"This machine has {count} CUDA GPUs (torch.cuda.device_count()): use 'cpu' (CLI: "
+           f"--device cpu){gpus}.")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidValueError(
+            f"`device` must be a torch device such as 'cpu', 'cuda' or 'cuda:1'. Got {device!r}. "
+            + fix) from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        has = torch.cuda.is_available() and (parsed.index is None or parsed.index < count)
+    else:  # mps, xpu...: the backend's own is_available; a type without one (meta) is refused
+        backend = getattr(torch.backends, parsed.type, None) or getattr(torch, parsed.type, None)
+        available = getattr(backend, "is_available", None)
+        has = callable(available) and bool(available())
+    if not has:
+        raise InvalidValueError(
+            f"`device` must be a device this machine has. Got {device!r}, which is not available "
+            f"here. {fix}")
+    return parsed
+
+
 def _is_torch_module(obj: Any) -> bool:
     try:
         import torch
@@ -657,8 +702,8 @@ def _load_factory(source: str, device: str, options: dict) -> Any:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
-    if "device" in params:
-        kwargs["device"] = device
+    if "device" in params:  # a torch factory: refuse a device this machine lacks first
+        kwargs["device"] = str(_torch_device(device))
     return factory(**kwargs)
 
 
@@ -725,8 +770,9 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
         if not Path(source).exists():
             raise NotFoundError(f"`model` file {source!r} does not exist.")
         torch = _import_torch()
+        device = _torch_device(spec.device)
         try:
-            module = torch.jit.load(source, map_location=spec.device)
+            module = torch.jit.load(source, map_location=device)
         except RuntimeError as err:  # torch's error for a file that is not a TorchScript zip
             raise InvalidValueError(
                 f"`model` file {source!r} must be a TorchScript archive (saved with "
