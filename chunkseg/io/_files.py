@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 import zarr.errors
 
-from chunkseg.errors import InputReadError, InvalidValueError
+from chunkseg.errors import InputReadError, InvalidValueError, NotFoundError
 
 from ._axes import _finish, _to_yxc
 from ._locations import _access_refused, _is_url, _reason, _redact
@@ -96,6 +96,27 @@ def _read_pil(location: str, storage_options: dict[str, Any] | None) -> np.ndarr
             f"`image` file {_redact(location)!r} must be a readable PNG or JPEG. Got a file "
             f"Pillow cannot decode ({why}). It may be truncated or not the format its suffix "
             "says: check it (open it in an image viewer), or export it again."
+        ) from err
+
+
+def _read_npy(location: str, name: str, mmap_mode: str | None = None) -> np.ndarray:
+    """A local ``.npy`` file given for parameter ``name`` (``window``, ``mask``, ``gt``...).
+
+    ``np.load`` without pickles (``mmap_mode="r"`` maps it instead of reading it). A missing
+    file is a NotFoundError, a file that is not a NumPy array file (truncated, another format,
+    pickled objects) an InvalidValueError, both naming ``name``.
+    """
+    try:
+        return np.load(location, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise NotFoundError(
+            f"`{name}` must be an existing .npy file. Got {location!r}, which does not exist."
+        ) from err
+    except (ValueError, EOFError, OSError) as err:  # numpy's errors on a file that is not .npy
+        raise InvalidValueError(
+            f"`{name}` file must be a NumPy .npy array (saved with numpy.save). Got "
+            f"{location!r}, which numpy cannot load ({_reason(err)}); it may be truncated or "
+            f"hold pickled objects. Save the array again with `numpy.save('{name}.npy', array)`."
         ) from err
 
 
