@@ -302,7 +302,8 @@ class OnnxAdapter:
     path : str or Path
         ``.onnx`` file with one float32 input ``(N, C_in, T_y, T_x)`` and logits as first output.
     device : str, default "cpu"
-        ``"cpu"`` uses ``CPUExecutionProvider``; ``"cuda"`` puts ``CUDAExecutionProvider`` first.
+        ``"cpu"`` uses ``CPUExecutionProvider``; ``"cuda"`` (``"cuda:N"``: GPU ``N``) puts
+        ``CUDAExecutionProvider`` first.
     normalization : Normalization, optional
 
     Raises
@@ -311,6 +312,9 @@ class OnnxAdapter:
         If onnxruntime is not installed (``pip install "chunkseg[onnx]"``).
     FileNotFoundError
         If ``path`` does not exist.
+    ValueError
+        If ``device`` is not ``"cpu"``/``"cuda[:N]"``, or is CUDA and onnxruntime has no
+        ``CUDAExecutionProvider``.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu",
@@ -324,9 +328,21 @@ class OnnxAdapter:
         path = Path(path)
         if not path.exists():
             raise NotFoundError(f"`model` file {str(path)!r} does not exist.")
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            providers.insert(0, "CUDAExecutionProvider")
+        providers: list = ["CPUExecutionProvider"]
+        kind, _, index = str(device).partition(":")
+        if device != "cpu" and not (kind == "cuda" and (not index or index.isdigit())):
+            raise InvalidValueError(
+                f"`device` must be 'cpu', 'cuda' or 'cuda:N' for an ONNX model. Got {device!r}. "
+                "Use 'cpu' (CLI: --device cpu), or 'cuda' with onnxruntime-gpu.")
+        if kind == "cuda":
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise InvalidValueError(
+                    f"`device` must be a device ONNX Runtime can use here. Got {device!r}, but "
+                    f"this onnxruntime has no CUDAExecutionProvider (it has {available}). Use "
+                    "'cpu' (CLI: --device cpu), or install onnxruntime-gpu on a machine with a "
+                    "GPU.")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index or 0)}))
         self.path = path
         self.device = device
         state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)

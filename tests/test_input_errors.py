@@ -117,6 +117,54 @@ def test_device_refused_cli(tmp_path, capsys, device, model):
     _device_message(text, device)
 
 
+def _onnx(tmp_path) -> str:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1])
+    graph = helper.make_graph(
+        [node], "conv1x1",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, "h", "w"])],
+        initializer=[numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w"),
+                     numpy_helper.from_array(np.zeros(2, np.float32), "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    path = tmp_path / "conv.onnx"
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+def _onnx_has_cuda() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+ONNX_DEVICES = {"banana": "'cpu', 'cuda' or 'cuda:N'", "": "'cpu', 'cuda' or 'cuda:N'",
+                "cuda": "no CUDAExecutionProvider", "cuda:1": "no CUDAExecutionProvider"}
+
+
+@pytest.mark.parametrize("device", list(ONNX_DEVICES))
+def test_onnx_device_refused(tmp_path, capsys, device):
+    if device.startswith("cuda") and _onnx_has_cuda():
+        pytest.skip("this onnxruntime has CUDA")
+    model = _onnx(tmp_path)
+    text = _api(InvalidValueError, "`device`", tmp_path, IMAGE, model=model, device=device)
+    assert ONNX_DEVICES[device] in text and repr(device) in text
+    text = _cli(_predict_argv(_store(tmp_path / "in.zarr"), tmp_path, model,
+                              f"--device={device}"), capsys, tmp_path)
+    assert ONNX_DEVICES[device] in text
+
+
+def test_onnx_on_cpu_still_runs(tmp_path):
+    ds = chunkseg.predict(IMAGE, _onnx(tmp_path), device="cpu", outputs="logits", **KW)
+    np.testing.assert_allclose(ds.logits.values[0], IMAGE, rtol=1e-6)
+
+
 # --- 2. a bioimage.io package that cannot be read -------------------------------------------
 
 PACKAGES = {
