@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -264,7 +265,8 @@ def _open_zarr_location(
         ) from err
     except PermissionError as err:
         raise _access_refused(err, location, "image") from err
-    except (ValueError, KeyError, TypeError) as err:  # zarr's errors on a zarr.json it cannot parse
+    except (json.JSONDecodeError, UnicodeDecodeError, zarr.errors.MetadataValidationError,
+            zarr.errors.NodeTypeValidationError) as err:  # a zarr.json zarr cannot parse
         raise InputReadError(
             f"`image` store {_redact(location)!r} must have readable Zarr metadata. Got a "
             f"zarr.json (or .zarray/.zgroup) zarr cannot parse: {_reason(err)}. The store may be "
