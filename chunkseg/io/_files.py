@@ -100,7 +100,7 @@ def _read_pil(location: str, storage_options: dict[str, Any] | None) -> np.ndarr
 
 
 def _read_npy(location: str, name: str, mmap_mode: str | None = None) -> np.ndarray:
-    """A local ``.npy`` file given for parameter ``name`` (``window``, ``mask``, ``gt``...).
+    """A local ``.npy`` file given for parameter ``name`` (``window``, ``mask``, ``truth``...).
 
     ``np.load`` without pickles (``mmap_mode="r"`` maps it instead of reading it). A missing
     file is a NotFoundError, a file that is not a NumPy array file (truncated, another format,

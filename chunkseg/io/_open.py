@@ -126,9 +126,14 @@ def open_image(
         If the axes cannot be read as ``(y, x[, c])`` (1-D, 4-D+ with more than one non-singleton
         extra axis, unknown dim names, an unnamed 3-D array with more than 16 channels last),
         the image is empty, the file suffix is not supported,
-        a group's image array is ambiguous or ``array_name`` is not one of its arrays.
+        a group's image array is ambiguous or ``array_name`` is not one of its arrays, or a
+        PNG/JPEG is over Pillow's decompression-bomb limit.
     FileNotFoundError
-        If a local path does not exist, or no Zarr array or group is found at the location.
+        If a local path does not exist, or no Zarr array or group is found at the location
+        (a URL's bucket that does not exist is named).
+    chunkseg.errors.InputReadError
+        If the store's ``zarr.json`` is not JSON, a PNG/JPEG/TIFF file does not decode, or the
+        store or file refuses access (S3's 403 Forbidden: check the credentials).
 
     Notes
     -----
