@@ -27,6 +27,7 @@ import math
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,12 @@ def _package_file(source: str) -> str:
         raise NotFoundError(
             f"`model` bioimage.io package {source!r} does not exist. Give the path of a package's "
             f"rdf.yaml, its folder or its .zip."
+        )
+    if "://" not in source and source.lower().endswith(".zip") and not zipfile.is_zipfile(source):
+        raise InvalidValueError(
+            f"`model` bioimage.io package {source!r} must be a zip archive holding an rdf.yaml. "
+            "Got a file that is not a zip archive (truncated, or another format); download or "
+            "export the package again."
         )
     return source
 
@@ -321,8 +328,18 @@ def _describe(path: str, stamp: Any):
     spec = _import_spec()
     from bioimageio.spec.model import v0_5
 
-    with _quiet_spec():
-        descr = spec.load_description(path, format_version="latest", perform_io_checks=True)
+    try:
+        with _quiet_spec():
+            descr = spec.load_description(path, format_version="latest",
+                                          perform_io_checks=True)
+    except (ValueError, *_yaml_errors()) as err:  # not YAML, not a mapping, no rdf.yaml in a zip
+        lines = str(err).strip().splitlines()
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r} must hold a description (rdf.yaml) that is a "
+            f"YAML mapping. Got one bioimageio.spec cannot read ({type(err).__name__}: "
+            f"{(lines[0] if lines else '').rstrip('.')}). Point `model` to a bioimage.io model "
+            "package's rdf.yaml, its folder or its .zip (chunkseg export-bioimageio writes one)."
+        ) from err
     if isinstance(descr, spec.InvalidDescr):
         _raise_invalid(path, descr)
     if not isinstance(descr, v0_5.ModelDescr):
@@ -331,6 +348,15 @@ def _describe(path: str, stamp: Any):
             f"{getattr(descr, 'type', type(descr).__name__)!r} resource; use a model package."
         )
     return descr
+
+
+def _yaml_errors() -> tuple[type[BaseException], ...]:
+    """The YAML parser's base error (ruyaml's, which bioimageio.spec reads with), if installed."""
+    try:
+        from ruyaml.error import YAMLError
+    except ImportError:  # pragma: no cover - bioimageio.spec depends on ruyaml
+        return ()
+    return (YAMLError,)
 
 
 def _raise_invalid(path: str, descr) -> None:

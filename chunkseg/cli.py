@@ -269,20 +269,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _window_arg(text: str):
-    if text.endswith(".npy"):
-        import numpy as np
+    import os
 
-        return np.load(text)
+    from .windows import WINDOWS
+
+    if text.endswith(".npy"):
+        from .io._files import _read_npy
+
+        return _read_npy(text, "window")
+    if text not in WINDOWS and os.path.isfile(text):
+        raise InvalidValueError(
+            f"`window` must be one of {sorted(WINDOWS)} or a .npy file of weights. Got the file "
+            f"{text!r}; save the weights with `numpy.save('window.npy', weights)`.")
     return text
 
 
 def _mask_arg(path: str | None):
     if path is None:
         return None
-    import numpy as np
+    from .io import IMAGE_FILE_SUFFIXES, is_zarr_url_or_path
+    from .io._files import _read_npy
 
     if path.endswith(".npy"):
-        return np.load(path)
+        return _read_npy(path, "mask")
+    if not path.lower().endswith(IMAGE_FILE_SUFFIXES) and not is_zarr_url_or_path(path):
+        raise InvalidValueError(
+            f"`mask` must be a .npy file, a {'/'.join(IMAGE_FILE_SUFFIXES)} image or a Zarr "
+            f"store. Got {path!r}; save the mask with `numpy.save('mask.npy', mask)`.")
     from .io import open_image
 
     return open_image(path).data[..., 0].compute()  # a thumbnail: small by definition

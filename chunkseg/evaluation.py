@@ -33,6 +33,7 @@ from .errors import (
     NotFoundError,
 )
 from .io import is_zarr_url_or_path, open_image
+from .io._files import _read_npy
 from .io._locations import _fspath, _is_url, _redact
 from .metrics import scores_from_confusion
 from .scheduling import compute
@@ -221,7 +222,7 @@ def _open_labels(obj: Any, param: str, option: str, variable: str | None, defaul
             raise NotFoundError(f"`{param}` must be an existing path or a URL. Got "
                                 f"{location!r}, which does not exist.")
         if location.endswith(".npy") and not _is_url(location):
-            image = open_image(np.load(location, mmap_mode="r"))
+            image = open_image(_read_npy(location, param, mmap_mode="r"))
         elif is_zarr_url_or_path(location):
             try:
                 node = zarr.open(store=location, mode="r", **({"storage_options": so} if so else {}))

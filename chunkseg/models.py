@@ -279,8 +279,7 @@ class TorchAdapter:
     """
 
     def __init__(self, module: Any, device: str = "cpu", normalization: Normalization | None = None):
-        torch = _import_torch()
-        self.device = torch.device(device)
+        self.device = _torch_device(device)
         self.module = module.to(self.device).eval()
         self.normalization = normalization or Normalization()
 
@@ -303,7 +302,8 @@ class OnnxAdapter:
     path : str or Path
         ``.onnx`` file with one float32 input ``(N, C_in, T_y, T_x)`` and logits as first output.
     device : str, default "cpu"
-        ``"cpu"`` uses ``CPUExecutionProvider``; ``"cuda"`` puts ``CUDAExecutionProvider`` first.
+        ``"cpu"`` uses ``CPUExecutionProvider``; ``"cuda"`` (``"cuda:N"``: GPU ``N``) puts
+        ``CUDAExecutionProvider`` first.
     normalization : Normalization, optional
 
     Raises
@@ -312,6 +312,9 @@ class OnnxAdapter:
         If onnxruntime is not installed (``pip install "chunkseg[onnx]"``).
     FileNotFoundError
         If ``path`` does not exist.
+    ValueError
+        If ``device`` is not ``"cpu"``/``"cuda[:N]"``, or is CUDA and onnxruntime has no
+        ``CUDAExecutionProvider``.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu",
@@ -325,9 +328,21 @@ class OnnxAdapter:
         path = Path(path)
         if not path.exists():
             raise NotFoundError(f"`model` file {str(path)!r} does not exist.")
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            providers.insert(0, "CUDAExecutionProvider")
+        providers: list = ["CPUExecutionProvider"]
+        kind, _, index = str(device).partition(":")
+        if device != "cpu" and not (kind == "cuda" and (not index or index.isdigit())):
+            raise InvalidValueError(
+                f"`device` must be 'cpu', 'cuda' or 'cuda:N' for an ONNX model. Got {device!r}. "
+                "Use 'cpu' (CLI: --device cpu), or 'cuda' with onnxruntime-gpu.")
+        if kind == "cuda":
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise InvalidValueError(
+                    f"`device` must be a device ONNX Runtime can use here. Got {device!r}, but "
+                    f"this onnxruntime has no CUDAExecutionProvider (it has {available}). Use "
+                    "'cpu' (CLI: --device cpu), or install onnxruntime-gpu on a machine with a "
+                    "GPU.")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index or 0)}))
         self.path = path
         self.device = device
         state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
@@ -544,12 +559,11 @@ class KerasAdapter:
     def __init__(self, model: Any, device: str = "cpu",
                  normalization: Normalization | None = None, data_format: str | None = None):
         keras = _import_keras()
-        torch = _import_torch()
         if data_format is not None and data_format not in _KERAS_FORMATS:
             raise InvalidValueError(
                 f"`data_format` must be one of {_KERAS_FORMATS} or None. Got {data_format!r}."
             )
-        self.device = torch.device(device)
+        self.device = _torch_device(device)
         self.path: Path | None = None
         if isinstance(model, (str, os.PathLike)):
             path = Path(model)
@@ -626,6 +640,53 @@ def _import_torch():
     return torch
 
 
+def _torch_device(device: Any):
+    """``torch.device(device)``, refused unless this machine has it (checked before a model is
+    loaded or anything is written: torch's own errors come late and name no parameter).
+
+    The one device check of the package: prediction (:class:`TorchAdapter`, :class:`KerasAdapter`,
+    a TorchScript file, a factory taking ``device``) and :func:`chunkseg.train.train` call it.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``device`` is neither a str nor a ``torch.device``.
+    chunkseg.errors.InvalidValueError
+        If ``device`` is not a torch device name, or names a device this machine lacks (CUDA
+        without a GPU, ``cuda:N`` past the GPU count, MPS off Apple silicon).
+    """
+    torch = _import_torch()
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise InvalidTypeError(
+            f"`device` must be a torch device name such as 'cpu' or 'cuda'. Got "
+            f"{type(device).__name__} {device!r}.")
+    count = torch.cuda.device_count()
+    gpus = f", or 'cuda:0' to 'cuda:{count - 1}'" if count else ""
+    fix = (f"This machine has {count} CUDA GPUs (torch.cuda.device_count()): use 'cpu' (CLI: "
+           f"--device cpu){gpus}.")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidValueError(
+            f"`device` must be a torch device such as 'cpu', 'cuda' or 'cuda:1'. Got {device!r}. "
+            + fix) from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        has = torch.cuda.is_available() and (parsed.index is None or parsed.index < count)
+    else:  # mps, xpu...: the backend's own is_available; a type without one (meta) is refused
+        backend = getattr(torch.backends, parsed.type, None) or getattr(torch, parsed.type, None)
+        available = getattr(backend, "is_available", None)
+        has = callable(available) and bool(available())
+    if not has:
+        raise InvalidValueError(
+            f"`device` must be a device this machine has. Got {device!r}, which is not available "
+            f"here. {fix}")
+    return parsed
+
+
 def _is_torch_module(obj: Any) -> bool:
     try:
         import torch
@@ -657,8 +718,8 @@ def _load_factory(source: str, device: str, options: dict) -> Any:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
-    if "device" in params:
-        kwargs["device"] = device
+    if "device" in params:  # a torch factory: refuse a device this machine lacks first
+        kwargs["device"] = str(_torch_device(device))
     return factory(**kwargs)
 
 
@@ -725,8 +786,9 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
         if not Path(source).exists():
             raise NotFoundError(f"`model` file {source!r} does not exist.")
         torch = _import_torch()
+        device = _torch_device(spec.device)
         try:
-            module = torch.jit.load(source, map_location=spec.device)
+            module = torch.jit.load(source, map_location=device)
         except RuntimeError as err:  # torch's error for a file that is not a TorchScript zip
             raise InvalidValueError(
                 f"`model` file {source!r} must be a TorchScript archive (saved with "

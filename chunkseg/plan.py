@@ -29,6 +29,7 @@ the stride at the image's end; its pixels then come from its neighbours' overhan
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -436,9 +437,15 @@ def tile_mask(plan: TilePlan, mask) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        If ``mask`` is a path (read the file first).
     ValueError
         If ``mask`` is not 2-D or is larger than the image along an axis.
     """
+    if isinstance(mask, str | os.PathLike):
+        raise InvalidTypeError(
+            f"`mask` must be an array (or a callable). Got the path {os.fspath(mask)!r}; read it "
+            "first, e.g. `numpy.load(path)` (the CLI's --mask reads .npy, image files and Zarr).")
     m = np.asarray(mask)
     if m.ndim != 2 or m.size == 0:
         raise InvalidValueError(f"`mask` must be a non-empty 2-D array (y, x). Got shape {m.shape}.")

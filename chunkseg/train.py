@@ -736,7 +736,9 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         raise InvalidValueError(
             f"`tile` and `val_tile` must be multiples of {multiple} (the {cfg.model} network's "
             f"down-sampling). Got tile={cfg.tile}, val_tile={cfg.val_tile}.")
-    device = _device(cfg.device)
+    from .models import _torch_device  # the package's one device check
+
+    device = _torch_device(cfg.device)
     model = model.to(device)
     loss_fn = build_loss(cfg.loss, ignore_index=-100).to(device)
     if cfg.threads:
@@ -862,28 +864,6 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
               "files": {k: p.name for k, p in files.items()}}
     (out / MARKER_FILE).write_text(json.dumps(record, indent=1))
     return TrainResult(model=model, history=history, best=best, out=out, files=files)
-
-
-def _device(name: str):
-    """``torch.device(name)``, refused before anything is written if this machine lacks it."""
-    import torch
-
-    fix = f"Use 'cpu', or a device this machine has ({torch.cuda.device_count()} CUDA GPUs here)."
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise InvalidValueError(
-            f"`device` must be a torch device such as 'cpu', 'cuda' or 'cuda:1'. Got {name!r}. "
-            + fix) from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (
-            device.index is not None and device.index >= torch.cuda.device_count())):
-        raise InvalidValueError(
-            f"`device` must be a device this machine has; {name!r} is not available "
-            f"(torch.cuda.is_available() is {torch.cuda.is_available()}). {fix}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidValueError(f"`device` must be a device this machine has; {name!r} is not "
-                                f"available. {fix}")
-    return device
 
 
 def _with_defaults(recorded: dict) -> dict:

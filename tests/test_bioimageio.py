@@ -280,6 +280,24 @@ def test_missing_weights_file(package, tmp_path):
         load_bioimageio(broken / "rdf.yaml")
 
 
+def test_missing_weights_file_cli(package, tmp_path, capsys):
+    from PIL import Image
+
+    from chunkseg.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(package.parent, broken)
+    (broken / "isbi2012_unet.pt").unlink()
+    image, out = tmp_path / "in.png", tmp_path / "out.zarr"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
+    code = main(["predict", str(image), str(out), "--model", str(broken / "rdf.yaml"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("chunkseg predict: error: `model` bioimage.io package")
+    assert "isbi2012_unet.pt" in err[0] and not out.exists()
+
+
 def test_missing_package_and_invalid_description(package, tmp_path):
     with pytest.raises(NotFoundError, match="does not exist"):
         load_bioimageio(tmp_path / "none" / "rdf.yaml")

@@ -213,7 +213,11 @@ def test_keras_model_must_take_image_batches():
 
 
 def test_in_memory_model_on_another_device():
-    with pytest.raises(ValueError, match="weights are on 'cpu'"):
+    import torch
+
+    # with a GPU, the model's CPU weights are refused; without, the device itself (not here)
+    match = "weights are on 'cpu'" if torch.cuda.is_available() else "'cuda', which is not available"
+    with pytest.raises(ValueError, match=match):
         KerasAdapter(keras_conv1x1(), device="cuda")
 
 

@@ -8,6 +8,7 @@ has no storage options, reads it from ``AWS_ENDPOINT_URL``, which botocore honou
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -245,3 +246,110 @@ def test_credentials_never_written(bucket, endpoint):
     for text in texts:
         for secret in (KEY, SECRET, endpoint, f"127.0.0.1:{port}"):
             assert secret not in text
+
+
+# --- the input's store refuses: a missing bucket, access denied (issue 19) ------------------
+
+MODEL_SPEC = "model_factories:numpy_two_class"
+CLI_PARAMS = ["--tile", "48", "--overlap", "16", "--chunk", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def locked_endpoint(endpoint):
+    """A second moto server that checks credentials: the fake ones get 403 Forbidden."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until_up(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _no_secrets(text: str) -> None:
+    for secret in (KEY, SECRET):
+        assert secret not in text
+
+
+def _cli_refuses(argv, endpoint, monkeypatch, capsys) -> str:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the CLI has no storage options
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        code = main(argv)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"chunkseg {argv[0]}: error:"), err
+    return err[0]
+
+
+@pytest.mark.timeout(120)
+def test_missing_bucket_names_it(options, tmp_path):
+    bucket = f"chunkseg-none-{uuid.uuid4().hex[:8]}"
+    url = f"s3://{bucket}/img.zarr"
+    with pytest.raises(chunkseg.NotFoundError, match=f"bucket '{bucket}' does not exist"):
+        chunkseg.open_image(url, storage_options=options)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(chunkseg.NotFoundError, match="Check the bucket name") as info:
+        chunkseg.predict_to_zarr(url, MODEL_SPEC, str(out), storage_options=options, **PARAMS)
+    assert url in str(info.value) and not out.exists()
+
+
+@pytest.mark.timeout(120)
+def test_missing_key_in_an_existing_bucket_is_not_called_a_missing_bucket(bucket, options):
+    with pytest.raises(chunkseg.NotFoundError, match="no Zarr array or group was found"):
+        chunkseg.open_image(f"s3://{bucket}/nothing-here.zarr", storage_options=options)
+
+
+@pytest.mark.timeout(120)
+def test_missing_bucket_cli(endpoint, tmp_path, monkeypatch, capsys):
+    bucket = f"chunkseg-none-{uuid.uuid4().hex[:8]}"
+    text = _cli_refuses(["predict", f"s3://{bucket}/img.zarr", str(tmp_path / "out.zarr"),
+                         "--model", MODEL_SPEC, *CLI_PARAMS], endpoint, monkeypatch, capsys)
+    assert f"bucket '{bucket}' does not exist" in text and "`image`" in text
+    assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.timeout(120)
+def test_access_refused_names_the_url_and_the_credentials(locked_endpoint, tmp_path):
+    url = "s3://some-bucket/img.zarr"
+    options = {"endpoint_url": locked_endpoint}
+    with pytest.raises(chunkseg.InputReadError, match="refused access") as info:
+        chunkseg.open_image(url, storage_options=options)
+    text = str(info.value)
+    assert url in text and "Check the credentials" in text and "Forbidden" in text
+    _no_secrets(text)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(chunkseg.InputReadError, match="refused access"):
+        chunkseg.predict_to_zarr(url, MODEL_SPEC, str(out), storage_options=options, **PARAMS)
+    assert not out.exists()
+
+
+@pytest.mark.timeout(120)
+def test_access_refused_cli(locked_endpoint, tmp_path, monkeypatch, capsys):
+    text = _cli_refuses(["predict", "s3://some-bucket/img.zarr", str(tmp_path / "out.zarr"),
+                         "--model", MODEL_SPEC, *CLI_PARAMS], locked_endpoint, monkeypatch,
+                        capsys)
+    assert "refused access" in text and "AWS_ACCESS_KEY_ID" in text
+    _no_secrets(text)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_access_refused_message_is_redacted():
+    """Access Denied (a bucket policy), for a URL carrying a user and a token: neither is
+    repeated."""
+    from chunkseg.io._locations import _access_refused
+
+    err = _access_refused(PermissionError("Access Denied"),
+                          "s3://someone@bucket/img.zarr?X-Amz-Security-Token=tok3n", "image")
+    assert isinstance(err, chunkseg.InputReadError)
+    text = str(err)
+    assert "'s3://bucket/img.zarr'" in text and "Access Denied" in text
+    assert "someone" not in text and "tok3n" not in text

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 DIMS: tuple[str, str, str] = ("y", "x", "c")
 
 
+#: The most channels an unnamed 3-D array may have: a longer last axis is far more likely a
+#: plane stack or a channel-first ``(c, y, x)`` array read the wrong way round.
+MAX_UNNAMED_CHANNELS = 16
+
+
 #: Dimension names (compared in lower case) read as the channel axis ``c``. ``s`` is tifffile's
 #: "samples per pixel" axis (RGB), ``c`` its separate-channel axis.
 _CHANNEL_ALIASES = frozenset(
@@ -63,6 +68,15 @@ def _to_yxc(data: Any, names: Sequence[object] | None) -> tuple[Any, dict[str, A
             data = data[0]
         if data.ndim == 2:
             return data[:, :, np.newaxis], dict.fromkeys(DIMS)
+        if data.ndim == 3 and data.shape[2] > MAX_UNNAMED_CHANNELS:
+            raise InvalidValueError(
+                f"`image` without dimension names must be (y, x) or (y, x, c) with at most "
+                f"{MAX_UNNAMED_CHANNELS} channels last. Got shape {shape}, which would be read "
+                f"as {data.shape[0]} x {data.shape[1]} pixels with {data.shape[2]} channels. Name "
+                "the axes: an xarray.DataArray with dims (e.g. `xr.DataArray(a, dims=('c', 'y', "
+                "'x'))`), a Zarr array with `dimension_names`, or a Zarr group's 2-D array "
+                "(`array_name`); or select one plane (e.g. `image[0]`)."
+            )
         if data.ndim == 3:
             return data, dict.fromkeys(DIMS)
         raise InvalidValueError(
@@ -115,12 +129,7 @@ def _finish(
     name: str | None = None,
 ) -> xr.DataArray:
     """Validate a ``(y, x, c)`` Dask array and wrap it as the :func:`open_image` DataArray."""
-    dtype = np.dtype(data.dtype)
-    if dtype.kind not in "biuf":
-        raise InvalidTypeError(
-            "`image` must have a boolean, integer or floating-point dtype. "
-            f"Got {dtype}. Convert it first, e.g. `image.astype('float32')`."
-        )
+    dtype = _check_dtype(data.dtype)
     if 0 in data.shape:
         raise InvalidValueError(
             f"`image` must have at least one pixel and one channel. Got shape {data.shape} (y, x, c)."
@@ -134,6 +143,19 @@ def _finish(
     )
 
 
+def _check_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` if it is boolean, integer or floating-point; else the error naming it (checked
+    before Dask sees the array: its automatic chunking fails on an object array)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise InvalidTypeError(
+            "`image` must have a boolean, integer or floating-point dtype. "
+            f"Got {dtype}. Convert it first, e.g. `image.astype('float32')`."
+        )
+    return dtype
+
+
 def _in_memory_to_dask(data: np.ndarray) -> da.Array:
     """Wrap an in-memory ``(y, x, c)`` array, chunked automatically with ``c`` whole."""
+    _check_dtype(data.dtype)
     return da.from_array(data, chunks={0: "auto", 1: "auto", 2: -1})

@@ -14,8 +14,10 @@ import xarray as xr
 import zarr
 import zarr.errors
 
+from chunkseg.errors import InputReadError, InvalidValueError, NotFoundError
+
 from ._axes import _finish, _to_yxc
-from ._locations import _is_url, _redact
+from ._locations import _access_refused, _is_url, _reason, _redact
 from ._zarr import _zarr_dim_names
 
 if TYPE_CHECKING:
@@ -61,14 +63,61 @@ def _tiff_coords(location: str, storage_options: Mapping[str, Any] | None,
 
 
 def _read_pil(location: str, storage_options: dict[str, Any] | None) -> np.ndarray:
-    """Decode a PNG/JPEG whole: ``(Y, X)`` or ``(Y, X, C)``, its own dtype (palette -> RGB(A))."""
-    import fsspec
-    from PIL import Image
+    """Decode a PNG/JPEG whole: ``(Y, X)`` or ``(Y, X, C)``, its own dtype (palette -> RGB(A)).
 
-    with fsspec.open(location, mode="rb", **(storage_options or {})) as fh, Image.open(fh) as img:
-        if img.mode == "P":
-            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        return np.asarray(img)
+    Raises InvalidValueError for a file over Pillow's decompression-bomb limit (it would be
+    decoded whole), InputReadError for one Pillow cannot decode or that refuses access."""
+    import fsspec
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with fsspec.open(location, mode="rb", **(storage_options or {})) as fh, \
+                Image.open(fh) as img:
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            return np.asarray(img)
+    except Image.DecompressionBombError as err:
+        raise InvalidValueError(
+            f"`image` file {_redact(location)!r} must be small enough for Pillow to decode "
+            f"whole (PNG and JPEG are not tiled). Got {_reason(err)}. Convert it to a tiled "
+            "TIFF (e.g. `vips tiffsave in.png out.tif --tile --bigtiff`), which chunkseg reads "
+            "tile by tile (or `chunkseg ingest` that into Zarr); or, for a file you trust and "
+            "the memory to decode it, raise Pillow's limit (`PIL.Image.MAX_IMAGE_PIXELS`)."
+        ) from err
+    except PermissionError as err:
+        raise _access_refused(err, location, "image") from err
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError) as err:  # Pillow: not an image, truncated, a broken chunk
+        # (Pillow's "cannot identify" names the file object, not the file: leave it out)
+        why = ("not an image Pillow can identify" if isinstance(err, UnidentifiedImageError)
+               else _reason(err))
+        raise InputReadError(
+            f"`image` file {_redact(location)!r} must be a readable PNG or JPEG. Got a file "
+            f"Pillow cannot decode ({why}). It may be truncated or not the format its suffix "
+            "says: check it (open it in an image viewer), or export it again."
+        ) from err
+
+
+def _read_npy(location: str, name: str, mmap_mode: str | None = None) -> np.ndarray:
+    """A local ``.npy`` file given for parameter ``name`` (``window``, ``mask``, ``truth``...).
+
+    ``np.load`` without pickles (``mmap_mode="r"`` maps it instead of reading it). A missing
+    file is a NotFoundError, a file that is not a NumPy array file (truncated, another format,
+    pickled objects) an InvalidValueError, both naming ``name``.
+    """
+    try:
+        return np.load(location, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise NotFoundError(
+            f"`{name}` must be an existing .npy file. Got {location!r}, which does not exist."
+        ) from err
+    except (ValueError, EOFError, OSError) as err:  # numpy's errors on a file that is not .npy
+        raise InvalidValueError(
+            f"`{name}` file must be a NumPy .npy array (saved with numpy.save). Got "
+            f"{location!r}, which numpy cannot load ({_reason(err)}); it may be truncated or "
+            f"hold pickled objects. Save the array again with `numpy.save('{name}.npy', array)`."
+        ) from err
 
 
 def _open_tiff_store(location: str, storage_options: dict[str, Any] | None) -> zarr.Array:
@@ -171,7 +220,18 @@ def _tiff_memmappable(location: str) -> bool:
 
 def _open_tiff(location: str, storage_options: dict[str, Any] | None) -> xr.DataArray:
     """:func:`open_image` for a TIFF: lazy, one Dask task per TIFF tile or strip."""
-    array = _open_tiff_store(location, storage_options)
+    import tifffile
+
+    try:
+        array = _open_tiff_store(location, storage_options)
+    except PermissionError as err:
+        raise _access_refused(err, location, "image") from err
+    except tifffile.TiffFileError as err:
+        raise InputReadError(
+            f"`image` file {_redact(location)!r} must be a readable TIFF. Got a file tifffile "
+            f"cannot read ({_reason(err)}). It may be truncated or not the format its suffix "
+            "says: check it (`tifffile.TiffFile(path)`), or export it again."
+        ) from err
     shape, dtype, chunks = array.shape, array.dtype, array.chunks
     names = _zarr_dim_names(array)
     names = tuple(n.lower() for n in names) if names else None

@@ -10,8 +10,10 @@ from urllib.parse import urlsplit
 from chunkseg._redact import is_url as _is_url
 from chunkseg._redact import redact_location as _redact
 from chunkseg.errors import (
+    InputReadError,
     InvalidTypeError,
     InvalidValueError,
+    NotFoundError,
 )
 
 if TYPE_CHECKING:
@@ -85,3 +87,47 @@ _ACCEPTED = (
     "dims including 'y' and 'x' (and optionally 'c'), a zarr.Array or zarr.Group, or a path or "
     "URL to a Zarr store or to a .png/.jpg/.jpeg/.tif/.tiff file"
 )
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of ``error``'s text (its type where it has none), for a message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].rstrip('.')}" if lines else type(error).__name__
+
+
+def _access_refused(error: PermissionError, location: str, name: str) -> InputReadError:
+    """The error for a store or file that refused to be read (S3's 403 Forbidden or Access
+    Denied, a local file without read permission): names the location without credentials,
+    and the fix."""
+    fix = ("Check the credentials (`storage_options` key/secret or token, AWS_ACCESS_KEY_ID / "
+           "AWS_SECRET_ACCESS_KEY / AWS_PROFILE for S3) and that they may read this bucket and "
+           "path" if _is_url(location) else "Check the file's permissions (it must be readable)")
+    return InputReadError(
+        f"`{name}` must be readable with the credentials given. Got {_redact(location)!r}, "
+        f"which refused access ({_reason(error)}). {fix}."
+    )
+
+
+def _missing_bucket(location: str, storage_options: Mapping[str, Any] | None,
+                    name: str) -> NotFoundError | None:
+    """The error for a URL whose bucket does not exist, or None (not an object store, the
+    bucket exists, or the store cannot tell)."""
+    if not _is_url(location):
+        return None
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(location, **(storage_options or {}))
+        split = getattr(fs, "split_path", None)  # object stores (s3fs, gcsfs): bucket, key
+        if split is None:
+            return None
+        bucket = split(path)[0]
+        if not bucket or fs.exists(bucket):
+            return None
+    except (OSError, ValueError):  # the store cannot say; the caller's message stands
+        return None
+    return NotFoundError(
+        f"`{name}` must be in an existing bucket. Got {_redact(location)!r}, whose bucket "
+        f"{bucket!r} does not exist (or these credentials cannot see it). Check the bucket name "
+        "in the URL, and the endpoint (`storage_options` endpoint_url, AWS_ENDPOINT_URL)."
+    )

@@ -18,7 +18,7 @@ from chunkseg.errors import (
     NotFoundError,
 )
 
-from ._axes import _finish, _in_memory_to_dask, _to_yxc
+from ._axes import _check_dtype, _finish, _in_memory_to_dask, _to_yxc
 from ._files import _open_tiff, _read_pil
 from ._locations import (
     _ACCEPTED,
@@ -85,7 +85,9 @@ def open_image(
 
         * ``(Y, X)`` or ``(Y, X, C)`` NumPy or Dask array (a 2-D array gets ``C = 1``; leading
           axes of length 1, as in ``(1, Y, X, C)``, are squeezed). A 3-D array is always read
-          as channel-last: transpose a ``(C, Y, X)`` array first, or name its dims with xarray.
+          as channel-last, with at most 16 channels (an unnamed array with a longer
+          last axis is refused): transpose a ``(C, Y, X)`` array first, or name its dims with
+          xarray.
         * :class:`xarray.DataArray` with dims ``y`` and ``x``, optionally ``c`` (``channel``,
           ``band`` are aliases of ``c``), in any order; other dims must have length 1 and are
           squeezed. Index coordinates of ``y``, ``x`` and ``c`` and the attrs are kept.
@@ -122,10 +124,16 @@ def open_image(
         floating-point; if ``storage_options`` is not a mapping.
     ValueError
         If the axes cannot be read as ``(y, x[, c])`` (1-D, 4-D+ with more than one non-singleton
-        extra axis, unknown dim names), the image is empty, the file suffix is not supported,
-        a group's image array is ambiguous or ``array_name`` is not one of its arrays.
+        extra axis, unknown dim names, an unnamed 3-D array with more than 16 channels last),
+        the image is empty, the file suffix is not supported,
+        a group's image array is ambiguous or ``array_name`` is not one of its arrays, or a
+        PNG/JPEG is over Pillow's decompression-bomb limit.
     FileNotFoundError
-        If a local path does not exist, or no Zarr array or group is found at the location.
+        If a local path does not exist, or no Zarr array or group is found at the location
+        (a URL's bucket that does not exist is named).
+    chunkseg.errors.InputReadError
+        If the store's ``zarr.json`` is not JSON, a PNG/JPEG/TIFF file does not decode, or the
+        store or file refuses access (S3's 403 Forbidden: check the credentials).
 
     Notes
     -----
@@ -178,6 +186,7 @@ def open_image(
 
 def _open_dataarray(image: xr.DataArray) -> xr.DataArray:
     """:func:`open_image` for an xarray.DataArray (kept lazy: a non-Dask one is chunked first)."""
+    _check_dtype(image.dtype)  # before `.chunk`, whose automatic chunks fail on objects
     if image.chunks is None:
         # `.data` would load a lazily indexed backend array; `.chunk` wraps it without reading.
         image = image.chunk("auto")

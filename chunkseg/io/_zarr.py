@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from chunkseg.errors import (
 )
 
 from ._axes import _canonical_dim, _finish, _to_yxc
-from ._locations import _ACCEPTED, _redact
+from ._locations import _ACCEPTED, _access_refused, _missing_bucket, _reason, _redact
 
 if TYPE_CHECKING:
     pass
@@ -260,8 +261,20 @@ def _open_zarr_location(
     try:
         node = zarr.open(store=location, **kwargs)
     except (FileNotFoundError, NotADirectoryError) as err:
+        missing = _missing_bucket(location, storage_options, "image")
+        if missing is not None:
+            raise missing from err
         raise NotFoundError(
             f"`image` must be {_ACCEPTED}. Got {_redact(location)!r}, where no Zarr array or "
             "group was found (and the suffix is not an image-file suffix)."
+        ) from err
+    except PermissionError as err:
+        raise _access_refused(err, location, "image") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, zarr.errors.MetadataValidationError,
+            zarr.errors.NodeTypeValidationError) as err:  # a zarr.json zarr cannot parse
+        raise InputReadError(
+            f"`image` store {_redact(location)!r} must have readable Zarr metadata. Got a "
+            f"zarr.json (or .zarray/.zgroup) zarr cannot parse: {_reason(err)}. The store may be "
+            "truncated or only partly written: write it again (chunkseg ingest) and rerun."
         ) from err
     return _open_zarr_node(node, array_name, _redact(location))
