@@ -31,23 +31,9 @@ REGION_COLUMNS = ("label", "class", "area", "centroid_y", "centroid_x", "bbox_y0
 
 
 def _open_group(store: Any, storage_options, mode: str):
-    import zarr
+    from .outputs._manifest import open_output_group
 
-    from .outputs._target import describe_location
-    from .outputs._manifest import _so
-
-    try:
-        # read-write: the hierarchy as stored (a consolidated view knows no new members)
-        kwargs = {"use_consolidated": False} if mode != "r" else {}
-        return zarr.open_group(store, mode=mode, storage_options=_so(store, storage_options),
-                               **kwargs)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        from .errors import NotFoundError
-
-        raise NotFoundError(
-            f"`store` must be an output of chunkseg predict (a Zarr group). Got "
-            f"{describe_location(store)!r}, where none was found ({type(err).__name__})."
-        ) from None
+    return open_output_group(store, storage_options=storage_options, mode=mode)
 
 
 def _check_complete(group, store) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "ModelOutputError",
     "ModelRunError",
     "OutputExistsError",
+    "NotAnOutputError",
     "OutputLockedError",
     "OutputOverlapError",
     "ChunkAlignmentError",
@@ -70,6 +71,12 @@ class ModelRunError(ChunksegError, RuntimeError):
 
 class OutputExistsError(ChunksegError, FileExistsError):
     """The output store already holds data and ``overwrite`` was not requested."""
+
+
+class NotAnOutputError(NotFoundError, ValueError):
+    """A location read as a chunkseg output holds none: nothing is there, or a Zarr node that
+    chunkseg did not write (no ``chunkseg_version`` attribute), or one whose metadata was
+    changed. Both a ``FileNotFoundError`` and a ``ValueError``, as callers caught before."""
 
 
 class OutputLockedError(ChunksegError, FileExistsError):

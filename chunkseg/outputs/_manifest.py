@@ -19,13 +19,14 @@ import numpy as np
 import xarray as xr
 
 from .. import _ome
-from ..errors import IncompleteOutputWarning, InvalidValueError
+from ..errors import IncompleteOutputWarning, InvalidValueError, NotAnOutputError
+from ._ownership import MARKER
 from ._target import describe_location
 
 if TYPE_CHECKING:
     from ..plan import TilePlan
 
-__all__ = ["MANIFEST", "open_output", "output_progress", "recorded_settings",
+__all__ = ["MANIFEST", "open_output", "open_output_group", "output_progress", "recorded_settings",
            "warn_if_incomplete"]
 
 
@@ -185,6 +186,50 @@ def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
             f"{missing[0]} (y, x of the chunk grid). The output was changed after it was "
             "written; start again with `overwrite=True` (CLI: --overwrite).")
     return group, targets, done
+
+
+def open_output_group(store: Any, *, storage_options: dict | None = None, mode: str = "r"):
+    """The root group of a chunkseg output, or one clear error: the one way to open an output
+    for reading or adding to it (``label``, ``regions``, figures, ``info``, resume).
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr store
+    storage_options : dict, optional
+        fsspec options for a URL.
+    mode : {"r", "r+"}, default "r"
+        ``"r+"`` reads the hierarchy as stored (not the consolidated view, which knows no
+        members added since).
+
+    Returns
+    -------
+    zarr.Group
+
+    Raises
+    ------
+    chunkseg.errors.NotAnOutputError
+        If nothing is there, or a Zarr node chunkseg did not write (no ``chunkseg_version``
+        attribute), or its ``zarr.json`` cannot be read.
+    """
+    import zarr
+
+    kwargs = {"use_consolidated": False} if mode != "r" else {}
+    try:
+        group = zarr.open_group(store, mode=mode, storage_options=_so(store, storage_options),
+                                **kwargs)
+        attrs = group.attrs.asdict()
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        # TypeError: zarr's reading of a zarr.json whose fields have the wrong types
+        raise NotAnOutputError(
+            f"`store` must be a chunkseg output (a Zarr group written by chunkseg predict). Got "
+            f"{describe_location(store)!r}, where none could be read ({type(err).__name__}). "
+            "Check the path, or run chunkseg predict to write it.") from None
+    if MARKER not in attrs:
+        raise NotAnOutputError(
+            f"`store` must be a chunkseg output. Got {describe_location(store)!r}, a Zarr group "
+            f"that chunkseg did not write (no '{MARKER}' attribute). Point to the output of "
+            "chunkseg predict.")
+    return group
 
 
 def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Dataset:
