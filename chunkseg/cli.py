@@ -539,7 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    from ._redact import redact_text
+
+    # the last guard: no URL credentials or query in the line, whatever the error says
+    return redact_text(" ".join(str(error).split())) or type(error).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

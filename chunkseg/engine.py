@@ -40,6 +40,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import _ome, blend
+from ._redact import redact_attrs, redact_text, secrets_of
 from .outputs import _pyramid
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._target import MARKER, check_output_target, describe_location
@@ -759,8 +760,12 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
                          mask=mask, kernel=kernel, torch_threads=torch_threads,
                          direct=arr.encoding.get("chunkseg_reader"), tta=tta)
     class_names = _class_names(classes, runner.classes, defaults.get("class_names"))
-    coords = {name: c.variable for name, c in arr.coords.items() if name in ("y", "x")
-              or (c.ndim == 0 and name not in ("c", "class"))}
+    # the input's coordinate attrs are copied into the output: without credentials
+    secrets = secrets_of(storage_options)
+    coords = {name: c.variable.copy(deep=False) for name, c in arr.coords.items()
+              if name in ("y", "x") or (c.ndim == 0 and name not in ("c", "class"))}
+    for var in coords.values():
+        var.attrs = redact_attrs(var.attrs, secrets)
     classes = runner.classes
     attrs = {
         MARKER: _version(),
@@ -780,6 +785,7 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
         "source": str(arr.attrs.get("source", "array")),
         "class_names": list(class_names),
     }
+    attrs = redact_attrs(attrs, secrets)
     return {"image": arr.data, "runner": runner, "outputs": outputs_, "dtype": dtype_,
             "attrs": attrs, "class_names": class_names, "coords": coords}
 
@@ -1094,11 +1100,12 @@ def predict_to_zarr(
         try:
             with _restore_torch_threads():
                 written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
-                                  else client, progress=progress)[0]
+                                  else client, progress=progress,
+                                  secrets=secrets_of(storage_options))[0]
         except (asyncio.CancelledError, concurrent.futures.CancelledError) as err:
             # e.g. distributed's FutureCancelledError when the scheduler is lost
             done_now = output_progress(store, storage_options=storage_options)[0]
-            reason = " ".join(str(err).split())
+            reason = redact_text(" ".join(str(err).split()), secrets_of(storage_options))
             raise RunInterruptedError(
                 f"the run was interrupted before it finished ({reason}). {done_now} of "
                 f"{plan.n_chunks} chunks are written and marked in {describe_location(store)!r}; "
@@ -1194,7 +1201,8 @@ def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise InvalidValueError(
             "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
-            f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: {err}. Drop "
+            f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: "
+            f"{redact_text(str(err), secrets_of(so))}. Drop "
             "`resume` to start a new run."
         ) from None
     old = dict(group.attrs.get("fingerprint") or {})

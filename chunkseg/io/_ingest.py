@@ -13,6 +13,7 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
+from chunkseg._redact import redacting_warnings, secrets_of
 from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -166,6 +167,7 @@ def ingest(
         from dask.diagnostics import ProgressBar
 
         bar = ProgressBar()
-    with bar:
+    # the libraries' warnings while it writes, without credentials
+    with redacting_warnings(secrets_of((storage_options, source_storage_options))), bar:
         da.store(data, writer, lock=False, compute=True)
     return array

@@ -12,6 +12,7 @@ import xarray as xr
 import zarr
 import zarr.errors
 
+from chunkseg._redact import redact_text
 from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -193,5 +194,6 @@ def _open_dataarray(image: xr.DataArray) -> xr.DataArray:
     source = image.attrs.get("source")
     if not isinstance(source, str):
         source = "xarray.DataArray" + (f" {image.name!r}" if image.name is not None else "")
+    source = redact_text(source)  # it is copied into outputs' attrs
     name = image.name if isinstance(image.name, str) else None
     return _finish(data, source, coords=coords, attrs=image.attrs, name=name)
