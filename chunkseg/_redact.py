@@ -13,10 +13,10 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote_plus, urlsplit, urlunsplit
 
 __all__ = ["is_url", "redact_attrs", "redact_location", "redact_text", "redacting_warnings",
-           "secrets_of"]
+           "secrets_of", "url_secrets"]
 
 #: What replaces a secret.
 MASK = "***"
@@ -117,6 +117,36 @@ def secrets_of(options: Any) -> tuple[str, ...]:
     return tuple(sorted(found, key=lambda v: (-len(v), v)))
 
 
+def url_secrets(text: str) -> tuple[str, ...]:
+    """The credentials the URLs in ``text`` carry: user names, passwords, query values and
+    fragments of 4 or more characters (raw and percent-decoded).
+
+    Parameters
+    ----------
+    text : str
+        A URL (``http://TOKEN@host/x.png``, ``s3://b/k?X-Amz-Signature=...``) or free text.
+
+    Returns
+    -------
+    tuple of str
+    """
+    found: set[str] = set()
+    for match in _URL_IN_TEXT.finditer(str(text)):
+        _, _, rest = match.group(0).partition("://")
+        end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+                  default=len(rest))
+        userinfo = rest[:end].rpartition("@")[0]
+        query = rest[end:].partition("?")[2] if "?" in rest[end:] else ""
+        query, _, fragment = query.partition("#")
+        if "#" in rest[end:] and not query:
+            fragment = rest[end:].partition("#")[2]
+        values = userinfo.split(":") + [fragment]
+        values += [v.partition("=")[2] or v for v in re.split(r"[&;]", query)]
+        found |= {v for v in values if len(v) >= 4}
+        found |= {unquote_plus(v) for v in values if len(unquote_plus(v)) >= 4}
+    return tuple(sorted(found, key=lambda v: (-len(v), v)))
+
+
 def _redact_url_match(match: re.Match) -> str:
     url = match.group(0)
     trail = len(url) - len(url.rstrip(".,;:!"))
@@ -155,6 +185,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """
     text = str(text)
     hidden = {s for s in secrets if isinstance(s, str) and len(s) >= 4}
+    hidden |= set(url_secrets(text))  # also where the text repeats them outside the URL
     hidden |= {quote(s, safe="") for s in hidden} | {quote_plus(s) for s in hidden}
     for secret in sorted(hidden, key=len, reverse=True):
         text = text.replace(secret, MASK)
@@ -240,9 +271,16 @@ def _error_to_always() -> None:
         if message is None and module is None:
             warnings.simplefilter(action, category, lineno)
         else:
-            warnings.filterwarnings(action, message.pattern if message is not None else "",
-                                    category, module.pattern if module is not None else "",
+            warnings.filterwarnings(action, _pattern(message), category, _pattern(module),
                                     lineno)
+
+
+def _pattern(value: Any) -> str:
+    """A warning filter's message or module as the pattern ``filterwarnings`` takes (a compiled
+    one's pattern; a plain string, as the interpreter's own filters hold, matched exactly)."""
+    if value is None:
+        return ""
+    return value.pattern if hasattr(value, "pattern") else re.escape(value) + r"\Z"
 
 
 @contextlib.contextmanager

@@ -427,7 +427,7 @@ def _cmd_info(args) -> int:
             f"{describe_location(args.store)!r}, which is not one ({type(err).__name__})."
         ) from None
     complete = group.attrs.get("complete") is True
-    print(f"store      {args.store}")
+    print(f"store      {describe_location(args.store)}")
     print(f"complete   {'yes' if complete else 'no'}: {done} of {total} chunks written"
           + ("" if complete else "  (finish with: chunkseg predict ... --resume)"))
     fp = dict(group.attrs.get("fingerprint") or {})

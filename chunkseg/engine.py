@@ -40,7 +40,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import _ome, blend
-from ._redact import redact_attrs, redact_text, secrets_of
+from ._redact import redact_attrs, redact_text, redacting_warnings, secrets_of
 from .outputs import _pyramid
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._target import MARKER, check_output_target, describe_location
@@ -1030,8 +1030,10 @@ def predict_to_zarr(
     inner = None  # the inner Zarr chunks of a sharded output
     if shards is not None:
         params["chunks"], inner = _shard_layout(shards, params["chunks"], params["device"])
-    # connect to the cluster before anything is written: a wrong address leaves no output
-    with open_client(scheduler, workers) as client:
+    # connect to the cluster before anything is written: a wrong address leaves no output;
+    # the warnings of the run (the model's probe, the stores', the chunk tasks') are redacted
+    with redacting_warnings(secrets_of(storage_options)), \
+            open_client(scheduler, workers) as client:
         threads = _threads(client)
         cores = os.cpu_count() or 1
         local = client is None or workers is not None
