@@ -79,9 +79,16 @@ def is_credential_key(key: Any) -> bool:
     ``signature``, ``sig``, ``session`` and ``cookie``, case-insensitive, as the whole key or as
     one of its words (``aws_secret_access_key``, ``X-Amz-Signature``, ``sessionToken``).
     """
-    words = _key_words(str(key))
+    return _is_credential(str(key), bare_key=True)
+
+
+def _is_credential(key: str, bare_key: bool) -> bool:
+    """:func:`is_credential_key`; with ``bare_key=False`` the words ``key``/``keys`` alone do
+    not count (free text says ``KEY=VALUE``), their compounds (``api_key``) still do."""
+    words = _key_words(key)
     joined = "".join(words)
-    return any(w in _CREDENTIAL_WORDS or w.startswith(_CREDENTIAL_STARTS)
+    vocabulary = _CREDENTIAL_WORDS if bare_key else _CREDENTIAL_WORDS - {"key", "keys"}
+    return any(w in vocabulary or w.startswith(_CREDENTIAL_STARTS)
                or w.endswith(_CREDENTIAL_ENDS) for w in words + [joined])
 
 
@@ -161,7 +168,7 @@ def _redact_url_match(match: re.Match) -> str:
 
 def _redact_pair_match(match: re.Match) -> str:
     name = match.group(1)
-    return f"{name}={MASK}" if is_credential_key(name) else match.group(0)
+    return f"{name}={MASK}" if _is_credential(name, bare_key=False) else match.group(0)
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:

@@ -725,6 +725,12 @@ def test_input_attrs_credentials_not_in_output(tmp_path):
     # the URL's credentials are hidden where the text repeats them outside it, too
     (f"http://{URL_TOKEN}@h/x: /{URL_TOKEN}@h/x not found", "http://h/x: /***@h/x not found"),
     ("`tile` must be a positive int. Got 0.", "`tile` must be a positive int. Got 0."),
+    # chunkseg's own wording is left alone: a placeholder KEY, a list of URL schemes
+    ("must be KEY=VALUE (e.g. ema=0.999)", "must be KEY=VALUE (e.g. ema=0.999)"),
+    ("an fsspec URL (s3://, gs://, memory://, ...) or 'tcp://127.0.0.1:8786'",
+     "an fsspec URL (s3://, gs://, memory://, ...) or 'tcp://127.0.0.1:8786'"),
+    (f"api_key={QUERY_TOKEN} aws_secret_access_key={OPT_SECRET}",
+     "api_key=*** aws_secret_access_key=***"),
     ("/data/a.zarr and C:\\x.tif", "/data/a.zarr and C:\\x.tif"),
 ])
 def test_redact_text(text, expected):

@@ -162,7 +162,12 @@ def open_image(
         extra axis, unknown dim names), the image is empty, the file suffix is not supported,
         a group's image array is ambiguous or ``array_name`` is not one of its arrays.
     FileNotFoundError
-        If a local path does not exist, or no Zarr array or group is found at the location.
+        If a local path does not exist, or no Zarr array or group is found at the location
+        (:class:`~chunkseg.NotFoundError`).
+    OSError
+        If a URL cannot be read (:class:`~chunkseg.InputReadError`). A URL's errors name it
+        without its user name, password or query, and chain no storage library's exception
+        (those repeat the URL whole).
 
     Notes
     -----
