@@ -672,7 +672,9 @@ def predict(
         units, with ``attrs["units"]``: an xarray input's own coordinates, an OME-NGFF input's
         ``scale``/``translation``, a TIFF's resolution tags), plus an xarray input's scalar
         coordinates (rioxarray's ``spatial_ref``). ``attrs`` record the plan, window, model,
-        class names and chunkseg version.
+        class names and chunkseg version. The coordinates' attrs and ``attrs`` are JSON values
+        without credentials (:func:`chunkseg._redact.redact_attrs`: credential-named attrs
+        become ``"***"``, URLs lose their user name, password and query).
 
     Raises
     ------

@@ -809,3 +809,24 @@ def test_redacting_warnings_keeps_category_place_and_filters():
             with redacting_warnings():
                 warn(f"http://{URL_TOKEN}@h/x")
         assert str(excinfo.value) == "http://h/x"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_compute_redacts_the_warnings_of_its_tasks(scheduler):
+    """``scheduling.compute``, which every writer's run goes through (instances, regions,
+    predict_instances, evaluate, the pyramid), re-emits its tasks' warnings redacted."""
+    import dask
+
+    from chunkseg.scheduling import compute
+
+    @dask.delayed(pure=False)
+    def task(i):
+        warnings.warn(f"{i}: {_leaky_warning_text()}", LibraryWarning, stacklevel=1)
+        return i
+
+    with pytest.warns(LibraryWarning) as record:
+        assert compute(*[task(i) for i in range(4)], scheduler=scheduler,
+                       secrets=secrets_of(MEMORY_OPTIONS)) == (0, 1, 2, 3)
+    texts = sorted(str(w.message) for w in record)
+    assert len(texts) == 4 and texts[0].startswith("0: retrying GET http://example.invalid/")
+    assert not any(_leaks(t) for t in texts), texts
