@@ -830,3 +830,19 @@ def test_compute_redacts_the_warnings_of_its_tasks(scheduler):
     texts = sorted(str(w.message) for w in record)
     assert len(texts) == 4 and texts[0].startswith("0: retrying GET http://example.invalid/")
     assert not any(_leaks(t) for t in texts), texts
+
+
+@pytest.mark.parametrize("action", ["once", "default", "module"])
+def test_redacting_warnings_shows_a_warning_once_as_the_filter_says(action):
+    def warn(text):
+        warnings.warn(text, LibraryWarning, stacklevel=1)
+
+    text = f"clean {uuid.uuid4().hex}"  # nothing to redact: the same text as at the source
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter(action)
+        with redacting_warnings():
+            for _ in range(3):
+                warn(text)
+                warn(f"http://{URL_TOKEN}@h/{text}")
+    texts = [str(w.message) for w in record]
+    assert sorted(texts) == sorted([text, f"http://h/{text}"]), texts
