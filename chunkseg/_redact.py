@@ -2,7 +2,15 @@
 
 The lowest layer of the package (standard library only): :mod:`chunkseg.io` and
 :mod:`chunkseg.outputs` both describe locations through it, so no credential of a URL
-reaches an error message, a log line or an output's ``zarr.json``.
+reaches an error message, the CLI's error line or an output's ``zarr.json``.
+
+- :func:`redact_location`: a path or URL for a message (no user info, query, fragment);
+- :func:`redact_text`: free text (a message, another library's warning or error text): every
+  URL in it as :func:`redact_location`, credential-named ``name=value`` pairs and given
+  secrets (:func:`secrets_of` ``storage_options``) masked;
+- :func:`redact_attrs`: attrs copied from an input into an output;
+- :func:`redacting_warnings`: the warnings raised while a run computes, re-emitted redacted
+  (:func:`chunkseg.scheduling.compute` runs every writer's graph inside it).
 """
 
 from __future__ import annotations
@@ -252,18 +260,17 @@ def redact_attrs(attrs: Mapping[str, Any], secrets: Iterable[str] = ()) -> dict[
     return clean_mapping(attrs)
 
 
-_MODULE_OF_FILE: dict[str, str] = {}
+_MODULE_OF_FILE: dict[str, str | None] = {}
 
 
 def _module_of(filename: str) -> str | None:
     """The name of the imported module whose file is ``filename`` (for the warning filters'
     module patterns), or None."""
     if filename not in _MODULE_OF_FILE:
-        for name, module in list(sys.modules.items()):
-            if getattr(module, "__file__", None) == filename:
-                _MODULE_OF_FILE[filename] = name
-                break
-    return _MODULE_OF_FILE.get(filename)
+        _MODULE_OF_FILE[filename] = next(
+            (name for name, module in list(sys.modules.items())
+             if getattr(module, "__file__", None) == filename), None)
+    return _MODULE_OF_FILE[filename]
 
 
 def _error_to_always() -> None:
@@ -332,7 +339,7 @@ def _reemit(record: warnings.WarningMessage, secrets: tuple[str, ...]) -> None:
     if isinstance(message, Warning) and text != str(message):
         try:
             message = type(message)(text)
-        except Exception:  # a warning class with another signature: keep it, redact its args
+        except TypeError:  # a warning class with another signature: keep it, redact its args
             message.args = (text,)
     # "default"/"module" filters: shown once per place, as a warning raised at the source is
     warnings.warn_explicit(message, record.category, record.filename, record.lineno,
