@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _instances as kern
 from . import _ome
+from ._redact import secrets_of
 from .errors import InvalidTypeError, InvalidValueError, OutputExistsError
 from .outputs._lifecycle import leased
 
@@ -207,7 +208,8 @@ def instances(
                  for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
         keys = list(tasks)
         summaries = dict(zip(keys, compute(*tasks.values(), scheduler=sched,
-                                           progress=progress)))
+                                           progress=progress,
+                                           secrets=secrets_of(storage_options))))
         lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
         dtype = kern.ids_dtype(n_objects)
         if existing is not None:  # written by this function (checked above)
@@ -228,7 +230,7 @@ def instances(
             read, ys, xs, connectivity, lookups[(iy, ix)], writer,
             f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-        compute(*jobs, scheduler=sched, progress=progress)
+        compute(*jobs, scheduler=sched, progress=progress, secrets=secrets_of(storage_options))
         if ome:
             _instance_levels(group, name, target, sched, progress, describe_location(store))
         target.attrs["complete"] = True
@@ -456,7 +458,8 @@ def regions(
         sched = scheduler if client is None else client
         jobs = [dask.delayed(_region_task, pure=False)(ids, ys, xs, reader, prob, cls_of)
                 for ys in ys_ for xs in xs_]
-        parts = compute(*jobs, scheduler=sched, progress=progress)
+        parts = compute(*jobs, scheduler=sched, progress=progress,
+                        secrets=secrets_of(storage_options))
     df = _merge_parts(parts)
     out = df[["label"]].copy()
     out["class"] = -1 if cls_of is None else int(cls_of)

@@ -70,6 +70,7 @@ from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._ownership import require_group
 from .outputs._lifecycle import writing
 from .outputs._target import MARKER, describe_location
+from ._redact import secrets_of
 from .blend import mapped_zeros
 from .engine import BlockReader, _threads, _version, blend_graph
 from .outputs._manifest import _so
@@ -741,7 +742,8 @@ def predict_instances(
             dsk[gather_key] = (_gather, list(fold_keys))
             run_on = scheduler if client is None else client
             stats = compute(Delayed(gather_key, HighLevelGraph.from_collections(
-                gather_key, dsk, dependencies=[])), scheduler=run_on, progress=progress)[0]
+                gather_key, dsk, dependencies=[])), scheduler=run_on, progress=progress,
+                secrets=secrets_of(storage_options))[0]
             merged = merge_tables(stats)
             del stats
             n = merged["n_objects"]
@@ -767,7 +769,8 @@ def predict_instances(
             done_key = f"chunkseg-instances-done-{token}"
             dsk2[done_key] = (sum, keys2)
             written = compute(Delayed(done_key, HighLevelGraph.from_collections(
-                done_key, dsk2, dependencies=[])), scheduler=run_on, progress=progress)[0]
+                done_key, dsk2, dependencies=[])), scheduler=run_on, progress=progress,
+                secrets=secrets_of(storage_options))[0]
             if written != plan.n_chunks:
                 raise RuntimeError(f"wrote {written} of {plan.n_chunks} chunks.")
         del group[TEMP_GROUP]

@@ -493,7 +493,7 @@ def _cmd_info(args) -> int:
         ) from None
     _check_info_attrs(attrs, describe_location(args.store))
     complete = group.attrs.get("complete") is True
-    print(f"store      {args.store}")
+    print(f"store      {describe_location(args.store)}")
     print(f"complete   {'yes' if complete else 'no'}: {done} of {total} chunks written"
           + ("" if complete else "  (finish with: chunkseg predict ... --resume)"))
     fp = dict(group.attrs.get("fingerprint") or {})
@@ -686,7 +686,10 @@ def _interrupted(args, error: KeyboardInterrupt) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    from ._redact import redact_text
+
+    # the last guard: no URL credentials or query in the line, whatever the error says
+    return redact_text(" ".join(str(error).split())) or type(error).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,6 +41,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import _ome, blend
 from ._check import positive_int
+from ._redact import redact_attrs, redact_text, redacting_warnings, secrets_of
 from .errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -734,7 +735,9 @@ def predict(
         units, with ``attrs["units"]``: an xarray input's own coordinates, an OME-NGFF input's
         ``scale``/``translation``, a TIFF's resolution tags), plus an xarray input's scalar
         coordinates (rioxarray's ``spatial_ref``). ``attrs`` record the plan, window, model,
-        class names and chunkseg version.
+        class names and chunkseg version. The coordinates' attrs and ``attrs`` are JSON values
+        without credentials (:func:`chunkseg._redact.redact_attrs`: credential-named attrs
+        become ``"***"``, URLs lose their user name, password and query).
 
     Raises
     ------
@@ -823,8 +826,12 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
                          mask=mask, kernel=kernel, torch_threads=torch_threads,
                          direct=arr.encoding.get("chunkseg_reader"), tta=tta)
     class_names = _class_names(classes, runner.classes, defaults.get("class_names"))
-    coords = {name: c.variable for name, c in arr.coords.items() if name in ("y", "x")
-              or (c.ndim == 0 and name not in ("c", "class"))}
+    # the input's coordinate attrs are copied into the output: without credentials
+    secrets = secrets_of(storage_options)
+    coords = {name: c.variable.copy(deep=False) for name, c in arr.coords.items()
+              if name in ("y", "x") or (c.ndim == 0 and name not in ("c", "class"))}
+    for var in coords.values():
+        var.attrs = redact_attrs(var.attrs, secrets)
     classes = runner.classes
     attrs = {
         MARKER: _version(),
@@ -844,6 +851,7 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
         "source": str(arr.attrs.get("source", "array")),
         "class_names": list(class_names),
     }
+    attrs = redact_attrs(attrs, secrets)
     return {"image": arr.data, "runner": runner, "outputs": outputs_, "dtype": dtype_,
             "attrs": attrs, "class_names": class_names, "coords": coords,
             "input_attrs": dict(arr.attrs)}
@@ -1096,8 +1104,10 @@ def predict_to_zarr(
     so = _so(store, storage_options)
     with writing(store, source=image, overwrite=overwrite, resume=resume, storage_options=so,
                  what="chunkseg predict") as target:
-        # connect to the cluster before anything is written: a wrong address leaves no output
-        with open_client(scheduler, workers) as client:
+        # connect to the cluster before anything is written: a wrong address leaves no output;
+        # the warnings of the run (the model's probe, the stores', the chunk tasks') are redacted
+        with redacting_warnings(secrets_of(storage_options)), \
+                open_client(scheduler, workers) as client:
             threads = _threads(client)
             cores = os.cpu_count() or 1
             local = client is None or workers is not None
@@ -1165,11 +1175,12 @@ def predict_to_zarr(
             try:
                 with _restore_torch_threads():
                     written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
-                                      else client, progress=progress)[0]
+                                      else client, progress=progress,
+                                      secrets=secrets_of(storage_options))[0]
             except (asyncio.CancelledError, concurrent.futures.CancelledError) as err:
                 # e.g. distributed's FutureCancelledError when the scheduler is lost
                 done_now = output_progress(target.store, storage_options=so)[0]
-                reason = " ".join(str(err).split())
+                reason = redact_text(" ".join(str(err).split()), secrets_of(storage_options))
                 raise RunInterruptedError(
                     f"the run was interrupted before it finished ({reason}). {done_now} of "
                     f"{plan.n_chunks} chunks are written and marked in {describe_location(store)!r}; "

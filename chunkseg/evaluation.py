@@ -25,6 +25,7 @@ import xarray as xr
 import zarr
 
 from . import _ome
+from ._redact import secrets_of
 from .outputs._target import MARKER
 from .outputs._manifest import warn_if_incomplete
 from .errors import (
@@ -552,7 +553,8 @@ def evaluate(
         k = len(names)
     matrix = confusion_matrix_dask(p, t, classes=k, ignore=ignore_values, mask=m,
                                    label_map=label_map)
-    (cm,) = compute(matrix, scheduler=scheduler, workers=workers, progress=progress)
+    (cm,) = compute(matrix, scheduler=scheduler, workers=workers, progress=progress,
+                    secrets=secrets_of(storage_options))
     if k is None:
         k = max(cm.shape[0], 1, *(int(v) + 1 for v in (label_map or {}).values()))
         cm = _add(cm, np.zeros((k, k), dtype=np.int64))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dask
 
+from ._redact import redacting_warnings
 from .errors import InvalidValueError
 
 __all__ = ["compute", "open_client", "LOCAL_SCHEDULERS"]
@@ -71,8 +72,12 @@ def open_client(scheduler: Any = None, workers: int | None = None) -> Iterator[A
 
 
 def compute(*collections: Any, scheduler: Any = None, workers: int | None = None,
-            progress: bool = False) -> tuple:
+            progress: bool = False, secrets: Iterable[str] = ()) -> tuple:
     """Compute dask collections on the chosen scheduler, optionally with a progress bar.
+
+    Every warning raised in this process while they compute (chunkseg's, zarr's, fsspec's...)
+    is re-emitted with its message redacted (:func:`chunkseg._redact.redacting_warnings`): no
+    URL credentials, query or ``secrets`` in it.
 
     Parameters
     ----------
@@ -82,13 +87,15 @@ def compute(*collections: Any, scheduler: Any = None, workers: int | None = None
     progress : bool, default False
         Show a progress bar (``dask.diagnostics.ProgressBar`` locally,
         ``distributed.progress`` on a cluster).
+    secrets : iterable of str, optional
+        Strings to hide in those warnings, e.g. ``chunkseg._redact.secrets_of(storage_options)``.
 
     Returns
     -------
     tuple
         The computed results, as ``dask.compute``.
     """
-    with open_client(scheduler, workers) as client:
+    with redacting_warnings(secrets), open_client(scheduler, workers) as client:
         if client is None:
             ctx: Any = contextlib.nullcontext()
             if progress:

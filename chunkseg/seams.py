@@ -36,6 +36,7 @@ import numpy as np
 
 from ._check import positive_int
 from .outputs._target import check_output_files
+from ._redact import redact_text
 from .errors import InvalidTypeError, InvalidValueError, ModelOutputError
 from .plan import TilePlan, normalize_pair, plan_tiles
 from .windows import WINDOWS
@@ -280,7 +281,7 @@ def _reference(raw: np.ndarray, predictor, multiple: tuple[int, int],
     try:
         out = predictor(batch)
     except Exception as err:  # the model's own error: say what it was given and the fix
-        msg = " ".join(str(err).split()) or type(err).__name__
+        msg = redact_text(" ".join(str(err).split())) or type(err).__name__
         raise ModelOutputError(
             f"`model` must accept the whole image for the reference pass; it failed on the image "
             f"reflect-padded to {batch.shape[2]} x {batch.shape[3]} px ({type(err).__name__}: "

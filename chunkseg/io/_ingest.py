@@ -13,6 +13,7 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
+from chunkseg._redact import redacting_warnings, secrets_of
 from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -174,7 +175,8 @@ def ingest(
             from dask.diagnostics import ProgressBar
 
             bar = ProgressBar()
-        with bar:
+        # the libraries' warnings while it writes, without credentials
+        with redacting_warnings(secrets_of((storage_options, source_storage_options))), bar:
             da.store(data, writer, lock=False, compute=True)
         array.attrs["complete"] = True  # last: every chunk is written
     if out.staged:  # the array now lives at the output's own path

@@ -12,7 +12,10 @@ import xarray as xr
 import zarr
 import zarr.errors
 
+from chunkseg._redact import redact_text, secrets_of, url_secrets
 from chunkseg.errors import (
+    ChunksegError,
+    InputReadError,
     InvalidTypeError,
     InvalidValueError,
     NotFoundError,
@@ -46,6 +49,40 @@ def _open_location(
     """:func:`open_image` for a path or URL: image file by suffix, otherwise a Zarr store."""
     location = _fspath(image, "image")
     options = _check_storage_options(storage_options, location, "image")
+    if not _is_url(location):
+        return _open_checked_location(location, options, array_name)
+    # fsspec and the storage clients repeat the URL (its user name, its query) in their errors:
+    # a URL's failure is one chunkseg error, redacted, without the library's exception chained
+    secrets = secrets_of(options) + url_secrets(location)
+    try:
+        return _open_checked_location(location, options, array_name)
+    except ChunksegError as err:
+        failure: ChunksegError = err
+        if len(err.args) == 1 and isinstance(err.args[0], str):
+            err.args = (redact_text(err.args[0], secrets),)
+    except OSError as err:
+        reason = redact_text(" ".join(str(err).split()), secrets) or "no details"
+        if isinstance(err, FileNotFoundError):
+            failure = NotFoundError(
+                f"`image` must be an existing image file or Zarr store. Got {_redact(location)!r}"
+                f", which could not be found ({type(err).__name__}: {reason}). Check the URL and "
+                "`storage_options` (credentials, endpoint)."
+            )
+        else:
+            failure = InputReadError(
+                f"`image` must be a readable image file or Zarr store. Got {_redact(location)!r}"
+                f", which could not be read ({type(err).__name__}: {reason}). Check the URL, "
+                "`storage_options` (credentials, endpoint) and the network."
+            )
+    failure.__cause__ = failure.__context__ = None
+    failure.__suppress_context__ = True
+    raise failure  # outside the except clauses: nothing chained
+
+
+def _open_checked_location(
+    location: str, options: dict[str, Any] | None, array_name: str | None
+) -> xr.DataArray:
+    """:func:`_open_location` once ``location`` and ``options`` are checked."""
     if not _is_url(location) and not os.path.exists(location):
         raise NotFoundError(
             f"`image` must be an existing path or a URL. Got {location!r}, which does not exist."
@@ -133,7 +170,9 @@ def open_image(
         (a URL's bucket that does not exist is named).
     chunkseg.errors.InputReadError
         If the store's ``zarr.json`` is not JSON, a PNG/JPEG/TIFF file does not decode, or the
-        store or file refuses access (S3's 403 Forbidden: check the credentials).
+        store or file refuses access (S3's 403 Forbidden: check the credentials). A URL's errors name it
+        without its user name, password or query, and chain no storage library's exception
+        (those repeat the URL whole).
 
     Notes
     -----
@@ -202,5 +241,6 @@ def _open_dataarray(image: xr.DataArray) -> xr.DataArray:
     source = image.attrs.get("source")
     if not isinstance(source, str):
         source = "xarray.DataArray" + (f" {image.name!r}" if image.name is not None else "")
+    source = redact_text(source)  # it is copied into outputs' attrs
     name = image.name if isinstance(image.name, str) else None
     return _finish(data, source, coords=coords, attrs=image.attrs, name=name)

@@ -12,6 +12,7 @@ import xarray as xr
 import zarr
 import zarr.errors
 
+from chunkseg._redact import redact_text
 from chunkseg.errors import (
     InputReadError,
     InvalidValueError,
@@ -243,7 +244,8 @@ class ZarrRegionReader:
         except (RuntimeError, OSError) as err:  # a codec's error on bad bytes, or the store's
             raise InputReadError(
                 f"`image` pixels y {y0}..{y1}, x {x0}..{x1} could not be read from "
-                f"{_redact(str(self.array.store_path))!r}: {type(err).__name__}: {err}. A chunk "
+                f"{_redact(str(self.array.store_path))!r}: {type(err).__name__}: "
+                f"{redact_text(str(err))}. A chunk "
                 "of the input may be truncated or corrupt: write the input again (chunkseg "
                 "ingest) and rerun."
             ) from err

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .. import _ome
+from .._redact import redact_text, secrets_of
 from ..errors import IncompleteOutputWarning, InvalidValueError, NotAnOutputError
 from ._ownership import MARKER
 from ._target import describe_location
@@ -155,7 +156,8 @@ def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
     except (FileNotFoundError, KeyError, ValueError, OSError) as err:
         raise InvalidValueError(
             "`resume=True` needs an output written by predict_to_zarr (with its 'chunkseg/done' "
-            f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: {err}. Drop "
+            f"manifest) at `store`. Got {describe_location(store)!r}, which is not one: "
+            f"{redact_text(str(err), secrets_of(so))}. Drop "
             "`resume` to start a new run."
         ) from None
     old = dict(group.attrs.get("fingerprint") or {})
