@@ -7,17 +7,11 @@ seamless result that does not depend on the chunking. See :func:`predict`.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("chunkseg")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0+unknown"
-
+from ._ingest import ingest
 from ._objects import instances, regions
 from ._tile_instances import predict_instances
+from ._version import __version__
 from .engine import OUTPUTS, predict, predict_to_zarr
-from .outputs._manifest import open_output, output_progress
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,
@@ -38,8 +32,9 @@ from .errors import (
     RunInterruptedError,
 )
 from .evaluation import evaluate
-from .io import ingest, open_image
+from .io import open_image
 from .models import ModelSpec, Normalization, as_model, load_model
+from .outputs._manifest import open_output, output_progress
 from .plan import TilePlan, plan_tiles
 from .seams import seam_report
 from .windows import WINDOWS, get_window

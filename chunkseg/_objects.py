@@ -402,11 +402,11 @@ def regions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .outputs._identity import overlaps
-    from .outputs._target import describe_location
     from .engine import BlockReader
     from .errors import NotFoundError, OutputOverlapError
     from .io import open_image
+    from .outputs._identity import overlaps
+    from .outputs._target import describe_location
     from .scheduling import compute, open_client
 
     path = os.fspath(table)

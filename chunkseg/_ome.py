@@ -209,9 +209,7 @@ def write_instances_metadata(group: Any, name: str, levels: int) -> None:
     scale = next((t["scale"][drop:] for t in first if t.get("type") == "scale"), [1.0, 1.0])
     shift = next((t["translation"][drop:] for t in first if t.get("type") == "translation"),
                  [0.0, 0.0])
-    from .outputs._ownership import require_group
-
-    labels = require_group(group, "labels")
+    labels = group["labels"]  # created (and stamped) by the writer of labels/<name>
     writer.write_multiscales_metadata(
         labels[name], _datasets([str(k) for k in range(levels)], 0, scale, shift), fmt=fmt,
         axes=axes, name=name)

@@ -66,16 +66,16 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ._check import positive_int
-from .outputs._arrays import ArrayWriter, check_aligned, create_array
-from .outputs._ownership import require_group
-from .outputs._lifecycle import writing
-from .outputs._target import MARKER, describe_location
 from ._redact import secrets_of
 from .blend import mapped_zeros
 from .engine import BlockReader, _threads, _version, blend_graph
-from .outputs._manifest import _so
 from .errors import InvalidTypeError, InvalidValueError, LargeObjectWarning, ModelOutputError
 from .io import open_image
+from .outputs._arrays import ArrayWriter, check_aligned, create_array
+from .outputs._lifecycle import writing
+from .outputs._manifest import _so
+from .outputs._ownership import require_group
+from .outputs._target import MARKER, describe_location
 from .plan import TilePlan, fold_sources, plan_tiles
 from .scheduling import compute, open_client
 

@@ -34,8 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from .outputs._ownership import write_record
-from .outputs._target import check_output_files, check_output_folder
 from .errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -43,6 +41,8 @@ from .errors import (
     NotFoundError,
 )
 from .models import BUILTIN_MODELS, ModelSpec, Normalization
+from .outputs._ownership import write_record
+from .outputs._target import check_output_files, check_output_folder
 
 __all__ = [
     "BioimageioModel",
@@ -764,7 +764,7 @@ def _isbi_description(tmp: Path, halo: int, test_size: int):
     torch = _import_torch()
     from bioimageio.spec.model import v0_5
 
-    from . import __version__
+    from ._version import __version__
     from .unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, pretrained
 
     net = pretrained("cpu")

@@ -9,8 +9,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .outputs._target import check_output_files
 from .errors import ChunksegError, InvalidValueError
+from .outputs._target import check_output_files
 
 __all__ = ["main", "build_parser"]
 
@@ -311,7 +311,7 @@ def _normalization(args):
 
 
 def _cmd_ingest(args) -> int:
-    from .io import ingest
+    from ._ingest import ingest
 
     arr = ingest(args.source, args.store, chunks=args.chunk, overwrite=args.overwrite,
                  array_name=args.array_name, progress=True)
@@ -474,8 +474,8 @@ def _cmd_seams(args) -> int:
 def _cmd_info(args) -> int:
     import zarr
 
-    from .outputs._target import describe_location
     from .outputs._manifest import output_progress
+    from .outputs._target import describe_location
 
     try:
         done, total = output_progress(args.store)  # refuses a URL with a password first
@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.version:
-        from . import __version__
+        from ._version import __version__
 
         print(__version__)
         return 0

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
+from .errors import InvalidValueError, OutputExistsError
 from .outputs._arrays import ArrayWriter, create_array
 from .outputs._lifecycle import writing
 from .outputs._target import MARKER, check_output_target, describe_location
-from .errors import InvalidValueError, OutputExistsError
-from .io._ingest import _chunkseg_version
 
 __all__ = ["SECTION_SIZE", "build_mosaic", "load_test_sections", "run_demo"]
 
@@ -92,7 +92,7 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
             compressor=ZstdCodec(level=3), dimension_names=("y", "x", "c"), overwrite=True,
             attributes={"source": "ISBI 2012 test sections (Cardona et al. 2010), mosaic",
                         "layout": f"{rows} x {cols} sections, row-major",
-                        MARKER: _chunkseg_version(), "complete": False},
+                        MARKER: __version__, "complete": False},
         )
         writer = ArrayWriter(arr, describe_location(str(store)), "mosaic",
                              fix="Free space and run the demo again with --overwrite.")

@@ -42,6 +42,7 @@ from dask.highlevelgraph import HighLevelGraph
 from . import _ome, blend
 from ._check import positive_int
 from ._redact import redact_attrs, redact_text, redacting_warnings, secrets_of
+from ._version import __version__
 from .errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -634,8 +635,6 @@ def _validate_dtype(dtype) -> np.dtype:
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

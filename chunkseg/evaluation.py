@@ -26,8 +26,6 @@ import zarr
 
 from . import _ome
 from ._redact import secrets_of
-from .outputs._target import MARKER
-from .outputs._manifest import warn_if_incomplete
 from .errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -37,6 +35,8 @@ from .io import is_zarr_url_or_path, open_image
 from .io._files import _read_npy
 from .io._locations import _fspath, _is_url, _redact
 from .metrics import scores_from_confusion
+from .outputs._manifest import warn_if_incomplete
+from .outputs._target import MARKER
 from .scheduling import compute
 
 __all__ = ["evaluate", "confusion_matrix_dask", "parse_label_map", "parse_classes",

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from ._check import positive_int
-from .outputs._target import check_output_files
 from ._redact import redact_text
 from .errors import InvalidTypeError, InvalidValueError, ModelOutputError
+from .outputs._target import check_output_files
 from .plan import TilePlan, normalize_pair, plan_tiles
 from .windows import WINDOWS
 

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from .outputs._target import check_output_folder
 from .errors import InvalidTypeError, InvalidValueError, NotFoundError
+from .outputs._target import check_output_folder
 
 __all__ = ["TrainConfig", "TrainResult", "export_model", "train"]
 

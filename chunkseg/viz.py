@@ -374,8 +374,8 @@ class _Output:
         import zarr
 
         from . import _ome
-        from .outputs._target import describe_location
         from .errors import IncompleteOutputWarning, InvalidValueError
+        from .outputs._target import describe_location
         from .plan import plan_tiles
 
         self.where = describe_location(store)
@@ -1372,8 +1372,8 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     tiles (9 by default) and on the naive patches that meet it. Memory: the overview (at most
     ``max_side^2`` pixels) and a few full-resolution planes of the crop.
     """
-    from .outputs._target import check_output_files
     from .errors import InvalidTypeError, InvalidValueError
+    from .outputs._target import check_output_files
 
     if not isinstance(out_dir, str | os.PathLike):
         raise InvalidTypeError(f"`out_dir` must be a folder path. Got {type(out_dir).__name__}.")

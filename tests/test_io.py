@@ -14,13 +14,13 @@ import xarray as xr
 import zarr
 from zarr.storage import MemoryStore
 
+from chunkseg import _ingest
+from chunkseg._ingest import ingest
 from chunkseg.errors import ChunkAlignmentError, OutputExistsError
 from chunkseg.io import (
     _axes,
     _files,
-    _ingest,
     _locations,
-    ingest,
     is_zarr_url_or_path,
     open_image,
     store_has_data,

@@ -13,9 +13,9 @@ from reference import CountingStore, reference_halve
 from test_resume import FailsLate
 
 import chunkseg
-from chunkseg.outputs import _pyramid
 from chunkseg.cli import main
 from chunkseg.errors import InvalidTypeError, InvalidValueError
+from chunkseg.outputs import _pyramid
 from chunkseg.plan import plan_tiles
 
 ome_zarr = pytest.importorskip("ome_zarr")

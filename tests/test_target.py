@@ -10,10 +10,10 @@ import zarr
 from reference import conv_model
 
 import chunkseg
-from chunkseg.outputs._identity import overlaps
-from chunkseg.outputs._target import check_output_target
 from chunkseg.demo import build_mosaic
 from chunkseg.errors import OutputExistsError, OutputOverlapError
+from chunkseg.outputs._identity import overlaps
+from chunkseg.outputs._target import check_output_target
 
 MODEL = conv_model(np.ones((2, 1, 3, 3)) / 9)
 KW = dict(tile=32, overlap=8)

@@ -487,7 +487,7 @@ def acquire(location: str | os.PathLike, *, storage_options: Mapping[str, Any] |
         raise InvalidTypeError(f"`command` must be a str or None. Got a "
                                f"{type(command).__name__}. Pass the command line as one string.")
     place = _place(location, storage_options)
-    from .. import __version__
+    from .._version import __version__
 
     holder = Holder(
         host=socket.gethostname(),

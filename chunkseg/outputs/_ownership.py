@@ -32,7 +32,7 @@ RECORD = ".chunkseg-owned.json"
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 

@@ -19,9 +19,10 @@ from chunkseg.errors import (
     InvalidValueError,
 )
 
-from ._axes import DIMS
-from ._locations import _check_storage_options, _fspath
-from ._open import open_image
+from ._version import __version__
+from .io._axes import DIMS
+from .io._locations import _check_storage_options, _fspath
+from .io._open import open_image
 
 if TYPE_CHECKING:
     pass
@@ -48,12 +49,6 @@ def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
     if any(c < 1 for c in pair):
         raise InvalidValueError(f"`chunks` must be positive. Got {chunks!r}.")
     return int(pair[0]), int(pair[1])
-
-
-def _chunkseg_version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def ingest(
@@ -148,9 +143,9 @@ def ingest(
             "`store` must be a str or os.PathLike path, an fsspec URL or a zarr store. "
             f"Got {type(store).__name__}."
         )
-    from ..outputs._arrays import ArrayWriter, check_aligned, create_array
-    from ..outputs._lifecycle import writing
-    from ..outputs._target import MARKER, describe_location
+    from .outputs._arrays import ArrayWriter, check_aligned, create_array
+    from .outputs._lifecycle import writing
+    from .outputs._target import MARKER, describe_location
 
     with writing(target, source=source, overwrite=overwrite, storage_options=options,
                  what="chunkseg ingest") as out:
@@ -164,7 +159,7 @@ def ingest(
         array = create_array(
             out.store, shape=image.shape, chunks=zarr_chunks, dtype=image.dtype,
             compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)), dimension_names=DIMS,
-            attributes={"source": image.attrs["source"], MARKER: _chunkseg_version(),
+            attributes={"source": image.attrs["source"], MARKER: __version__,
                         "complete": False},
             storage_options=options if out.store is target else None, overwrite=overwrite)
         writer = ArrayWriter(array, describe_location(target), "image",
