@@ -487,5 +487,8 @@ def regions(
                                      "unit": unit, "pixel_size": list(scale) if scale else None
                                      }).encode()}
     pa_table = pa_table.replace_schema_metadata({**(pa_table.schema.metadata or {}), **meta})
-    pq.write_table(pa_table, path)
+    from .outputs._lifecycle import replacing
+
+    with replacing(path) as part:  # an earlier table stays whole until the new one is
+        pq.write_table(pa_table, part)
     return out

@@ -447,7 +447,9 @@ def _cmd_evaluate(args) -> int:
         scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
     print(format_report(result))
     if args.json_out is not None:
-        with open(args.json_out, "w") as f:
+        from .outputs._lifecycle import replacing
+
+        with replacing(args.json_out) as part, open(part, "w") as f:
             json.dump(to_json(result), f, indent=2)
         print(f"wrote {args.json_out}")
     return 0

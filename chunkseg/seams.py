@@ -37,6 +37,7 @@ import numpy as np
 from ._check import positive_int
 from ._redact import redact_text
 from .errors import InvalidTypeError, InvalidValueError, ModelOutputError
+from .outputs._lifecycle import replacing
 from .outputs._target import check_output_files
 from .plan import TilePlan, normalize_pair, plan_tiles
 from .windows import WINDOWS
@@ -695,7 +696,8 @@ def plot_seam_report(report: SeamReport, path: str | os.PathLike | None = None, 
     fig.suptitle(f"seam report: {h} x {w} px, tile {ty}x{tx}, overlap {oy}x{ox}, against the "
                  "whole-image forward pass", fontsize=11)
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        with replacing(path) as part:
+            fig.savefig(part, dpi=dpi)
     return fig
 
 
@@ -756,5 +758,6 @@ def save_seam_report(report: SeamReport, out_dir: str | os.PathLike = ".", *,
     plot_seam_report(report, paths["figure"], dpi=dpi)
     if "json" in paths:
         paths["json"].parent.mkdir(parents=True, exist_ok=True)
-        paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        with replacing(paths["json"]) as part:
+            part.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return paths

@@ -1373,6 +1373,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     ``max_side^2`` pixels) and a few full-resolution planes of the crop.
     """
     from .errors import InvalidTypeError, InvalidValueError
+    from .outputs._lifecycle import replacing
     from .outputs._target import check_output_files
 
     if not isinstance(out_dir, str | os.PathLike):
@@ -1410,6 +1411,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     written = {}
     for name in names:
         fig = makers[name]()
-        fig.savefig(paths[name], dpi=int(dpi))
+        with replacing(paths[name]) as part:  # an earlier figure stays until this one is whole
+            fig.savefig(part, dpi=int(dpi))
         written[name] = paths[name]
     return written

@@ -606,3 +606,21 @@ def test_an_unfinished_ingest_is_marked_and_refused_as_an_input(tmp_path):
                  "model_factories:numpy_conv3x3", "--no-progress"]) == 2
     chunkseg.ingest(_image(), str(out), chunks=50, overwrite=True)
     assert zarr.open_array(str(out), mode="r").attrs["complete"] is True
+
+
+def test_a_single_file_is_replaced_only_when_its_writer_succeeds(tmp_path):
+    from chunkseg.outputs._lifecycle import replacing
+
+    path = tmp_path / "report.json"
+    path.write_text("earlier")
+    with pytest.raises(RuntimeError, match="half"):
+        with replacing(path) as part:
+            part.write_text("half of a new")
+            raise RuntimeError("half-way")
+    assert path.read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    with replacing(path) as part:
+        assert part.suffix == ".json" and part.parent == tmp_path
+        part.write_text("new")
+    assert path.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

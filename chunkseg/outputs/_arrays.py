@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._redact import redact_text
 from ..errors import ChunkAlignmentError, OutputWriteError
 from ._ownership import stamp
 
@@ -183,6 +184,6 @@ class ArrayWriter:
                               for s in (region if isinstance(region, tuple) else (region,)))
             error = OutputWriteError(
                 f"writing {what + ' of ' if what else ''}{self.name!r} [{where}] to "
-                f"{self.location!r} failed: {err}. {self.fix}")
+                f"{self.location!r} failed: {redact_text(str(err))}. {self.fix}")
             error.errno = err.errno  # ENOSPC, EACCES... as the store said
             raise error from err

@@ -24,6 +24,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .._redact import is_url
@@ -32,7 +33,7 @@ from ._lease import acquire
 from ._ownership import MARKER, foreign_zarr_entries
 from ._target import check_output_target, describe_location
 
-__all__ = ["Target", "leased", "staging_path", "writing"]
+__all__ = ["Target", "leased", "replacing", "staging_path", "writing"]
 
 STAGING = ".{name}.chunkseg-new"
 RETIRED = ".{name}.chunkseg-old"
@@ -201,3 +202,31 @@ def leased(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 return func(*args, **kwargs)
         return run
     return wrap
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a single file beside its target and rename it into place on success.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to (re)write; its folder is created if absent. Check it first
+        (:func:`chunkseg.outputs._target.check_output_files`).
+
+    Yields
+    ------
+    pathlib.Path
+        The file to write: ``.<name>.chunkseg-new<suffix>`` beside ``path`` (the suffix kept,
+        for writers that choose the format by it). Renamed over ``path`` (``os.replace``,
+        atomic on one filesystem) when the ``with`` body succeeds; deleted when it fails, so
+        an earlier file at ``path`` is left as it was.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = final.with_name(f".{final.stem}.chunkseg-new{final.suffix}")
+    try:
+        yield part
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
