@@ -25,6 +25,7 @@ import functools
 import hashlib
 import math
 import os
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -39,8 +40,10 @@ from .errors import (
     InvalidValueError,
     MissingDependencyError,
     NotFoundError,
+    OutputExistsError,
 )
 from .models import BUILTIN_MODELS, ModelSpec, Normalization
+from .outputs._lifecycle import replacing, swap_folder
 from .outputs._ownership import write_record
 from .outputs._target import check_output_files, check_output_folder
 
@@ -719,44 +722,59 @@ def export_bioimageio(
         )
     out = Path(out)
     as_zip = out.suffix.lower() == ".zip"
-    _check_target(out, as_zip, overwrite)
+    earlier = _check_target(out, as_zip, overwrite)
     with tempfile.TemporaryDirectory(prefix="chunkseg-bioimageio-") as tmp, _quiet_spec():
         descr = _isbi_description(Path(tmp), halo, test_size)
         if as_zip:  # written (and validated by bioimageio.spec) beside, then moved in place
-            out.parent.mkdir(parents=True, exist_ok=True)
-            part = out.with_name(out.name + ".part.zip")
-            try:
+            with replacing(out) as part:
                 spec.save_bioimageio_package(descr, output_path=part)
-                os.replace(part, out)
-            finally:
-                part.unlink(missing_ok=True)
-            written = out
-        else:
-            folder = Path(spec.save_bioimageio_package_as_folder(descr, output_path=out))
+            return out
+        # replace only on success: an earlier package stays whole until the new one is; the
+        # new one is written into a folder this call creates beside it (removed on failure)
+        target = Path(tempfile.mkdtemp(prefix=f".{out.name}.chunkseg-new-",
+                                       dir=_parent(out))) if earlier else out
+        try:
+            folder = Path(spec.save_bioimageio_package_as_folder(descr, output_path=target))
             # the ownership record: what a later overwrite may replace, and nothing else
             write_record(folder, [p for p in folder.rglob("*") if p.is_file()],
                          "a bioimage.io package")
-            written = next(folder / n for n in YAML_NAMES if (folder / n).is_file())
-            check = spec.load_description(written, perform_io_checks=True)
+            name = next(n for n in YAML_NAMES if (folder / n).is_file())
+            check = spec.load_description(folder / name, perform_io_checks=True)
             if isinstance(check, spec.InvalidDescr):  # pragma: no cover - a bug here
-                _raise_invalid(str(written), check)
-    return written
+                _raise_invalid(str(folder / name), check)
+            if earlier:
+                swap_folder(folder, out, _is_package)
+        finally:
+            if earlier and target.exists():
+                shutil.rmtree(target)
+    return out / name
 
 
-def _check_target(out: Path, as_zip: bool, overwrite: bool) -> None:
+def _parent(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path.parent)
+
+
+def _is_package(path: str) -> bool:
+    """A folder holding only the files its package record lists (safe to delete)."""
+    try:
+        check_output_folder(path, markers=YAML_NAMES, what="a bioimage.io package",
+                            overwrite=True)
+    except OutputExistsError:
+        return False
+    return True
+
+
+def _check_target(out: Path, as_zip: bool, overwrite: bool) -> bool:
     """The one output check (:func:`chunkseg.outputs._target.check_output_files` for a .zip,
-    :func:`~chunkseg.outputs._target.check_output_folder` for a folder); clears a folder package
-    written before when ``overwrite``."""
+    :func:`~chunkseg.outputs._target.check_output_folder` for a folder). Returns whether a
+    folder package written before is there (to be replaced, once the new one is whole)."""
     if as_zip:
         check_output_files([out], overwrite=overwrite)
-        return
-    for entry in check_output_folder(out, markers=YAML_NAMES, what="a bioimage.io package",
-                                     overwrite=overwrite, hint="pass overwrite=True to "
-                                     "replace a package written before"):
-        entry.unlink()  # a file the package's ownership record lists
-    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True):
-        if not any(folder.iterdir()):
-            folder.rmdir()
+        return False
+    return bool(check_output_folder(out, markers=YAML_NAMES, what="a bioimage.io package",
+                                    overwrite=overwrite, hint="pass overwrite=True to "
+                                    "replace a package written before"))
 
 
 def _isbi_description(tmp: Path, halo: int, test_size: int):

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -35,7 +36,9 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from .errors import InvalidTypeError, InvalidValueError, NotFoundError
+from .errors import InvalidTypeError, InvalidValueError, NotFoundError, OutputExistsError
+from .outputs._lease import acquire
+from .outputs._lifecycle import staging_path, swap_folder
 from .outputs._target import check_output_folder
 
 __all__ = ["TrainConfig", "TrainResult", "export_model", "train"]
@@ -641,20 +644,40 @@ def _write_log(history: list, out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(history, indent=1))
 
 
+def _is_run(path: str) -> bool:
+    """A folder holding only what a training run writes (safe to delete)."""
+    try:
+        check_output_folder(path, markers=(MARKER_FILE,), what="a chunkseg training run",
+                            overwrite=True, owned=RUN_FILES + ("checkpoint.tmp",))
+    except OutputExistsError:
+        return False
+    return True
+
+
 def _prepare_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """The folder the run writes in: ``cfg.out``, or, when ``overwrite`` replaces an earlier
+    run, its staging folder beside it (swapped in by :func:`train` once the run is done)."""
     out = Path(cfg.out)
+    staging = Path(staging_path(out))
     if resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise NotFoundError(
-                f"`resume` needs {str(out / 'checkpoint.pt')!r}, which does not exist. Start "
-                "the run without --resume.")
-        return out
-    stale = check_output_folder(
+        for where in (staging, out):  # an interrupted replacement first
+            if (where / "checkpoint.pt").is_file():
+                return where
+        raise NotFoundError(
+            f"`resume` needs {str(out / 'checkpoint.pt')!r}, which does not exist. Start "
+            "the run without --resume.")
+    earlier = check_output_folder(
         out, markers=(MARKER_FILE,), what="a chunkseg training run", overwrite=overwrite,
         owned=RUN_FILES + ("checkpoint.tmp",),
         hint="pass --resume to continue it or --overwrite to replace it")
-    for entry in stale:
-        entry.unlink()
+    if earlier:  # replace only on success: the earlier run stays whole until this one is done
+        if staging.exists():
+            if not _is_run(str(staging)):
+                raise OutputExistsError(
+                    f"The staging folder {str(staging)!r} holds files chunkseg did not write; "
+                    "chunkseg does not delete it. Move it away and run again.")
+            shutil.rmtree(staging)
+        out = staging
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -750,119 +773,126 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         raise InvalidValueError(
             f"`batch_size` must be at most the patches per epoch ({len(data)}). Got "
             f"{cfg.batch_size}; lower it or raise `samples`.")
-    out = _prepare_out(cfg, resume, overwrite)  # every check above: nothing written before
-    optimizer = _optimizer(cfg, model)
-    schedule = _schedule(cfg, optimizer, cfg.epochs * per_epoch)
-    average = _averaged(cfg, model)
-    history: list[dict] = []
-    best: dict = {}
-    start_epoch = 1
-    mode = MONITORS.get(cfg.monitor, "max")
-    if resume:
-        state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-        old, new = _with_defaults(state["config"]), cfg.to_dict()
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise InvalidValueError(
-                f"`resume` needs the config of the interrupted run; these settings differ: "
-                f"{diff}. Restore them, or start a new run with --overwrite.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if average is not None:
-            average.load_state_dict(state["ema"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        torch.set_rng_state(state["torch_rng"])
-        log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
-    else:
-        (out / MARKER_FILE).write_text(json.dumps({"config": cfg.to_dict(), "status": "running"},
-                                                  indent=1))
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
-        num_workers=cfg.workers, persistent_workers=False)
-    fmt = torch.channels_last  # faster convolutions on the CPU
-    model = model.to(memory_format=fmt)
-    if average is not None:
-        average = average.to(memory_format=fmt)
-    stale = 0 if not history else _stale(history, best, cfg)
-    t0 = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        data.set_epoch(epoch)
-        model.train()
-        losses, terms = [], {}
-        bar = tqdm(loader, total=per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        tick = time.perf_counter()
-        for x, y in bar:
-            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-            loss = loss_fn(model(x), y.to(device, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    final = Path(cfg.out)
+    # one writer per run folder: a second train (or --resume) on it is refused
+    with acquire(final, command="chunkseg train"):
+        out = _prepare_out(cfg, resume, overwrite)  # every check above: nothing written before
+        optimizer = _optimizer(cfg, model)
+        schedule = _schedule(cfg, optimizer, cfg.epochs * per_epoch)
+        average = _averaged(cfg, model)
+        history: list[dict] = []
+        best: dict = {}
+        start_epoch = 1
+        mode = MONITORS.get(cfg.monitor, "max")
+        if resume:
+            state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+            old, new = _with_defaults(state["config"]), cfg.to_dict()
+            if old != new:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise InvalidValueError(
+                    f"`resume` needs the config of the interrupted run; these settings differ: "
+                    f"{diff}. Restore them, or start a new run with --overwrite.")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
             if average is not None:
-                average.update_parameters(model)
-            losses.append(float(loss.detach()))
-            for k, v in loss_fn.last.items():
-                terms.setdefault(k, []).append(v)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        row = {"epoch": epoch, "iterations": epoch * per_epoch,
-               "train_loss": float(np.mean(losses)),
-               **{f"train_{k}": float(np.mean(v)) for k, v in terms.items()},
-               "lr": float(schedule.get_last_lr()[0]),
-               "train_s": round(time.perf_counter() - tick, 2)}
-        if cfg.val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-            tick = time.perf_counter()
-            net = model if average is None else average.module
-            net.eval()
-            threads = torch.get_num_threads()  # predict's tasks set their own
-            scores = _evaluate_pairs(cfg, net, normalization)
-            torch.set_num_threads(threads)
-            row.update({f"val_{k}": v for k, v in scores.items()})
-            row["val_s"] = round(time.perf_counter() - tick, 2)
-            value = scores[cfg.monitor]
-            if _better(value, best.get(f"val_{cfg.monitor}"), mode):
-                best = dict(row)
-                torch.save(_cpu(net.state_dict()), out / "best.pt")
-                stale = 0
-            else:
-                stale += 1
-        history.append(row)
-        state = {"model": _cpu(model.state_dict()), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
-                 "best": best, "config": cfg.to_dict(), "torch_rng": torch.get_rng_state()}
+                average.load_state_dict(state["ema"])
+            history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+            torch.set_rng_state(state["torch_rng"])
+            log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
+        else:
+            (out / MARKER_FILE).write_text(json.dumps({"config": cfg.to_dict(), "status": "running"},
+                                                      indent=1))
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
+            num_workers=cfg.workers, persistent_workers=False)
+        fmt = torch.channels_last  # faster convolutions on the CPU
+        model = model.to(memory_format=fmt)
         if average is not None:
-            state["ema"] = _cpu(average.state_dict())
-        torch.save(state, out / "checkpoint.tmp")
-        os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
-        _write_log(history, out)
-        shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()
-                 if k in ("train_loss", f"val_{cfg.monitor}", "lr")}
-        log(f"epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v}" for k, v in shown.items())
-            + f" ({time.perf_counter() - t0:.0f} s)")
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-        if cfg.patience and stale >= cfg.patience:
-            log(f"early stop: no better val_{cfg.monitor} for {stale} validations")
-            break
-    if average is not None:
-        model = average.module  # the averaged network is the result
-    if best:
-        model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
-    model = model.cpu().eval()
-    torch.save(model.state_dict(), out / "model.pt")
-    files = {"state_dict": out / "model.pt", "checkpoint": out / "checkpoint.pt"}
-    files.update(export_model(model, normalization, out, in_channels=channels, tile=cfg.tile,
-                              kinds=cfg.export))
-    files["loss_curve"] = _loss_curve(history, out, cfg.monitor)
-    record = {"config": cfg.to_dict(), "status": "done", "epochs_run": len(history),
-              "best": best, "last": history[-1] if history else {},
-              "normalization": {"scale": normalization.scale, "mean": list(normalization.mean),
-                                "std": list(normalization.std)},
-              "parameters": count_parameters(model), "patches_per_epoch": len(data),
-              "iterations_per_epoch": per_epoch, "environment": _environment(),
-              "files": {k: p.name for k, p in files.items()}}
-    (out / MARKER_FILE).write_text(json.dumps(record, indent=1))
+            average = average.to(memory_format=fmt)
+        stale = 0 if not history else _stale(history, best, cfg)
+        t0 = time.perf_counter()
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            data.set_epoch(epoch)
+            model.train()
+            losses, terms = [], {}
+            bar = tqdm(loader, total=per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
+                       disable=not progress, leave=False)
+            tick = time.perf_counter()
+            for x, y in bar:
+                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                loss = loss_fn(model(x), y.to(device, non_blocking=True))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                if average is not None:
+                    average.update_parameters(model)
+                losses.append(float(loss.detach()))
+                for k, v in loss_fn.last.items():
+                    terms.setdefault(k, []).append(v)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            row = {"epoch": epoch, "iterations": epoch * per_epoch,
+                   "train_loss": float(np.mean(losses)),
+                   **{f"train_{k}": float(np.mean(v)) for k, v in terms.items()},
+                   "lr": float(schedule.get_last_lr()[0]),
+                   "train_s": round(time.perf_counter() - tick, 2)}
+            if cfg.val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                tick = time.perf_counter()
+                net = model if average is None else average.module
+                net.eval()
+                threads = torch.get_num_threads()  # predict's tasks set their own
+                scores = _evaluate_pairs(cfg, net, normalization)
+                torch.set_num_threads(threads)
+                row.update({f"val_{k}": v for k, v in scores.items()})
+                row["val_s"] = round(time.perf_counter() - tick, 2)
+                value = scores[cfg.monitor]
+                if _better(value, best.get(f"val_{cfg.monitor}"), mode):
+                    best = dict(row)
+                    torch.save(_cpu(net.state_dict()), out / "best.pt")
+                    stale = 0
+                else:
+                    stale += 1
+            history.append(row)
+            state = {"model": _cpu(model.state_dict()), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
+                     "best": best, "config": cfg.to_dict(), "torch_rng": torch.get_rng_state()}
+            if average is not None:
+                state["ema"] = _cpu(average.state_dict())
+            torch.save(state, out / "checkpoint.tmp")
+            os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
+            _write_log(history, out)
+            shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()
+                     if k in ("train_loss", f"val_{cfg.monitor}", "lr")}
+            log(f"epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v}" for k, v in shown.items())
+                + f" ({time.perf_counter() - t0:.0f} s)")
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+            if cfg.patience and stale >= cfg.patience:
+                log(f"early stop: no better val_{cfg.monitor} for {stale} validations")
+                break
+        if average is not None:
+            model = average.module  # the averaged network is the result
+        if best:
+            model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+        model = model.cpu().eval()
+        torch.save(model.state_dict(), out / "model.pt")
+        files = {"state_dict": out / "model.pt", "checkpoint": out / "checkpoint.pt"}
+        files.update(export_model(model, normalization, out, in_channels=channels, tile=cfg.tile,
+                                  kinds=cfg.export))
+        files["loss_curve"] = _loss_curve(history, out, cfg.monitor)
+        record = {"config": cfg.to_dict(), "status": "done", "epochs_run": len(history),
+                  "best": best, "last": history[-1] if history else {},
+                  "normalization": {"scale": normalization.scale, "mean": list(normalization.mean),
+                                    "std": list(normalization.std)},
+                  "parameters": count_parameters(model), "patches_per_epoch": len(data),
+                  "iterations_per_epoch": per_epoch, "environment": _environment(),
+                  "files": {k: p.name for k, p in files.items()}}
+        (out / MARKER_FILE).write_text(json.dumps(record, indent=1))
+        if out != final:  # a replacement: swapped in now that it is whole
+            swap_folder(out, final, _is_run)
+            files = {k: final / p.name for k, p in files.items()}
+            out = final
     return TrainResult(model=model, history=history, best=best, out=out, files=files)
 
 

@@ -380,6 +380,24 @@ def test_overwrite_replaces_only_the_files_the_package_records(tmp_path):
     mine.unlink()
     mine.parent.rmdir()
     assert export_bioimageio(out, overwrite=True) == rdf
+    # replace only on success: a replacement that fails leaves the earlier package as it was
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*")
+              if p.is_file()}
+    import chunkseg.bioimageio as bio
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    real, bio.write_record = bio.write_record, broken
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            export_bioimageio(out, overwrite=True)
+    finally:
+        bio.write_record = real
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*")
+            if p.is_file()} == digest
+    assert export_bioimageio(out, overwrite=True) == rdf  # clears the failed staging folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
     # a folder with an rdf.yaml but no record (not written by chunkseg) is never emptied
     other = tmp_path / "theirs"
     other.mkdir()

@@ -355,3 +355,34 @@ def test_training_on_a_gpu_saves_weights_that_run_on_the_cpu(tmp_path):
     got = chunkseg.predict(image, str(tmp_path / "run" / "model.ts"), tile=48, overlap=16,
                            outputs="labels").labels.values
     assert got.shape == image.shape
+
+
+def test_a_failed_overwrite_leaves_the_earlier_run_whole_and_resume_swaps_it_in(tmp_path):
+    """Replace only on success: the new run is built beside the old one."""
+    import hashlib
+
+    cfg = _config(tmp_path, epochs=2, export=[])
+    train(cfg, progress=False)
+    run = tmp_path / "run"
+
+    def digest():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
+
+    before = digest()
+
+    def stop(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt  # a run killed part-way
+
+    changed = dict(cfg, lr=5e-3)
+    with pytest.raises(KeyboardInterrupt):
+        train(changed, progress=False, overwrite=True, on_epoch_end=stop)
+    assert digest() == before  # the earlier run, byte for byte
+    staging = tmp_path / ".run.chunkseg-new"
+    assert (staging / "checkpoint.pt").is_file()
+    assert not (tmp_path / ".run.chunkseg-lease").exists()  # released on the way out
+    result = train(changed, progress=False, resume=True)
+    assert result.out == run and not staging.exists()
+    assert json.loads((run / "train.json").read_text())["config"]["lr"] == 5e-3
+    assert all(p.parent == run and p.is_file() for p in result.files.values())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == []

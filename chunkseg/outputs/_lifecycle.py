@@ -33,7 +33,7 @@ from ._lease import acquire
 from ._ownership import MARKER, foreign_zarr_entries
 from ._target import check_output_target, describe_location
 
-__all__ = ["Target", "leased", "replacing", "staging_path", "writing"]
+__all__ = ["Target", "leased", "replacing", "staging_path", "swap_folder", "writing"]
 
 STAGING = ".{name}.chunkseg-new"
 RETIRED = ".{name}.chunkseg-old"
@@ -90,11 +90,11 @@ def _ours(path: str) -> bool:
     return MARKER in node.attrs and not foreign_zarr_entries(path)
 
 
-def _clear(path: str, what: str) -> None:
+def _clear(path: str, what: str, ours: Callable[[str], bool] | None = None) -> None:
     """Delete a leftover staging or retired folder, only if it is chunkseg's alone."""
     if not os.path.lexists(path):
         return
-    if not _ours(path):
+    if not (ours or _ours)(path):
         raise OutputExistsError(
             f"{what} {describe_location(path)!r} holds data chunkseg did not write; chunkseg "
             "does not delete it. Move it away and run again.")
@@ -166,11 +166,14 @@ def writing(store: Any, *, source: Any = None, overwrite: bool = False, resume: 
             _swap(staging, local)
 
 
-def _swap(staging: str, final: str) -> None:
-    """Rename ``staging`` over ``final``; the earlier output is deleted only after."""
+def _swap(staging: str, final: str, ours: Callable[[str], bool] | None = None) -> None:
+    """Rename ``staging`` over ``final``; the earlier output is deleted only after.
+
+    ``ours`` tells whether a leftover retired folder (a crash between the two renames of an
+    earlier swap) is chunkseg's to delete; default: a Zarr store chunkseg wrote, alone."""
     head, name = os.path.split(final.rstrip(os.sep))
     retired = os.path.join(head, RETIRED.format(name=name))
-    _clear(retired, "The earlier output's folder")
+    _clear(retired, "The earlier output's folder", ours)
     if os.path.lexists(final):
         os.rename(final, retired)
     os.rename(staging, final)
@@ -230,3 +233,19 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(part, final)
     finally:
         part.unlink(missing_ok=True)
+
+
+def swap_folder(staging: str | os.PathLike, final: str | os.PathLike,
+                ours: Callable[[str], bool]) -> None:
+    """Rename a folder output built in ``staging`` (see :func:`staging_path`) over ``final``.
+
+    Parameters
+    ----------
+    staging, final : str or os.PathLike
+        The complete new output, and the earlier one (checked as chunkseg's by the writer
+        before it started: :func:`chunkseg.outputs._target.check_output_folder`).
+    ours : callable
+        ``ours(path) -> bool``: whether a leftover retired folder of a crashed earlier swap is
+        chunkseg's to delete (else the swap is refused and nothing is deleted).
+    """
+    _swap(os.fspath(staging), os.path.abspath(os.fspath(final)), ours)
