@@ -30,6 +30,7 @@ from .errors import (
     OutputOverlapError,
     OutputWriteError,
     RunInterruptedError,
+    SchedulerError,
 )
 from .evaluation import evaluate
 from .io import open_image
@@ -86,6 +87,7 @@ __all__ = [
     "OutputOverlapError",
     "ChunkAlignmentError",
     "RunInterruptedError",
+    "SchedulerError",
     "IncompleteOutputWarning",
     "LargeObjectWarning",
     "Float16OverflowWarning",

@@ -643,10 +643,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if catch else None
     try:
         return handler(args)
-    except (ChunksegError, OSError) as e:
-        # chunkseg's own errors (bad input, model output, output targets, interrupted runs)
-        # and the machine's (a file that cannot be read, a scheduler that cannot be reached)
-        # are one line; anything else is a bug and keeps its traceback.
+    except ChunksegError as e:
+        # chunkseg's own errors are one line: bad input, model output, output targets,
+        # interrupted runs, and the machine's failures chunkseg names where they happen (a
+        # store that cannot be read or written, a scheduler that cannot be reached). Anything
+        # else, an OSError from deep inside a library included, is a bug: its traceback shows.
         print(f"chunkseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Terminated)

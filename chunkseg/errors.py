@@ -25,6 +25,7 @@ __all__ = [
     "LargeObjectWarning",
     "Float16OverflowWarning",
     "RunInterruptedError",
+    "SchedulerError",
 ]
 
 
@@ -90,6 +91,11 @@ class OutputOverlapError(ChunksegError, ValueError):
 
 class ChunkAlignmentError(ChunksegError, ValueError):
     """A write task would not own whole Zarr chunks (the write would be a read-modify-write)."""
+
+
+class SchedulerError(ChunksegError, OSError):
+    """The dask.distributed scheduler named by ``scheduler`` could not be reached; nothing was
+    written."""
 
 
 class RunInterruptedError(ChunksegError, RuntimeError):

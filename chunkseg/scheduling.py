@@ -10,8 +10,8 @@ from typing import Any
 
 import dask
 
-from ._redact import redacting_warnings
-from .errors import InvalidValueError
+from ._redact import redact_text, redacting_warnings
+from .errors import InvalidValueError, SchedulerError
 
 __all__ = ["compute", "open_client", "LOCAL_SCHEDULERS"]
 
@@ -65,7 +65,16 @@ def open_client(scheduler: Any = None, workers: int | None = None) -> Iterator[A
             )
         from distributed import Client
 
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except OSError as err:  # nobody listens there, or it timed out
+            raise SchedulerError(
+                f"`scheduler` must be the address of a running dask scheduler. Got "
+                f"{redact_text(scheduler)!r}, which could not be reached "
+                f"({redact_text(' '.join(str(err).split()))}). Start one (`dask scheduler`), "
+                "check the address, or drop --scheduler to run here; nothing was written."
+            ) from None
+        with client:
             yield client
         return
     yield scheduler  # a distributed.Client

@@ -20,7 +20,13 @@ import xarray as xr
 
 from .. import _ome
 from .._redact import redact_text, secrets_of
-from ..errors import IncompleteOutputWarning, InvalidValueError, NotAnOutputError
+from ..errors import (
+    ChunksegError,
+    IncompleteOutputWarning,
+    InputReadError,
+    InvalidValueError,
+    NotAnOutputError,
+)
 from ._ownership import MARKER
 from ._target import describe_location
 
@@ -222,10 +228,18 @@ def open_output_group(store: Any, *, storage_options: dict | None = None, mode: 
         attrs = group.attrs.asdict()
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
         # TypeError: zarr's reading of a zarr.json whose fields have the wrong types
+        if isinstance(err, ChunksegError):
+            raise
         raise NotAnOutputError(
-            f"`store` must be a chunkseg output (a Zarr group written by chunkseg predict). Got "
-            f"{describe_location(store)!r}, where none could be read ({type(err).__name__}). "
-            "Check the path, or run chunkseg predict to write it.") from None
+            f"`store` must be a chunkseg output (a Zarr group written by chunkseg predict, with "
+            f"the metadata chunkseg wrote). Got {describe_location(store)!r}, where none could "
+            f"be read, or whose metadata (zarr.json) was changed ({type(err).__name__}). Check "
+            "the path, or run chunkseg predict (with --overwrite) to write it again.") from None
+    except OSError as err:  # the store did not answer (a connection refused, no permission)
+        raise InputReadError(
+            f"`store` {describe_location(store)!r} could not be read: "
+            f"{redact_text(str(err), secrets_of(storage_options))}. Check that the store is "
+            "reachable and the credentials allow reading it.") from None
     if MARKER not in attrs:
         raise NotAnOutputError(
             f"`store` must be a chunkseg output. Got {describe_location(store)!r}, a Zarr group "
@@ -310,13 +324,20 @@ def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple
 
     Raises
     ------
-    FileNotFoundError, KeyError
-        If ``store`` holds no Zarr group, or a group without the manifest.
+    chunkseg.errors.NotAnOutputError
+        If ``store`` holds no chunkseg output, or one without the manifest (a
+        ``FileNotFoundError`` and a ``ValueError``).
+    chunkseg.errors.InputReadError
+        If the store cannot be read (a connection refused, no permission).
     """
-    import zarr
 
-    group = zarr.open_group(store, mode="r", storage_options=_so(store, storage_options))
-    done = group[MANIFEST]["done"][...]
+    group = open_output_group(store, storage_options=storage_options)
+    try:
+        done = group[MANIFEST]["done"][...]
+    except KeyError:
+        raise NotAnOutputError(
+            f"`store` {describe_location(store)!r} is a chunkseg output without a completion "
+            "manifest ('chunkseg/done'): not one written by predict_to_zarr.") from None
     return int((done == 1).sum()), int(done.size)
 
 
