@@ -624,3 +624,29 @@ def test_a_single_file_is_replaced_only_when_its_writer_succeeds(tmp_path):
         part.write_text("new")
     assert path.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_one_clear_error(tmp_path):
+    from chunkseg.errors import OutputWriteError
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OutputWriteError, match="cannot be written here"):
+            chunkseg.predict_to_zarr(_image(), numpy_conv3x3(), str(folder / "seg.zarr"), **KW)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_file_where_the_folder_should_be_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = chunkseg.predict_to_zarr(_image(), numpy_conv3x3(), str(tmp_path / "seg.zarr"),
+                                   outputs="labels", **KW)
+    del out
+    chunkseg.instances(str(tmp_path / "seg.zarr"), cls=1)
+    assert main(["regions", str(tmp_path / "seg.zarr"), str(tmp_path / "file" / "t.parquet")]) == 2
+    assert "failed" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "seg.zarr" / "labels"), str(tmp_path / "file" / "o.zarr"),
+                 "--model", "model_factories:numpy_conv3x3", "--no-progress"]) == 2

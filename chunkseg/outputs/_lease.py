@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .._redact import is_url, redact_location
-from ..errors import InvalidTypeError, InvalidValueError, OutputLockedError
+from ..errors import InvalidTypeError, InvalidValueError, OutputLockedError, OutputWriteError
 
 __all__ = ["LEASE_SUFFIX", "Holder", "Lease", "acquire", "break_lease", "lease_location",
            "read_holder"]
@@ -498,10 +498,17 @@ def acquire(location: str | os.PathLike, *, storage_options: Mapping[str, Any] |
         command=command,
     )
     data = holder.to_bytes()
-    if place.fs is None:
-        os.makedirs(os.path.dirname(place.path), exist_ok=True)
     for _ in range(_ATTEMPTS):
-        if place.create(data):
+        try:
+            if place.fs is None:
+                os.makedirs(os.path.dirname(place.path), exist_ok=True)
+            created = place.create(data)
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+            raise OutputWriteError(
+                f"Output {place.output} cannot be written here: its lease {place.shown} could "
+                f"not be created ({type(err).__name__}: {err.strerror or err}). Choose a "
+                "folder you can write to; nothing was written.") from None
+        if created:
             return Lease(place, holder)
         raw, record = place.holder()
         if raw is None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._redact import is_url
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, OutputWriteError
 from ._lease import acquire
 from ._ownership import MARKER, foreign_zarr_entries
 from ._target import check_output_target, describe_location
@@ -224,15 +224,28 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         for writers that choose the format by it). Renamed over ``path`` (``os.replace``,
         atomic on one filesystem) when the ``with`` body succeeds; deleted when it fails, so
         an earlier file at ``path`` is left as it was.
+
+    Raises
+    ------
+    chunkseg.errors.OutputWriteError
+        If the folder cannot be written (no permission, a file where a folder should be).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(f".{final.stem}.chunkseg-new{final.suffix}")
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         yield part
         os.replace(part, final)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError,
+            FileExistsError) as err:
+        # the machine's answer, named: a folder that cannot be written
+        raise OutputWriteError(
+            f"writing {describe_location(final)!r} failed ({type(err).__name__}: "
+            f"{err.strerror or err}); an earlier file there is unchanged. Choose a folder you "
+            "can write to.") from err
     finally:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing there, or no folder to hold it
+            part.unlink()
 
 
 def swap_folder(staging: str | os.PathLike, final: str | os.PathLike,
