@@ -10,7 +10,6 @@ of objects that chunks cut, and writes one Parquet table.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -234,7 +233,9 @@ def instances(
         if ome:
             _instance_levels(group, name, target, sched, progress, describe_location(store))
         target.attrs["complete"] = True
-    _consolidate(group)
+    from .outputs._manifest import consolidate
+
+    consolidate(group)
     import xarray as xr
 
     from .outputs._manifest import _so
@@ -271,13 +272,6 @@ def _axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
     n, rest = divmod(length, chunk)
     return (chunk,) * n + ((rest,) if rest else ())
 
-
-def _consolidate(group) -> None:
-    import zarr
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        zarr.consolidate_metadata(group.store)
 
 
 # --- the region table -------------------------------------------------------------------------

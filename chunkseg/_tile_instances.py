@@ -73,7 +73,7 @@ from .errors import InvalidTypeError, InvalidValueError, LargeObjectWarning, Mod
 from .io import open_image
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._lifecycle import writing
-from .outputs._manifest import _so
+from .outputs._manifest import _so, consolidate
 from .outputs._ownership import require_group
 from .outputs._target import MARKER, describe_location
 from .plan import TilePlan, fold_sources, plan_tiles
@@ -783,8 +783,5 @@ def predict_instances(
                 f"larger than the tiles' context (overlap {plan.overlap}) and may be split into "
                 "pieces or kept twice. Use a larger overlap (objects should be under about "
                 "overlap / 2 across) or a larger tile.", LargeObjectWarning, stacklevel=2)
-        with warnings.catch_warnings():
-            # consolidated metadata is not in the v3 spec yet; silence zarr's notice (as engine)
-            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-            zarr.consolidate_metadata(group.store)
+        consolidate(group)
     return xr.open_zarr(store, storage_options=out_so)["instances"]

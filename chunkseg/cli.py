@@ -474,25 +474,14 @@ def _cmd_seams(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    import zarr
-
-    from .outputs._manifest import output_progress
+    from .outputs._manifest import open_output_group, output_progress
     from .outputs._target import describe_location
 
-    try:
-        done, total = output_progress(args.store)  # refuses a URL with a password first
-        group = zarr.open_group(args.store, mode="r")
-        attrs = group.attrs.asdict()
-    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
-        # TypeError: zarr's reading of a zarr.json whose fields have the wrong types
-        if isinstance(err, ChunksegError):
-            raise
-        raise InvalidValueError(
-            f"`store` must be an output of chunkseg predict, with the metadata chunkseg wrote. "
-            f"Got {describe_location(args.store)!r}, which is not one or whose metadata "
-            f"(zarr.json) was changed ({type(err).__name__}: {_one_line(err)}). Run chunkseg "
-            "predict again with --overwrite if it was one."
-        ) from None
+    # one way to open an output: a store that is none, or whose metadata was changed, is a
+    # NotAnOutputError; an unreachable one an InputReadError (a URL with a password first)
+    done, total = output_progress(args.store)
+    group = open_output_group(args.store)
+    attrs = group.attrs.asdict()
     _check_info_attrs(attrs, describe_location(args.store))
     complete = group.attrs.get("complete") is True
     print(f"store      {describe_location(args.store)}")

@@ -27,7 +27,6 @@ import json
 import operator
 import os
 import uuid
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +68,7 @@ from .outputs._manifest import (
     _open,
     _reopen,
     _so,
+    consolidate,
     open_output,
     output_progress,
 )
@@ -1191,11 +1191,7 @@ def predict_to_zarr(
                 _write_levels(group, setup["outputs"], len(level_shapes), store,
                               scheduler if client is None else client, progress)
             group.attrs["complete"] = True  # last: the output is whole
-        with warnings.catch_warnings():
-            # consolidated metadata is not in the v3 spec yet, but zarr-python and xarray read it
-            # and xarray warns without it; silence zarr's notice about that.
-            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-            zarr.consolidate_metadata(group.store)
+        consolidate(group)
     return _open(store, _so(store, storage_options), consolidated=True)
 
 

@@ -650,3 +650,56 @@ def test_a_file_where_the_folder_should_be_is_one_clear_error(tmp_path, capsys):
     assert "failed" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "seg.zarr" / "labels"), str(tmp_path / "file" / "o.zarr"),
                  "--model", "model_factories:numpy_conv3x3", "--no-progress"]) == 2
+
+
+# --- every Zarr writer x every foreign entry --------------------------------------------------
+
+
+def _make(writer, out, overwrite=False):
+    if writer == "ingest":
+        chunkseg.ingest(_image(), str(out), chunks=50, overwrite=overwrite)
+    elif writer == "predict_instances":
+        chunkseg.predict_instances(_image(), threshold_instances(), str(out),
+                                   overwrite=overwrite, **KW)
+    elif writer == "demo mosaic":
+        from chunkseg.demo import build_mosaic
+
+        build_mosaic(str(out), rows=1, cols=1, overwrite=overwrite)
+    else:
+        chunkseg.predict_to_zarr(_image(), numpy_conv3x3(), str(out), overwrite=overwrite,
+                                 ome=writer.endswith("ome"), **KW)
+
+
+def _a_chunk_folder(out: Path) -> Path:
+    return next(p for p in sorted(out.rglob("c")) if p.is_dir())
+
+
+GENERIC_FOREIGN = {
+    "file at the root": lambda out: _put(out / "notes.txt"),
+    "file in a chunk folder": lambda out: _put(_a_chunk_folder(out) / "mine.txt"),
+    "file deep in chunks": lambda out: _put(_a_chunk_folder(out) / "0" / "x" / "y.txt"),
+    "file in a new subfolder": lambda out: _put(out / "mine" / "data.bin"),
+    "user Zarr array": _user_array,
+    "user Zarr group": lambda out: zarr.open_group(str(out / "theirs"), mode="w"),
+    "symlink": lambda out: (out / "link").symlink_to(out.parent),
+}
+
+
+@pytest.mark.filterwarnings("ignore::chunkseg.errors.LargeObjectWarning")
+@pytest.mark.parametrize("case", GENERIC_FOREIGN)
+@pytest.mark.parametrize("writer", ["predict_to_zarr", "predict_to_zarr ome", "ingest",
+                                    "predict_instances", "demo mosaic"])
+def test_every_zarr_writer_keeps_every_foreign_entry(tmp_path, writer, case):
+    if writer.endswith("ome"):
+        pytest.importorskip("ome_zarr")
+    out = tmp_path / "out.zarr"
+    _make(writer, out)
+    assert foreign_zarr_entries(str(out)) == []
+    _make(writer, out, overwrite=True)  # its own output: replaced
+    GENERIC_FOREIGN[case](out)
+    assert foreign_zarr_entries(str(out)), case
+    before = _hashes(out)
+    with pytest.raises(OutputExistsError, match="did not write"):
+        _make(writer, out, overwrite=True)
+    assert _hashes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]

@@ -33,7 +33,7 @@ from ._target import describe_location
 if TYPE_CHECKING:
     from ..plan import TilePlan
 
-__all__ = ["MANIFEST", "open_output", "open_output_group", "output_progress", "recorded_settings",
+__all__ = ["MANIFEST", "consolidate", "open_output", "open_output_group", "output_progress", "recorded_settings",
            "warn_if_incomplete"]
 
 
@@ -408,3 +408,23 @@ def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dic
     out["batch_size"] = attrs.get("batch_size")
     out["mask"] = fp.get("mask", "none") != "none"
     return {k: v for k, v in out.items() if v is not None}
+
+
+def consolidate(group: Any) -> None:
+    """Write the consolidated metadata of an output's hierarchy (one read opens it all).
+
+    The one place every writer consolidates (:func:`chunkseg.predict_to_zarr`,
+    :func:`chunkseg.predict_instances`, :func:`chunkseg.instances`). Consolidated metadata is
+    not in the Zarr v3 spec yet, but zarr-python and xarray read it (xarray warns without it);
+    zarr's notice about that is silenced here.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The output's root group.
+    """
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(group.store)
