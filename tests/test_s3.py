@@ -353,3 +353,27 @@ def test_access_refused_message_is_redacted():
     text = str(err)
     assert "'s3://bucket/img.zarr'" in text and "Access Denied" in text
     assert "someone" not in text and "tok3n" not in text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("alias", ["s3a://{b}/in.zarr", "s3://{b}//in.zarr", "s3://{b}/in.zarr/",
+                                   "s3://{b}/in.zarr/seg.zarr", "s3://{b}"])
+def test_an_s3_input_chunkseg_wrote_is_never_an_output_under_another_name(bucket, options,
+                                                                          alias):
+    """Issue 19: s3 and s3a, doubled and trailing slashes name one place; the input (an
+    ingest output, so chunkseg's own) survives --overwrite byte for byte."""
+    fs = s3fs.S3FileSystem(**options)
+    src = f"s3://{bucket}/in.zarr"
+    chunkseg.ingest(IMAGE, src, storage_options=options, chunks=64)
+    before = {k: fs.cat_file(k) for k in fs.find(src)}
+    out = alias.format(b=bucket)
+    for writer in (
+        lambda: chunkseg.predict_to_zarr(src, MODEL, out, storage_options=options,
+                                         overwrite=True, **PARAMS),
+        lambda: chunkseg.ingest(src, out, storage_options=options, source_storage_options=options,
+                                overwrite=True),
+    ):
+        with pytest.raises(chunkseg.OutputOverlapError):
+            writer()
+    fs.invalidate_cache()
+    assert {k: fs.cat_file(k) for k in fs.find(src)} == before
