@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 
@@ -10,29 +9,70 @@ import numpy as np
 import zarr
 
 
-def reference_blend(image, model, tile, overlap, window):
-    """Global sliding-window blend in memory, float64: one loop over the tiles.
+def reflect_coord(i, length):
+    """Image index of coordinate ``i`` under mirror padding about the edge pixel (the edge not
+    repeated, as ``numpy.pad(mode="reflect")``): walked mirror by mirror, no modular formula."""
+    if length == 1:
+        return 0
+    while not 0 <= i < length:
+        i = -i if i < 0 else 2 * (length - 1) - i
+    return i
 
-    image (H, W, C); tile/overlap ints; window (T, T) weights. Returns (K, H, W) float64 and the
-    (H, W) weight sum.
+
+def tile_origins_1d(length, tile, overlap):
+    """Start coordinates of the global grid's tiles along one axis, from README "How the
+    blending works": stride ``S = T - O``; tile ``k`` holds the stride cell ``[k*S, (k+1)*S)``
+    with ``O // 2`` pixels of context before it (the rest of the overlap after it), and there is
+    one tile for every stride cell that starts inside the image (``k*S < length``). No last tile
+    is moved flush with the image end: the image is mirror-padded instead."""
+    stride = tile - overlap
+    before = overlap // 2
+    origins = []
+    cell = 0
+    while cell < length:
+        origins.append(cell - before)
+        cell += stride
+    return origins
+
+
+def reference_blend(image, model, tile, overlap, window):
+    """Global sliding-window blend in memory, float64, from first principles.
+
+    Every tile of the global grid (:func:`tile_origins_1d` per axis) is cut out of the image with
+    mirrored coordinates (:func:`reflect_coord`, no padded copy of the image), run through
+    ``model`` alone, and its ``window``-weighted logits and the window are added onto the image
+    pixels the tile covers; the sum is divided by the summed weights. Nothing of ``chunkseg``
+    is used.
+
+    image (H, W, C); tile/overlap ints or (y, x) pairs; window (T_y, T_x) weights. Returns
+    (K, H, W) float64 and the (H, W) weight sum.
     """
     h, w, _ = image.shape
-    s, b = tile - overlap, overlap // 2
-    ny, nx = math.ceil(h / s), math.ceil(w / s)
-    pad = ((b, ny * s + overlap - b - h), (b, nx * s + overlap - b - w), (0, 0))
-    padded = np.pad(image, pad, mode="reflect")
-    acc = wsum = None
-    for ky in range(ny):
-        for kx in range(nx):
-            y0, x0 = ky * s, kx * s
-            t = padded[y0 : y0 + tile, x0 : x0 + tile].transpose(2, 0, 1)[None]
+    (ty, tx), (oy, ox) = (_pair(tile), _pair(overlap))
+    window = np.asarray(window, np.float64)
+    assert window.shape == (ty, tx)
+    acc = None
+    wsum = np.zeros((h, w))
+    for y0 in tile_origins_1d(h, ty, oy):
+        rows = np.array([reflect_coord(y, h) for y in range(y0, y0 + ty)])
+        inside_y = slice(max(0, -y0), min(ty, h - y0))  # tile rows that lie in the image
+        for x0 in tile_origins_1d(w, tx, ox):
+            cols = np.array([reflect_coord(x, w) for x in range(x0, x0 + tx)])
+            inside_x = slice(max(0, -x0), min(tx, w - x0))
+            t = image[rows[:, None], cols[None, :]].transpose(2, 0, 1)[None]
             out = np.asarray(model(t.astype(np.float32)), dtype=np.float64)[0]
+            assert out.shape[1:] == (ty, tx)
             if acc is None:
-                acc = np.zeros((out.shape[0],) + padded.shape[:2])
-                wsum = np.zeros(padded.shape[:2])
-            acc[:, y0 : y0 + tile, x0 : x0 + tile] += out * window
-            wsum[y0 : y0 + tile, x0 : x0 + tile] += window
-    return (acc / wsum)[:, b : b + h, b : b + w], wsum[b : b + h, b : b + w]
+                acc = np.zeros((out.shape[0], h, w))
+            iy = slice(y0 + inside_y.start, y0 + inside_y.stop)
+            ix = slice(x0 + inside_x.start, x0 + inside_x.stop)
+            acc[:, iy, ix] += (out * window)[:, inside_y, inside_x]
+            wsum[iy, ix] += window[inside_y, inside_x]
+    return acc / wsum, wsum
+
+
+def _pair(v):
+    return (int(v), int(v)) if np.ndim(v) == 0 else (int(v[0]), int(v[1]))
 
 
 def conv_model(weights, bias=None):
