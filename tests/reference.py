@@ -71,6 +71,32 @@ def reference_blend(image, model, tile, overlap, window):
     return acc / wsum, wsum
 
 
+def reference_window(name, tile, overlap):
+    """The (T_y, T_x) float64 blending window, from the definitions in
+    ``chunkseg.windows.window_1d``'s docstring, one axis at a time with that axis's own tile and
+    overlap (nothing of ``chunkseg`` used): the outer product of the y and x windows."""
+    def one_axis(size, ovl):
+        i = np.arange(size, dtype=np.float64)
+        if name == "uniform":
+            return np.ones(size)
+        if name == "linear":  # tent over the tile at pixel centres, peak scaled to 1
+            w = 1 - np.abs(2 * (i + 0.5) / size - 1)
+            return w / w.max()
+        if name == "gaussian":  # sigma = size / 8 about the tile centre, peak scaled to 1
+            w = np.exp(-0.5 * ((i - (size - 1) / 2) / (size / 8)) ** 2)
+            return w / w.max()
+        if name == "cosine":  # sin^2 ramps over min(overlap, size // 2) px at both ends
+            r = min(ovl, size // 2)
+            w = np.ones(size)
+            for j in range(r):
+                w[j] = w[size - 1 - j] = np.sin(np.pi / 2 * (j + 0.5) / r) ** 2
+            return w
+        raise ValueError(name)
+
+    (ty, tx), (oy, ox) = _pair(tile), _pair(overlap)
+    return np.outer(one_axis(ty, oy), one_axis(tx, ox))
+
+
 def _pair(v):
     return (int(v), int(v)) if np.ndim(v) == 0 else (int(v[0]), int(v[1]))
 

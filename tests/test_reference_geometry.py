@@ -14,7 +14,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from reference import conv_model, max_rel_diff, reference_blend, reflect_coord, tile_origins_1d
+from reference import (
+    conv_model,
+    max_rel_diff,
+    reference_blend,
+    reference_window,
+    reflect_coord,
+    tile_origins_1d,
+)
 
 import chunkseg
 from chunkseg.windows import get_window
@@ -87,7 +94,7 @@ def _torch_model(weights, bias, position, device="cpu"):
 
 
 def _expected(image, weights, bias, position, tile, overlap, window):
-    w = get_window(window, tile, overlap).astype(np.float64)
+    w = reference_window(window, tile, overlap)
     return reference_blend(image, _numpy_model(weights, bias, position), tile, overlap, w)[0]
 
 
@@ -99,6 +106,24 @@ def test_reference_reflect_equals_numpy_pad():
             expected = np.pad(np.arange(length), (before, after), mode="reflect")
             got = [reflect_coord(i, length) for i in range(-before, length + after)]
             np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["uniform", "linear", "gaussian", "cosine"])
+@pytest.mark.parametrize("tile, overlap", [(33, 9), ((33, 40), (7, 12)), ((45, 8), (15, 5))])
+def test_engine_window_equals_reference_window(name, tile, overlap):
+    np.testing.assert_allclose(get_window(name, tile, overlap), reference_window(name, tile,
+                                                                               overlap),
+                               rtol=1e-6, atol=0)
+
+
+def test_reference_window_by_hand():
+    # cosine ramps of min(overlap, size // 2) px: 2 px along y (overlap 2), 1 px along x
+    # (overlap 3, but size // 2 = 1); sin^2(pi/8) at the outer pixel of a 2 px ramp
+    s1, s3 = np.sin(np.pi / 8) ** 2, np.sin(3 * np.pi / 8) ** 2
+    y = [s1, s3, 1, s3, s1]
+    np.testing.assert_allclose(reference_window("cosine", (5, 3), (2, 3)),
+                               np.outer(y, [0.5, 1, 0.5]), rtol=1e-12)
+    np.testing.assert_allclose(reference_window("linear", (1, 4), 0)[0], [1 / 3, 1, 1, 1 / 3])
 
 
 def test_reference_tile_origins_by_hand():
