@@ -407,6 +407,7 @@ def test_bad_dimensionality(shape):
         chunkseg.predict(np.zeros(shape, np.float32), _conv(1, 2), tile=32, overlap=8)
 
 
+@pytest.mark.slow  # a LocalCluster: left out of the fast tier
 def test_distributed_local_cluster_equals_threads():
     image = _image((150, 140), 1)
     model = _conv(1, 2)

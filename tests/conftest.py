@@ -1,0 +1,26 @@
+"""The test tiers: ``pytest -m "not slow"`` runs the fast tier, plain ``pytest`` (CI) runs all.
+
+The fast tier is the engine's core, what a change of geometry, kernels or graph can break: the
+plan, windows, numpy and torch kernels, the engine against the in-memory reference, test-time
+augmentation, the seam report, sharding, the instance kernels and merges, the metrics and the
+pyramid (:data:`FAST_MODULES`). Every other module (the
+cluster, S3, SIGKILL, demo, training, outputs and lease process tests, models and I/O) is marked
+``slow`` here, in one place, as is any test of a fast module marked ``slow`` itself (a local
+cluster).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+FAST_MODULES = frozenset({
+    "test_plan", "test_windows", "test_blend", "test_engine", "test_torch_kernel",
+    "test_reference_geometry", "test_tta", "test_seams", "test_shards", "test_mask",
+    "test_instances", "test_tile_instances", "test_metrics", "test_ome",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is None or item.module.__name__.rpartition(".")[2] not in FAST_MODULES:
+            item.add_marker(pytest.mark.slow)
