@@ -39,7 +39,7 @@ class FailsLate:
     """The conv model; raises once ``limit`` batches have run (a fault late in the run)."""
 
     def __init__(self, limit):
-        self.calls, self.limit, self.lock = 0, limit, threading.Lock()
+        self.calls, self.tiles, self.limit, self.lock = 0, 0, limit, threading.Lock()
         self.model = numpy_conv3x3()
 
     def __call__(self, batch):
@@ -47,13 +47,78 @@ class FailsLate:
             self.calls += 1
             if self.calls > self.limit:
                 raise RuntimeError("model failed on a late tile")
+            self.tiles += len(batch)
         return self.model(batch)
 
 
-def _files(root):
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in Path(root).rglob("*")
-            if p.is_file() and "c" in p.relative_to(root).parts
-            and p.relative_to(root).parts[0] != "chunkseg"}
+def chunk_files(root) -> dict[str, tuple[int, int]]:
+    """Every chunk (or shard) object of an output's variables and of its manifest
+    (``chunkseg/done``): key -> (mtime_ns, inode); writing the object again changes them."""
+    root = Path(root)
+    out = {}
+    for p in root.rglob("*"):
+        parts = p.relative_to(root).parts
+        if p.is_file() and "c" in parts and (parts[0] in chunkseg.OUTPUTS
+                                             or parts[:2] == ("chunkseg", "done")):
+            st = p.stat()
+            out["/".join(parts)] = (st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def finished_chunks(root) -> set[tuple[int, int]]:
+    """The output chunks ``(jy, jx)`` its manifest marks as written."""
+    done = zarr.open_group(str(root), mode="r")["chunkseg/done"][...]
+    return {(int(jy), int(jx)) for jy, jx in np.argwhere(done == 1)}
+
+
+def _chunk_of(key: str) -> tuple[int, int]:
+    """The output chunk an object belongs to: its last two key parts (one object per output
+    chunk, or per shard, which is the output chunk, when sharded)."""
+    jy, jx = key.split("/")[-2:]
+    return int(jy), int(jx)
+
+
+def assert_resume_wrote_only_missing(root, before: dict, finished: set, plan) -> None:
+    """After a resume of the output at ``root``: the objects of the chunks ``finished`` before it
+    (``before`` = :func:`chunk_files` then) are the same files, untouched; every object of every
+    other chunk was written by the resume; nothing else is there."""
+    after = chunk_files(root)
+    grid = {(jy, jx) for jy in range(plan.chunk_grid[0]) for jx in range(plan.chunk_grid[1])}
+    assert finished and finished < grid  # the interruption left some, not all
+    assert {_chunk_of(k) for k in after} == grid
+    rewritten = sorted(k for k, stamp in after.items()
+                       if _chunk_of(k) in finished and before.get(k) != stamp)
+    assert not rewritten, f"finished before the resume, rewritten by it: {rewritten}"
+    kept = sorted(k for k, stamp in after.items()
+                  if _chunk_of(k) not in finished and before.get(k) == stamp)
+    assert not kept, f"missing before the resume, not written by it: {kept}"
+    for jy, jx in finished:  # each variable's object and the manifest's, all there before
+        assert sum(_chunk_of(k) == (jy, jx) for k in before) == \
+            sum(_chunk_of(k) == (jy, jx) for k in after)
+
+
+def tiles_to_resume(plan, finished: set) -> int:
+    """Tiles a resume must run: those of every block that feeds a chunk not ``finished``.
+
+    Block ``(iy, ix)`` is the tiles chunk ``(iy, ix)`` owns (``plan.owned_tiles``); it feeds the
+    chunks its extent (``plan.block_extents``), inside the image, overlaps. A block feeding
+    only finished chunks must not run again."""
+    owned, ext = plan.owned_tiles(), plan.block_extents()
+
+    def feeds(axis, i, j):
+        a, b = max(ext[axis][i][0], 0), min(ext[axis][i][1], plan.image_shape[axis])
+        c = plan.chunks[axis]
+        return a < min((j + 1) * c, plan.image_shape[axis]) and b > j * c
+
+    ny, nx = plan.chunk_grid
+    n = 0
+    for iy in range(ny):
+        for ix in range(nx):
+            tiles = (owned[0][iy][1] - owned[0][iy][0]) * (owned[1][ix][1] - owned[1][ix][0])
+            if tiles and any(feeds(0, iy, jy) and feeds(1, ix, jx) and (jy, jx) not in finished
+                             for jy in range(ny) for jx in range(nx)):
+                n += tiles
+    return n
 
 
 def test_interrupted_run_is_marked_and_resumes_bit_identical(tmp_path):
@@ -70,21 +135,19 @@ def test_interrupted_run_is_marked_and_resumes_bit_identical(tmp_path):
     assert 0 < done < total
     with pytest.warns(IncompleteOutputWarning, match=f"{done} of {total} chunks"):
         chunkseg.open_output(str(out))
-    before = _files(out)
+    finished, before = finished_chunks(out), chunk_files(out)
+    assert len(finished) == done
     counting = FailsLate(limit=10**9)
     resumed = chunkseg.predict_to_zarr(str(src), counting, str(out), resume=True, **KW)
     assert resumed.attrs["complete"] is True
     for name in ("logits", "probabilities", "labels"):
         np.testing.assert_array_equal(resumed[name].values, clean[name].values)
-    after = _files(out)
-    # the chunks finished before were neither recomputed nor rewritten
-    manifest = zarr.open_group(str(out))["chunkseg/done"][...]
-    assert manifest.all()
-    kept = [k for k, t in before.items() if after.get(k) == t]
-    assert len(kept) >= 3 * done
-    full = FailsLate(limit=10**9)
-    chunkseg.predict(image, full, **KW).logits.compute()
-    assert counting.calls < full.calls
+    assert zarr.open_group(str(out))["chunkseg/done"][...].all()
+    # the chunks finished before were neither rewritten nor recomputed; only the others were
+    plan = chunkseg.plan_tiles(image.shape, KW["tile"], KW["overlap"], KW["chunks"])
+    assert_resume_wrote_only_missing(out, before, finished, plan)
+    assert counting.tiles == tiles_to_resume(plan, finished) + 1  # + the probe of the 1st tile
+    assert tiles_to_resume(plan, finished) < plan.n_tiles
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         chunkseg.open_output(str(out))  # complete: no warning
