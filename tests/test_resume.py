@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+import model_factories
 import numpy as np
 import pytest
 import zarr
@@ -121,6 +123,34 @@ def tiles_to_resume(plan, finished: set) -> int:
     return n
 
 
+@contextlib.contextmanager
+def counting_tiles(factory: str):
+    """Within it, the model spec ``model_factories:<factory>`` loads in this process the same
+    model counting the tiles it runs; yields the count, a one-element list. ``load_model``'s
+    cache is cleared on entry and exit so that the spec loads the counting model, and only
+    here."""
+    original = getattr(model_factories, factory)
+    count, lock = [0], threading.Lock()
+
+    def counting():
+        model = original()
+
+        def run(batch):
+            with lock:
+                count[0] += len(batch)
+            return model(batch)
+
+        return run
+
+    chunkseg.load_model.cache_clear()
+    setattr(model_factories, factory, counting)
+    try:
+        yield count
+    finally:
+        setattr(model_factories, factory, original)
+        chunkseg.load_model.cache_clear()
+
+
 def test_interrupted_run_is_marked_and_resumes_bit_identical(tmp_path):
     image = _image()
     src = tmp_path / "in.zarr"
@@ -193,7 +223,14 @@ def test_cli_killed_part_way_then_resumed(tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     assert f"complete   no: {done} of {total}" in capsys.readouterr().out
     sys.path.insert(0, str(TESTS))
-    assert main(args[:2] + [str(out)] + args[2:] + ["--resume"]) == 0
+    finished, before = finished_chunks(out), chunk_files(out)
+    with counting_tiles("slow_conv3x3") as tiles:
+        assert main(args[:2] + [str(out)] + args[2:] + ["--resume"]) == 0
+    # the chunks finished before the kill were neither rewritten nor recomputed; only the
+    # others were (a chunk whose objects were partly written when killed is written again)
+    plan = chunkseg.plan_tiles(image.shape, 48, 16, 64)
+    assert_resume_wrote_only_missing(out, before, finished, plan)
+    assert tiles[0] == tiles_to_resume(plan, finished) + 1  # + the probe of the 1st tile
     assert main(args[:2] + [str(clean)] + args[2:]) == 0
     a, b = zarr.open_group(str(out)), zarr.open_group(str(clean))
     for name in ("logits", "labels"):
