@@ -83,10 +83,13 @@ def _chunk_of(key: str) -> tuple[int, int]:
 def assert_resume_wrote_only_missing(root, before: dict, finished: set, plan) -> None:
     """After a resume of the output at ``root``: the objects of the chunks ``finished`` before it
     (``before`` = :func:`chunk_files` then) are the same files, untouched; every object of every
-    other chunk was written by the resume; nothing else is there."""
+    other chunk was written by the resume; nothing else is there. Also checks that some block
+    of ``plan`` feeds only finished chunks, so that a resume running it again would show in
+    the tiles counted (the callers compare them with :func:`tiles_to_resume`)."""
     after = chunk_files(root)
     grid = {(jy, jx) for jy in range(plan.chunk_grid[0]) for jx in range(plan.chunk_grid[1])}
     assert finished and finished < grid  # the interruption left some, not all
+    assert tiles_to_resume(plan, finished) < plan.n_tiles
     assert {_chunk_of(k) for k in after} == grid
     rewritten = sorted(k for k, stamp in after.items()
                        if _chunk_of(k) in finished and before.get(k) != stamp)
@@ -177,7 +180,6 @@ def test_interrupted_run_is_marked_and_resumes_bit_identical(tmp_path):
     plan = chunkseg.plan_tiles(image.shape, KW["tile"], KW["overlap"], KW["chunks"])
     assert_resume_wrote_only_missing(out, before, finished, plan)
     assert counting.tiles == tiles_to_resume(plan, finished) + 1  # + the probe of the 1st tile
-    assert tiles_to_resume(plan, finished) < plan.n_tiles
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         chunkseg.open_output(str(out))  # complete: no warning
@@ -206,15 +208,16 @@ def test_cli_killed_part_way_then_resumed(tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "chunkseg.cli"] + args[:2] + [str(out)]
                             + args[2:], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    plan = chunkseg.plan_tiles(image.shape, 48, 16, 64)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            try:
-                if chunkseg.output_progress(str(out))[0] >= 3:
+            try:  # killed once some block feeds only finished chunks (not to be run again)
+                if tiles_to_resume(plan, finished_chunks(out)) < plan.n_tiles:
                     break
             except Exception:  # not created yet
                 pass
-            time.sleep(0.2)
+            time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
@@ -228,7 +231,6 @@ def test_cli_killed_part_way_then_resumed(tmp_path, capsys):
         assert main(args[:2] + [str(out)] + args[2:] + ["--resume"]) == 0
     # the chunks finished before the kill were neither rewritten nor recomputed; only the
     # others were (a chunk whose objects were partly written when killed is written again)
-    plan = chunkseg.plan_tiles(image.shape, 48, 16, 64)
     assert_resume_wrote_only_missing(out, before, finished, plan)
     assert tiles[0] == tiles_to_resume(plan, finished) + 1  # + the probe of the 1st tile
     assert main(args[:2] + [str(clean)] + args[2:]) == 0
