@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 from reference import CountingStore, conv_model, max_rel_diff, reference_blend
+from test_engine import assert_float16_of
 
 import chunkseg
 from chunkseg import blend, blend_torch
@@ -88,6 +89,11 @@ def test_torch_and_numpy_kernels_agree_on_every_output(tmp_path):
                                    dtype="float16", **kw)
     assert got.attrs["kernel"] == "torch" and ref.attrs["kernel"] == "numpy"
     assert got.logits.dtype == np.float16 and got.labels.dtype == np.uint8
+    # each kernel's float16 outputs: its float32 ones rounded to nearest
+    for kernel, half in (("torch", got), ("numpy", ref)):
+        full = chunkseg.predict_to_zarr(image, module, str(tmp_path / f"{kernel}32.zarr"),
+                                        kernel=kernel, **kw)
+        assert_float16_of(half, full)
     lg, lr = got.logits.values.astype(np.float32), ref.logits.values.astype(np.float32)
     assert np.abs(lg - lr).max() <= 2e-3 * np.abs(lr).max()  # float16 rounding
     assert np.abs(got.probabilities.values.astype(np.float32)
