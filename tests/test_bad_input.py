@@ -213,9 +213,16 @@ def test_cases_cover_at_least_25_kinds():
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int64, np.float32, bool])
 def test_other_input_dtypes_work(dtype):
-    image = (GOOD > 128) if dtype is bool else GOOD.astype(dtype)
-    ds = chunkseg.predict(image, MODEL, outputs="labels", **KW)
+    # values over each dtype's own range (beyond uint8, negative, fractional), which the model
+    # must see as they are, in float32: MODEL is pointwise, (x / 255 - 0.5, 0.5 - x / 255)
+    image = {np.uint16: GOOD.astype(np.uint16) * 257, np.int64: GOOD.astype(np.int64) - 128,
+             np.float32: (GOOD.astype(np.float32) - 100) * 3.3, bool: GOOD > 128}[dtype]
+    assert image.dtype == dtype
+    ds = chunkseg.predict(image, MODEL, outputs="logits,labels", **KW)
     assert ds.labels.shape == GOOD.shape
+    z = image.astype(np.float64) / 255 - 0.5  # exact in float32 for these integers, no ties
+    np.testing.assert_allclose(ds.logits.values, np.stack([z, -z]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ds.labels.values, (z < 0).astype(np.uint8))  # argmax
 
 
 @pytest.mark.parametrize("bug", [TypeError("a bug"), ValueError("a bug"), KeyError("a bug")])

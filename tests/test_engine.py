@@ -246,13 +246,35 @@ def test_labels_and_probabilities_follow_logits():
     assert ds.logits.dims == ("class", "y", "x")
 
 
-def test_float16_outputs():
+def assert_float16_of(half, full) -> None:
+    """``half``'s float16 ``logits`` and ``probabilities`` are ``full``'s float32 ones rounded to
+    nearest: within half a float16 ulp, 2**-11 of the value (11 significant bits), or 2**-25
+    among the subnormals; its ``labels`` (from the float32 logits in both runs) are equal."""
+    for name in ("logits", "probabilities"):
+        assert half[name].dtype == np.float16 and full[name].dtype == np.float32
+        assert half[name].shape == full[name].shape
+        f = full[name].values
+        h = half[name].values.astype(np.float32)
+        err = np.abs(h - f) - (2.0**-11 * np.abs(f) + 2.0**-25)
+        assert err.max() <= 0, (name, float(np.abs(h - f).max()))
+    np.testing.assert_array_equal(half.labels.values, full.labels.values)
+
+
+@pytest.mark.parametrize("write", [False, True])  # predict's dataset; predict_to_zarr's writer
+def test_float16_outputs(tmp_path, write):
     image = _image((80, 80), 1)
-    ds = chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, outputs="logits,probabilities",
-                          dtype="float16")
-    assert ds.logits.dtype == np.float16 and ds.probabilities.dtype == np.float16
-    full = chunkseg.predict(image, _conv(1, 2), tile=32, overlap=8, outputs="logits")
-    assert ds.logits.shape == full.logits.shape
+    model = _conv(1, 2)
+    kw = dict(tile=32, overlap=8, chunks=48, outputs="logits,probabilities,labels")
+    if write:
+        half = chunkseg.predict_to_zarr(image, model, str(tmp_path / "h.zarr"), dtype="float16",
+                                        **kw)
+        full = chunkseg.predict_to_zarr(image, model, str(tmp_path / "f.zarr"), **kw)
+    else:
+        half = chunkseg.predict(image, model, dtype="float16", **kw)
+        full = chunkseg.predict(image, model, **kw)
+    assert 1 < np.abs(full.logits.values).max() < 100  # moderate logits, both signs
+    assert full.logits.values.min() < 0 < full.logits.values.max()
+    assert_float16_of(half, full)
 
 
 def test_tile_larger_than_image_is_padded():

@@ -18,6 +18,13 @@ import zarr
 from distributed import Client
 from model_factories import FAIL_ON_ENV
 from test_cluster import START_TIMEOUT, _dask_command, _log_tails, _start_scheduler, _stop
+from test_resume import (
+    assert_resume_wrote_only_missing,
+    chunk_files,
+    counting_tiles,
+    finished_chunks,
+    tiles_to_resume,
+)
 
 import chunkseg
 from chunkseg.cli import main
@@ -28,6 +35,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 ARGS = ["--model", "model_factories:slow_conv3x3", "--tile", "48", "--overlap", "16",
         "--chunk", "64", "--outputs", "logits,labels", "--no-progress"]
+PLAN = chunkseg.plan_tiles((400, 400), 48, 16, 64)  # _input's image, ARGS' tile and chunk
 
 
 def _env() -> dict:
@@ -67,11 +75,14 @@ def _input(path: Path) -> np.ndarray:
     return image
 
 
-def _wait_for_chunks(out: Path, n: int, timeout: float = 120) -> None:
+def _wait_for_chunks(out: Path, n: int, timeout: float = 120, plan=None) -> None:
+    """Until ``n`` chunks are written and, with ``plan``, some block feeds only finished
+    chunks (one a resume must not run again)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if chunkseg.output_progress(str(out))[0] >= n:
+            if chunkseg.output_progress(str(out))[0] >= n and (
+                    plan is None or tiles_to_resume(plan, finished_chunks(out)) < plan.n_tiles):
                 return
         except Exception:  # the output is not created yet
             pass
@@ -100,7 +111,8 @@ def _run_and_kill(tmp_path: Path, victim: str) -> tuple[subprocess.Popen, str, P
     scheduler, workers, address = _cluster(logs)
     try:
         proc = _predict(src, out, "--scheduler", address)
-        _wait_for_chunks(out, 3)
+        # the scheduler late enough for the resume to have a block it must not run again
+        _wait_for_chunks(out, 3, plan=PLAN if victim == "scheduler" else None)
         (workers[0] if victim == "worker" else scheduler).send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=180)
     finally:
@@ -111,6 +123,17 @@ def _run_and_kill(tmp_path: Path, victim: str) -> tuple[subprocess.Popen, str, P
 def _clean_run(src: Path, ref: Path, args: list[str] = ARGS) -> None:
     sys.path.insert(0, str(TESTS))
     assert main(["predict", str(src), str(ref), *args]) == 0
+
+
+def _resume_only_missing(src: Path, out: Path, args: list[str] = ARGS) -> None:
+    """``--resume`` (locally, in this process) finishes the output; the chunks finished before
+    it are neither rewritten nor recomputed, and only the others are written."""
+    sys.path.insert(0, str(TESTS))
+    finished, before = finished_chunks(out), chunk_files(out)
+    with counting_tiles(args[args.index("--model") + 1].split(":")[1]) as tiles:
+        assert main(["predict", str(src), str(out), *args, "--resume"]) == 0
+    assert_resume_wrote_only_missing(out, before, finished, PLAN)
+    assert tiles[0] == tiles_to_resume(PLAN, finished) + 1  # + the probe of the 1st tile
 
 
 def test_worker_killed_mid_run_completes_equal_to_local(tmp_path):
@@ -129,8 +152,7 @@ def test_scheduler_killed_mid_run_fails_clearly_then_resumes(tmp_path):
     assert "--resume" in last  # one line (distributed logs its own reconnection attempts)
     done, total = chunkseg.output_progress(str(out))
     assert 3 <= done < total
-    sys.path.insert(0, str(TESTS))
-    assert main(["predict", str(src), str(out), *ARGS, "--resume"]) == 0  # locally
+    _resume_only_missing(src, out)  # locally
     _clean_run(src, tmp_path / "ref.zarr")
     _same(out, tmp_path / "ref.zarr")
 
@@ -171,13 +193,12 @@ def _late_progress(out: Path) -> int:
 
 def _resume_equals_clean(tmp_path: Path, src: Path, out: Path, args: list[str], capsys) -> None:
     """``chunkseg info`` says incomplete; ``--resume`` (locally) finishes it equal to a clean
-    local run."""
+    local run, writing only the chunks missing (:func:`_resume_only_missing`)."""
     done, total = chunkseg.output_progress(str(out))
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     assert f"complete   no: {done} of {total} chunks written" in capsys.readouterr().out
-    sys.path.insert(0, str(TESTS))
-    assert main(["predict", str(src), str(out), *args, "--resume"]) == 0
+    _resume_only_missing(src, out, args)
     assert zarr.open_group(str(out)).attrs["complete"] is True
     _clean_run(src, tmp_path / "ref.zarr", args)
     _same(out, tmp_path / "ref.zarr")

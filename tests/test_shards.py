@@ -11,7 +11,13 @@ import xarray as xr
 import zarr
 from model_factories import numpy_conv3x3
 from reference import CountingStore
-from test_resume import FailsLate
+from test_resume import (
+    FailsLate,
+    assert_resume_wrote_only_missing,
+    chunk_files,
+    finished_chunks,
+    tiles_to_resume,
+)
 
 import chunkseg
 from chunkseg.cli import main
@@ -100,7 +106,9 @@ def test_resume_sharded_run_equals_clean_run(tmp_path):
     clean = chunkseg.predict_to_zarr(image, numpy_conv3x3(), str(tmp_path / "clean.zarr"), **kw)
     out = tmp_path / "out.zarr"
     with pytest.raises(RuntimeError, match="late tile"):
-        chunkseg.predict_to_zarr(image, FailsLate(limit=12), str(out), scheduler="sync", **kw)
+        # late enough that some block feeds only finished shards: 19 or 20 of the 24 are
+        # finished, whichever order dask picks (with 20 it can be 12, all blocks still needed)
+        chunkseg.predict_to_zarr(image, FailsLate(limit=22), str(out), scheduler="sync", **kw)
     done, total = chunkseg.output_progress(str(out))
     assert 0 < done < total == _n_shards((400, 330))
     # other shards or other inner chunks: refused by the fingerprint
@@ -110,13 +118,18 @@ def test_resume_sharded_run_equals_clean_run(tmp_path):
     with pytest.raises(InvalidValueError, match="shards"):
         chunkseg.predict_to_zarr(image, numpy_conv3x3(), str(out), resume=True,
                                  **dict(kw, shards=None, chunks=SHARDS))
-    resumed = chunkseg.predict_to_zarr(image, FailsLate(limit=10**9), str(out), resume=True,
-                                       **kw)
+    finished, before = finished_chunks(out), chunk_files(out)  # one object per shard
+    counting = FailsLate(limit=10**9)
+    resumed = chunkseg.predict_to_zarr(image, counting, str(out), resume=True, **kw)
     assert resumed.attrs["complete"] is True
     for name in NAMES:
         np.testing.assert_array_equal(resumed[name].values, clean[name].values)
     assert zarr.open_group(str(out))["chunkseg/done"][...].all()
     assert len([p for p in (out / "labels" / "c").rglob("*") if p.is_file()]) == total
+    # the shards finished before were neither rewritten nor recomputed; only the others were
+    plan = plan_tiles(image.shape, 48, 16, SHARDS)  # the computation chunk is the shard
+    assert_resume_wrote_only_missing(out, before, finished, plan)
+    assert counting.tiles == tiles_to_resume(plan, finished) + 1  # + the probe of the 1st tile
 
 
 def test_cli_shards(tmp_path, capsys):

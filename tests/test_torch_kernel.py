@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from reference import conv_model, max_rel_diff, reference_blend
+from reference import CountingStore, conv_model, max_rel_diff, reference_blend
+from test_engine import assert_float16_of
 
 import chunkseg
 from chunkseg import blend, blend_torch
@@ -88,6 +89,11 @@ def test_torch_and_numpy_kernels_agree_on_every_output(tmp_path):
                                    dtype="float16", **kw)
     assert got.attrs["kernel"] == "torch" and ref.attrs["kernel"] == "numpy"
     assert got.logits.dtype == np.float16 and got.labels.dtype == np.uint8
+    # each kernel's float16 outputs: its float32 ones rounded to nearest
+    for kernel, half in (("torch", got), ("numpy", ref)):
+        full = chunkseg.predict_to_zarr(image, module, str(tmp_path / f"{kernel}32.zarr"),
+                                        kernel=kernel, **kw)
+        assert_float16_of(half, full)
     lg, lr = got.logits.values.astype(np.float32), ref.logits.values.astype(np.float32)
     assert np.abs(lg - lr).max() <= 2e-3 * np.abs(lr).max()  # float16 rounding
     assert np.abs(got.probabilities.values.astype(np.float32)
@@ -156,7 +162,8 @@ def test_zarr_input_read_straight_from_store(tmp_path):
     assert max_rel_diff(a, b) < 1e-6
 
 
-def test_torch_kernel_runs_each_tile_once_and_writes_each_chunk_once(tmp_path):
+@pytest.mark.parametrize("kernel", ["torch", "numpy"])
+def test_torch_kernel_runs_each_tile_once_and_writes_each_chunk_once(kernel):
     seen = []
 
     class Recording(torch.nn.Module):
@@ -170,17 +177,23 @@ def test_torch_kernel_runs_each_tile_once_and_writes_each_chunk_once(tmp_path):
 
     image = RNG.random((190, 170)).astype(np.float32)
     tile, overlap, chunks = 48, 16, (70, 100)  # chunks not multiples of the stride (32)
-    ds = chunkseg.predict_to_zarr(image, Recording(), str(tmp_path / "o.zarr"), tile=tile,
-                                  overlap=overlap, chunks=chunks, kernel="torch",
-                                  outputs="logits,labels")
+    store = CountingStore(zarr.storage.MemoryStore())  # counts every write, per key
+    ds = chunkseg.predict_to_zarr(image, Recording(), store, tile=tile, overlap=overlap,
+                                  chunks=chunks, kernel=kernel, outputs="logits,labels")
+    assert ds.attrs["kernel"] == kernel
     plan = chunkseg.plan_tiles(image.shape, tile, overlap, chunks)
     assert len(seen) == plan.n_tiles + 1  # + the probe of the first tile on the client
     assert len(set(seen[1:])) == plan.n_tiles
-    root = tmp_path / "o.zarr"
-    written = [p for p in root.rglob("*") if p.is_file() and "c" in p.relative_to(root).parts
-               and p.relative_to(root).parts[0] in ("labels", "logits")]  # not the manifest,
-    # nor the class names
-    assert len(written) == 2 * plan.n_chunks  # labels (y, x) and logits (class, y, x)
+    # every chunk of each variable written exactly once, and its manifest element once: the
+    # writes counted, not the objects left in the store (a chunk written twice leaves one)
+    grid = {f"{jy}/{jx}" for jy in range(plan.chunk_grid[0])
+            for jx in range(plan.chunk_grid[1])}
+    expected = {f"labels/c/{c}": 1 for c in grid}  # labels (y, x); logits (class, y, x)
+    expected.update({f"logits/c/0/{c}": 1 for c in grid})  # both classes in one chunk
+    expected.update({f"chunkseg/done/c/{c}": 1 for c in grid})
+    written = {k: n for k, n in store.writes.items()
+               if k.startswith(("labels/c/", "logits/c/", "chunkseg/done/c/"))}
+    assert written == expected
     ref = chunkseg.predict(image, Recording().conv, tile=tile, overlap=overlap, chunks=64,
                            kernel="numpy", outputs="logits").logits.values
     assert max_rel_diff(ds.logits.values, ref) < 1e-5

@@ -102,5 +102,11 @@ def test_pretrained_beats_trivial_baseline_on_held_out_section() -> None:
     trivial = pixel_error(truth, np.zeros_like(truth))
     record = json.loads(RECORD.read_text())["held_out"]
     assert err < trivial
+    assert trivial == pytest.approx(0.2276, abs=1e-4)  # membrane pixels of section 20
     assert err < record["trivial_pixel_error"]
-    assert err < record["pixel_error"] + 0.05
+    # The error recorded for this section when the model shipped (MODEL_CARD.md, "Held-out
+    # scores", per section: 20: 0.0893), reproduced to within 40 pixels of the 512 x 512:
+    # 32 pixels have logits of the two classes within 1e-3 of each other, far more than the
+    # float32 rounding differences between CPUs and thread counts (about 1e-5 on logits of
+    # at most about 5), which may flip those and no others. Today it is reproduced exactly.
+    assert err == pytest.approx(record["per_section_pixel_error"]["20"], abs=40 / truth.size)
