@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import inspect
 import itertools
 import json
 import operator
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -112,6 +112,24 @@ DEFAULT_TILE = 256
 
 DEFAULT_OVERLAP = 64
 """Overlap, pixels, when neither the call nor the model gives one."""
+
+DEFAULT_WINDOW = "gaussian"
+"""Blending window of :func:`predict` and :func:`predict_to_zarr`."""
+
+DEFAULT_BATCH_SIZE = 8
+"""Tiles per model call in :func:`predict` and :func:`predict_to_zarr`."""
+
+DEFAULT_OUTPUTS = ("logits", "labels")
+"""Variables :func:`predict` returns and :func:`predict_to_zarr` writes."""
+
+DEFAULT_DTYPE = "float32"
+"""dtype of ``logits`` and ``probabilities`` in :func:`predict` and :func:`predict_to_zarr`."""
+
+DEFAULT_DEVICE = "cpu"
+"""Device of torch and ONNX models in :func:`predict` and :func:`predict_to_zarr`."""
+
+DEFAULT_KERNEL = "auto"
+"""Per-chunk kernel of :func:`predict` and :func:`predict_to_zarr` (one of :data:`KERNELS`)."""
 
 GPU_READ_AHEAD = 4
 """Blocks read ahead of the GPU in :func:`predict_to_zarr` (its rolling window is this plus 2)."""
@@ -644,17 +662,17 @@ def predict(
     *,
     tile: int | tuple[int, int] | None = None,
     overlap: int | tuple[int, int] | None = None,
-    window: str | np.ndarray = "gaussian",
+    window: str | np.ndarray = DEFAULT_WINDOW,
     chunks: int | tuple[int, int] | None = None,
-    batch_size: int = 8,
-    outputs: str | Sequence[str] = ("logits", "labels"),
-    dtype: str | np.dtype = "float32",
-    device: str = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
+    dtype: str | np.dtype = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
     normalization: Normalization | None = None,
     storage_options: dict | None = None,
     array_name: str | None = None,
     mask: Any = None,
-    kernel: str = "auto",
+    kernel: str = DEFAULT_KERNEL,
     classes: Sequence[str] | None = None,
     tta: str | None = None,
 ) -> xr.Dataset:
@@ -761,9 +779,9 @@ def predict(
                    normalization=normalization, storage_options=storage_options,
                    array_name=array_name, mask=mask, kernel=kernel, classes=classes,
                    tta=tta, torch_threads=max(1, cores // _threads(None)))
-    runner, outputs_, dtype_ = setup["runner"], setup["outputs"], setup["dtype"]
+    runner, outputs_, dtype_ = setup.runner, setup.outputs, setup.dtype
     classes = runner.classes
-    logits = _logits_array(runner, setup["image"].name)
+    logits = _logits_array(runner, setup.image.name)
     data_vars = {}
     if "logits" in outputs_:
         # float16: clamped to +-65504 (a Float16OverflowWarning, once), never infinite
@@ -778,9 +796,9 @@ def predict(
         labels = logits.map_blocks(blend.labels_from_logits, drop_axis=0, dtype=ldt,
                                    meta=np.empty((0, 0), ldt))
         data_vars["labels"] = (("y", "x"), labels)
-    coords = {"class": ("class", np.asarray(setup["class_names"], dtype=object)),
-              **setup["coords"]}
-    return xr.Dataset(data_vars, coords=coords, attrs=setup["attrs"])
+    coords = {"class": ("class", np.asarray(setup.class_names, dtype=object)),
+              **setup.coords}
+    return xr.Dataset(data_vars, coords=coords, attrs=setup.attrs)
 
 
 def _class_names(classes, k: int, defaults: Sequence[str] | None) -> tuple[str, ...]:
@@ -804,9 +822,49 @@ def _class_names(classes, k: int, defaults: Sequence[str] | None) -> tuple[str, 
     return names
 
 
-def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, dtype, device,
-           normalization, storage_options, array_name, mask, kernel, classes=None,
-           tta=None, torch_threads: int | None = None) -> dict:
+@dataclass(frozen=True, slots=True)
+class RunSetup:
+    """A run's validated settings, what :func:`_setup` returns to :func:`predict` and
+    :func:`predict_to_zarr` (and :func:`chunkseg.outputs._manifest._fingerprint` reads).
+
+    Attributes
+    ----------
+    image : dask.array.Array
+        The input as read, ``(y, x, c)``.
+    runner : TileRunner
+        Runs the model over the plan's tiles and blends them (its ``plan``, ``classes``).
+    outputs : tuple of str
+        The requested variables, a subset of :data:`OUTPUTS`, in order, without repeats.
+    dtype : numpy.dtype
+        dtype of ``logits`` and ``probabilities`` (float32 or float16).
+    attrs : dict
+        The output's attrs (plan, window, model, class names, chunkseg version...), JSON
+        values without credentials. A dict: :func:`predict_to_zarr` adds its own keys.
+    class_names : tuple of str
+        One name per class, the ``class`` coordinate.
+    coords : dict of str -> xarray.Variable
+        The input's ``y``/``x`` and scalar coordinates, attrs without credentials.
+    input_attrs : dict
+        The opened input's attrs (its source, pixel size...), for the input's identity.
+    """
+
+    image: da.Array
+    runner: TileRunner
+    outputs: tuple[str, ...]
+    dtype: np.dtype
+    attrs: dict[str, Any]
+    class_names: tuple[str, ...]
+    coords: dict[str, xr.Variable]
+    input_attrs: dict[str, Any]
+
+
+def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
+           overlap: int | tuple[int, int] | None, window: str | np.ndarray,
+           chunks: int | tuple[int, int] | None, batch_size: int, outputs: str | Sequence[str],
+           dtype: str | np.dtype, device: str, normalization: Normalization | None,
+           storage_options: dict | None, array_name: str | None, mask: Any, kernel: str,
+           classes: Sequence[str] | None, tta: str | None,
+           torch_threads: int | None) -> RunSetup:
     """Validate :func:`predict`'s arguments and build the runner and the output attrs."""
     outputs_ = _normalize_outputs(outputs)
     dtype_ = _validate_dtype(dtype)
@@ -851,9 +909,8 @@ def _setup(image, model, *, tile, overlap, window, chunks, batch_size, outputs, 
         "class_names": list(class_names),
     }
     attrs = redact_attrs(attrs, secrets)
-    return {"image": arr.data, "runner": runner, "outputs": outputs_, "dtype": dtype_,
-            "attrs": attrs, "class_names": class_names, "coords": coords,
-            "input_attrs": dict(arr.attrs)}
+    return RunSetup(image=arr.data, runner=runner, outputs=outputs_, dtype=dtype_, attrs=attrs,
+                    class_names=class_names, coords=coords, input_attrs=dict(arr.attrs))
 
 
 class ChunkWriter:
@@ -934,13 +991,6 @@ def _count(done: list) -> int:
     return int(sum(done))
 
 
-def _predict_defaults() -> dict:
-    """:func:`predict`'s keyword arguments and defaults, but ``storage_options``, which
-    :func:`predict_to_zarr` takes for itself (one source of truth for both signatures)."""
-    return {name: p.default for name, p in inspect.signature(predict).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "storage_options"}
-
-
 def _threads(client) -> int:
     if client is not None:
         return max(1, int(sum(client.nthreads().values())))
@@ -968,6 +1018,20 @@ def predict_to_zarr(
     model: Any,
     store: Any,
     *,
+    tile: int | tuple[int, int] | None = None,
+    overlap: int | tuple[int, int] | None = None,
+    window: str | np.ndarray = DEFAULT_WINDOW,
+    chunks: int | tuple[int, int] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
+    dtype: str | np.dtype = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
+    normalization: Normalization | None = None,
+    array_name: str | None = None,
+    mask: Any = None,
+    kernel: str = DEFAULT_KERNEL,
+    classes: Sequence[str] | None = None,
+    tta: str | None = None,
     overwrite: bool = False,
     storage_options: dict | None = None,
     scheduler: Any = None,
@@ -978,16 +1042,62 @@ def predict_to_zarr(
     shards: int | tuple[int, int] | None = None,
     ome: bool = False,
     levels: int | None = None,
-    **kwargs: Any,
 ) -> xr.Dataset:
     """Run :func:`predict` and write its outputs to a Zarr v3 group, each chunk written once.
 
     Parameters
     ----------
-    image, model
-        As :func:`predict`.
+    image : array_like, str or path
+        ``(y, x)`` or ``(y, x, c)``: numpy, dask or xarray array, a Zarr array/group, a Zarr
+        store path or fsspec URL, or a small PNG/JPEG/TIFF file (as :func:`predict`).
+    model : callable, torch.nn.Module, ModelSpec or str
+        Maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits ``(N, K, T_y, T_x)``; see
+        :func:`chunkseg.models.as_model`.
     store : str, os.PathLike or zarr store
         Output group: a local path, an fsspec URL (``s3://bucket/out.zarr``) or a zarr store.
+    tile : int or (int, int), optional
+        Tile size, pixels. Default: the model's (a bioimage.io package's valid size), else 256
+        (:data:`DEFAULT_TILE`).
+    overlap : int or (int, int), optional
+        Overlap between tiles, pixels, ``0 <= overlap < tile``. Default: the model's (twice a
+        bioimage.io package's halo), else 64 (:data:`DEFAULT_OVERLAP`).
+    window : str or (T_y, T_x) array, default "gaussian"
+        Blending window: ``"uniform"``, ``"linear"``, ``"gaussian"``, ``"cosine"`` or weights.
+    chunks : int or (int, int), optional
+        Computation and output chunk, pixels (with ``shards``, the inner Zarr chunk of each
+        shard); default 1536 px, 2048 px with a CUDA ``device`` (:data:`GPU_CHUNK`).
+    batch_size : int, default 8
+        Tiles per model call, a positive int (``True`` is refused).
+    outputs : str or sequence of str, default ("logits", "labels")
+        Variables to write: any of ``"logits"``, ``"probabilities"``, ``"labels"`` (or a
+        comma-separated string).
+    dtype : {"float32", "float16"}, default "float32"
+        dtype of ``logits`` and ``probabilities``.
+    device : str, default "cpu"
+        Device for torch and ONNX models (``"cuda"``, ``"cuda:1"``...). With a torch model the
+        whole per-chunk pipeline runs there (see ``kernel``).
+    normalization : Normalization, optional
+        Input normalisation ``(x * scale - mean) / std`` applied to each batch.
+    array_name : str, optional
+        Array to read inside a Zarr group ``image`` (default: ``image``, the NGFF full
+        resolution, or the only array).
+    mask : (M_y, M_x) array_like or callable, optional
+        Skip background so it never reaches the model: a low-resolution foreground map, or a
+        predicate ``mask(block) -> bool`` asked once per chunk (as :func:`predict`). Fill
+        values where no tile ran: ``logits`` and ``probabilities`` NaN, ``labels`` 0.
+    kernel : {"auto", "torch", "numpy"}, default "auto"
+        Per-chunk kernel: ``"torch"`` (the default for torch models under ``"auto"``) keeps each
+        chunk on the model's device from the raw input block to the written outputs;
+        ``"numpy"`` (the reference, and the kernel for ONNX models and plain callables) blends
+        on the CPU.
+    classes : sequence of str, optional
+        One name per class (``K`` of them), the ``class`` coordinate. Default: the model's,
+        else ``"0"``, ``"1"``...
+    tta : {None, "flips", "d4"}, default None
+        Test-time augmentation (:mod:`chunkseg.tta`): each tile's logits are the mean of the
+        model's logits on its 4 mirrored (``"flips"``) or 8 rotated/mirrored (``"d4"``, square
+        tiles only) copies, mapped back, before the window weights them. The model runs 4 or 8
+        times per tile; the output stays independent of the chunking.
     overwrite : bool, default False
         Replace a previous chunkseg output at ``store``. Without it, a store that already holds
         data is refused before anything is computed or written; even with it, a folder that is
@@ -995,7 +1105,7 @@ def predict_to_zarr(
         refused, never deleted (see ``chunkseg.outputs._target.check_output_target``).
     storage_options : dict, optional
         fsspec options for URL inputs and outputs.
-    scheduler : None, str or distributed.Client
+    scheduler : str or distributed.Client, optional
         See :func:`chunkseg.scheduling.open_client`; default: dask's threaded scheduler.
     workers : int, optional
         Start a LocalCluster of this many worker processes.
@@ -1040,10 +1150,6 @@ def predict_to_zarr(
         side is at most 512 px. Levels are computed out of core after every chunk is written,
         each from the one before it as stored (mean of 2 x 2 for probabilities and logits,
         mode for labels; :mod:`chunkseg.outputs._pyramid`), one task per chunk.
-    **kwargs
-        ``tile``, ``overlap``, ``window``, ``chunks``, ``batch_size``, ``outputs``, ``dtype``,
-        ``device``, ``normalization``, ``array_name``, ``mask``, ``kernel``, ``classes``: as
-        :func:`predict`.
 
     Returns
     -------
@@ -1081,11 +1187,6 @@ def predict_to_zarr(
     """
     import zarr
 
-    defaults = _predict_defaults()
-    unknown = set(kwargs) - set(defaults)
-    if unknown:
-        raise InvalidTypeError(f"predict_to_zarr() got unexpected keyword arguments {sorted(unknown)}.")
-    params = {**defaults, **kwargs}
     if not isinstance(ome, bool):
         raise InvalidTypeError(f"`ome` must be True or False. Got {ome!r}.")
     if levels is not None and (not ome or not isinstance(levels, (int, np.integer))
@@ -1094,12 +1195,12 @@ def predict_to_zarr(
             f"`levels` must be a positive int (pyramid levels, full resolution included) and "
             f"needs `ome=True`. Got levels={levels!r} with ome={ome!r}; pass ome=True (CLI: "
             "--ome) and levels >= 1, or drop `levels`.")
-    _check_compression_level(compression_level, _normalize_outputs(params["outputs"]))
+    _check_compression_level(compression_level, _normalize_outputs(outputs))
     if ome:
         _ome._ome()  # ome-zarr-py is needed: say so before anything is written
     inner = None  # the inner Zarr chunks of a sharded output
     if shards is not None:
-        params["chunks"], inner = _shard_layout(shards, params["chunks"], params["device"])
+        chunks, inner = _shard_layout(shards, chunks, device)
     so = _so(store, storage_options)
     with writing(store, source=image, overwrite=overwrite, resume=resume, storage_options=so,
                  what="chunkseg predict") as target:
@@ -1110,10 +1211,14 @@ def predict_to_zarr(
             threads = _threads(client)
             cores = os.cpu_count() or 1
             local = client is None or workers is not None
-            setup = _setup(image, model, storage_options=_so(image, storage_options),
-                           torch_threads=max(1, cores // threads) if local else None, **params)
-            runner, ds_attrs = setup["runner"], setup["attrs"]
-            plan, dtype_ = runner.plan, setup["dtype"]
+            setup = _setup(image, model, tile=tile, overlap=overlap, window=window, chunks=chunks,
+                           batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
+                           normalization=normalization,
+                           storage_options=_so(image, storage_options), array_name=array_name,
+                           mask=mask, kernel=kernel, classes=classes, tta=tta,
+                           torch_threads=max(1, cores // threads) if local else None)
+            runner, ds_attrs = setup.runner, setup.attrs
+            plan, dtype_ = runner.plan, setup.dtype
             if inner is not None:  # the computation chunks (ds_attrs["chunks"]) are the shards
                 ds_attrs.update(shards=list(plan.chunks), zarr_chunks=list(inner))
             level_shapes = _pyramid.level_shapes(plan.image_shape, levels) if ome else []
@@ -1121,7 +1226,7 @@ def predict_to_zarr(
                 ds_attrs.update(layout=_ome.LAYOUT, levels=len(level_shapes))
             fingerprint = _fingerprint(ds_attrs, setup, plan)
             if target.resume:
-                group, targets, done = _reopen(target.store, so, fingerprint, setup["outputs"], ome)
+                group, targets, done = _reopen(target.store, so, fingerprint, setup.outputs, ome)
                 finished = {tuple(int(v) for v in ij) for ij in np.argwhere(done[...] == 1)}
             else:
                 group = zarr.open_group(target.store, mode="w", storage_options=so,
@@ -1129,9 +1234,9 @@ def predict_to_zarr(
                                                     "complete": False})
                 targets = {}
                 k = runner.classes
-                if ome and "labels" in setup["outputs"]:
+                if ome and "labels" in setup.outputs:
                     require_group(group, "labels/classes")
-                for name in setup["outputs"]:
+                for name in setup.outputs:
                     if name == "labels":
                         shape, chunks, dt, dims = plan.image_shape, plan.chunks, \
                             blend.labels_dtype(k), ("y", "x")
@@ -1146,9 +1251,9 @@ def predict_to_zarr(
                     targets[name] = create_array(
                         group, name=_ome.var_path(name) if ome else name, shape=shape,
                         chunks=chunks, dtype=dt, compressor=_compressor(name, compression_level),
-                        dimension_names=dims, attributes=_var_attrs(name, k, setup["coords"]),
+                        dimension_names=dims, attributes=_var_attrs(name, k, setup.coords),
                         write_empty_chunks=True, shards=shard_shape)
-                _write_coords(group, setup["coords"], setup["class_names"])
+                _write_coords(group, setup.coords, setup.class_names)
                 if ome:
                     _create_levels(group, targets, level_shapes, plan, setup, compression_level)
                 # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
@@ -1161,13 +1266,13 @@ def predict_to_zarr(
                 finished = set()
             writer = ChunkWriter(targets, plan, dtype_, done=done,
                                  location=describe_location(store))
-            token = tokenize(setup["image"].name, plan, uuid.uuid4().hex)
-            gpu = str(params["device"]).startswith("cuda") and runner.torch_model() is not None
+            token = tokenize(setup.image.name, plan, uuid.uuid4().hex)
+            gpu = str(device).startswith("cuda") and runner.torch_model() is not None
             # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
             lag = (min(threads, GPU_READ_AHEAD) if gpu else threads) + 2
             dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer, lag=lag,
                                             token=token, skip=finished)
-            resources = _gpu_resources(client, params["device"])
+            resources = _gpu_resources(client, device)
             done_key = f"chunkseg-done-{token}"
             dsk[done_key] = (_count, list(fold_keys))
             graph = _graph(done_key, dsk, resources)
@@ -1188,7 +1293,7 @@ def predict_to_zarr(
             if written + len(finished) != plan.n_chunks:
                 raise RuntimeError(f"wrote {written + len(finished)} of {plan.n_chunks} chunks.")
             if ome:  # every chunk is written: the pyramid, level by level, each from the one before
-                _write_levels(group, setup["outputs"], len(level_shapes), store,
+                _write_levels(group, setup.outputs, len(level_shapes), store,
                               scheduler if client is None else client, progress)
             group.attrs["complete"] = True  # last: the output is whole
         consolidate(group)
@@ -1336,13 +1441,13 @@ def _json_attrs(attrs: dict) -> dict:
     return out
 
 
-def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: dict,
+def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: RunSetup,
                    compression_level: int) -> None:
     """Create the pyramid arrays (levels 1...) of the image variable and the labels, their
     coordinates and the NGFF metadata of the OME layout (written with ome-zarr-py)."""
-    image_var = _ome.image_variable(setup["outputs"])
-    scale, translation, units = _pixel_grid(setup["coords"])
-    k = setup["runner"].classes
+    image_var = _ome.image_variable(setup.outputs)
+    scale, translation, units = _pixel_grid(setup.coords)
+    k = setup.runner.classes
     for i, shape in enumerate(shapes[1:], start=1):
         chunks = _pyramid.level_chunks(plan.chunks, shape)
         sub = require_group(group, str(i)) if image_var is not None else None
@@ -1361,14 +1466,14 @@ def _create_levels(group, targets: dict, shapes: list, plan: TilePlan, setup: di
             f = 2 ** i
             coords = {d: xr.Variable(d, translation[j] + (f - 1) / 2 * scale[j]
                                      + f * scale[j] * np.arange(shape[j]),
-                                     setup["coords"][d].attrs)
-                      for j, d in enumerate(("y", "x")) if d in setup["coords"]}
-            _write_coords(sub, coords, setup["class_names"])
+                                     setup.coords[d].attrs)
+                      for j, d in enumerate(("y", "x")) if d in setup.coords}
+            _write_coords(sub, coords, setup.class_names)
     if image_var is not None:
-        _ome.write_image_metadata(group, image_var, len(shapes), setup["class_names"], scale,
+        _ome.write_image_metadata(group, image_var, len(shapes), setup.class_names, scale,
                                   translation, units)
     if "labels" in targets:
-        _ome.write_labels_metadata(group, len(shapes), setup["class_names"], scale,
+        _ome.write_labels_metadata(group, len(shapes), setup.class_names, scale,
                                    translation, units)
 
 

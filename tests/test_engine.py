@@ -488,3 +488,89 @@ def test_gpu_tasks_ask_for_a_share_of_a_gpu_worker():
     assert annotated == {("chunkseg-accumulate-t", 0, 0), ("chunkseg-fold-t", 0, 0, 0)}
     assert all(layer.annotations in (None, {}, {"resources": share})
                for layer in graph.layers.values())
+
+
+def _documented(func) -> dict[str, str]:
+    """``name -> 'type, default ...'`` of each parameter in ``func``'s numpydoc Parameters."""
+    import re
+
+    doc = func.__doc__.split("Parameters\n    ----------\n", 1)[1].split("\n\n    Returns", 1)[0]
+    return {m["name"]: m["spec"] for m in re.finditer(r"^    (?P<name>\w+) : (?P<spec>.+)$", doc,
+                                                      flags=re.MULTILINE)}
+
+
+@pytest.mark.parametrize("func", [chunkseg.predict, chunkseg.predict_to_zarr])
+def test_signature_explicit_typed_and_documented(func):
+    import inspect
+
+    params = inspect.signature(func).parameters
+    kinds = {p.kind for p in params.values()}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds
+    docs = _documented(func)
+    assert set(docs) == set(params)  # each parameter documented, nothing else
+    for name, p in params.items():
+        assert p.annotation is not inspect.Parameter.empty, name
+        if p.default is inspect.Parameter.empty:
+            continue
+        spec = docs[name].replace("'", '"')
+        if p.default is None:
+            assert spec.endswith(", optional") or spec.endswith(", default None"), (name, spec)
+        else:
+            default = repr(p.default).replace("'", '"')
+            assert spec.endswith(f", default {default}"), (name, spec)
+
+
+def test_predict_to_zarr_takes_every_keyword_of_predict_with_its_default():
+    import inspect
+
+    to_zarr = inspect.signature(chunkseg.predict_to_zarr).parameters
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in to_zarr.values())
+    keywords = [p for p in inspect.signature(chunkseg.predict).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert len(keywords) == 15
+    for p in keywords:
+        assert to_zarr[p.name].kind is inspect.Parameter.KEYWORD_ONLY, p.name
+        assert to_zarr[p.name].default == p.default, p.name
+        assert to_zarr[p.name].annotation == p.annotation, p.name
+
+
+def test_unknown_keyword_refused_before_writing(tmp_path):
+    out = tmp_path / "out.zarr"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tiles'"):
+        chunkseg.predict_to_zarr(_image((40, 40), 1), _conv(1, 2), str(out), tiles=32)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("write", [False, True])  # predict; predict_to_zarr
+def test_batch_size_true_refused(tmp_path, write):
+    from chunkseg.errors import InvalidTypeError
+
+    out = tmp_path / "out.zarr"
+    args = (_image((40, 40), 1), _conv(1, 2)) + ((str(out),) if write else ())
+    with pytest.raises(InvalidTypeError, match=r"`batch_size` must be a positive int\. Got True"):
+        (chunkseg.predict_to_zarr if write else chunkseg.predict)(*args, tile=32, overlap=8,
+                                                                  batch_size=True)
+    assert not out.exists()
+
+
+def test_setup_is_a_frozen_typed_record():
+    import dataclasses
+
+    image = _image((40, 50), 1)
+    setup = engine._setup(image, _conv(1, 2), tile=32, overlap=8, window="linear", chunks=None,
+                          batch_size=3, outputs="labels,logits", dtype="float16", device="cpu",
+                          normalization=None, storage_options=None, array_name=None, mask=None,
+                          kernel="numpy", classes=("a", "b"), tta=None, torch_threads=None)
+    assert isinstance(setup, engine.RunSetup)
+    assert setup.image.shape == (40, 50, 1)
+    assert setup.outputs == ("labels", "logits")
+    assert setup.dtype == np.float16
+    assert setup.class_names == ("a", "b")
+    assert setup.runner.classes == 2 and setup.runner.plan.tile == (32, 32)
+    assert setup.attrs["batch_size"] == 3 and setup.attrs["window"] == "linear"
+    assert not hasattr(setup, "__dict__")  # slotted
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setup.dtype = np.dtype("float32")
+    assert {f.name for f in dataclasses.fields(setup)} == {
+        "image", "runner", "outputs", "dtype", "attrs", "class_names", "coords", "input_attrs"}

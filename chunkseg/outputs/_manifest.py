@@ -31,6 +31,7 @@ from ._ownership import MARKER
 from ._target import describe_location
 
 if TYPE_CHECKING:
+    from ..engine import RunSetup
     from ..plan import TilePlan
 
 __all__ = ["MANIFEST", "consolidate", "open_output", "open_output_group", "output_progress", "recorded_settings",
@@ -84,16 +85,16 @@ def input_identity(image: Any, attrs: dict | None = None, sample: int = 32) -> d
             "sample": digest.hexdigest()}
 
 
-def _fingerprint(attrs: dict, setup: dict, plan: TilePlan) -> dict:
+def _fingerprint(attrs: dict, setup: RunSetup, plan: TilePlan) -> dict:
     """The settings that decide an output's values (what ``resume`` must match): the run's
     settings, the input's identity (:func:`input_identity`) and chunkseg's version."""
     keep = ("source", "model", "tile", "overlap", "window", "tta", "chunks", "classes", "mask",
             "kernel", "padding", "shards", "zarr_chunks", "class_names", "layout", "levels",
             "chunkseg_version")
     fp = {k: attrs[k] for k in keep if k in attrs}
-    fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup["outputs"]),
-              dtype=str(setup["dtype"]),
-              input=input_identity(setup["image"], setup.get("input_attrs")))
+    fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup.outputs),
+              dtype=str(setup.dtype),
+              input=input_identity(setup.image, setup.input_attrs))
     return json.loads(json.dumps(fp))
 
 
