@@ -28,13 +28,13 @@ import os
 import platform
 import shutil
 import time
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 from .errors import InvalidTypeError, InvalidValueError, NotFoundError, OutputExistsError
 from .outputs._lease import acquire

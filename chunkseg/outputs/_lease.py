@@ -492,7 +492,7 @@ def acquire(location: str | os.PathLike, *, storage_options: Mapping[str, Any] |
     holder = Holder(
         host=socket.gethostname(),
         pid=os.getpid(),
-        started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         token=secrets.token_hex(16),
         version=__version__,
         command=command,
