@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -23,9 +23,6 @@ from ._version import __version__
 from .io._axes import DIMS
 from .io._locations import _check_storage_options, _fspath
 from .io._open import open_image
-
-if TYPE_CHECKING:
-    pass
 
 
 def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:

@@ -67,8 +67,9 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ._check import positive_int
 from ._redact import secrets_of
+from ._version import __version__
 from .blend import mapped_zeros
-from .engine import BlockReader, _threads, _version, blend_graph
+from .engine import BlockReader, _threads, blend_graph
 from .errors import InvalidTypeError, InvalidValueError, LargeObjectWarning, ModelOutputError
 from .io import open_image
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
@@ -715,7 +716,7 @@ def predict_instances(
         runner = InstanceTileRunner(reader, model, plan, int(batch_size))
         _probe(runner)
         attrs = {
-            MARKER: _version(),
+            MARKER: __version__,
             "tile": list(plan.tile), "overlap": list(plan.overlap), "stride": list(plan.stride),
             "chunks": list(plan.chunks), "padding": "reflect",
             "method": ("per-tile instances; keep an object iff its centroid lies in the tile's "

@@ -40,12 +40,11 @@ from .errors import (
     InvalidValueError,
     MissingDependencyError,
     NotFoundError,
-    OutputExistsError,
 )
 from .models import BUILTIN_MODELS, ModelSpec, Normalization
 from .outputs._lifecycle import replacing, swap_folder
 from .outputs._ownership import write_record
-from .outputs._target import check_output_files, check_output_folder
+from .outputs._target import check_output_files, check_output_folder, folder_is_replaceable
 
 __all__ = [
     "BioimageioModel",
@@ -757,12 +756,7 @@ def _parent(path: Path) -> str:
 
 def _is_package(path: str) -> bool:
     """A folder holding only the files its package record lists (safe to delete)."""
-    try:
-        check_output_folder(path, markers=YAML_NAMES, what="a bioimage.io package",
-                            overwrite=True)
-    except OutputExistsError:
-        return False
-    return True
+    return folder_is_replaceable(path, markers=YAML_NAMES, what="a bioimage.io package")
 
 
 def _check_target(out: Path, as_zip: bool, overwrite: bool) -> bool:

@@ -354,8 +354,6 @@ def _given(args, dest: str) -> bool:
     """Whether option ``dest`` was on the command line (not its default)."""
     argv = getattr(args, "argv", None) or []
     flag = "--" + dest.replace("_", "-")
-    if dest == "chunk":
-        flag = "--chunk"
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 

@@ -652,10 +652,6 @@ def _validate_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _version() -> str:
-    return __version__
-
-
 def predict(
     image: Any,
     model: Any,
@@ -891,7 +887,7 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
         var.attrs = redact_attrs(var.attrs, secrets)
     classes = runner.classes
     attrs = {
-        MARKER: _version(),
+        MARKER: __version__,
         "tile": list(plan.tile),
         "overlap": list(plan.overlap),
         "stride": list(plan.stride),
@@ -1226,8 +1222,8 @@ def predict_to_zarr(
                 ds_attrs.update(layout=_ome.LAYOUT, levels=len(level_shapes))
             fingerprint = _fingerprint(ds_attrs, setup, plan)
             if target.resume:
-                group, targets, done = _reopen(target.store, so, fingerprint, setup.outputs, ome)
-                finished = {tuple(int(v) for v in ij) for ij in np.argwhere(done[...] == 1)}
+                group, targets, done, finished = _reopen(target.store, so, fingerprint,
+                                                         setup.outputs, ome)
             else:
                 group = zarr.open_group(target.store, mode="w", storage_options=so,
                                         attributes={**ds_attrs, "fingerprint": fingerprint,
@@ -1297,7 +1293,7 @@ def predict_to_zarr(
                               scheduler if client is None else client, progress)
             group.attrs["complete"] = True  # last: the output is whole
         consolidate(group)
-    return _open(store, _so(store, storage_options), consolidated=True)
+    return _open(store, so, consolidated=True)
 
 
 @contextlib.contextmanager

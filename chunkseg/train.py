@@ -39,7 +39,7 @@ import numpy as np
 from .errors import InvalidTypeError, InvalidValueError, NotFoundError, OutputExistsError
 from .outputs._lease import acquire
 from .outputs._lifecycle import staging_path, swap_folder
-from .outputs._target import check_output_folder
+from .outputs._target import check_output_folder, folder_is_replaceable
 
 __all__ = ["TrainConfig", "TrainResult", "export_model", "train"]
 
@@ -646,12 +646,8 @@ def _write_log(history: list, out: Path) -> None:
 
 def _is_run(path: str) -> bool:
     """A folder holding only what a training run writes (safe to delete)."""
-    try:
-        check_output_folder(path, markers=(MARKER_FILE,), what="a chunkseg training run",
-                            overwrite=True, owned=RUN_FILES + ("checkpoint.tmp",))
-    except OutputExistsError:
-        return False
-    return True
+    return folder_is_replaceable(path, markers=(MARKER_FILE,), what="a chunkseg training run",
+                                 owned=RUN_FILES + ("checkpoint.tmp",))
 
 
 def _prepare_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:

@@ -19,6 +19,7 @@ from chunkseg.errors import (
     NotFoundError,
 )
 
+from .._version import MARKER
 from ._axes import _canonical_dim, _finish, _to_yxc
 from ._locations import _ACCEPTED, _access_refused, _missing_bucket, _reason, _redact
 
@@ -184,7 +185,7 @@ def _open_zarr_node(
             "`array_name` must be None unless `image` is a Zarr group. "
             f"Got array_name={array_name!r} for a Zarr array; drop `array_name`."
         )
-    if node.attrs.get("chunkseg_version") is not None and node.attrs.get("complete") is False:
+    if node.attrs.get(MARKER) is not None and node.attrs.get("complete") is False:
         raise InputReadError(
             f"`image` must be a finished store; {source!r} was written by chunkseg ingest, "
             "which did not finish (attrs['complete'] is False: some chunks are missing and "

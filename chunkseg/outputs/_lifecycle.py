@@ -30,8 +30,8 @@ from typing import Any
 from .._redact import is_url
 from ..errors import OutputExistsError, OutputWriteError
 from ._lease import acquire
-from ._ownership import MARKER, foreign_zarr_entries
-from ._target import check_output_target, describe_location
+from ._ownership import foreign_zarr_entries
+from ._target import _chunkseg_root, check_output_target, describe_location
 
 __all__ = ["Target", "leased", "replacing", "staging_path", "swap_folder", "writing"]
 
@@ -81,13 +81,7 @@ def staging_path(store: Any) -> str | None:
 
 def _ours(path: str) -> bool:
     """A Zarr store chunkseg wrote, holding nothing else (safe to delete)."""
-    import zarr
-
-    try:
-        node = zarr.open(store=path, mode="r")
-    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError):
-        return False
-    return MARKER in node.attrs and not foreign_zarr_entries(path)
+    return _chunkseg_root(path, None) is True and not foreign_zarr_entries(path)
 
 
 def _clear(path: str, what: str, ours: Callable[[str], bool] | None = None) -> None:
@@ -99,12 +93,6 @@ def _clear(path: str, what: str, ours: Callable[[str], bool] | None = None) -> N
             f"{what} {describe_location(path)!r} holds data chunkseg did not write; chunkseg "
             "does not delete it. Move it away and run again.")
     shutil.rmtree(path)
-
-
-def _has_data(store: Any, storage_options: Mapping[str, Any] | None) -> bool:
-    from ..io import store_has_data
-
-    return store_has_data(store, storage_options=storage_options)
 
 
 @contextlib.contextmanager
@@ -145,8 +133,8 @@ def writing(store: Any, *, source: Any = None, overwrite: bool = False, resume: 
     chunkseg.errors.OutputLockedError
         If another run holds the output's lease.
     """
-    check_output_target(store, source=source, overwrite=overwrite or resume,
-                        storage_options=storage_options)
+    earlier = check_output_target(store, source=source, overwrite=overwrite or resume,
+                                  storage_options=storage_options)
     local = _local(store)
     held = (acquire(store, storage_options=storage_options, command=what)
             if isinstance(store, str | os.PathLike) else contextlib.nullcontext())
@@ -155,8 +143,8 @@ def writing(store: Any, *, source: Any = None, overwrite: bool = False, resume: 
         if resume and staging is not None and os.path.isdir(staging):
             target = Target(staging, store, True, True)
         elif resume:
-            target = Target(store, store, _has_data(store, storage_options), False)
-        elif overwrite and local is not None and _has_data(store, None):
+            target = Target(store, store, earlier, False)
+        elif overwrite and local is not None and earlier:
             _clear(staging, "The staging folder")
             target = Target(staging, store, False, True)
         else:

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from ..engine import RunSetup
     from ..plan import TilePlan
 
-__all__ = ["MANIFEST", "consolidate", "open_output", "open_output_group", "output_progress", "recorded_settings",
-           "warn_if_incomplete"]
+__all__ = ["MANIFEST", "consolidate", "open_output", "open_output_group", "output_progress",
+           "recorded_settings", "warn_if_incomplete"]
 
 
 MANIFEST = "chunkseg"
@@ -106,7 +106,6 @@ def _so(store: Any, storage_options: dict | None) -> dict | None:
     return storage_options if isinstance(store, str) and "://" in store else None
 
 
-
 def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
     """An output as one Dataset: the root's variables and, in the OME layout, the class labels
     of ``labels/classes/0`` (an NGFF label image, not a root array)."""
@@ -121,7 +120,6 @@ def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
             data = da.from_zarr(array, chunks=getattr(array, "shards", None) or array.chunks)
             ds["labels"] = xr.DataArray(data, dims=("y", "x"), attrs=array.attrs.asdict())
     return ds
-
 
 
 def _missing_chunks(store: Any, so: dict | None, targets: dict, done: np.ndarray) -> list:
@@ -151,11 +149,10 @@ def _missing_chunks(store: Any, so: dict | None, targets: dict, done: np.ndarray
 
 
 def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
-    """The group, variable arrays and manifest of an output to resume, after checking it."""
-    import zarr
-
+    """The group, variable arrays, manifest and finished chunks (a set of ``(jy, jx)``) of an
+    output to resume, after checking it."""
+    group = open_output_group(store, storage_options=so, mode="r+")
     try:
-        group = zarr.open_group(store, mode="r+", storage_options=so)
         done = group[MANIFEST]["done"]
         # write_empty_chunks is run-time configuration, not stored: set it again
         targets = {name: group[_ome.var_path(name) if ome else name].with_config(
@@ -194,7 +191,7 @@ def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
             f"marks {len(missing)} output chunk(s) done whose data is missing, e.g. chunk "
             f"{missing[0]} (y, x of the chunk grid). The output was changed after it was "
             "written; start again with `overwrite=True` (CLI: --overwrite).")
-    return group, targets, done
+    return group, targets, done, {tuple(int(v) for v in ij) for ij in np.argwhere(marks == 1)}
 
 
 def open_output_group(store: Any, *, storage_options: dict | None = None, mode: str = "r"):

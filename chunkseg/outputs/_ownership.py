@@ -21,25 +21,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._version import MARKER, __version__
+
 __all__ = ["MARKER", "RECORD", "foreign_folder_entries", "foreign_zarr_entries",
            "read_record", "require_group", "stamp", "write_record"]
 
-MARKER = "chunkseg_version"
-"""Attribute of every Zarr node (group or array) chunkseg created; its value is the version."""
 
 RECORD = ".chunkseg-owned.json"
 """File of a folder output listing the files chunkseg wrote there."""
 
 
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
-
-
 def stamp(attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``attributes`` with the ownership marker added (a new dict)."""
-    return {**dict(attributes or {}), MARKER: _version()}
+    return {**dict(attributes or {}), MARKER: __version__}
 
 
 def require_group(parent: Any, name: str, attributes: Mapping[str, Any] | None = None):
@@ -125,7 +119,6 @@ def foreign_zarr_entries(location: str, storage_options: Mapping[str, Any] | Non
                 foreign.append(node or rel)
             elif meta.get("node_type") == "array":
                 arrays[node] = _chunk_pattern(meta)
-    owned_nodes = {n for n in arrays}
     for rel in files:
         if rel == "zarr.json" or rel.endswith("/zarr.json"):
             continue
@@ -133,7 +126,7 @@ def foreign_zarr_entries(location: str, storage_options: Mapping[str, Any] | Non
         ok = False
         for cut in range(len(parts) - 1, -1, -1):
             node = "/".join(parts[:cut])
-            if node in owned_nodes:
+            if node in arrays:
                 ok = bool(arrays[node].fullmatch("/".join(parts[cut:])))
                 break
         if not ok:
@@ -164,7 +157,7 @@ def write_record(folder: str | os.PathLike, files: Iterable[str | os.PathLike],
                    - {RECORD})
     record = folder / RECORD
     tmp = folder / (RECORD + ".tmp")
-    tmp.write_text(json.dumps({MARKER: _version(), "what": what, "files": names}, indent=1))
+    tmp.write_text(json.dumps({MARKER: __version__, "what": what, "files": names}, indent=1))
     os.replace(tmp, record)
     return record
 

@@ -27,8 +27,7 @@ from ._ownership import (
 )
 
 __all__ = ["MARKER", "check_output_files", "check_output_folder", "check_output_target",
-           "describe_location"]
-
+           "describe_location", "folder_is_replaceable"]
 
 
 def describe_location(store: Any) -> str:
@@ -61,7 +60,7 @@ def check_output_target(
     source: Any = None,
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
-) -> None:
+) -> bool:
     """Refuse an output target that would lose the user's data; before anything is written.
 
     Parameters
@@ -76,6 +75,12 @@ def check_output_target(
         and that holds nothing but Zarr nodes.
     storage_options : mapping, optional
         fsspec options for a URL ``store``.
+
+    Returns
+    -------
+    bool
+        Whether ``store`` holds data (an earlier output, accepted for replacement), so that
+        callers need not look again.
 
     Raises
     ------
@@ -97,7 +102,7 @@ def check_output_target(
             "another path."
         )
     if not store_has_data(store, storage_options=storage_options):
-        return
+        return False
     if not overwrite:
         raise OutputExistsError(
             f"`store` must be empty or absent unless `overwrite=True`. Got {where!r}, which "
@@ -126,6 +131,7 @@ def check_output_target(
                 "does not delete them even with overwrite=True; move them or choose another "
                 "path."
             )
+    return True
 
 
 def check_output_folder(folder: str | os.PathLike, *, markers: Collection[str],
@@ -201,6 +207,28 @@ def check_output_folder(folder: str | os.PathLike, *, markers: Collection[str],
             "every depth was checked and nothing was deleted. Move them or choose another "
             "folder.")
     return files + ([path / RECORD] if (path / RECORD).is_file() else [])
+
+
+def folder_is_replaceable(folder: str | os.PathLike, *, markers: Collection[str], what: str,
+                          owned: Collection[str] | None = None) -> bool:
+    """Whether :func:`check_output_folder` with ``overwrite=True`` accepts ``folder`` (it
+    holds only what chunkseg wrote there: safe to delete), instead of raising.
+
+    Parameters
+    ----------
+    folder, markers, what, owned
+        As :func:`check_output_folder`.
+
+    Returns
+    -------
+    bool
+        True for an absent or empty folder too.
+    """
+    try:
+        check_output_folder(folder, markers=markers, what=what, overwrite=True, owned=owned)
+    except OutputExistsError:
+        return False
+    return True
 
 
 def check_output_files(paths: Iterable[str | os.PathLike], *, overwrite: bool = False,
