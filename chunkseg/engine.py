@@ -1220,7 +1220,8 @@ def predict_to_zarr(
             level_shapes = _pyramid.level_shapes(plan.image_shape, levels) if ome else []
             if ome:
                 ds_attrs.update(layout=_ome.LAYOUT, levels=len(level_shapes))
-            fingerprint = _fingerprint(ds_attrs, setup, plan)
+            fingerprint = _fingerprint(ds_attrs, plan, outputs=setup.outputs, dtype=setup.dtype,
+                                       image=setup.image, input_attrs=setup.input_attrs)
             if target.resume:
                 group, targets, done, finished = _reopen(target.store, so, fingerprint,
                                                          setup.outputs, ome)

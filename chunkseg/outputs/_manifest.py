@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -31,7 +32,6 @@ from ._ownership import MARKER
 from ._target import describe_location
 
 if TYPE_CHECKING:
-    from ..engine import RunSetup
     from ..plan import TilePlan
 
 __all__ = ["MANIFEST", "consolidate", "open_output", "open_output_group", "output_progress",
@@ -85,16 +85,18 @@ def input_identity(image: Any, attrs: dict | None = None, sample: int = 32) -> d
             "sample": digest.hexdigest()}
 
 
-def _fingerprint(attrs: dict, setup: RunSetup, plan: TilePlan) -> dict:
+def _fingerprint(attrs: dict, plan: TilePlan, *, outputs: Sequence[str], dtype: Any,
+                 image: Any, input_attrs: dict | None) -> dict:
     """The settings that decide an output's values (what ``resume`` must match): the run's
-    settings, the input's identity (:func:`input_identity`) and chunkseg's version."""
+    settings (``attrs``, the plan, the output variables and their dtype), the input's identity
+    (:func:`input_identity` of ``image``, ``(y, x, c)``, and its ``input_attrs``) and
+    chunkseg's version."""
     keep = ("source", "model", "tile", "overlap", "window", "tta", "chunks", "classes", "mask",
             "kernel", "padding", "shards", "zarr_chunks", "class_names", "layout", "levels",
             "chunkseg_version")
     fp = {k: attrs[k] for k in keep if k in attrs}
-    fp.update(image_shape=list(plan.image_shape), outputs=sorted(setup.outputs),
-              dtype=str(setup.dtype),
-              input=input_identity(setup.image, setup.input_attrs))
+    fp.update(image_shape=list(plan.image_shape), outputs=sorted(outputs), dtype=str(dtype),
+              input=input_identity(image, input_attrs))
     return json.loads(json.dumps(fp))
 
 
