@@ -2,7 +2,7 @@
 
     python benchmarks/architectures.py --epochs 50      # 50 epochs x 20 iterations each
 
-Each architecture is trained by ``chunkseg.train`` from ``configs/isbi2012_unet.toml`` with
+Each architecture is trained by ``chunkseg.training.train`` from ``configs/isbi2012_unet.toml`` with
 only ``model``/``model_options``, ``epochs``, ``val_every`` and ``out`` changed (same data,
 patches, augmentation, loss, optimiser, schedule, seed), the best epoch chosen on sections
 20-24; then scored on sections 20-24 through ``chunkseg.predict`` (tile 256, overlap 64,
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 import chunkseg  # noqa: E402
 from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
 from benchmarks.heldout import scores, tiles_per_second  # noqa: E402
-from chunkseg.architectures import count_parameters  # noqa: E402
-from chunkseg.train import TrainConfig, train  # noqa: E402
+from chunkseg.models.architectures import count_parameters  # noqa: E402
+from chunkseg.training.train import TrainConfig, train  # noqa: E402
 
 ARCHS = {
     "unet": {"base_channels": 16, "depth": 4},

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._isbi import load_sections  # noqa: E402
 from benchmarks.heldout import tiled_sections  # noqa: E402
-from chunkseg.metrics import pixel_error  # noqa: E402
+from chunkseg.evaluation.metrics import pixel_error  # noqa: E402
 
 OFFSETS = tuple(float(o) for o in np.round(np.arange(-1.0, 1.001, 0.125), 3))
 

@@ -60,7 +60,7 @@ OUTPUT_SETS = {
 def build_model(name: str, device: str):
     import torch
 
-    from chunkseg.unet import UNet, pretrained
+    from chunkseg.models.unet import UNet, pretrained
 
     if name == "shipped":
         model = pretrained(device=device)
@@ -157,8 +157,8 @@ def main(argv=None) -> None:
 
     import chunkseg
     from benchmarks.scale import write_texture
-    from chunkseg.engine import GPU_CHUNK
-    from chunkseg.models import Normalization
+    from chunkseg.engine.core import GPU_CHUNK
+    from chunkseg.models.load import Normalization
     from chunkseg.plan import plan_tiles
 
     torch.backends.cudnn.benchmark = True

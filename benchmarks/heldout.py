@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import chunkseg  # noqa: E402
 from benchmarks._isbi import DATA, VAL_SECTIONS, load_sections  # noqa: E402
-from chunkseg.metrics import dice, iou, pixel_error  # noqa: E402
-from chunkseg.windows import WINDOWS  # noqa: E402
+from chunkseg.evaluation.metrics import dice, iou, pixel_error  # noqa: E402
+from chunkseg.kernels.windows import WINDOWS  # noqa: E402
 
 
 def scores(labels: np.ndarray, pred: np.ndarray) -> dict:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
 from benchmarks.heldout import tiled_sections  # noqa: E402
-from chunkseg.metrics import pixel_error  # noqa: E402
+from chunkseg.evaluation.metrics import pixel_error  # noqa: E402
 
 DISTANCES = (1.0, 1.5, 2.0, 3.0, 5.0)
 

@@ -7,7 +7,7 @@ connected components of its cell pixels (label PNG 255); the shipped U-Net's are
 - *whole section*: the model on the 512 x 512 section in one pass (tile 512, no overlap), then
   :func:`scipy.ndimage.label` of class 0;
 - *through chunkseg*: ``predict_to_zarr`` (tile 256, overlap 64, gaussian, 384 px chunks, so
-  the section is cut into 2 x 2 chunks) and ``chunkseg.instances(out, cls=0)``.
+  the section is cut into 2 x 2 chunks) and ``chunkseg.label(out, cls=0)``.
 
 Scores from :func:`skimage.metrics.adapted_rand_error` (membrane pixels of the ground truth
 ignored, as in the challenge) and :func:`skimage.metrics.variation_of_information` (split and
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
             out = str(Path(tmp) / f"section-{i}.zarr")
             chunkseg.predict_to_zarr(img, "isbi2012-unet", out, tile=args.tile,
                                      overlap=args.overlap, chunks=args.chunk, outputs="labels")
-            ids = chunkseg.instances(out, cls=0).values
+            ids = chunkseg.label(out, cls=0).values
             per["chunkseg"].append(scores(gt, ids))
     rows = []
     for how, items in per.items():

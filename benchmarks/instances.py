@@ -7,7 +7,7 @@ is sampled every 0.1 s:
 
 - ``predict``: ``predict_to_zarr`` with a pointwise two-class model (dark = class 1), writing
   uint8 labels and float16 probabilities (the logits path; its peak RSS is the target's base);
-- ``instances``: ``chunkseg.instances(out, cls=1)`` on that output, then a check that every
+- ``instances``: ``chunkseg.label(out, cls=1)`` on that output, then a check that every
   disk got exactly one id and the ids are ``1..N`` with ``N`` the number of disks;
 - ``regions``: ``chunkseg.regions`` on it (Parquet), area of every disk checked;
 - ``predict-instances``: the per-tile route, ``chunkseg.predict_instances`` with a per-tile
@@ -115,7 +115,7 @@ def step(mode: str, image: str, out: str, size: int, args) -> dict:
                                      outputs="probabilities,labels", dtype="float16",
                                      overwrite=True)
         elif mode == "instances":
-            ids = chunkseg.instances(out, cls=1, overwrite=True)
+            ids = chunkseg.label(out, cls=1, overwrite=True)
             result["objects"] = int(ids.attrs["objects"])
         elif mode == "regions":
             table = chunkseg.regions(out, out + ".parquet", overwrite=True)

@@ -18,8 +18,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chunkseg import blend  # noqa: E402
-from chunkseg.models import as_model  # noqa: E402
-from chunkseg.windows import get_window  # noqa: E402
+from chunkseg.kernels.windows import get_window  # noqa: E402
+from chunkseg.models.load import as_model  # noqa: E402
 
 
 class TimedModel:

@@ -72,7 +72,7 @@ def run_one(image: str, out: str, ome: bool, args) -> dict:
     import dask
 
     import chunkseg
-    from chunkseg.models import as_model
+    from chunkseg.models.load import as_model
 
     t0 = time.perf_counter()
     with dask.config.set(num_workers=args.threads):

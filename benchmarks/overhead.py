@@ -61,7 +61,7 @@ def run_one(mode: str, model: str, image: str, tile: int, overlap: int, chunk: i
     import dask
 
     import chunkseg
-    from chunkseg.models import as_model
+    from chunkseg.models.load import as_model
     from chunkseg.plan import plan_tiles
 
     arr = chunkseg.open_image(image)

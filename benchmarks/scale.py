@@ -102,9 +102,9 @@ def run_one(image: str, out: str, model_name: str, args) -> dict:
     import zarr
 
     import chunkseg
-    from chunkseg.models import as_model
+    from chunkseg.kernels.windows import get_window
+    from chunkseg.models.load import as_model
     from chunkseg.plan import plan_tiles
-    from chunkseg.windows import get_window
 
     model = as_model(MODELS[model_name])
     src = zarr.open_array(image, mode="r")

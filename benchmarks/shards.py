@@ -47,7 +47,7 @@ def run_one(image: str, out: str, chunks: int, shards: int | None, args) -> dict
     import dask
 
     import chunkseg
-    from chunkseg.models import as_model
+    from chunkseg.models.load import as_model
 
     model = as_model(MODEL)
     t0 = time.perf_counter()

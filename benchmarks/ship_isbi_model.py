@@ -5,7 +5,7 @@
 
 Copies the run's ``model.pt`` (the best epoch's state_dict, float32) to
 ``chunkseg/data/isbi2012_unet.pt`` and writes ``chunkseg/data/isbi2012_unet.json``: the run's
-record (config, with ``model_options``, which :func:`chunkseg.unet.pretrained` builds the network
+record (config, with ``model_options``, which :func:`chunkseg.models.unet.pretrained` builds the network
 from; best epoch; environment) and ``held_out``, the whole-section scores on sections 20-24
 measured here (one pass per 512 x 512 section, argmax), beside the trivial "cell everywhere".
 """
@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 import chunkseg  # noqa: E402
 from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
 from benchmarks.heldout import whole_sections  # noqa: E402
-from chunkseg.metrics import dice, iou, pixel_error  # noqa: E402
-from chunkseg.models import Normalization  # noqa: E402
-from chunkseg.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, WEIGHTS_PATH, UNet  # noqa: E402
+from chunkseg.evaluation.metrics import dice, iou, pixel_error  # noqa: E402
+from chunkseg.models.load import Normalization  # noqa: E402
+from chunkseg.models.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, WEIGHTS_PATH, UNet  # noqa: E402
 
 
 def main(argv=None) -> None:

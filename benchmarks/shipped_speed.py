@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import chunkseg  # noqa: E402
 from benchmarks.heldout import rate  # noqa: E402
-from chunkseg.models import BUILTIN_MODELS  # noqa: E402
-from chunkseg.unet import UNet, pretrained  # noqa: E402
+from chunkseg.models.load import BUILTIN_MODELS  # noqa: E402
+from chunkseg.models.unet import UNet, pretrained  # noqa: E402
 
 
 def _previous(rev: str) -> UNet:

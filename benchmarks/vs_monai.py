@@ -166,7 +166,7 @@ def run_monai(image: str, out_npy: str, tile: int, overlap: int, batch_size: int
     calls = {"tiles": 0, "batches": 0}
     weight_map = None
     if weights == "chunkseg":
-        from chunkseg.windows import get_window
+        from chunkseg.kernels.windows import get_window
 
         weight_map = torch.from_numpy(get_window("gaussian", tile))
 
@@ -211,7 +211,7 @@ def run_chunkseg(image: str, out_zarr: str, tile: int, overlap: int, chunk: int,
     import dask
 
     import chunkseg
-    from chunkseg.models import ModelSpec, load_model
+    from chunkseg.models.load import ModelSpec, load_model
     from chunkseg.plan import plan_tiles
 
     plan = plan_tiles(chunkseg.open_image(image).shape, tile, overlap, chunk)
@@ -359,7 +359,7 @@ def window_check(tile: int) -> dict:
     """MONAI's gaussian importance map against chunkseg's gaussian window for one tile."""
     from monai.data.utils import compute_importance_map
 
-    from chunkseg.windows import get_window
+    from chunkseg.kernels.windows import get_window
 
     m = compute_importance_map((tile, tile), mode="gaussian", sigma_scale=0.125).numpy()
     c = get_window("gaussian", tile)

@@ -8,10 +8,8 @@ seamless result that does not depend on the chunking. See :func:`predict`.
 from __future__ import annotations
 
 from ._ingest import ingest
-from ._objects import instances, regions
-from ._tile_instances import predict_instances
 from ._version import __version__
-from .engine import OUTPUTS, predict, predict_to_zarr
+from .engine.core import OUTPUTS, predict, predict_to_zarr
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,
@@ -32,18 +30,26 @@ from .errors import (
     RunInterruptedError,
     SchedulerError,
 )
-from .evaluation import evaluate
+from .evaluation.seams import seam_report
+from .evaluation.semantic import evaluate
 from .io import open_image
-from .models import ModelSpec, Normalization, as_model, load_model
+from .kernels.windows import WINDOWS, get_window
+from .models.load import ModelSpec, Normalization, as_model, load_model
+from .objects.instances import label, regions
+from .objects.tile_instances import predict_instances
 from .outputs._manifest import open_output, output_progress
 from .plan import TilePlan, plan_tiles
-from .seams import seam_report
-from .windows import WINDOWS, get_window
 
 
 def __getattr__(name: str):  # PatchDataset/augmentation import torch: only when first used
+    if name == "instances":  # the name of `label` before 0.2
+        import warnings
+
+        warnings.warn("chunkseg.instances is now chunkseg.label (connected-component labelling); "
+                      "the old name will be removed", DeprecationWarning, stacklevel=2)
+        return label
     if name in ("PatchDataset", "augmentation"):
-        from . import patches
+        from .training import patches
 
         return getattr(patches, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -56,7 +62,7 @@ __all__ = [
     "open_output",
     "output_progress",
     "OUTPUTS",
-    "instances",
+    "label",
     "regions",
     "predict_instances",
     "plan_tiles",

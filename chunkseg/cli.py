@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _window_arg(text: str):
     import os
 
-    from .windows import WINDOWS
+    from .kernels.windows import WINDOWS
 
     if text.endswith(".npy"):
         from .io._files import _read_npy
@@ -304,7 +304,7 @@ def _mask_arg(path: str | None):
 def _normalization(args):
     if args.scale is None and args.mean is None and args.std is None:
         return None
-    from .models import Normalization
+    from .models.load import Normalization
 
     return Normalization(scale=1.0 if args.scale is None else args.scale,
                          mean=args.mean or (0.0,), std=args.std or (1.0,))
@@ -386,7 +386,7 @@ def _resumed_settings(args) -> dict:
 
 
 def _cmd_predict(args) -> int:
-    from .engine import predict_to_zarr
+    from .engine.core import predict_to_zarr
 
     settings = _resumed_settings(args)
     window = settings.pop("window")
@@ -404,7 +404,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from .training.train import TrainConfig, train
 
     config = TrainConfig.from_file(args.config, overrides=args.overrides)
     result = train(config, resume=args.resume, overwrite=args.overwrite,
@@ -418,7 +418,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_export_bioimageio(args) -> int:
-    from .bioimageio import export_bioimageio
+    from .models.bioimageio import export_bioimageio
 
     path = export_bioimageio(args.out, model=args.model, overwrite=args.overwrite)
     print(f"wrote {path} (run it: chunkseg predict IMAGE OUT.zarr --model {path})")
@@ -426,7 +426,7 @@ def _cmd_export_bioimageio(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluation import (
+    from .evaluation.semantic import (
         evaluate,
         format_report,
         parse_classes,
@@ -454,7 +454,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_seams(args) -> int:
-    from . import seams
+    from .evaluation import seams
 
     seams.seam_report_paths(args.out, json_path=args.json_out, overwrite=args.overwrite,
                             sources=(args.image,))
@@ -527,9 +527,9 @@ def _check_info_attrs(attrs: dict, where: str) -> None:
 
 
 def _cmd_label(args) -> int:
-    from ._objects import instances
+    from .objects.instances import label
 
-    ids = instances(args.store, cls=args.cls, threshold=args.threshold,
+    ids = label(args.store, cls=args.cls, threshold=args.threshold,
                     connectivity=args.connectivity, name=args.name, overwrite=args.overwrite,
                     scheduler=args.scheduler, workers=args.workers,
                     progress=not args.no_progress)
@@ -539,7 +539,7 @@ def _cmd_label(args) -> int:
 
 
 def _cmd_predict_instances(args) -> int:
-    from ._tile_instances import predict_instances
+    from .objects.tile_instances import predict_instances
 
     ids = predict_instances(args.image, args.model, args.store, tile=args.tile,
                             overlap=args.overlap, chunks=args.chunk, batch_size=args.batch_size,
@@ -551,7 +551,7 @@ def _cmd_predict_instances(args) -> int:
 
 
 def _cmd_figures(args) -> int:
-    from .viz import figures
+    from .viz.core import figures
 
     if args.model is not None and args.image is None:
         raise InvalidValueError("`--model` needs `--image` (the input the model runs on). Got --model "
@@ -564,7 +564,7 @@ def _cmd_figures(args) -> int:
 
 
 def _cmd_regions(args) -> int:
-    from ._objects import regions
+    from .objects.instances import regions
 
     size = args.pixel_size
     table = regions(args.store, args.table, name=args.name, image=args.image,
@@ -663,7 +663,7 @@ def _interrupted(args, error: KeyboardInterrupt) -> str:
         return f"{line}; continue the run with --resume."
     if args.command != "predict":
         return f"{line}."
-    from .engine import output_progress
+    from .engine.core import output_progress
     from .outputs._target import describe_location
 
     where = describe_location(args.store)

@@ -152,10 +152,10 @@ def run_demo(
     ImportError
         If torch, pillow or matplotlib is missing (``pip install "chunkseg[all]"``).
     """
-    from ._objects import instances, regions
-    from .engine import predict_to_zarr
+    from .engine.core import predict_to_zarr
+    from .objects.instances import label, regions
     from .plan import plan_tiles
-    from .viz import figures, plot_overview
+    from .viz.core import figures, plot_overview
 
     out = Path(out)
     paths = {"mosaic": out / "mosaic.zarr", "segmentation": out / "segmentation.zarr",
@@ -179,7 +179,7 @@ def run_demo(
     )
     seconds = time.perf_counter() - t0
     # the cells: connected components of the cell-interior class, one id across chunks
-    cells = instances(str(paths["segmentation"]), cls=0, scheduler=scheduler, workers=workers,
+    cells = label(str(paths["segmentation"]), cls=0, scheduler=scheduler, workers=workers,
                       progress=progress)
     table = regions(str(paths["segmentation"]), paths["regions"], image=str(paths["mosaic"]),
                     pixel_size=ISBI_PIXEL_NM, unit="nanometer", overwrite=True,

@@ -73,7 +73,7 @@ def reference_blend(image, model, tile, overlap, window):
 
 def reference_window(name, tile, overlap):
     """The (T_y, T_x) float64 blending window, from the definitions in
-    ``chunkseg.windows.window_1d``'s docstring, one axis at a time with that axis's own tile and
+    ``chunkseg.kernels.windows.window_1d``'s docstring, one axis at a time with that axis's own tile and
     overlap (nothing of ``chunkseg`` used): the outer product of the y and x windows."""
     def one_axis(size, ovl):
         i = np.arange(size, dtype=np.float64)

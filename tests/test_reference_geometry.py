@@ -24,7 +24,7 @@ from reference import (
 )
 
 import chunkseg
-from chunkseg.windows import get_window
+from chunkseg.kernels.windows import get_window
 
 RNG = np.random.default_rng(2027)
 

@@ -24,7 +24,6 @@ import zarr
 from model_factories import FAIL_ON_ENV
 
 import chunkseg
-from chunkseg import blend
 from chunkseg.cli import main
 from chunkseg.errors import (
     ChunksegError,
@@ -34,6 +33,7 @@ from chunkseg.errors import (
     ModelOutputError,
     ModelRunError,
 )
+from chunkseg.kernels import blend
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -349,7 +349,7 @@ def test_label_refuses_bad_names(output, capsys, name):
     line = _one_error_line(capsys, "label")
     assert "`name` must be a new array name" in line and repr(name) in line, line
     with pytest.raises(InvalidValueError, match="`name` must be a new array name"):
-        chunkseg.instances(str(output), name=name)
+        chunkseg.label(str(output), name=name)
     assert sorted(p.name for p in output.iterdir()) == before  # nothing written
 
 

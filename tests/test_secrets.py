@@ -447,7 +447,7 @@ def test_attrs_are_never_imported(tmp_path, monkeypatch, capsys):
 @pytest.mark.timeout(60)
 def test_pretrained_weights_load_weights_only(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from chunkseg import unet
+    from chunkseg.models import unet
 
     marker = tmp_path / "executed"
 
@@ -817,7 +817,7 @@ def test_compute_redacts_the_warnings_of_its_tasks(scheduler):
     predict_instances, evaluate, the pyramid), re-emits its tasks' warnings redacted."""
     import dask
 
-    from chunkseg.scheduling import compute
+    from chunkseg.engine.scheduling import compute
 
     @dask.delayed(pure=False)
     def task(i):

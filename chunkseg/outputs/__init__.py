@@ -3,7 +3,7 @@
 One package owns it (the target check, location identity, ownership, the writer's lease,
 replace-on-success, array creation and whole-chunk writes, the manifest and resume, the
 pyramid), and every writer goes through it: :func:`chunkseg.predict_to_zarr`,
-:func:`chunkseg.ingest`, :func:`chunkseg.instances`, :func:`chunkseg.predict_instances`,
+:func:`chunkseg.ingest`, :func:`chunkseg.label`, :func:`chunkseg.predict_instances`,
 :func:`chunkseg.regions`, the demo, figures, reports, training runs and bioimage.io packages.
 
 Modules, each one job:

@@ -1,7 +1,7 @@
 """The life of one Zarr output: checked, leased, built, and swapped in only when complete.
 
 :func:`writing` is what every Zarr writer (:func:`chunkseg.predict_to_zarr`,
-:func:`chunkseg.ingest`, :func:`chunkseg.predict_instances`, :func:`chunkseg.instances`, the
+:func:`chunkseg.ingest`, :func:`chunkseg.predict_instances`, :func:`chunkseg.label`, the
 demo) wraps its writes in:
 
 1. the target check (:func:`chunkseg.outputs._target.check_output_target`: never the input

@@ -387,7 +387,7 @@ def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dic
         out["model"] = model.get("source")
         out["device"] = model.get("device")
     if isinstance(model, dict) and isinstance(model.get("normalization"), dict):
-        from ..models import Normalization
+        from ..models.load import Normalization
 
         out["normalization"] = Normalization(**model["normalization"])
     for key in ("tile", "overlap", "tta", "kernel", "dtype", "levels"):
@@ -414,7 +414,7 @@ def consolidate(group: Any) -> None:
     """Write the consolidated metadata of an output's hierarchy (one read opens it all).
 
     The one place every writer consolidates (:func:`chunkseg.predict_to_zarr`,
-    :func:`chunkseg.predict_instances`, :func:`chunkseg.instances`). Consolidated metadata is
+    :func:`chunkseg.predict_instances`, :func:`chunkseg.label`). Consolidated metadata is
     not in the Zarr v3 spec yet, but zarr-python and xarray read it (xarray warns without it);
     zarr's notice about that is silenced here.
 

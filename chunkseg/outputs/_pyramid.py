@@ -167,9 +167,9 @@ def write_levels(pyramids: Sequence[tuple[Sequence[Any], str]], location: str, *
     location : str
         The store, as shown in messages (:func:`chunkseg.outputs._target.describe_location`).
     scheduler, progress
-        As :func:`chunkseg.scheduling.compute`.
+        As :func:`chunkseg.engine.scheduling.compute`.
     """
-    from ..scheduling import compute
+    from ..engine.scheduling import compute
     from ._arrays import ArrayWriter
 
     full = {"write_empty_chunks": True}

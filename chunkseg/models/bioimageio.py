@@ -1,0 +1,1006 @@
+"""bioimage.io model packages: export the shipped U-Net as one, and run one as a chunkseg model.
+
+A bioimage.io model package (format 0.5, https://bioimage.io) is a folder or a ``.zip`` with an
+``rdf.yaml`` (or ``bioimageio.yaml``) that describes the model: its weights, its input and output
+tensors (axes, valid sizes, halo), the preprocessing of the input, test tensors, documentation,
+license and citations. :func:`export_bioimageio` writes the shipped ``isbi2012-unet`` as such a
+package, built with ``bioimageio.spec``'s own description classes and validated by it;
+:func:`load_bioimageio` reads a package back as a :class:`BioimageioModel`: the weights file
+chunkseg runs (TorchScript or ONNX), the :class:`~chunkseg.models.Normalization` equal to the
+package's preprocessing, a tile and an overlap from the package's valid sizes and halo, and the
+class names from its output channel axis.
+
+A model spec string naming a package (``"path/rdf.yaml"``, ``"path/bioimageio.yaml"``,
+``"model.zip"`` or a folder holding ``rdf.yaml``) runs through :func:`load_bioimageio` wherever
+chunkseg takes a model, and :func:`chunkseg.models.model_defaults` gives the engine its tile,
+overlap and class names.
+
+Everything here needs ``bioimageio.spec`` (``pip install 'chunkseg[bioimageio]'``), imported only
+when a package is written or read; the export needs torch and pillow as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    InvalidTypeError,
+    InvalidValueError,
+    MissingDependencyError,
+    NotFoundError,
+)
+from ..outputs._lifecycle import replacing, swap_folder
+from ..outputs._ownership import write_record
+from ..outputs._target import check_output_files, check_output_folder, folder_is_replaceable
+from .load import BUILTIN_MODELS, ModelSpec, Normalization
+
+__all__ = [
+    "BioimageioModel",
+    "export_bioimageio",
+    "load_bioimageio",
+    "is_bioimageio_source",
+    "SPEC_VERSION",
+    "YAML_NAMES",
+]
+
+SPEC_VERSION = "0.5.14.3"
+"""The ``bioimageio.spec`` release this module was written and tested against (format 0.5.14)."""
+
+YAML_NAMES = ("rdf.yaml", "bioimageio.yaml")
+"""File names of a package's description; a spec string ending in one names a package."""
+
+PREFERRED_TILE = 256
+"""The tile :func:`load_bioimageio` aims for: the package's valid size nearest to it."""
+
+MAPPED_PREPROCESSING = ("ensure_dtype", "scale_linear", "fixed_zero_mean_unit_variance")
+"""Preprocessing ops that :func:`load_bioimageio` maps to a chunkseg Normalization."""
+
+_INSTALL = "pip install 'chunkseg[bioimageio]'"
+
+# What the shipped model's package says about itself (chunkseg/data/MODEL_CARD.md).
+_ISBI_CLASS_NAMES = ("cell", "membrane")
+_ISBI_PIXEL_NM = 4.0
+_ISBI_TEST_SECTION = Path(__file__).resolve().parent.parent / "data" / "isbi2012_test" / "00.png"
+_ISBI_CARD = Path(__file__).resolve().parent.parent / "data" / "MODEL_CARD.md"
+_ISBI_RUN = Path(__file__).resolve().parent.parent / "data" / "isbi2012_unet.json"
+_ISBI_DEFAULT_OVERLAP = 64  # chunkseg's default overlap, the one the model card measured
+_ISBI_CITATIONS = (
+    ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
+     "Segmentation. MICCAI 2015, LNCS 9351, 234-241.", "10.1007/978-3-319-24574-4_28"),
+    ("Cardona A. et al. An integrated micro- and macroarchitectural analysis of the Drosophila "
+     "brain by computer-assisted serial section electron microscopy. PLoS Biology 8(10): "
+     "e1000502 (2010). The training data.", "10.1371/journal.pbio.1000502"),
+    ("Arganda-Carreras I. et al. Crowdsourcing the creation of image segmentation algorithms "
+     "for connectomics. Frontiers in Neuroanatomy 9:142 (2015). The ISBI 2012 challenge.",
+     "10.3389/fnana.2015.00142"),
+)
+
+
+def _import_spec():
+    try:
+        import bioimageio.spec as spec
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"bioimage.io model packages need bioimageio.spec, which is not installed: {_INSTALL} "
+            f"(tested with bioimageio.spec=={SPEC_VERSION})."
+        ) from e
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# What a package is
+
+
+def is_bioimageio_source(source: Any) -> bool:
+    """Whether a model spec names a bioimage.io package; reads no file but a folder's listing.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A model spec string.
+
+    Returns
+    -------
+    bool
+        True for a path or URL ending in ``rdf.yaml``, ``bioimageio.yaml`` (``x.bioimageio.yaml``
+        too) or ``.zip``, and for a folder holding ``rdf.yaml`` or ``bioimageio.yaml``; False for
+        anything else (built-in names, ``.pt``/``.onnx`` files, ``module:factory``, objects).
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    text = os.fspath(source)
+    if not isinstance(text, str) or not text:
+        return False
+    name = text.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].lower()
+    if name.endswith(YAML_NAMES) or name.endswith(".zip"):
+        return True
+    if "://" in text:
+        return False
+    try:
+        return Path(text).is_dir() and any((Path(text) / n).is_file() for n in YAML_NAMES)
+    except OSError:
+        return False
+
+
+def _package_file(source: str) -> str:
+    """The description a spec names: a folder's rdf.yaml, else the source itself."""
+    if "://" not in source and Path(source).is_dir():
+        for name in YAML_NAMES:
+            if (Path(source) / name).is_file():
+                return str(Path(source) / name)
+        raise NotFoundError(
+            f"`model` folder {source!r} must hold a bioimage.io description "
+            f"({' or '.join(YAML_NAMES)}). Got a folder without one; point to the package's "
+            f"rdf.yaml or its .zip."
+        )
+    if "://" not in source and not Path(source).exists():
+        raise NotFoundError(
+            f"`model` bioimage.io package {source!r} does not exist. Give the path of a package's "
+            f"rdf.yaml, its folder or its .zip."
+        )
+    if "://" not in source and source.lower().endswith(".zip") and not zipfile.is_zipfile(source):
+        raise InvalidValueError(
+            f"`model` bioimage.io package {source!r} must be a zip archive holding an rdf.yaml. "
+            "Got a file that is not a zip archive (truncated, or another format); download or "
+            "export the package again."
+        )
+    return source
+
+
+# --------------------------------------------------------------------------------------------
+# The loaded model
+
+
+@dataclass(frozen=True)
+class BioimageioModel:
+    """A bioimage.io model package as chunkseg runs it; plain data (see :func:`load_bioimageio`).
+
+    chunkseg feeds the weights float32 batches ``(N, input_channels, T_y, T_x)`` after
+    :attr:`normalization`, blends their raw output as logits ``(N, K, T_y, T_x)`` and computes
+    its own softmax; :attr:`postprocessing` is recorded, not applied.
+    """
+
+    source: str
+    """The spec it was loaded from (a description, a folder or a .zip), as given."""
+    name: str
+    """The package's ``name``."""
+    weights: str
+    """Local path of the weights chunkseg runs: a TorchScript (``.pt``) or ONNX (``.onnx``) file.
+    Weights inside a .zip or behind a URL (or named without that suffix) are copied once to
+    ``<tempdir>/chunkseg-bioimageio/<sha256>/``."""
+    weights_format: str
+    """``"torchscript"`` or ``"onnx"``."""
+    normalization: Normalization
+    """Equal to the package's preprocessing (or the ``normalization`` given to the loader)."""
+    tile: int | tuple[int, int]
+    """A valid input size (``min + n * step``) near :data:`PREFERRED_TILE`; a tuple only when the
+    package's y and x sizes differ."""
+    overlap: int | tuple[int, int]
+    """Twice the output halo (0 for a package without one); a tuple only when y and x differ."""
+    class_names: tuple[str, ...]
+    """The output channel axis' ``channel_names``, one per class."""
+    input_channels: int
+    """Channels of the input tensor, ``C_in``."""
+    tile_min: tuple[int, int] = (1, 1)
+    """Smallest valid input size, ``(y, x)``."""
+    tile_step: tuple[int, int] = (0, 0)
+    """Step between valid input sizes, ``(y, x)``; 0 for a fixed size."""
+    halo: tuple[int, int] = (0, 0)
+    """Output halo, ``(y, x)``: pixels the package asks to crop from each side of an output tile."""
+    batch_size: int | None = None
+    """1 when the package fixes its batch axis to one sample, else None (any batch)."""
+    postprocessing: tuple[str, ...] = ()
+    """Ids of the output's postprocessing ops (``ensure_dtype`` left out), not applied."""
+    input_id: str = "input"
+    """Id of the package's input tensor."""
+    output_id: str = "output"
+    """Id of the package's output tensor."""
+
+    def to_model_spec(self, device: str = "cpu",
+                      normalization: Normalization | None = None) -> ModelSpec:
+        """A :class:`~chunkseg.models.ModelSpec` of the weights file with this normalisation.
+
+        Parameters
+        ----------
+        device : str, default "cpu"
+            Torch or ONNX Runtime device.
+        normalization : Normalization, optional
+            Use this instead of :attr:`normalization`.
+
+        Returns
+        -------
+        ModelSpec
+            Resolved by chunkseg's TorchScript or ONNX adapter (the weights' file name ends in
+            ``.pt`` or ``.onnx``).
+        """
+        return ModelSpec(self.weights, device=device,
+                         normalization=normalization or self.normalization)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        def _plain(v):
+            return list(v) if isinstance(v, tuple) else v
+        return {
+            "source": self.source, "name": self.name, "weights": self.weights,
+            "weights_format": self.weights_format, "normalization": self.normalization.to_dict(),
+            "tile": _plain(self.tile), "overlap": _plain(self.overlap),
+            "class_names": list(self.class_names), "input_channels": self.input_channels,
+            "tile_min": list(self.tile_min), "tile_step": list(self.tile_step),
+            "halo": list(self.halo), "batch_size": self.batch_size,
+            "postprocessing": list(self.postprocessing), "input_id": self.input_id,
+            "output_id": self.output_id,
+        }
+
+    def defaults(self) -> dict:
+        """What the engine takes when the call gives none: ``tile``, ``overlap``, ``class_names``
+        (and ``batch_size`` when the package fixes it to 1)."""
+        return _defaults(self.tile, self.overlap, self.class_names, self.batch_size)
+
+
+def _package_defaults(source: str | os.PathLike) -> dict:
+    """:meth:`BioimageioModel.defaults` of a package, whatever its preprocessing."""
+    path = _package_file(os.fspath(source))
+    fields, _ = _load_cached(path, _stamp(path))
+    return _defaults(fields["tile"], fields["overlap"], fields["class_names"],
+                     fields["batch_size"])
+
+
+def _defaults(tile, overlap, class_names, batch_size) -> dict:
+    d: dict[str, Any] = {"tile": tile, "overlap": overlap, "class_names": class_names}
+    if batch_size is not None:
+        d["batch_size"] = batch_size
+    return d
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    """Size and modification time of a local description: a changed file is read again."""
+    if "://" in path:
+        return None
+    st = Path(path).stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def load_bioimageio(source: str | os.PathLike, *,
+                    normalization: Normalization | None = None) -> BioimageioModel:
+    """Read and validate a bioimage.io model package as a chunkseg model.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        The package's ``rdf.yaml`` / ``bioimageio.yaml`` (a path or an http(s) URL), its folder,
+        or its ``.zip``. Older formats (0.4) are converted to 0.5 by bioimageio.spec.
+    normalization : Normalization, optional
+        Use this instead of the one derived from the package's preprocessing (needed when the
+        preprocessing is not one chunkseg can map, e.g. ``zero_mean_unit_variance``).
+
+    Returns
+    -------
+    BioimageioModel
+
+    Raises
+    ------
+    MissingDependencyError
+        If bioimageio.spec is not installed.
+    NotFoundError
+        If the package or a file it names (weights, test tensors...) does not exist.
+    InvalidValueError
+        If the package does not validate, is not a model, has no TorchScript or ONNX weights, is
+        not a 2-D model with axes (batch, channel, y, x) and an output of the input's size, or
+        has a preprocessing op other than :data:`MAPPED_PREPROCESSING` (without ``normalization``).
+
+    Notes
+    -----
+    Validation reads and hashes every file of the package once per process (cached by path,
+    size and modification time): for the shipped model's package (8 MB) it takes about 0.1 s.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidTypeError(
+            f"`source` must be the path of a bioimage.io package (rdf.yaml, folder or .zip). "
+            f"Got {type(source)!r}."
+        )
+    if normalization is not None and not isinstance(normalization, Normalization):
+        raise InvalidTypeError(
+            f"`normalization` must be a chunkseg.Normalization or None. Got {type(normalization)!r}."
+        )
+    source = os.fspath(source)
+    path = _package_file(source)
+    fields, derived = _load_cached(path, _stamp(path))
+    if normalization is None:
+        if isinstance(derived, InvalidValueError):
+            raise InvalidValueError(str(derived))
+        normalization = derived
+    return BioimageioModel(source=source, normalization=normalization, **fields)
+
+
+@functools.lru_cache(maxsize=32)
+def _describe(path: str, stamp: Any):
+    """Load and validate the description (cached per file version); raises on an invalid one."""
+    spec = _import_spec()
+    from bioimageio.spec.model import v0_5
+
+    try:
+        with _quiet_spec():
+            descr = spec.load_description(path, format_version="latest",
+                                          perform_io_checks=True)
+    except (ValueError, *_yaml_errors()) as err:  # not YAML, not a mapping, no rdf.yaml in a zip
+        lines = str(err).strip().splitlines()
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r} must hold a description (rdf.yaml) that is a "
+            f"YAML mapping. Got one bioimageio.spec cannot read ({type(err).__name__}: "
+            f"{(lines[0] if lines else '').rstrip('.')}). Point `model` to a bioimage.io model "
+            "package's rdf.yaml, its folder or its .zip (chunkseg export-bioimageio writes one)."
+        ) from err
+    if isinstance(descr, spec.InvalidDescr):
+        _raise_invalid(path, descr)
+    if not isinstance(descr, v0_5.ModelDescr):
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r} must describe a model. Got a "
+            f"{getattr(descr, 'type', type(descr).__name__)!r} resource; use a model package."
+        )
+    return descr
+
+
+def _yaml_errors() -> tuple[type[BaseException], ...]:
+    """The YAML parser's base error (ruyaml's, which bioimageio.spec reads with), if installed."""
+    try:
+        from ruyaml.error import YAMLError
+    except ImportError:  # pragma: no cover - bioimageio.spec depends on ruyaml
+        return ()
+    return (YAMLError,)
+
+
+def _raise_invalid(path: str, descr) -> None:
+    """Raise NotFoundError for missing files, else InvalidValueError with the first errors."""
+    summary = getattr(descr, "validation_summary", None)
+    seen: dict[str, str] = {}
+    for detail in getattr(summary, "details", None) or []:
+        for e in getattr(detail, "errors", None) or []:
+            # pydantic reports every branch of a union; keep the field path, one message each
+            loc = ".".join(str(p) for p in getattr(e, "loc", ()) if not _is_branch(str(p)))
+            msg = str(getattr(e, "msg", e)).removeprefix("Value error, ")
+            if loc not in seen or _is_missing_file(msg):
+                seen[loc] = msg
+    missing = [f"{loc}: {msg}" for loc, msg in seen.items() if _is_missing_file(msg)]
+    if missing:
+        raise NotFoundError(
+            f"`model` bioimage.io package {path!r} names files that do not exist: "
+            f"{'; '.join(missing[:3])}. Restore them, or export the package again."
+        )
+    texts = [f"{loc or '(description)'}: {msg[:200].rstrip('.')}" for loc, msg in seen.items()]
+    shown = "; ".join(texts[:4]) or _first_line(getattr(descr, "get_reason", lambda: "")())
+    raise InvalidValueError(
+        f"`model` bioimage.io package {path!r} must pass bioimageio.spec's validation. Got "
+        f"{len(texts) or 'an'} error(s): {shown}. Fix the rdf.yaml (bioimageio.spec."
+        f"load_description({path!r}).validation_summary.display() shows the full report)."
+    )
+
+
+def _is_branch(part: str) -> bool:
+    return any(c in part for c in "[]()") or part in ("RelativeFilePath", "FilePath", "HttpUrl")
+
+
+def _is_missing_file(text: str) -> bool:
+    t = text.lower()
+    return any(k in t for k in ("does not exist", "no such file", "not found",
+                                "does not point to an existing file"))
+
+
+def _first_line(text: str) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(path: str, stamp: Any) -> tuple[dict, Normalization | InvalidValueError]:
+    """The package's fields (all but source and normalization) and its derived normalisation,
+    or the error saying why its preprocessing does not map (raised unless one is given)."""
+    descr = _describe(path, stamp)
+    if len(descr.inputs) != 1 or len(descr.outputs) != 1:
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r} must have one input and one output tensor. "
+            f"Got {len(descr.inputs)} inputs and {len(descr.outputs)} outputs; chunkseg runs "
+            f"single-input, single-output segmentation models."
+        )
+    ipt, out = descr.inputs[0], descr.outputs[0]
+    in_axes = _check_axes(path, "input", ipt)
+    out_axes = _check_axes(path, "output", out)
+    sizes = [_input_size(path, a) for a in in_axes[2:]]
+    halo = tuple(_output_halo(path, ipt, a, b) for a, b in zip(in_axes[2:], out_axes[2:]))
+    tile_yx = tuple(_pick_tile(mn, st, 2 * h) for (mn, st), h in zip(sizes, halo))
+    weights, fmt = _local_weights(path, descr)
+    try:
+        derived: Normalization | InvalidValueError = _normalization(
+            path, ipt, in_axes, _config_normalization(descr))
+    except InvalidValueError as err:
+        derived = err
+    fields = dict(
+        name=str(descr.name), weights=weights, weights_format=fmt,
+        tile=_collapse(tile_yx), overlap=_collapse(tuple(2 * h for h in halo)),
+        class_names=tuple(str(n) for n in out_axes[1].channel_names),
+        input_channels=int(in_axes[1].size),
+        tile_min=(sizes[0][0], sizes[1][0]), tile_step=(sizes[0][1], sizes[1][1]),
+        halo=(int(halo[0]), int(halo[1])), batch_size=1 if in_axes[0].size == 1 else None,
+        postprocessing=tuple(str(p.id) for p in out.postprocessing if p.id != "ensure_dtype"),
+        input_id=str(ipt.id), output_id=str(out.id),
+    )
+    return fields, derived
+
+
+def _collapse(v: tuple[int, int]) -> int | tuple[int, int]:
+    return int(v[0]) if v[0] == v[1] else (int(v[0]), int(v[1]))
+
+
+def _check_axes(path: str, which: str, tensor) -> list:
+    """The tensor's axes, checked to be (batch, channel, space, space)."""
+    types = [a.type for a in tensor.axes]
+    if types != ["batch", "channel", "space", "space"]:
+        got = ", ".join(f"{a.id}:{a.type}" for a in tensor.axes)
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r}: the {which} tensor {str(tensor.id)!r} must "
+            f"have the axes (batch, channel, y, x) in this order, as chunkseg feeds and reads "
+            f"(N, C, Y, X) batches of a 2-D image. Got ({got}); use a 2-D model with such axes."
+        )
+    return list(tensor.axes)
+
+
+def _input_size(path: str, axis) -> tuple[int, int]:
+    """``(min, step)`` of an input space axis; step 0 for a fixed size."""
+    from bioimageio.spec.model import v0_5
+
+    size = axis.size
+    if isinstance(size, int):
+        return int(size), 0
+    if isinstance(size, v0_5.ParameterizedSize):
+        return int(size.min), int(size.step)
+    raise InvalidValueError(
+        f"`model` bioimage.io package {path!r}: the input axis {str(axis.id)!r} must have a fixed "
+        f"or parameterized size (min + n*step). Got a size that refers to another axis "
+        f"({size!r}); chunkseg cuts tiles of one size per axis."
+    )
+
+
+def _output_halo(path: str, ipt, in_axis, out_axis) -> int:
+    """The halo of an output space axis, checked to be the input axis' size."""
+    from bioimageio.spec.model import v0_5
+
+    size = out_axis.size
+    same = (isinstance(size, v0_5.SizeReference) and str(size.tensor_id) == str(ipt.id)
+            and str(size.axis_id) == str(in_axis.id) and size.offset == 0
+            and out_axis.scale == in_axis.scale)
+    if not same:
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r}: the output axis {str(out_axis.id)!r} must have "
+            f"the size of the input axis {str(in_axis.id)!r} (a size reference with offset 0 and "
+            f"the same scale), as chunkseg blends output tiles over the input's grid. Got "
+            f"{size!r}; use a model whose output has its input's size."
+        )
+    return int(getattr(out_axis, "halo", 0) or 0)
+
+
+def _pick_tile(minimum: int, step: int, overlap: int) -> int:
+    """The valid size ``minimum + n * step`` nearest :data:`PREFERRED_TILE`, above ``overlap``."""
+    if step == 0:
+        return minimum
+    n = max(0, round((PREFERRED_TILE - minimum) / step))
+    while minimum + n * step <= overlap:
+        n += 1
+    return minimum + n * step
+
+
+def _local_weights(path: str, descr) -> tuple[str, str]:
+    """A local file of the TorchScript (else ONNX) weights, with the suffix chunkseg expects."""
+    present = [f for f in ("torchscript", "onnx", "pytorch_state_dict", "keras_hdf5", "keras_v3",
+                           "tensorflow_saved_model_bundle", "tensorflow_js")
+               if getattr(descr.weights, f, None) is not None]
+    fmt = next((f for f in ("torchscript", "onnx") if f in present), None)
+    if fmt is None:
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r} must have torchscript or onnx weights, which "
+            f"chunkseg runs. Got {', '.join(present)}; convert them (bioimageio.core's weight "
+            f"converters, or torch.jit.trace / torch.onnx.export) and add them to the package."
+        )
+    entry = getattr(descr.weights, fmt)
+    suffix = ".pt" if fmt == "torchscript" else ".onnx"
+    src = entry.source
+    local = getattr(src, "absolute", lambda: src)()
+    if isinstance(local, Path) and local.is_file() and local.suffix.lower() in (
+            (".pt", ".pth", ".ts") if fmt == "torchscript" else (".onnx",)):
+        return str(local), fmt
+    # inside a zip, behind a URL, or named without the suffix: copy once, named by content
+    with _quiet_spec():
+        data = entry.get_reader().read()
+    digest = hashlib.sha256(data).hexdigest()
+    folder = Path(tempfile.gettempdir()) / "chunkseg-bioimageio" / digest[:32]
+    target = folder / f"{fmt}{suffix}"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)  # atomic: concurrent workers write the same bytes
+    return str(target), fmt
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing <-> Normalization
+
+
+def _normalization(path: str, ipt, axes, hint: Normalization | None) -> Normalization:
+    """Compose the input's preprocessing into ``a * x + b`` per channel; as a Normalization."""
+    channels = axes[1].size
+    channel_id = str(axes[1].id)
+    a = np.ones(channels, np.float64)
+    b = np.zeros(channels, np.float64)
+    for i, op in enumerate(ipt.preprocessing):
+        kw = op.kwargs
+        if op.id == "ensure_dtype":
+            if str(kw.dtype).startswith("float") or (i == 0 and str(kw.dtype) == ipt.dtype):
+                continue  # a float cast, or the cast of the raw input to its own dtype
+            _unmappable(path, ipt, op.id, f"a cast to {kw.dtype} after the input is read "
+                        "(chunkseg normalises in float32 and does not round)")
+        elif op.id in ("scale_linear", "fixed_zero_mean_unit_variance"):
+            along = getattr(kw, "axis", None)
+            if along is not None and str(along) != channel_id:
+                _unmappable(path, ipt, op.id, f"values along the axis {str(along)!r}, not the "
+                            "channel axis")
+            if op.id == "scale_linear":
+                gain = _per_channel(kw.gain, channels, path, ipt, op.id)
+                offset = _per_channel(kw.offset, channels, path, ipt, op.id)
+                a, b = a * gain, b * gain + offset
+            else:
+                mean = _per_channel(kw.mean, channels, path, ipt, op.id)
+                std = _per_channel(kw.std, channels, path, ipt, op.id)
+                a, b = a / std, (b - mean) / std
+        else:
+            _unmappable(path, ipt, op.id, _WHY_NOT.get(op.id, "an op chunkseg does not map"))
+    if np.any(a <= 0):
+        _unmappable(path, ipt, "scale_linear", f"a gain of {a.tolist()} (negative or zero), "
+                    "which (x * scale - mean) / std with std > 0 cannot express")
+    return _normalization_from_affine(a, b, hint)
+
+
+_WHY_NOT = {
+    "zero_mean_unit_variance": "statistics of each sample, which tiled inference would compute "
+                               "per tile (and each tile would normalise differently)",
+    "scale_range": "percentiles of each sample, which tiled inference would compute per tile",
+    "scale_mean_variance": "statistics of a reference tensor",
+    "clip": "a clip, which is not affine",
+    "binarize": "a threshold, which is not affine",
+    "sigmoid": "a sigmoid, which is not affine",
+    "softmax": "a softmax, which is not affine",
+}
+
+
+def _per_channel(value, channels: int, path: str, ipt, op_id: str) -> np.ndarray:
+    v = np.atleast_1d(np.asarray(value, np.float64))
+    if v.size == 1:
+        return np.full(channels, float(v[0]))
+    if v.size != channels:
+        raise InvalidValueError(
+            f"`model` bioimage.io package {path!r}: preprocessing op {op_id!r} of input "
+            f"{str(ipt.id)!r} must give one value or one per channel ({channels}). Got "
+            f"{v.size} values; fix the rdf.yaml."
+        )
+    return v
+
+
+def _unmappable(path: str, ipt, op_id: str, why: str) -> None:
+    raise InvalidValueError(
+        f"`model` bioimage.io package {path!r}: preprocessing op {op_id!r} of input "
+        f"{str(ipt.id)!r} must be one chunkseg maps to its fixed Normalization "
+        f"(x * scale - mean) / std ({', '.join(MAPPED_PREPROCESSING)}). Got {why}. Pass "
+        f"normalization=chunkseg.Normalization(scale, mean, std) to load_bioimageio or "
+        f"chunkseg.predict (ModelSpec(..., normalization=...)) with values for your images."
+    )
+
+
+def _normalization_from_affine(a: np.ndarray, b: np.ndarray,
+                               hint: Normalization | None) -> Normalization:
+    """``a * x + b`` as a Normalization: ``hint`` (the chunkseg form an export recorded in the
+    config) when it is the same map to 1e-6, else ``(x - (-b / a)) / (1 / a)``."""
+    if hint is not None and len(hint.mean) in (1, a.size) and len(hint.std) in (1, a.size):
+        ha, hb = _affine(hint, a.size)
+        if np.allclose(ha, a, rtol=1e-6, atol=0) and np.allclose(hb, b, rtol=1e-6, atol=1e-9):
+            return hint
+    if np.all(a == a[0]) and np.all(b == b[0]):
+        a, b = a[:1], b[:1]
+    return Normalization(1.0, tuple(float(v) for v in -b / a), tuple(float(v) for v in 1 / a))
+
+
+def _affine(norm: Normalization, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``a, b`` with ``(x * scale - mean) / std == a * x + b`` per channel."""
+    mean = np.broadcast_to(np.asarray(norm.mean, np.float64), (channels,))
+    std = np.broadcast_to(np.asarray(norm.std, np.float64), (channels,))
+    return norm.scale / std, -mean / std
+
+
+def _config_normalization(descr) -> Normalization | None:
+    """The Normalization a chunkseg export records under ``config.chunkseg``, if any."""
+    extra = getattr(descr.config, "model_extra", None) or {}
+    ours = extra.get("chunkseg")
+    norm = ours.get("normalization") if isinstance(ours, dict) else None
+    if not isinstance(norm, dict):
+        return None
+    try:
+        return Normalization(float(norm["scale"]), tuple(norm["mean"]), tuple(norm["std"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # a hint only: the preprocessing is what counts
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+def export_bioimageio(
+    out: str | os.PathLike,
+    *,
+    model: str = "isbi2012-unet",
+    halo: int | None = None,
+    test_size: int = 256,
+    overwrite: bool = False,
+) -> Path:
+    """Write the shipped model as a bioimage.io model package (format 0.5), validated.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        A path ending in ``.zip`` writes a zip package; any other path a folder (created; it must
+        be empty or missing, or a package written before with ``overwrite=True``).
+    model : str, default "isbi2012-unet"
+        The built-in model to export (only ``"isbi2012-unet"`` ships).
+    halo : int, optional
+        Output halo, pixels cropped from each side of an output tile. Default 32: half of
+        chunkseg's default overlap of 64, the overlap the model card measured (tile 256,
+        overlap 64). The shipped model's receptive field is 188 px, so pixels within 94 px of a
+        tile border see zero padding; a halo of 32 leaves the blending window to hide the rest.
+    test_size : int, default 256
+        Side of the test tensor: the centre crop of the shipped test section 00, a multiple
+        of the shipped U-Net's ``2**depth`` (16), at most 512.
+    overwrite : bool, default False
+        Replace an existing package at ``out``.
+
+    Returns
+    -------
+    pathlib.Path
+        The written ``rdf.yaml`` (folder package) or ``.zip``.
+
+    Raises
+    ------
+    MissingDependencyError
+        If bioimageio.spec, torch or pillow is not installed.
+    InvalidValueError
+        If ``model`` is not a built-in model, or ``halo`` or ``test_size`` is out of range.
+    OutputExistsError
+        If ``out`` holds something and ``overwrite`` is False, or holds other files.
+
+    Notes
+    -----
+    The package holds ``isbi2012_unet.pt`` (TorchScript, traced from the shipped U-Net, 8 MB),
+    ``test_input.npy`` (float32 ``(1, 1, S, S)``: raw intensities 0-255, before preprocessing),
+    ``test_output.npy`` (float32 ``(1, 2, S, S)``: class probabilities, the model's softmax),
+    the same as ``sample_input.png`` and ``sample_output.tif``, ``cover.png`` (the input beside
+    its membrane probability), ``README.md`` (a validation section, then the model card) and
+    ``rdf.yaml``: 9.0 MB as a folder, 8.5 MB zipped, written in a few seconds on 2 CPU cores (the
+    first call imports bioimageio.spec and traces the model).
+
+    The preprocessing is ``fixed_zero_mean_unit_variance`` with ``mean = ISBI_MEAN / ISBI_SCALE``
+    and ``std = ISBI_STD / ISBI_SCALE``, the same map as chunkseg's ``(x * scale - mean) / std``
+    (checked to 1e-6 on 0..255); the postprocessing is a softmax over the channels. Space axes
+    take any size ``min + 2**depth n``, ``min`` the smallest multiple of ``2**depth`` above twice
+    the halo (``80 + 16 n`` for the shipped depth-4 U-Net and the default halo).
+    ``config.chunkseg`` records the Normalization, tile and overlap.
+    """
+    spec = _import_spec()
+    if model != "isbi2012-unet":
+        raise InvalidValueError(
+            f"`model` must be a built-in model to export. Got {model!r}; use 'isbi2012-unet'."
+        )
+    halo = _ISBI_DEFAULT_OVERLAP // 2 if halo is None else halo
+    if isinstance(halo, bool) or not isinstance(halo, int) or not 1 <= halo <= 256:
+        raise InvalidValueError(f"`halo` must be an int in [1, 256]. Got {halo!r}.")
+    from .unet import UNet, shipped_options
+
+    step = UNet(**shipped_options()).multiple  # the shipped U-Net's input multiple
+    if (isinstance(test_size, bool) or not isinstance(test_size, int) or test_size % step
+            or not 2 * halo < test_size <= 512):
+        raise InvalidValueError(
+            f"`test_size` must be a multiple of {step} in ({2 * halo}, 512] (above twice the "
+            f"halo, at most the 512 px test section). Got {test_size!r}."
+        )
+    out = Path(out)
+    as_zip = out.suffix.lower() == ".zip"
+    earlier = _check_target(out, as_zip, overwrite)
+    with tempfile.TemporaryDirectory(prefix="chunkseg-bioimageio-") as tmp, _quiet_spec():
+        descr = _isbi_description(Path(tmp), halo, test_size)
+        if as_zip:  # written (and validated by bioimageio.spec) beside, then moved in place
+            with replacing(out) as part:
+                spec.save_bioimageio_package(descr, output_path=part)
+            return out
+        # replace only on success: an earlier package stays whole until the new one is; the
+        # new one is written into a folder this call creates beside it (removed on failure)
+        target = Path(tempfile.mkdtemp(prefix=f".{out.name}.chunkseg-new-",
+                                       dir=_parent(out))) if earlier else out
+        try:
+            folder = Path(spec.save_bioimageio_package_as_folder(descr, output_path=target))
+            # the ownership record: what a later overwrite may replace, and nothing else
+            write_record(folder, [p for p in folder.rglob("*") if p.is_file()],
+                         "a bioimage.io package")
+            name = next(n for n in YAML_NAMES if (folder / n).is_file())
+            check = spec.load_description(folder / name, perform_io_checks=True)
+            if isinstance(check, spec.InvalidDescr):  # pragma: no cover - a bug here
+                _raise_invalid(str(folder / name), check)
+            if earlier:
+                swap_folder(folder, out, _is_package)
+        finally:
+            if earlier and target.exists():
+                shutil.rmtree(target)
+    return out / name
+
+
+def _parent(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path.parent)
+
+
+def _is_package(path: str) -> bool:
+    """A folder holding only the files its package record lists (safe to delete)."""
+    return folder_is_replaceable(path, markers=YAML_NAMES, what="a bioimage.io package")
+
+
+def _check_target(out: Path, as_zip: bool, overwrite: bool) -> bool:
+    """The one output check (:func:`chunkseg.outputs._target.check_output_files` for a .zip,
+    :func:`~chunkseg.outputs._target.check_output_folder` for a folder). Returns whether a
+    folder package written before is there (to be replaced, once the new one is whole)."""
+    if as_zip:
+        check_output_files([out], overwrite=overwrite)
+        return False
+    return bool(check_output_folder(out, markers=YAML_NAMES, what="a bioimage.io package",
+                                    overwrite=overwrite, hint="pass overwrite=True to "
+                                    "replace a package written before"))
+
+
+def _isbi_description(tmp: Path, halo: int, test_size: int):
+    """The ModelDescr of the shipped U-Net, its files written to ``tmp``."""
+    torch = _import_torch()
+    from bioimageio.spec.model import v0_5
+
+    from .._version import __version__
+    from .unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, pretrained
+
+    net = pretrained("cpu")
+    step = net.multiple
+    minimum = step * (2 * halo // step + 1)  # smallest multiple of step above twice the halo
+    norm = BUILTIN_MODELS["isbi2012-unet"][1]()
+    mean, std = ISBI_MEAN / ISBI_SCALE, ISBI_STD / ISBI_SCALE
+    _check_equivalent(norm, mean, std)
+
+    raw = _test_crop(test_size)  # float32 (1, 1, S, S), 0..255
+    weights = tmp / "isbi2012_unet.pt"
+    traced = _trace(torch, net, test_size)
+    traced.save(str(weights))
+    with torch.inference_mode():
+        logits = traced(torch.from_numpy((raw - np.float32(mean)) / np.float32(std)))
+        probs = torch.softmax(logits, dim=1).numpy().astype(np.float32)
+    np.save(tmp / "test_input.npy", raw)
+    np.save(tmp / "test_output.npy", probs)
+    _write_samples(tmp, raw[0, 0], probs[0])
+    _write_cover(tmp / "cover.png", raw[0, 0], probs[0, 1])
+    tile = _pick_tile(minimum, step, 2 * halo)
+    (tmp / "README.md").write_text(_documentation(halo, tile, minimum, step, mean, std), "utf-8")
+
+    unit, scale = "nanometer", _ISBI_PIXEL_NM
+    y_in = v0_5.SpaceInputAxis(id=v0_5.AxisId("y"), size=v0_5.ParameterizedSize(
+        min=minimum, step=step), unit=unit, scale=scale)
+    x_in = v0_5.SpaceInputAxis(id=v0_5.AxisId("x"), size=v0_5.ParameterizedSize(
+        min=minimum, step=step), unit=unit, scale=scale)
+    in_id = v0_5.TensorId("raw")
+    ipt = v0_5.InputTensorDescr(
+        id=in_id,
+        description="raw TEM intensities 0-255 (uint8 values as float32)",
+        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=["em"]), y_in, x_in],
+        test_tensor=v0_5.FileDescr(source=tmp / "test_input.npy"),
+        sample_tensor=v0_5.FileDescr(source=tmp / "sample_input.png"),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 255.0)),
+        preprocessing=[
+            v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
+            v0_5.FixedZeroMeanUnitVarianceDescr(
+                kwargs=v0_5.FixedZeroMeanUnitVarianceKwargs(mean=mean, std=std)),
+            v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32")),
+        ],
+    )
+    out_axes = [
+        v0_5.BatchAxis(),
+        v0_5.ChannelAxis(channel_names=list(_ISBI_CLASS_NAMES)),
+        *(v0_5.SpaceOutputAxisWithHalo(
+            id=v0_5.AxisId(a), size=v0_5.SizeReference(tensor_id=in_id, axis_id=v0_5.AxisId(a)),
+            halo=halo, unit=unit, scale=scale) for a in ("y", "x")),
+    ]
+    output = v0_5.OutputTensorDescr(
+        id=v0_5.TensorId("probabilities"),
+        description="class probabilities: softmax over the channels (cell, membrane)",
+        axes=out_axes,
+        test_tensor=v0_5.FileDescr(source=tmp / "test_output.npy"),
+        sample_tensor=v0_5.FileDescr(source=tmp / "sample_output.tif"),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+        postprocessing=[v0_5.SoftmaxDescr(kwargs=v0_5.SoftmaxKwargs(axis=v0_5.AxisId("channel")))],
+    )
+    run = _read_json(_ISBI_RUN)
+    config = v0_5.Config(
+        bioimageio=v0_5.BioimageioConfig(
+            architecture_type="UNet",
+            architecture_description=(
+                f"chunkseg.models.unet.UNet(in_channels=1, classes=2, base_channels="
+                f"{net.base_channels}, depth={net.depth}): padded 3x3 convolutions with "
+                f"BatchNorm, {net.depth} max-poolings, receptive field "
+                f"{run.get('receptive_field_px', 'unknown')} px."),
+            modality="electron microscopy", target_structure=["cell membrane"],
+            task="semantic segmentation", model_parameter_count=int(run.get("parameters", 0))
+            or None,
+        ),
+        chunkseg={"model": "isbi2012-unet", "version": __version__,
+                  "normalization": norm.to_dict(), "tile": tile, "overlap": 2 * halo},
+    )
+    return v0_5.ModelDescr(
+        name="ISBI 2012 membrane U-Net (chunkseg)",
+        description="A small 2-D U-Net that labels every pixel of a serial-section TEM image of "
+                    "neural tissue (ISBI 2012, Drosophila larva VNC, 4 nm pixels) as cell "
+                    "interior or membrane. The demonstration model of chunkseg's tiled "
+                    "inference; runs on a CPU.",
+        authors=[v0_5.Author(name="chunkseg maintainers")],
+        cite=[v0_5.CiteEntry(text=t, doi=v0_5.Doi(d)) for t, d in _ISBI_CITATIONS],
+        license=v0_5.LicenseId("BSD-3-Clause"),
+        documentation=v0_5.FileDescr(source=tmp / "README.md"),
+        covers=[v0_5.FileDescr(source=tmp / "cover.png")],
+        tags=["electron-microscopy", "2d", "cell-membrane", "brain", "pytorch", "unet",
+              "semantic-segmentation", "isbi2012", "chunkseg"],
+        version=v0_5.Version("0.1.0"),
+        inputs=[ipt],
+        outputs=[output],
+        weights=v0_5.WeightsDescr(torchscript=v0_5.TorchscriptWeightsDescr(
+            source=weights, pytorch_version=v0_5.Version(torch.__version__.split("+")[0]),
+            comment="torch.jit.trace of chunkseg.models.unet.pretrained() (ISBI 2012 weights).")),
+        config=config,
+    )
+
+
+def _check_equivalent(norm: Normalization, mean: float, std: float) -> None:
+    """The package's preprocessing must be chunkseg's normalisation: checked on 0..255."""
+    x = np.arange(256, dtype=np.float64)
+    ours = (x * norm.scale - norm.mean[0]) / norm.std[0]
+    theirs = (x - mean) / std
+    if not np.allclose(ours, theirs, rtol=1e-6, atol=1e-6):  # pragma: no cover - a bug here
+        raise AssertionError("fixed_zero_mean_unit_variance does not equal the Normalization")
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            "Exporting the shipped model needs torch: pip install 'chunkseg[torch]'.") from e
+    return torch
+
+
+def _trace(torch, net, size: int):
+    """TorchScript of the U-Net by tracing (its input checks are Python, left out of the trace;
+    the package's parameterized sizes state the multiple-of-8 rule instead)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarning on the shape checks, jit deprecation
+        with torch.inference_mode(False), torch.no_grad():
+            return torch.jit.trace(net, torch.zeros(1, 1, size, size), check_trace=False)
+
+
+def _test_crop(size: int) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            "Exporting the shipped model needs pillow: pip install 'chunkseg[io]'.") from e
+    section = np.asarray(Image.open(_ISBI_TEST_SECTION).convert("L"))
+    y0, x0 = (section.shape[0] - size) // 2, (section.shape[1] - size) // 2
+    crop = section[y0:y0 + size, x0:x0 + size]
+    return crop.astype(np.float32)[None, None]
+
+
+def _write_cover(path: Path, raw: np.ndarray, membrane: np.ndarray) -> None:
+    """A 2:1 PNG: the test input beside its membrane probability."""
+    from PIL import Image
+
+    left = np.clip(raw, 0, 255).astype(np.uint8)
+    right = np.clip(np.rint(membrane * 255), 0, 255).astype(np.uint8)
+    Image.fromarray(np.concatenate([left, right], axis=1)).save(path)
+
+
+def _write_samples(tmp: Path, raw: np.ndarray, probs: np.ndarray) -> None:
+    """The sample tensors bioimage.io shows: the input as a PNG, the output as a TIFF."""
+    import tifffile
+    from PIL import Image
+
+    Image.fromarray(np.clip(raw, 0, 255).astype(np.uint8)).save(tmp / "sample_input.png")
+    tifffile.imwrite(tmp / "sample_output.tif", probs.astype(np.float32))
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):  # pragma: no cover - a broken install
+        return {}
+
+
+def _documentation(halo: int, tile: int, minimum: int, step: int, mean: float,
+                   std: float) -> str:
+    run = _read_json(_ISBI_RUN)
+    held = run.get("held_out", {})
+    card = _ISBI_CARD.read_text("utf-8") if _ISBI_CARD.is_file() else ""
+    lines = [
+        "# ISBI 2012 membrane U-Net (chunkseg), bioimage.io package",
+        "",
+        "Exported by `chunkseg.models.bioimageio.export_bioimageio` from chunkseg's built-in model "
+        "`isbi2012-unet`. Input: one channel of raw TEM intensities 0-255. Output: per-pixel "
+        "probabilities of the classes `cell` (cell interior, channel 0) and `membrane` "
+        "(channel 1).",
+        "",
+        "- Preprocessing: `fixed_zero_mean_unit_variance` with mean "
+        f"{mean:.6f} and std {std:.6f}, i.e. chunkseg's `(x / 255 - 0.486477) / 0.166526`.",
+        "- Postprocessing: softmax over the channels (chunkseg itself blends the logits of "
+        "overlapping tiles, then takes the softmax).",
+        f"- Valid sizes: any `{minimum} + {step} n` pixels per space axis "
+        f"({int(math.log2(step))} poolings).",
+        f"- Halo: {halo} px; chunkseg runs the package with tile {tile} and overlap "
+        f"{2 * halo} (twice the halo). The default halo, 32, is half of chunkseg's default "
+        "overlap, 64, with which the scores below were measured through the tiled engine; the "
+        f"receptive field is {run.get('receptive_field_px', 'unknown')} px.",
+        "- Run with chunkseg: `chunkseg predict image.zarr seg.zarr --model rdf.yaml`.",
+        "",
+        "## Validation",
+        "",
+        "Held out: ISBI 2012 training sections 20-24, never trained on (they chose the best "
+        "epoch), each whole 512 x 512 section in one pass, argmax labels: "
+        f"pixel error {held.get('pixel_error', float('nan')):.4f}, membrane IoU "
+        f"{held.get('membrane_iou', float('nan')):.4f}, membrane Dice "
+        f"{held.get('membrane_dice', float('nan')):.4f}, cell IoU "
+        f"{held.get('cell_iou', float('nan')):.4f} (always predicting cell interior: pixel error "
+        f"{held.get('trivial_pixel_error', float('nan')):.4f}). To validate on other data, "
+        "compare the argmax labels with annotated sections (`chunkseg.evaluation.metrics`).",
+        "",
+    ]
+    if card:
+        lines += ["", card.replace("# Model card", "## Model card", 1)]
+    return "\n".join(lines)
+
+
+class _quiet_spec:
+    """Silence bioimageio.spec's loguru messages and Python warnings for one call."""
+
+    def __enter__(self):
+        try:
+            from loguru import logger
+        except ImportError:  # pragma: no cover - bioimageio.spec depends on loguru
+            logger = None
+        self._logger = logger
+        if logger is not None:
+            logger.disable("bioimageio")
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        return self
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+        if self._logger is not None:
+            self._logger.enable("bioimageio")
+        return False
