@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from .errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "TilePlan",
+    "BlockSchedule",
+    "AxisSchedule",
     "plan_tiles",
     "fold_sources",
     "tile_mask",
@@ -207,6 +209,11 @@ class TilePlan:
         return tuple(  # type: ignore[return-value]
             np.arange(n) * s - b for n, s, b in zip(self.grid_shape, self.stride, self.halo_before)
         )
+
+    def schedule(self) -> BlockSchedule:
+        """The blocks and chunks of this plan, derived once: each block's extent, owned tiles
+        and pieces, each chunk's bounds (see :class:`BlockSchedule`)."""
+        return BlockSchedule(*(_axis_schedule(self, axis) for axis in range(2)))
 
     def memory_per_task(
         self, classes: int = 2, batch_size: int = 8, input_itemsize: int = 1
@@ -400,23 +407,156 @@ def fold_sources(plan: TilePlan) -> tuple[list[list[tuple[int, slice, slice]]], 
         Entry ``[j]`` of an axis lists ``(i, src, dst)``: block ``i``'s pixels ``src`` (block
         coordinates) add onto output chunk ``j``'s pixels ``dst`` (chunk coordinates). The entry
         with ``i == j`` starts inside the chunk and runs to its end; the others are the overhang
-        of the blocks before it (forward-only: ``i <= j``).
+        of the blocks before it (forward-only: ``i <= j``). The same as
+        :meth:`AxisSchedule.sources` of :meth:`TilePlan.schedule`.
     """
-    out = []
-    for axis in range(2):
-        extents = plan.block_extents()[axis]
-        bounds = np.cumsum((0,) + plan.output_chunks()[axis])
-        per_chunk = []
-        for j in range(len(bounds) - 1):
-            lo, hi = int(bounds[j]), int(bounds[j + 1])
-            sources = []
-            for i, (start, stop) in enumerate(extents):
-                a, b = max(lo, start), min(hi, stop)
-                if a < b:
-                    sources.append((i, slice(a - start, b - start), slice(a - lo, b - lo)))
-            per_chunk.append(sources)
-        out.append(per_chunk)
-    return tuple(out)
+    return tuple([[(i, slice(s0, s1), slice(d0, d1)) for i, s0, s1, d0, d1 in sources]
+                  for sources in axis.sources] for axis in plan.schedule())
+
+
+Piece = tuple[int, int, int, int, int]
+"""One piece of the fold along an axis: ``(other, src0, src1, dst0, dst1)``, block pixels
+``[src0, src1)`` onto chunk pixels ``[dst0, dst1)``; ``other`` is the chunk (in a block's
+pieces) or the block (in a chunk's sources)."""
+
+
+def _axis_schedule(plan: TilePlan, axis: int) -> AxisSchedule:
+    extents = plan.block_extents()[axis]
+    bounds = np.cumsum((0,) + plan.output_chunks()[axis]).tolist()
+    chunks = tuple(zip(bounds[:-1], bounds[1:]))
+    pieces: list[list[Piece]] = [[] for _ in extents]
+    for j, (lo, hi) in enumerate(chunks):
+        for i, (start, stop) in enumerate(extents):
+            a, b = max(lo, start), min(hi, stop)
+            if a < b:
+                pieces[i].append((j, a - start, b - start, a - lo, b - lo))
+    return AxisSchedule(chunks=chunks, extents=tuple(extents),
+                        owned=tuple(plan.owned_tiles()[axis]),
+                        pieces=tuple(tuple(p) for p in pieces))
+
+
+@dataclass(frozen=True, slots=True)
+class AxisSchedule:
+    """One axis of a :class:`BlockSchedule`; block ``i`` belongs to chunk ``i``.
+
+    Attributes
+    ----------
+    chunks : tuple of (int, int)
+        Each output chunk's ``(start, stop)``, image coordinates.
+    extents : tuple of (int, int)
+        Each block's ``(start, stop)``, image coordinates (may pass the image's edges; empty
+        for a chunk that owns no tile), as :meth:`TilePlan.block_extents`.
+    owned : tuple of (int, int)
+        Each block's range ``(k0, k1)`` of tile indices, as :meth:`TilePlan.owned_tiles`.
+    pieces : tuple of tuple of (int, int, int, int, int)
+        Each block's pieces ``(j, src0, src1, dst0, dst1)``: its pixels ``[src0, src1)`` (block
+        coordinates) add onto chunk ``j``'s ``[dst0, dst1)`` (chunk coordinates); ``j``
+        ascending, ``j >= i`` (forward-only).
+    sources : tuple of tuple of (int, int, int, int, int)
+        Derived from ``pieces``: each chunk's sources ``(i, src0, src1, dst0, dst1)``, ``i``
+        ascending (the order of the overlap-add).
+    """
+
+    chunks: tuple[tuple[int, int], ...]
+    extents: tuple[tuple[int, int], ...]
+    owned: tuple[tuple[int, int], ...]
+    pieces: tuple[tuple[Piece, ...], ...]
+    sources: tuple[tuple[Piece, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sources: list[list[Piece]] = [[] for _ in self.chunks]
+        for i, pieces in enumerate(self.pieces):
+            for j, s0, s1, d0, d1 in pieces:
+                sources[j].append((i, s0, s1, d0, d1))
+        object.__setattr__(self, "sources", tuple(tuple(s) for s in sources))
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable: the fields (``sources`` is derived) as lists."""
+        return {"chunks": [list(c) for c in self.chunks],
+                "extents": [list(e) for e in self.extents],
+                "owned": [list(o) for o in self.owned],
+                "pieces": [[list(p) for p in ps] for ps in self.pieces]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AxisSchedule:
+        """The axis :meth:`to_dict` describes."""
+        return cls(chunks=tuple(tuple(int(v) for v in c) for c in d["chunks"]),
+                   extents=tuple(tuple(int(v) for v in e) for e in d["extents"]),
+                   owned=tuple(tuple(int(v) for v in o) for o in d["owned"]),
+                   pieces=tuple(tuple(tuple(int(v) for v in p) for p in ps)
+                                for ps in d["pieces"]))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSchedule:
+    """Blocks, chunks and the forward-only fold of a :class:`TilePlan`, derived once
+    (:meth:`TilePlan.schedule`); the engine's runners and graph only read it.
+
+    The geometry is separable: block ``(iy, ix)`` is ``y``'s block ``iy`` by ``x``'s block
+    ``ix``, and so are its pieces and each chunk's bounds.
+
+    Attributes
+    ----------
+    y, x : AxisSchedule
+    """
+
+    y: AxisSchedule
+    x: AxisSchedule
+
+    def __iter__(self):
+        return iter((self.y, self.x))
+
+    @property
+    def chunk_grid(self) -> tuple[int, int]:
+        """Chunks (and blocks) per axis."""
+        return len(self.y.chunks), len(self.x.chunks)
+
+    def chunk_bounds(self, jy: int, jx: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Image coordinates ``(y0, y1), (x0, x1)`` of output chunk ``(jy, jx)``."""
+        return self.y.chunks[jy], self.x.chunks[jx]
+
+    def chunk_shape(self, jy: int, jx: int) -> tuple[int, int]:
+        """``(h, w)`` of output chunk ``(jy, jx)``."""
+        (y0, y1), (x0, x1) = self.chunk_bounds(jy, jx)
+        return y1 - y0, x1 - x0
+
+    def block_extent(self, iy: int, ix: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Image coordinates ``(y0, y1), (x0, x1)`` of block ``(iy, ix)``."""
+        return self.y.extents[iy], self.x.extents[ix]
+
+    def owned_tiles(self, iy: int, ix: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Tile-grid ranges ``(ky0, ky1), (kx0, kx1)`` that block ``(iy, ix)`` owns."""
+        return self.y.owned[iy], self.x.owned[ix]
+
+    def owns_tiles(self, iy: int, ix: int) -> bool:
+        """Whether block ``(iy, ix)`` owns any tile (else it has no task)."""
+        (ky0, ky1), (kx0, kx1) = self.owned_tiles(iy, ix)
+        return ky1 > ky0 and kx1 > kx0
+
+    def pieces(self, iy: int, ix: int) -> list[tuple[tuple[int, int], tuple[slice, slice]]]:
+        """Block ``(iy, ix)``'s pieces: ``((jy, jx), (src_y, src_x))``, its pixels (block
+        coordinates) that fall in output chunk ``(jy, jx)``, chunks in row-major order."""
+        return [((jy, jx), (slice(ys0, ys1), slice(xs0, xs1)))
+                for jy, ys0, ys1, _, _ in self.y.pieces[iy]
+                for jx, xs0, xs1, _, _ in self.x.pieces[ix]]
+
+    def sources(self, jy: int, jx: int) -> list[tuple[tuple[int, int], tuple[slice, slice],
+                                                      tuple[slice, slice]]]:
+        """Output chunk ``(jy, jx)``'s sources: ``((iy, ix), src, dst)``, block ``(iy, ix)``'s
+        pixels ``src`` (block coordinates) onto the chunk's ``dst`` (chunk coordinates), blocks
+        in row-major order (the order of the overlap-add)."""
+        return [((iy, ix), (slice(ys0, ys1), slice(xs0, xs1)), (slice(yd0, yd1), slice(xd0, xd1)))
+                for iy, ys0, ys1, yd0, yd1 in self.y.sources[jy]
+                for ix, xs0, xs1, xd0, xd1 in self.x.sources[jx]]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable: ``{"y": ..., "x": ...}`` (:meth:`AxisSchedule.to_dict`)."""
+        return {"y": self.y.to_dict(), "x": self.x.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BlockSchedule:
+        """The schedule :meth:`to_dict` describes."""
+        return cls(AxisSchedule.from_dict(d["y"]), AxisSchedule.from_dict(d["x"]))
 
 
 def tile_mask(plan: TilePlan, mask) -> np.ndarray:

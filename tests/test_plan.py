@@ -127,3 +127,101 @@ def test_normalize_pair():
     assert normalize_pair([4, np.int64(5)], "x") == (4, 5)
     with pytest.raises(TypeError, match="`x`"):
         normalize_pair((1, 2, 3), "x")
+
+
+def _independent_blocks(plan, axis):
+    """Per chunk ``j``: its bounds, the tiles starting in it, and its block's extent, from the
+    tile origins alone (not through TilePlan's methods)."""
+    n, c = plan.image_shape[axis], plan.chunks[axis]
+    s, t, b = plan.stride[axis], plan.tile[axis], plan.overlap[axis] // 2
+    n_chunks = -(-n // c)
+    origins = [k * s - b for k in range(-(-n // s))]
+    bounds = [(j * c, min(n, (j + 1) * c)) for j in range(n_chunks)]
+    owned = [[k for k, o in enumerate(origins) if min(max(o, 0) // c, n_chunks - 1) == j]
+             for j in range(n_chunks)]
+    extents = [(origins[ks[0]], origins[ks[-1]] + t) if ks else None for ks in owned]
+    return bounds, owned, extents
+
+
+@pytest.mark.parametrize("shape, tile, overlap, chunks", CASES)
+def test_schedule_against_an_independent_derivation(shape, tile, overlap, chunks):
+    plan = plan_tiles(shape, tile, overlap, chunks)
+    sched = plan.schedule()
+    assert sched.chunk_grid == plan.chunk_grid
+    axes = [_independent_blocks(plan, axis) for axis in range(2)]
+    (by, oy, ey), (bx, ox, ex) = axes
+    seen = np.zeros(plan.grid_shape, int)
+    for iy in range(len(by)):
+        for ix in range(len(bx)):
+            assert sched.chunk_bounds(iy, ix) == (by[iy], bx[ix])
+            assert sched.chunk_shape(iy, ix) == (by[iy][1] - by[iy][0], bx[ix][1] - bx[ix][0])
+            (ky0, ky1), (kx0, kx1) = sched.owned_tiles(iy, ix)
+            assert list(range(ky0, ky1)) == oy[iy] and list(range(kx0, kx1)) == ox[ix]
+            seen[ky0:ky1, kx0:kx1] += 1
+            assert sched.owns_tiles(iy, ix) == bool(oy[iy] and ox[ix])
+            if not sched.owns_tiles(iy, ix):
+                continue
+            ext = sched.block_extent(iy, ix)
+            assert ext == (ey[iy], ex[ix])
+            # the block's pieces tile its part inside the image exactly, each in its chunk
+            (y0, y1), (x0, x1) = ext
+            hit = np.zeros((y1 - y0, x1 - x0), int)
+            for (jy, jx), (sy, sx) in sched.pieces(iy, ix):
+                assert jy >= iy and jx >= ix  # forward-only
+                hit[sy, sx] += 1
+                ys, xs = np.arange(y0, y1)[sy], np.arange(x0, x1)[sx]
+                assert (by[jy][0] <= ys).all() and (ys < by[jy][1]).all()
+                assert (bx[jx][0] <= xs).all() and (xs < bx[jx][1]).all()
+            inside = np.outer((np.arange(y0, y1) >= 0) & (np.arange(y0, y1) < shape[0]),
+                              (np.arange(x0, x1) >= 0) & (np.arange(x0, x1) < shape[1]))
+            np.testing.assert_array_equal(hit, inside.astype(int))
+    assert (seen == 1).all()  # each tile owned by exactly one block
+    blocks = [(iy, ix) for iy in range(len(by)) for ix in range(len(bx))
+              if sched.owns_tiles(iy, ix)]
+    for jy in range(len(by)):
+        for jx in range(len(bx)):
+            (cy0, cy1), (cx0, cx1) = by[jy], bx[jx]
+            got = np.zeros((cy1 - cy0, cx1 - cx0), int)
+            for (iy, ix), (sy, sx), (dy, dx) in sched.sources(jy, jx):
+                assert ((jy, jx), (sy, sx)) in sched.pieces(iy, ix)
+                (y0, _), (x0, _) = sched.block_extent(iy, ix)
+                assert (y0 + sy.start, x0 + sx.start) == (cy0 + dy.start, cx0 + dx.start)
+                assert (sy.stop - sy.start, sx.stop - sx.start) == \
+                    (dy.stop - dy.start, dx.stop - dx.start)
+                got[dy, dx] += 1
+            # brute force: each pixel receives one piece per block whose extent covers it
+            expected = np.zeros_like(got)
+            for iy, ix in blocks:
+                (y0, y1), (x0, x1) = ey[iy], ex[ix]
+                expected[max(y0, cy0) - cy0 : max(min(y1, cy1) - cy0, 0),
+                         max(x0, cx0) - cx0 : max(min(x1, cx1) - cx0, 0)] += 1
+            np.testing.assert_array_equal(got, expected)
+            assert (got >= 1).all()  # every pixel covered
+
+
+@pytest.mark.parametrize("shape, tile, overlap, chunks", CASES)
+def test_schedule_round_trips_and_is_a_frozen_record(shape, tile, overlap, chunks):
+    import dataclasses
+    import json
+    import pickle
+
+    from chunkseg.plan import BlockSchedule
+
+    sched = plan_tiles(shape, tile, overlap, chunks).schedule()
+    back = BlockSchedule.from_dict(json.loads(json.dumps(sched.to_dict())))
+    assert back == sched and back.y.sources == sched.y.sources
+    assert back.x.sources == sched.x.sources
+    again = pickle.loads(pickle.dumps(sched))
+    assert again == sched and again.y.sources == sched.y.sources
+    assert not hasattr(sched, "__dict__") and not hasattr(sched.y, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sched.y = sched.x
+
+
+@pytest.mark.parametrize("shape, tile, overlap, chunks", CASES)
+def test_fold_sources_is_the_schedules(shape, tile, overlap, chunks):
+    plan = plan_tiles(shape, tile, overlap, chunks)
+    sched = plan.schedule()
+    for axis, sources in zip(sched, fold_sources(plan)):
+        assert [[(i, s.start, s.stop, d.start, d.stop) for i, s, d in per_chunk]
+                for per_chunk in sources] == [list(s) for s in axis.sources]
