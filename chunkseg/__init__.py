@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._ingest import ingest
 from ._version import __version__
-from .engine.core import OUTPUTS, predict, predict_to_zarr
+from .engine import OUTPUTS, predict, predict_to_zarr
 from .errors import (
     ChunkAlignmentError,
     ChunksegError,

@@ -386,7 +386,7 @@ def _resumed_settings(args) -> dict:
 
 
 def _cmd_predict(args) -> int:
-    from .engine.core import predict_to_zarr
+    from .engine import predict_to_zarr
 
     settings = _resumed_settings(args)
     window = settings.pop("window")
@@ -663,7 +663,7 @@ def _interrupted(args, error: KeyboardInterrupt) -> str:
         return f"{line}; continue the run with --resume."
     if args.command != "predict":
         return f"{line}."
-    from .engine.core import output_progress
+    from .outputs._manifest import output_progress
     from .outputs._target import describe_location
 
     where = describe_location(args.store)

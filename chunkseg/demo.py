@@ -152,7 +152,7 @@ def run_demo(
     ImportError
         If torch, pillow or matplotlib is missing (``pip install "chunkseg[all]"``).
     """
-    from .engine.core import predict_to_zarr
+    from .engine import predict_to_zarr
     from .objects.instances import label, regions
     from .plan import plan_tiles
     from .viz.core import figures, plot_overview

@@ -228,12 +228,12 @@ def test_other_input_dtypes_work(dtype):
 @pytest.mark.parametrize("bug", [TypeError("a bug"), ValueError("a bug"), KeyError("a bug")])
 def test_cli_lets_internal_bugs_show_their_traceback(tmp_path, monkeypatch, bug):
     """An exception that is not chunkseg's own (a bug) propagates out of ``main``."""
-    import chunkseg.engine.core
+    import chunkseg.engine
 
     def broken(*args, **kwargs):
         raise bug
 
-    monkeypatch.setattr(chunkseg.engine.core, "predict_to_zarr", broken)
+    monkeypatch.setattr(chunkseg.engine, "predict_to_zarr", broken)
     src = _write_zarr(tmp_path / "in.zarr", GOOD)
     with pytest.raises(type(bug), match="a bug"):
         main(["predict", str(src), str(tmp_path / "out.zarr"), "--model", MODEL])

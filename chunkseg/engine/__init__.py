@@ -1,9 +1,32 @@
-"""The dask graph: block readers and tile runners, the forward-only overlap-add graph,
-:func:`predict` (a lazy dataset) and :func:`predict_to_zarr` (written chunk by chunk).
+"""The engine: :func:`predict` (a lazy dataset) and :func:`predict_to_zarr` (written chunk by
+chunk), over a dask graph of block reads, per-block accumulation and a forward-only
+overlap-add.
+
+Modules
+-------
+- ``settings``: defaults, argument checks, :class:`~chunkseg.engine.settings.RunSetup`.
+- ``runner``: reading blocks (:class:`~chunkseg.engine.runner.BlockReader`) and the per-block
+  work (:class:`~chunkseg.engine.runner.TileRunner`).
+- ``graph``: the task graph (:func:`~chunkseg.engine.graph.blend_graph`).
+- ``lazy``: :func:`predict`; ``to_zarr``: :func:`predict_to_zarr`.
+- ``scheduling``: where the graph runs.
+
+Each tile belongs to the block in which it starts, so every contribution to an output chunk
+comes from blocks at or before it in row-major order: the chunk is final as soon as its own
+block is done, and only the overhanging pieces (less than a tile wide) wait for the next row::
+
+    accumulate (i, j): read the block (chunk's tiles, reflect padding at the image edges)
+                       straight from the input, run its tiles, accumulate -> pieces
+    piece (i, j -> k, l): the part of block (i, j) that falls in output chunk (k, l)
+    fold (k, l): overlap-add of its own piece and the overhang of the blocks before it,
+                 normalise -> logits (k, l)   [predict]
+                 ... -> logits / probabilities / labels written to Zarr   [predict_to_zarr]
 """
 
 from __future__ import annotations
 
-from .core import OUTPUTS, predict, predict_to_zarr
+from .lazy import predict
+from .settings import OUTPUTS
+from .to_zarr import predict_to_zarr
 
 __all__ = ["OUTPUTS", "predict", "predict_to_zarr"]

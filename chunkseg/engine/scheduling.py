@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -13,11 +14,18 @@ import dask
 from .._redact import redact_text, redacting_warnings
 from ..errors import InvalidValueError, SchedulerError
 
-__all__ = ["compute", "open_client", "LOCAL_SCHEDULERS"]
+__all__ = ["compute", "dask_threads", "open_client", "LOCAL_SCHEDULERS"]
 
 #: Scheduler names handled by dask's single-machine schedulers.
 LOCAL_SCHEDULERS = ("threads", "threading", "processes", "multiprocessing", "synchronous",
                     "sync", "single-threaded")
+
+
+def dask_threads(client: Any) -> int:
+    """Threads the tasks run on: the cluster's, else dask's ``num_workers`` or the CPUs."""
+    if client is not None:
+        return max(1, int(sum(client.nthreads().values())))
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
 
 
 @contextlib.contextmanager

@@ -269,7 +269,7 @@ def _grid(plan: TilePlan) -> dict:
 
 def _reference(raw: np.ndarray, predictor, multiple: tuple[int, int],
                margin: tuple[int, int]) -> tuple[np.ndarray, dict]:
-    from ..engine.core import reflect_index
+    from ..engine.runner import reflect_index
     from ..kernels.blend import check_model_output
 
     h, w, _ = raw.shape
@@ -304,7 +304,7 @@ def _crop_only(raw: np.ndarray, predictor, plan: TilePlan, batch_size: int,
                classes: int) -> np.ndarray:
     """Each pixel from the grid tile whose centre is nearest: the tile whose stride cell holds
     it (ties, possible with an odd overlap, go to the later tile)."""
-    from ..engine.core import reflect_index
+    from ..engine.runner import reflect_index
     from ..kernels.blend import check_model_output
 
     h, w, _ = raw.shape
@@ -326,7 +326,7 @@ def _crop_only(raw: np.ndarray, predictor, plan: TilePlan, batch_size: int,
 
 
 def _engine(raw, predictor, plan: TilePlan, window: str, batch_size: int) -> np.ndarray:
-    from ..engine.core import predict
+    from ..engine import predict
 
     ds = predict(raw, predictor, tile=plan.tile, overlap=plan.overlap, window=window,
                  chunks=plan.chunks, batch_size=batch_size, outputs="logits")
@@ -476,7 +476,7 @@ def seam_report(
     per kept method. Time: the model runs on the whole image once, on the naive patches once,
     and on the grid's tiles once per window plus once for ``crop-only``.
     """
-    from ..engine.core import DEFAULT_OVERLAP, DEFAULT_TILE
+    from ..engine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
     from ..io import open_image
     from ..kernels.blend import labels_from_logits
     from ..models.load import as_model, describe_model, model_defaults

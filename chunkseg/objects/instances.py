@@ -396,7 +396,7 @@ def regions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..engine.core import BlockReader
+    from ..engine.runner import BlockReader
     from ..engine.scheduling import compute, open_client
     from ..errors import NotFoundError, OutputOverlapError
     from ..io import open_image

@@ -68,8 +68,9 @@ from dask.highlevelgraph import HighLevelGraph
 from .._check import positive_int
 from .._redact import secrets_of
 from .._version import __version__
-from ..engine.core import BlockReader, _threads, blend_graph
-from ..engine.scheduling import compute, open_client
+from ..engine.graph import blend_graph
+from ..engine.runner import BlockReader
+from ..engine.scheduling import compute, dask_threads, open_client
 from ..errors import InvalidTypeError, InvalidValueError, LargeObjectWarning, ModelOutputError
 from ..io import open_image
 from ..kernels.blend import mapped_zeros
@@ -78,7 +79,7 @@ from ..outputs._lifecycle import writing
 from ..outputs._manifest import _so, consolidate
 from ..outputs._ownership import require_group
 from ..outputs._target import MARKER, describe_location
-from ..plan import TilePlan, fold_sources, plan_tiles
+from ..plan import BlockSchedule, TilePlan, plan_tiles
 
 __all__ = [
     "IOU_MATCH",
@@ -151,7 +152,8 @@ class InstanceTileRunner:
     """The per-block work of :func:`predict_instances`, with :class:`chunkseg.engine.TileRunner`'s
     contract for :func:`chunkseg.engine.blend_graph` (``plan``, ``accumulate``, ``fold``).
 
-    Picklable; its derived geometry is rebuilt on unpickling.
+    Picklable; it reads its geometry from the plan's :class:`~chunkseg.plan.BlockSchedule`,
+    derived once.
 
     Parameters
     ----------
@@ -178,28 +180,11 @@ class InstanceTileRunner:
         self.model = model
         self.plan = plan
         self.batch_size = int(batch_size)
-        self._derive()
-
-    def _derive(self) -> None:
-        plan = self.plan
-        self._sources = fold_sources(plan)
-        self._extents = plan.block_extents()
-        self._owned = plan.owned_tiles()
+        self.schedule = plan.schedule()  # every task's geometry, derived once (and shipped)
         self._origins = plan.tile_origins()
         self._mod = tuple(math.ceil(t / s) for t, s in zip(plan.tile, plan.stride))
         self.layers = self._mod[0] * self._mod[1]
         self._per_tile = plan.tile[0] * plan.tile[1]
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for derived in ("_sources", "_extents", "_owned", "_origins", "_mod", "layers",
-                        "_per_tile"):
-            state.pop(derived, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._derive()
 
     # -- per tile ----------------------------------------------------------------------------
     def clean_tile(self, labels: np.ndarray, ky: int, kx: int):
@@ -287,13 +272,13 @@ class InstanceTileRunner:
             negative ids; names the tiles.
         """
         plan = self.plan
-        ys, xs = self._extents[0][iy], self._extents[1][ix]
+        ys, xs = self.schedule.block_extent(iy, ix)
         block = self.reader(ys, xs)
         # each pixel of a layer holds 1 + the index of its kept object in this block's table
         # (uint32: half the memory of global ids; fold maps them back through the table)
         canvas = mapped_zeros((self.layers, ys[1] - ys[0], xs[1] - xs[0]), np.uint32)
         kept = 0
-        (ky0, ky1), (kx0, kx1) = self._owned[0][iy], self._owned[1][ix]
+        (ky0, ky1), (kx0, kx1) = self.schedule.owned_tiles(iy, ix)
         tiles = [(ky, kx) for ky in range(ky0, ky1) for kx in range(kx0, kx1)]
         ty, tx = plan.tile
         tables = []
@@ -326,15 +311,12 @@ class InstanceTileRunner:
                 f"`tile` and `chunks` must keep fewer than 2**32 objects in one block. Got "
                 f"{kept} in block ({iy}, {ix}); use smaller `chunks`.")
         table = _concat_tables(tables)
-        dests = [[(j, src) for j, sources in enumerate(axis) for i, src, _ in sources if i == b]
-                 for axis, b in zip(self._sources, (iy, ix))]
         pieces = {}
-        for jy, sy in dests[0]:
-            for jx, sx in dests[1]:
-                part = canvas[:, sy, sx]
-                if (jy, jx) != (iy, ix):  # kept until a later chunk: a copy, not a view
-                    part = part.copy()
-                pieces[(jy, jx)] = ((iy, ix), part, table)
+        for (jy, jx), (sy, sx) in self.schedule.pieces(iy, ix):
+            part = canvas[:, sy, sx]
+            if (jy, jx) != (iy, ix):  # kept until a later chunk: a copy, not a view
+                part = part.copy()
+            pieces[(jy, jx)] = ((iy, ix), part, table)
         return pieces
 
     # -- per output chunk --------------------------------------------------------------------
@@ -353,7 +335,7 @@ class InstanceTileRunner:
             covered by both objects of a pair.
         """
         plan = self.plan
-        h, w = plan.output_chunks()[0][jy], plan.output_chunks()[1][jx]
+        h, w = self.schedule.chunk_shape(jy, jx)
         tables, own = [], None
         for _, (block, _, table) in pieces:
             tables.append(table)
@@ -364,7 +346,7 @@ class InstanceTileRunner:
         gid_sorted, prio_sorted = table["gid"][order], table["prio"][order]
         winners = np.zeros((h, w), np.uint64)
         ids_list, first_list, pair_list, count_list = [], [], [], []
-        y0, x0 = jy * plan.chunks[0], jx * plan.chunks[1]
+        (y0, _), (x0, _) = self.schedule.chunk_bounds(jy, jx)
         # strips of rows, so that the uint64 layers and the per-pixel priorities of only a few
         # MiB exist at once (not 80 bytes a pixel of the whole chunk)
         rows = max(1, FOLD_STRIP_ELEMENTS // (self.layers * w))
@@ -524,15 +506,19 @@ def merge_tables(stats: Sequence[dict]) -> dict:
 class _TempWriter:
     """Writes a chunk's winner ids into the temporary array (the fold's ``finish`` context)."""
 
-    def __init__(self, writer: ArrayWriter, plan: TilePlan):
+    def __init__(self, writer: ArrayWriter, schedule: BlockSchedule):
         self.writer = writer
-        self.plan = plan
+        self.schedule = schedule
 
     def __call__(self, jy: int, jx: int, winners: np.ndarray) -> None:
-        cy, cx = self.plan.chunks
-        h, w = winners.shape
-        self.writer.write((slice(jy * cy, jy * cy + h), slice(jx * cx, jx * cx + w)), winners,
+        self.writer.write(_region(self.schedule, jy, jx), winners,
                           what=f"output chunk ({jy}, {jx})")
+
+
+def _region(schedule: BlockSchedule, jy: int, jx: int) -> tuple[slice, slice]:
+    """Image pixels of output chunk ``(jy, jx)``."""
+    (y0, y1), (x0, x1) = schedule.chunk_bounds(jy, jx)
+    return slice(y0, y1), slice(x0, x1)
 
 
 def _fold_task(runner: InstanceTileRunner, writer: _TempWriter, jy: int, jx: int, dsts,
@@ -546,11 +532,9 @@ def _gather(stats: list) -> list:
     return list(stats)
 
 
-def _relabel_task(mapping: dict, source, target: ArrayWriter, plan: TilePlan, jy: int,
-                  jx: int) -> int:
-    cy, cx = plan.chunks
-    h, w = plan.output_chunks()[0][jy], plan.output_chunks()[1][jx]
-    region = (slice(jy * cy, jy * cy + h), slice(jx * cx, jx * cx + w))
+def _relabel_task(mapping: dict, source, target: ArrayWriter, schedule: BlockSchedule,
+                  jy: int, jx: int) -> int:
+    region = _region(schedule, jy, jx)
     ids = np.asarray(source[region])
     keys, values = mapping["keys"], mapping["values"]
     out = np.zeros(ids.shape, values.dtype)
@@ -727,7 +711,7 @@ def predict_instances(
         }
         location = describe_location(store)
         with open_client(scheduler) as client:
-            threads = _threads(client)
+            threads = dask_threads(client)
             group = zarr.open_group(target.store, mode="w", storage_options=out_so,
                                     attributes=attrs)
             check_aligned("instances", plan.output_chunks(), plan.chunks)
@@ -736,7 +720,8 @@ def predict_instances(
                                 compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
                                 write_empty_chunks=True)
             token = tokenize(arr.data.name, plan, uuid.uuid4().hex)
-            writer = _TempWriter(ArrayWriter(temp, location, name=f"{TEMP_GROUP}/winners"), plan)
+            writer = _TempWriter(ArrayWriter(temp, location, name=f"{TEMP_GROUP}/winners"),
+                                 runner.schedule)
             dsk, _, fold_keys = blend_graph(runner, _fold_task, context=writer, lag=threads + 2,
                                             token=token)
             gather_key = f"chunkseg-instances-gather-{token}"
@@ -758,14 +743,16 @@ def predict_instances(
                                      fix="Run again with overwrite=True.")
             map_key = f"chunkseg-instances-map-{token}"
             src_key, dst_key = f"chunkseg-instances-src-{token}", f"chunkseg-instances-dst-{token}"
-            plan_key = f"chunkseg-instances-plan-{token}"
+            schedule_key = f"chunkseg-instances-schedule-{token}"
             dsk2: dict = {map_key: {"keys": merged["keys"], "values": merged["values"]},
-                          src_key: temp, dst_key: out_writer, plan_key: plan}
+                          src_key: temp, dst_key: out_writer,
+                          schedule_key: runner.schedule}
             keys2 = []
             for jy in range(plan.chunk_grid[0]):
                 for jx in range(plan.chunk_grid[1]):
                     key = (f"chunkseg-instances-relabel-{token}", jy, jx)
-                    dsk2[key] = (_relabel_task, map_key, src_key, dst_key, plan_key, jy, jx)
+                    dsk2[key] = (_relabel_task, map_key, src_key, dst_key, schedule_key, jy,
+                                 jx)
                     keys2.append(key)
             done_key = f"chunkseg-instances-done-{token}"
             dsk2[done_key] = (sum, keys2)

@@ -37,7 +37,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..engine.core import BlockReader
+from ..engine.runner import BlockReader
 from ..errors import InvalidTypeError, InvalidValueError, MissingDependencyError
 
 try:

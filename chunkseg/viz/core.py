@@ -318,7 +318,7 @@ class _Image:
         import xarray as xr
         import zarr
 
-        from ..engine.core import BlockReader
+        from ..engine.runner import BlockReader
         from ..errors import InvalidValueError
         from ..io import open_image
 

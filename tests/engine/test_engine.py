@@ -15,7 +15,9 @@ from dask.core import get_dependencies
 from reference import CountingStore, conv_model, max_rel_diff, reference_blend
 
 import chunkseg
-from chunkseg.engine import core as engine
+from chunkseg.engine.graph import _gpu_resources, _graph, blend_graph
+from chunkseg.engine.runner import BlockReader, TileRunner, make_runner, reflect_index
+from chunkseg.engine.settings import GPU_READ_AHEAD, RunSetup, _setup
 from chunkseg.errors import InvalidValueError, ModelOutputError, OutputExistsError
 from chunkseg.kernels.windows import get_window
 from chunkseg.models.load import as_model
@@ -107,7 +109,7 @@ def _folded(runner, lag=None):
     def finish(runner, _ctx, jy, jx, dsts, *pieces):
         return runner.fold(jy, jx, list(zip(dsts, pieces)))
 
-    dsk, name, keys = engine.blend_graph(runner, finish, lag=lag)
+    dsk, name, keys = blend_graph(runner, finish, lag=lag)
     nr, nc = runner.plan.chunk_grid
     blocks = dask.get(dsk, keys)
     rows = [np.concatenate(blocks[i * nc:(i + 1) * nc], axis=2) for i in range(nr)]
@@ -121,7 +123,7 @@ def test_every_pixel_covered_and_weights_match_reference(chunks):
     plan = plan_tiles(shape + (1,), tile, overlap, chunks)
     w = get_window("gaussian", tile, overlap)
     model = as_model(_conv(1, 2))
-    runner = engine.make_runner(da.from_array(image), model, plan, w, batch_size=4, classes=2)
+    runner = make_runner(da.from_array(image), model, plan, w, batch_size=4, classes=2)
     folded, _ = _folded(runner)
     weight_sum = folded[-1]
     assert (weight_sum > 0).all()
@@ -133,7 +135,7 @@ def test_reflect_index_equals_numpy_pad():
     for length in (1, 2, 5, 17):
         for before, after in ((0, 0), (3, 4), (20, 41)):
             expected = np.pad(np.arange(length), (before, after), mode="reflect")
-            got = engine.reflect_index(-before, length + after, length)
+            got = reflect_index(-before, length + after, length)
             np.testing.assert_array_equal(got, expected)
 
 
@@ -160,14 +162,14 @@ def test_each_tile_runs_exactly_once():
 
 def test_tasks_read_only_their_block(monkeypatch):
     regions = []
-    original = engine.BlockReader.__call__
+    original = BlockReader.__call__
 
     def spy(self, ys, xs):
         out = original(self, ys, xs)
         regions.append((ys, xs, out.shape))
         return out
 
-    monkeypatch.setattr(engine.BlockReader, "__call__", spy)
+    monkeypatch.setattr(BlockReader, "__call__", spy)
     image = _image((300, 260), 2)
     tile, overlap, chunks = 40, 8, 70
     chunkseg.predict(image, _conv(2, 2), tile=tile, overlap=overlap, chunks=chunks,
@@ -207,11 +209,11 @@ def test_rolling_window_bounds_blocks_alive():
     image = _image((420, 400), 1)
     plan = plan_tiles(image.shape, 40, 10, 60)
     w = get_window("gaussian", 40, 10)
-    runner = engine.make_runner(da.from_array(image), as_model(_conv(1, 2)), plan, w,
+    runner = make_runner(da.from_array(image), as_model(_conv(1, 2)), plan, w,
                                 batch_size=8, classes=2)
     alive, peak, lock = set(), [0], threading.Lock()
 
-    class Watched(engine.TileRunner):
+    class Watched(TileRunner):
         def accumulate(self, iy, ix):
             with lock:
                 alive.add((iy, ix))
@@ -475,14 +477,14 @@ def test_gpu_tasks_ask_for_a_share_of_a_gpu_worker():
         def scheduler_info(self):
             return {"workers": {"tcp://a": {"resources": self.resources}}}
 
-    share = {"GPU": 1 / engine.GPU_READ_AHEAD}
-    assert engine._gpu_resources(FakeClient({"GPU": 1}), "cuda:0") == share
-    assert engine._gpu_resources(FakeClient({}), "cuda") is None  # no GPU workers: no ask
-    assert engine._gpu_resources(FakeClient({"GPU": 1}), "cpu") is None
-    assert engine._gpu_resources(None, "cuda") is None
+    share = {"GPU": 1 / GPU_READ_AHEAD}
+    assert _gpu_resources(FakeClient({"GPU": 1}), "cuda:0") == share
+    assert _gpu_resources(FakeClient({}), "cuda") is None  # no GPU workers: no ask
+    assert _gpu_resources(FakeClient({"GPU": 1}), "cpu") is None
+    assert _gpu_resources(None, "cuda") is None
     dsk = {("chunkseg-accumulate-t", 0, 0): (int, 1), ("chunkseg-fold-t", 0, 0, 0): (int, 2),
            ("chunkseg-piece-t", 0, 0, 0, 0): (int, 3), "done": (sum, [])}
-    graph = engine._graph("done", dsk, share)
+    graph = _graph("done", dsk, share)
     annotated = {k for layer in graph.layers.values() if layer.annotations
                  for k in layer}
     assert annotated == {("chunkseg-accumulate-t", 0, 0), ("chunkseg-fold-t", 0, 0, 0)}
@@ -558,11 +560,11 @@ def test_setup_is_a_frozen_typed_record():
     import dataclasses
 
     image = _image((40, 50), 1)
-    setup = engine._setup(image, _conv(1, 2), tile=32, overlap=8, window="linear", chunks=None,
+    setup = _setup(image, _conv(1, 2), tile=32, overlap=8, window="linear", chunks=None,
                           batch_size=3, outputs="labels,logits", dtype="float16", device="cpu",
                           normalization=None, storage_options=None, array_name=None, mask=None,
                           kernel="numpy", classes=("a", "b"), tta=None, torch_threads=None)
-    assert isinstance(setup, engine.RunSetup)
+    assert isinstance(setup, RunSetup)
     assert setup.image.shape == (40, 50, 1)
     assert setup.outputs == ("labels", "logits")
     assert setup.dtype == np.float16

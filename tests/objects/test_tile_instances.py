@@ -23,7 +23,7 @@ import zarr
 ndi = pytest.importorskip("scipy.ndimage")
 skdata = pytest.importorskip("skimage.data")
 
-from chunkseg.engine.core import BlockReader  # noqa: E402
+from chunkseg.engine.runner import BlockReader  # noqa: E402
 from chunkseg.errors import (  # noqa: E402
     InvalidTypeError,
     InvalidValueError,

@@ -1,0 +1,312 @@
+"""The variables of :func:`chunkseg.predict_to_zarr`'s output: their arrays, codecs, attrs and
+coordinates, the completion manifest, whole-chunk writes, and the OME-Zarr pyramid's arrays.
+
+Everything here writes; computing the values is the engine's (:mod:`chunkseg.engine`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .. import _ome
+from ..errors import InvalidTypeError, InvalidValueError
+from ..plan import TilePlan, normalize_pair
+from . import _pyramid
+from ._arrays import ArrayWriter, check_aligned, create_array
+from ._manifest import MANIFEST
+from ._ownership import require_group
+from ._target import describe_location
+
+__all__ = [
+    "ChunkWriter",
+    "check_compression_level",
+    "compressor",
+    "create_variables",
+    "shard_layout",
+    "write_levels",
+]
+
+
+class ChunkWriter:
+    """Writes one output chunk's variables into their Zarr arrays: one task, whole chunks.
+
+    Parameters
+    ----------
+    targets : dict of str -> zarr.Array
+        ``logits``/``probabilities`` ``(K, H, W)``, ``labels`` ``(H, W)``, chunked as the plan.
+    plan : TilePlan
+    done : zarr.Array, optional
+        The completion manifest, ``(n_y, n_x)`` uint8, one Zarr chunk per element: set to 1
+        once all of a chunk's variables are written.
+    location : str, optional
+        The output store, for messages (:func:`chunkseg.outputs._target.describe_location`: no
+        credentials).
+
+    Raises
+    ------
+    chunkseg.errors.OutputWriteError
+        When a write fails with an ``OSError`` (disk full, no permission, the object store
+        refused): names the chunk, the variable, the store and the fix; the chunk stays
+        unmarked.
+    """
+
+    def __init__(self, targets: dict, plan: TilePlan, done=None, location: str | None = None):
+        self.targets = targets
+        self.plan = plan
+        self.done = done
+        self.location = location
+        where = location or "the output store"
+        # one writer for every write: an OSError becomes an OutputWriteError naming the chunk
+        self._writers = {name: ArrayWriter(array, where, name) for name, array in targets.items()}
+        if done is not None:
+            self._writers[MANIFEST] = ArrayWriter(done, where, f"{MANIFEST}/done")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The variables written, in order."""
+        return tuple(self.targets)
+
+    def write(self, jy: int, jx: int, outs: Mapping[str, np.ndarray], what: str) -> None:
+        """Write chunk ``(jy, jx)`` of every variable in ``outs`` (``(..., h, w)`` arrays),
+        then mark it done; ``what`` names the chunk in errors."""
+        (c_y, c_x) = self.plan.chunks
+        h, w = outs[self.names[0]].shape[-2:]
+        region = (slice(jy * c_y, jy * c_y + h), slice(jx * c_x, jx * c_x + w))
+        for name, data in outs.items():
+            self._writers[name].write((slice(None),) * (data.ndim - 2) + region, data, what)
+        if self.done is not None:  # after every variable of the chunk is written
+            self._writers[MANIFEST].write((slice(jy, jy + 1), slice(jx, jx + 1)),
+                                          np.ones((1, 1), np.uint8), what)
+
+
+def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: int,
+                     dtype: np.dtype, labels_dtype: np.dtype,
+                     inner: tuple[int, int] | None, ome: bool, level_shapes: list,
+                     coords: dict, class_names: Sequence[str], compression_level: int):
+    """Create the output's arrays in a new ``group``: the variables, their coordinates, the
+    pyramid levels (``ome``) and the completion manifest.
+
+    Parameters
+    ----------
+    group : zarr.Group
+    outputs : sequence of str
+        The variables (``logits``, ``probabilities``, ``labels``).
+    plan : TilePlan
+        Its chunks are the computation chunks (the shards when ``inner`` is given).
+    classes : int
+        ``K``.
+    dtype, labels_dtype : numpy.dtype
+        Of ``logits``/``probabilities``, and of ``labels``.
+    inner : (int, int), optional
+        The inner Zarr chunks of a sharded output.
+    ome : bool
+        The OME-Zarr layout (:mod:`chunkseg._ome`).
+    level_shapes : list of (int, int)
+        The pyramid's level shapes (with ``ome``).
+    coords : dict of str -> xarray.Variable
+        The input's ``y``/``x`` and scalar coordinates.
+    class_names : sequence of str
+    compression_level : int
+
+    Returns
+    -------
+    targets : dict of str -> zarr.Array
+    done : zarr.Array
+        The manifest, ``(n_y, n_x)`` uint8.
+    """
+    targets = {}
+    k = classes
+    if ome and "labels" in outputs:
+        require_group(group, "labels/classes")
+    for name in outputs:
+        if name == "labels":
+            shape, chunks, dt, dims = plan.image_shape, plan.chunks, labels_dtype, ("y", "x")
+        else:
+            shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, \
+                dtype, ("class", "y", "x")
+        # each write task owns whole Zarr chunks, or whole shards when sharded
+        check_aligned(name, plan.output_chunks(), chunks[-2:])
+        shard_shape = None
+        if inner is not None:
+            shard_shape, chunks = chunks, chunks[:-2] + inner
+        targets[name] = create_array(
+            group, name=_ome.var_path(name) if ome else name, shape=shape,
+            chunks=chunks, dtype=dt, compressor=compressor(name, compression_level),
+            dimension_names=dims, attributes=_var_attrs(name, k, coords),
+            write_empty_chunks=True, shards=shard_shape)
+    _write_coords(group, coords, class_names)
+    if ome:
+        _create_levels(group, targets, level_shapes, plan.chunks, outputs=outputs,
+                       coords=coords, classes=k, class_names=class_names,
+                       compression_level=compression_level)
+    # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
+    # concurrent tasks never write the same object
+    done = create_array(
+        require_group(group, MANIFEST), name="done", shape=plan.chunk_grid, chunks=(1, 1),
+        dtype="uint8", compressor=compressor("done", compression_level),
+        dimension_names=("chunk_y", "chunk_x"),
+        attributes={"meaning": "1 where every variable of that output chunk is written"})
+    return targets, done
+
+
+def shard_layout(shards, chunks, default: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(computation chunks, inner Zarr chunks)`` of a sharded output: the shard, and
+    ``chunks`` (``default`` when None: the engine's default chunk for the device), after
+    checking that the shard is a positive multiple of the chunk."""
+    shard = normalize_pair(shards, "shards")
+    if chunks is None:
+        chunks = default
+    inner = normalize_pair(chunks, "chunks")
+    if min(inner) < 1 or min(shard) < 1:
+        raise InvalidValueError(
+            f"`shards` and `chunks` must be positive numbers of pixels. Got shards={shard!r}, "
+            f"chunks={inner!r}.")
+    if any(s % c for s, c in zip(shard, inner)):
+        raise InvalidValueError(
+            f"`shards` must be a multiple of `chunks` (the inner Zarr chunk of each shard) along "
+            f"each axis. Got shards={shard!r}, chunks={inner!r}. Use shards that are multiples "
+            f"of the chunks (e.g. shards={tuple(c * max(1, round(s / c)) for s, c in zip(shard, inner))!r}"
+            f"), or chunks that divide the shards.")
+    return shard, inner
+
+
+def check_compression_level(level: Any, outputs: Sequence[str]) -> None:
+    """Refuse a ``compression_level`` a codec of :func:`compressor` would fail on while
+    writing: zstd takes 0..22, Blosc (``logits``) 0..9."""
+    top = 9 if "logits" in outputs else 22
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+        raise InvalidTypeError(f"`compression_level` must be an int from 0 to {top}. Got "
+                               f"{level!r}; the default is 1.")
+    if not 0 <= level <= top:
+        raise InvalidValueError(
+            f"`compression_level` must be from 0 to {top}"
+            + (" when logits are written (Blosc, which compresses them, takes 0..9; zstd, for "
+               "labels and probabilities, 0..22)" if top == 9 else " (zstd)")
+            + f". Got {level!r}; the default, 1, writes fastest for about the same size.")
+
+
+def compressor(name: str, level: int):
+    """The codec of an output variable (see :func:`predict_to_zarr`'s ``compression_level``)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "logits":
+        return BloscCodec(cname="lz4", clevel=level, shuffle="shuffle")
+    return ZstdCodec(level=level)
+
+
+def _var_attrs(name: str, k: int, coords: dict | None = None) -> dict:
+    attrs = {
+        "logits": {"long_name": "blended logits", "units": "1"},
+        "probabilities": {"long_name": "class probabilities", "units": "1",
+                          "activation": "softmax" if k > 1 else "sigmoid"},
+        "labels": {"long_name": "argmax class labels", "classes": k},
+    }[name]
+    scalars = sorted(n for n, v in (coords or {}).items() if v.ndim == 0)
+    if scalars:  # CF: the scalar coordinates (e.g. rioxarray's spatial_ref) of the variable
+        attrs["coordinates"] = " ".join(scalars)
+    return attrs
+
+
+def _pixel_grid(coords: dict) -> tuple[list, list, dict]:
+    """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from the output's coordinates:
+    their spacing and first value where they are evenly spaced and increasing, else pixels."""
+    scale, translation, units = [1.0, 1.0], [0.0, 0.0], {}
+    for i, dim in enumerate(("y", "x")):
+        c = coords.get(dim)
+        if c is None or c.size < 1:
+            continue
+        values = np.asarray(c.values, dtype=float)
+        step = float(values[1] - values[0]) if values.size > 1 else 1.0
+        if step > 0 and np.allclose(np.diff(values), step, rtol=1e-6, atol=0):
+            scale[i], translation[i] = step, float(values[0])
+            units[dim] = _ome.ngff_unit(c.attrs.get("units"))
+    return scale, translation, units
+
+
+def _write_coords(group, coords: dict, class_names: Sequence[str]) -> None:
+    """Write the ``class`` coordinate (names) and the ``y``/``x`` and scalar coordinates as
+    Zarr arrays of ``group``, which xarray reads as coordinates (1-D arrays named as their
+    dimension; scalars through the variables' CF ``coordinates`` attribute)."""
+    from zarr.codecs import ZstdCodec
+
+    arr = create_array(group, name="class", shape=(len(class_names),),
+                       chunks=(max(1, len(class_names)),), dtype=str, fill_value="",
+                       compressor=ZstdCodec(level=1), dimension_names=("class",),
+                       attributes={"long_name": "class name"})
+    arr[...] = np.asarray(class_names, dtype=str)
+    for name, var in coords.items():
+        values = np.asarray(var.values)
+        if var.ndim == 1:
+            a = create_array(group, name=name, shape=values.shape, chunks=values.shape,
+                             dtype=values.dtype, compressor=ZstdCodec(level=1),
+                             dimension_names=(name,), attributes=dict(var.attrs))
+        else:
+            a = create_array(group, name=name, shape=(), chunks=(), dtype=values.dtype,
+                             compressor=ZstdCodec(level=1), dimension_names=(),
+                             attributes=_json_attrs(var.attrs))
+        a[...] = values
+
+
+def _json_attrs(attrs: dict) -> dict:
+    """The JSON-serialisable part of ``attrs`` (numpy scalars and arrays become lists)."""
+    out = {}
+    for key, value in attrs.items():
+        value = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[str(key)] = value
+    return out
+
+
+def _create_levels(group, targets: dict, shapes: list, chunks0: tuple[int, int], *,
+                   outputs: Sequence[str], coords: dict, classes: int,
+                   class_names: Sequence[str], compression_level: int) -> None:
+    """Create the pyramid arrays (levels 1...) of the image variable and the labels, their
+    coordinates and the NGFF metadata of the OME layout (written with ome-zarr-py)."""
+    image_var = _ome.image_variable(outputs)
+    scale, translation, units = _pixel_grid(coords)
+    k = classes
+    for i, shape in enumerate(shapes[1:], start=1):
+        chunks = _pyramid.level_chunks(chunks0, shape)
+        sub = require_group(group, str(i)) if image_var is not None else None
+        for name, arr0 in targets.items():
+            if name == "labels":
+                create_array(group, name=_ome.var_path("labels", i), shape=shape, chunks=chunks,
+                             dtype=arr0.dtype, compressor=compressor(name, compression_level),
+                             dimension_names=("y", "x"), attributes=_var_attrs(name, k),
+                             write_empty_chunks=True)
+            elif name == image_var:
+                create_array(sub, name=name, shape=(k,) + shape, chunks=(k,) + chunks,
+                             dtype=arr0.dtype, compressor=compressor(name, compression_level),
+                             dimension_names=("class", "y", "x"),
+                             attributes=_var_attrs(name, k), write_empty_chunks=True)
+        if sub is not None:  # the level's own coordinates: pixel centres of its 2^i squares
+            f = 2 ** i
+            level_coords = {d: xr.Variable(d, translation[j] + (f - 1) / 2 * scale[j]
+                                     + f * scale[j] * np.arange(shape[j]),
+                                     coords[d].attrs)
+                      for j, d in enumerate(("y", "x")) if d in coords}
+            _write_coords(sub, level_coords, class_names)
+    if image_var is not None:
+        _ome.write_image_metadata(group, image_var, len(shapes), class_names, scale,
+                                  translation, units)
+    if "labels" in targets:
+        _ome.write_labels_metadata(group, len(shapes), class_names, scale,
+                                   translation, units)
+
+
+def write_levels(group, outputs, n_levels: int, store, scheduler, progress: bool) -> None:
+    """Compute and write pyramid levels 1... from the level before each, as written."""
+    image_var = _ome.image_variable(outputs)
+    pyramids = [([group[_ome.var_path(name, i)] for i in range(n_levels)], kind)
+                for name, kind in ((image_var, "mean"), ("labels", "mode"))
+                if name is not None and name in outputs]
+    _pyramid.write_levels(pyramids, describe_location(store), scheduler=scheduler,
+                          progress=progress)
