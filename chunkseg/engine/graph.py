@@ -9,6 +9,7 @@ import operator
 import uuid
 from typing import Any
 
+import dask
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
@@ -136,17 +137,33 @@ def _gpu_resources(client, device: str) -> dict | None:
     return None
 
 
-def _graph(key: str, dsk: dict, resources: dict | None) -> HighLevelGraph:
-    """One-layer graph; with ``resources``, the block and chunk tasks ask for them."""
-    from dask.highlevelgraph import MaterializedLayer
+HEAVY_TASKS = ("chunkseg-accumulate", "chunkseg-fold")
+"""Key prefixes of the block and chunk tasks, those that ask for a share of a GPU."""
 
+
+class _ShareOfGpu:
+    """The ``resources`` annotation of a key: ``resources`` for a block or chunk task, None
+    (no restriction: distributed's scheduler skips it) for the others."""
+
+    def __init__(self, resources: dict):
+        self.resources = resources
+
+    def __call__(self, key) -> dict | None:
+        if isinstance(key, tuple) and str(key[0]).startswith(HEAVY_TASKS):
+            return self.resources
+        return None
+
+
+def _graph(key: str, dsk: dict, resources: dict | None) -> HighLevelGraph:
+    """The one-layer graph of ``dsk``, computing ``key``; with ``resources``, the block and
+    chunk tasks ask for them.
+
+    The layer is made under :func:`dask.annotate` (dask's public way to annotate tasks) with a
+    per-key annotation: one layer, so that dask's optimisation (culling) sees the true
+    dependencies and keeps every task and its annotation (a hand-built layer per kind of task
+    would depend on the others both ways: dask issue 7036).
+    """
     if not resources:
         return HighLevelGraph.from_collections(key, dsk, dependencies=[])
-    heavy = {k: v for k, v in dsk.items() if isinstance(k, tuple)
-             and str(k[0]).startswith(("chunkseg-accumulate", "chunkseg-fold"))}
-    light = {k: v for k, v in dsk.items() if k not in heavy}
-    layers = {key: MaterializedLayer(light),
-              f"{key}-gpu": MaterializedLayer(heavy, annotations={"resources": resources})}
-    return HighLevelGraph(layers, {key: {f"{key}-gpu"}, f"{key}-gpu": set()})
-
-
+    with dask.annotate(resources=_ShareOfGpu(resources)):
+        return HighLevelGraph.from_collections(key, dsk, dependencies=[])

@@ -3,6 +3,7 @@ exact for pointwise and constant models, every pixel covered, each tile once, wh
 
 from __future__ import annotations
 
+import operator
 import threading
 
 import dask
@@ -12,6 +13,7 @@ import pytest
 import xarray as xr
 import zarr
 from dask.core import get_dependencies
+from dask.delayed import Delayed
 from reference import CountingStore, conv_model, max_rel_diff, reference_blend
 
 import chunkseg
@@ -482,14 +484,49 @@ def test_gpu_tasks_ask_for_a_share_of_a_gpu_worker():
     assert _gpu_resources(FakeClient({}), "cuda") is None  # no GPU workers: no ask
     assert _gpu_resources(FakeClient({"GPU": 1}), "cpu") is None
     assert _gpu_resources(None, "cuda") is None
-    dsk = {("chunkseg-accumulate-t", 0, 0): (int, 1), ("chunkseg-fold-t", 0, 0, 0): (int, 2),
-           ("chunkseg-piece-t", 0, 0, 0, 0): (int, 3), "done": (sum, [])}
+    acc, piece, fold = ("chunkseg-accumulate-t", 0, 0), ("chunkseg-piece-t", 0, 0, 0, 0), \
+        ("chunkseg-fold-t", 0, 0, 0)
+    dsk = {"runner": 5, acc: (operator.add, "runner", 1), piece: (operator.mul, acc, 2),
+           fold: (operator.add, piece, "runner"), "done": (sum, [fold])}
+    heavy = {acc, fold}
     graph = _graph("done", dsk, share)
-    annotated = {k for layer in graph.layers.values() if layer.annotations
-                 for k in layer}
-    assert annotated == {("chunkseg-accumulate-t", 0, 0), ("chunkseg-fold-t", 0, 0, 0)}
-    assert all(layer.annotations in (None, {}, {"resources": share})
-               for layer in graph.layers.values())
+    (layer,) = graph.layers.values()  # one layer: its dependencies are the tasks' own
+    ask = layer.annotations["resources"]
+    assert {k for k in dsk if ask(k) is not None} == heavy
+    assert all(ask(k) == share for k in heavy)
+    assert not dask.get_annotations()  # dask.annotate's context is left
+    # what distributed's Client.compute sends the scheduler, after dask's optimisation (its
+    # scheduler skips None): every task kept, the block and chunk tasks annotated (dask
+    # issue 7036: a hand-built layer per kind of task lost tasks when culled)
+    from dask.base import collections_to_expr
+
+    sent = collections_to_expr([Delayed("done", graph)], optimize_graph=True)
+    assert set(sent.__dask_graph__()) == set(dsk)
+    got = {k: v for k, v in sent.__dask_annotations__()["resources"].items() if v is not None}
+    assert got == {k: share for k in heavy}
+    assert dask.compute(Delayed("done", graph), scheduler="sync")[0] == (5 + 1) * 2 + 5
+    assert _graph("done", dsk, None).layers["done"].annotations is None
+
+
+@pytest.mark.slow  # a LocalCluster
+def test_gpu_tasks_run_on_gpu_workers_of_a_cluster():
+    from distributed import Client, Scheduler, SpecCluster, Worker, get_worker
+
+    def where(*before):
+        return [*before, get_worker().name]
+
+    acc, piece, fold = ("chunkseg-accumulate-t", 0, 0), ("chunkseg-piece-t", 0, 0, 0, 0), \
+        ("chunkseg-fold-t", 0, 0, 0)
+    # as blend_graph's: the runner, a block, its piece, the chunk's fold, the count
+    dsk = {"runner": 0, acc: (where, "runner"), piece: (operator.getitem, acc, 1),
+           fold: (where, piece), "done": (list, fold)}
+    graph = _graph("done", dsk, {"GPU": 1 / GPU_READ_AHEAD})
+    spec = {name: {"cls": Worker, "options": {"nthreads": 2, "resources": res}}
+            for name, res in (("cpu", {}), ("gpu", {"GPU": 1}))}
+    with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
+            "dashboard_address": None}}) as cluster, Client(cluster) as client:
+        for _ in range(3):  # the CPU worker is free, yet every block and chunk task goes to the GPU
+            assert client.compute(Delayed("done", graph)).result() == ["gpu", "gpu"]
 
 
 def _documented(func) -> dict[str, str]:
