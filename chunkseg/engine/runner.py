@@ -11,10 +11,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..errors import InvalidTypeError, InvalidValueError, ModelOutputError, ModelRunError
+from ..errors import InvalidValueError, ModelOutputError, ModelRunError
 from ..kernels import blend
 from ..kernels.tta import TTAModel, check_tta
-from ..models.load import LazyModel, TorchAdapter, load_model
+from ..models.load import TorchAdapter
+from ..models.resolve import ResolvedModel, resolve_model
 from ..plan import TilePlan, tile_mask
 
 __all__ = ["KERNELS", "BlockReader", "TileRunner", "make_runner", "reflect_index"]
@@ -100,13 +101,14 @@ class TileRunner:
     Parameters
     ----------
     reader : BlockReader
-    model : callable
-        From :func:`chunkseg.models.as_model`.
+    model : ResolvedModel
+        Resolved once for the run (:func:`chunkseg.models.resolve.resolve_model`).
     window : (T_y, T_x) ndarray of float32
     plan : TilePlan
     batch_size, classes : int
     kernel : {"auto", "torch", "numpy"}
-        ``auto``: the torch kernel for a torch model, else numpy.
+        ``auto``: the torch kernel for a torch model, else numpy; :attr:`kernel` holds the
+        one chosen.
     run_tiles : (n_y, n_x) ndarray of bool, optional
     predicate : callable, optional
     torch_threads : int, optional
@@ -118,18 +120,18 @@ class TileRunner:
         (:class:`chunkseg.kernels.tta.TTAModel`) before the window weights them.
     """
 
-    def __init__(self, reader: BlockReader, model, window: np.ndarray, plan: TilePlan,
-                 batch_size: int, classes: int, *, kernel: str = "auto",
+    def __init__(self, reader: BlockReader, model: ResolvedModel, window: np.ndarray,
+                 plan: TilePlan, batch_size: int, classes: int, *, kernel: str = "auto",
                  run_tiles: np.ndarray | None = None, predicate=None,
                  torch_threads: int | None = None, fill_nan: bool = False,
                  tta: str | None = None):
         self.reader = reader
-        self.model = model
+        self.resolved = model
         self.window = window
         self.plan = plan
         self.batch_size = batch_size
         self.classes = classes
-        self.kernel = kernel
+        self.kernel = model.kernel(kernel)  # "torch" or "numpy"
         self.run_tiles = run_tiles
         self.predicate = predicate
         self.torch_threads = torch_threads
@@ -143,20 +145,15 @@ class TileRunner:
         covered)."""
         return np.nan if self.fill_nan else 0.0
 
+    @property
+    def model(self):
+        """The callable the tiles run through (an adapter, or a LazyModel)."""
+        return self.resolved.model
+
     def torch_model(self) -> TorchAdapter | None:
-        """The torch adapter when the torch kernel is to be used, else None."""
-        if self.kernel == "numpy":
-            return None
-        model = load_model(self.model.spec) if isinstance(self.model, LazyModel) else self.model
-        if isinstance(model, TorchAdapter):
-            return model
-        if self.kernel == "torch":
-            raise InvalidTypeError(
-                f"`kernel` 'torch' needs a torch model (torch.nn.Module, TorchScript file or a "
-                f"factory returning a module). Got {type(model).__name__}; use kernel='numpy' "
-                "or 'auto'."
-            )
-        return None
+        """The torch adapter when the torch kernel is used (loaded once per process), else
+        None."""
+        return self.resolved.torch_adapter() if self.kernel == "torch" else None
 
     def accumulate(self, iy: int, ix: int) -> dict:
         """Read block ``(iy, ix)``, run its tiles, accumulate; cut it into per-chunk pieces.
@@ -295,7 +292,7 @@ def _check_finite_input(block: np.ndarray, ys: tuple[int, int], xs: tuple[int, i
     )
 
 
-def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
+def make_runner(image: da.Array, model: ResolvedModel | Any, plan: TilePlan, window: np.ndarray, *,
                 batch_size: int = 8, classes: int | None = None, mask: Any = None,
                 kernel: str = "auto", torch_threads: int | None = None,
                 direct=None, tta: str | None = None) -> TileRunner:
@@ -304,8 +301,9 @@ def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
     Parameters
     ----------
     image : (H, W, C_in) dask array
-    model : callable
-        From :func:`chunkseg.models.as_model`.
+    model : ResolvedModel or callable
+        Resolved once for the run (:func:`chunkseg.models.resolve.resolve_model`); anything
+        else is resolved here.
     plan : TilePlan
     window : (T_y, T_x) ndarray of float32
     batch_size : int, default 8
@@ -337,18 +335,17 @@ def make_runner(image: da.Array, model, plan: TilePlan, window: np.ndarray, *,
     """
     if kernel not in KERNELS:
         raise InvalidValueError(f"`kernel` must be one of {KERNELS}. Got {kernel!r}.")
+    model = resolve_model(model)
     reader = BlockReader(image, direct)
     if classes is None:
-        classes = _probe_classes(reader, model, plan)
+        classes = _probe_classes(reader, model.model, plan)
     run_tiles = predicate = None
     if callable(mask):
         predicate = mask
     elif mask is not None:
         run_tiles = tile_mask(plan, mask)
-    runner = TileRunner(reader, model, window, plan, batch_size, classes, kernel=kernel,
-                        run_tiles=run_tiles, predicate=predicate, torch_threads=torch_threads,
-                        fill_nan=mask is not None, tta=check_tta(tta, plan.tile))
-    runner.torch_model()  # a wrong kernel for the model fails here, not in a task
-    return runner
+    return TileRunner(reader, model, window, plan, batch_size, classes, kernel=kernel,
+                      run_tiles=run_tiles, predicate=predicate, torch_threads=torch_threads,
+                      fill_nan=mask is not None, tta=check_tta(tta, plan.tile))
 
 

@@ -20,7 +20,8 @@ from ..errors import InvalidTypeError, InvalidValueError
 from ..io import open_image
 from ..kernels.tta import check_tta
 from ..kernels.windows import get_window, window_name
-from ..models.load import Normalization, as_model, describe_model, model_defaults
+from ..models.load import Normalization
+from ..models.resolve import resolve_model
 from ..outputs._target import MARKER
 from ..plan import plan_tiles
 from .runner import TileRunner, make_runner
@@ -151,17 +152,20 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     if chunks is None and str(device).startswith("cuda"):
         chunks = GPU_CHUNK
-    defaults = model_defaults(model)  # a bioimage.io package's tile, overlap, class names
-    tile = defaults.get("tile", DEFAULT_TILE) if tile is None else tile
-    overlap = defaults.get("overlap", DEFAULT_OVERLAP) if overlap is None else overlap
+    # once per run: the adapter, a bioimage.io package's tile, overlap and class names, the
+    # kernels the model allows, its description
+    resolved = resolve_model(model, device=device, normalization=normalization)
+    if tile is None:
+        tile = DEFAULT_TILE if resolved.tile is None else resolved.tile
+    if overlap is None:
+        overlap = DEFAULT_OVERLAP if resolved.overlap is None else resolved.overlap
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
     weights = get_window(window, plan.tile, plan.overlap)
     tta = check_tta(tta, plan.tile)
-    predictor = as_model(model, device=device, normalization=normalization)
-    runner = make_runner(arr.data, predictor, plan, weights, batch_size=int(batch_size),
+    runner = make_runner(arr.data, resolved, plan, weights, batch_size=int(batch_size),
                          mask=mask, kernel=kernel, torch_threads=torch_threads,
                          direct=arr.encoding.get("chunkseg_reader"), tta=tta)
-    class_names = _class_names(classes, runner.classes, defaults.get("class_names"))
+    class_names = _class_names(classes, runner.classes, resolved.class_names)
     # the input's coordinate attrs are copied into the output: without credentials
     secrets = secrets_of(storage_options)
     coords = {name: c.variable.copy(deep=False) for name, c in arr.coords.items()
@@ -181,8 +185,8 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
         "blend": "overlap-add of window-weighted logits, divided by the summed window",
         "classes": int(classes),
         "batch_size": int(batch_size),
-        "model": describe_model(predictor),
-        "kernel": "torch" if runner.torch_model() is not None else "numpy",
+        "model": resolved.description,
+        "kernel": runner.kernel,
         "mask": "none" if mask is None else ("predicate" if callable(mask) else "array"),
         "source": str(arr.attrs.get("source", "array")),
         "class_names": list(class_names),

@@ -324,7 +324,7 @@ def predict_to_zarr(
             writer = ChunkOutputs(ChunkWriter(targets, plan, done=done,
                                               location=describe_location(store)), dtype_)
             token = tokenize(setup.image.name, plan, uuid.uuid4().hex)
-            gpu = str(device).startswith("cuda") and runner.torch_model() is not None
+            gpu = str(device).startswith("cuda") and runner.kernel == "torch"
             # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
             lag = (min(threads, GPU_READ_AHEAD) if gpu else threads) + 2
             dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer, lag=lag,

@@ -71,9 +71,10 @@ from .._version import __version__
 from ..engine.graph import blend_graph
 from ..engine.runner import BlockReader
 from ..engine.scheduling import compute, dask_threads, open_client
-from ..errors import InvalidTypeError, InvalidValueError, LargeObjectWarning, ModelOutputError
+from ..errors import InvalidValueError, LargeObjectWarning, ModelOutputError
 from ..io import open_image
 from ..kernels.blend import mapped_zeros
+from ..models.resolve import ResolvedModel, resolve_instance_model
 from ..outputs._arrays import ArrayWriter, check_aligned, create_array
 from ..outputs._lifecycle import writing
 from ..outputs._manifest import _so, consolidate
@@ -157,9 +158,10 @@ class InstanceTileRunner:
 
     Parameters
     ----------
-    reader : chunkseg.engine.BlockReader
-    model : callable
-        float32 ``(N, C_in, T_y, T_x)`` -> integer ``(N, T_y, T_x)`` instance ids.
+    reader : chunkseg.engine.runner.BlockReader
+    model : ResolvedModel or callable
+        float32 ``(N, C_in, T_y, T_x)`` -> integer ``(N, T_y, T_x)`` instance ids, resolved
+        once for the run (:func:`chunkseg.models.resolve.resolve_instance_model`).
     plan : TilePlan
     batch_size : int
         Tiles per model call.
@@ -175,9 +177,11 @@ class InstanceTileRunner:
     ids and the O(objects) tables the client merges (see :func:`merge_tables`).
     """
 
-    def __init__(self, reader: BlockReader, model, plan: TilePlan, batch_size: int = 8):
+    def __init__(self, reader: BlockReader, model: ResolvedModel | Any, plan: TilePlan,
+                 batch_size: int = 8):
         self.reader = reader
-        self.model = model
+        self.model = (model if isinstance(model, ResolvedModel)
+                      else resolve_instance_model(model)).model
         self.plan = plan
         self.batch_size = int(batch_size)
         self.schedule = plan.schedule()  # every task's geometry, derived once (and shipped)
@@ -681,14 +685,7 @@ def predict_instances(
     import zarr
     from zarr.codecs import ZstdCodec
 
-    if isinstance(model, str) and ":" in model:  # 'package.module:factory'
-        from ..models.load import _load_factory
-
-        model = _load_factory(model, "cpu", {})
-    if not callable(model):
-        raise InvalidTypeError(
-            f"`model` must be a callable on float32 batches returning integer instance ids. "
-            f"Got {type(model)!r}.")
+    resolved = resolve_instance_model(model)  # once per run
     batch_size = positive_int(batch_size, "batch_size")
     out_so = _so(store, storage_options)
     with writing(store, source=image, overwrite=overwrite, storage_options=out_so,
@@ -697,7 +694,7 @@ def predict_instances(
         plan = plan_tiles(arr.shape, tile, overlap, chunks)
         check_id_space(plan)
         reader = BlockReader(arr.data, arr.encoding.get("chunkseg_reader"))
-        runner = InstanceTileRunner(reader, model, plan, int(batch_size))
+        runner = InstanceTileRunner(reader, resolved, plan, int(batch_size))
         _probe(runner)
         attrs = {
             MARKER: __version__,

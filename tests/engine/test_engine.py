@@ -613,3 +613,32 @@ def test_setup_is_a_frozen_typed_record():
         setup.dtype = np.dtype("float32")
     assert {f.name for f in dataclasses.fields(setup)} == {
         "image", "runner", "outputs", "dtype", "attrs", "class_names", "coords", "input_attrs"}
+
+
+@pytest.mark.parametrize("spec, kernel", [("model_factories:torch_conv1x1", "torch"),
+                                          ("model_factories:numpy_conv1x1", "numpy")])
+def test_model_resolved_once_per_run(monkeypatch, tmp_path, spec, kernel):
+    """The model's defaults, adapter and description are asked once per run, on the client,
+    however many blocks; a spec loads once per process."""
+    pytest.importorskip("torch") if kernel == "torch" else None
+    from chunkseg.models import resolve
+    from chunkseg.models.load import load_model
+
+    calls: dict[str, int] = {}
+
+    def counting(name, real):
+        def counted(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    for name in ("model_defaults", "as_model", "describe_model"):
+        monkeypatch.setattr(resolve, name, counting(name, getattr(resolve, name)))
+    load_model.cache_clear()
+    image = _image((150, 130), 3)
+    ds = chunkseg.predict_to_zarr(image, spec, str(tmp_path / "o.zarr"), tile=32, overlap=8,
+                                  chunks=40, outputs="logits")
+    assert ds.attrs["kernel"] == kernel and ds.attrs["model"]["kind"] == "spec"
+    assert calls == {"model_defaults": 1, "as_model": 1, "describe_model": 1}
+    assert load_model.cache_info().misses == 1  # threads of one process: one load
