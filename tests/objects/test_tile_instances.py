@@ -323,7 +323,7 @@ def test_tiny_and_empty_images(tmp_path):
 def test_fold_in_strips_of_rows_gives_the_same_result(tmp_path, monkeypatch):
     """The fold works in strips of rows; strips of 1 to 7 rows (blobs overlapping across
     strips and tiles) give the result of one strip per chunk."""
-    import chunkseg.objects.tile_instances as ti
+    import chunkseg.objects._tile_runner as ti
 
     image = blobs()
     whole = run(image, tmp_path, "whole", tile=96, overlap=48, chunks=100)
