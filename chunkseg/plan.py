@@ -414,10 +414,7 @@ def fold_sources(plan: TilePlan) -> tuple[list[list[tuple[int, slice, slice]]], 
                   for sources in axis.sources] for axis in plan.schedule())
 
 
-Piece = tuple[int, int, int, int, int]
-"""One piece of the fold along an axis: ``(other, src0, src1, dst0, dst1)``, block pixels
-``[src0, src1)`` onto chunk pixels ``[dst0, dst1)``; ``other`` is the chunk (in a block's
-pieces) or the block (in a chunk's sources)."""
+Piece = tuple[int, int, int, int, int]  # (other block or chunk, src0, src1, dst0, dst1)
 
 
 def _axis_schedule(plan: TilePlan, axis: int) -> AxisSchedule:
@@ -472,19 +469,23 @@ class AxisSchedule:
 
     def to_dict(self) -> dict:
         """JSON-serialisable: the fields (``sources`` is derived) as lists."""
-        return {"chunks": [list(c) for c in self.chunks],
-                "extents": [list(e) for e in self.extents],
-                "owned": [list(o) for o in self.owned],
-                "pieces": [[list(p) for p in ps] for ps in self.pieces]}
+        return {name: _lists(getattr(self, name)) for name in _AXIS_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict) -> AxisSchedule:
         """The axis :meth:`to_dict` describes."""
-        return cls(chunks=tuple(tuple(int(v) for v in c) for c in d["chunks"]),
-                   extents=tuple(tuple(int(v) for v in e) for e in d["extents"]),
-                   owned=tuple(tuple(int(v) for v in o) for o in d["owned"]),
-                   pieces=tuple(tuple(tuple(int(v) for v in p) for p in ps)
-                                for ps in d["pieces"]))
+        return cls(**{name: _tuples(d[name]) for name in _AXIS_FIELDS})
+
+
+_AXIS_FIELDS = ("chunks", "extents", "owned", "pieces")
+
+
+def _lists(value):  # nested tuples of ints -> nested lists (JSON), and back
+    return [_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,7 +504,7 @@ class BlockSchedule:
     y: AxisSchedule
     x: AxisSchedule
 
-    def __iter__(self):
+    def __iter__(self):  # y, x
         return iter((self.y, self.x))
 
     @property
@@ -517,8 +518,7 @@ class BlockSchedule:
 
     def chunk_shape(self, jy: int, jx: int) -> tuple[int, int]:
         """``(h, w)`` of output chunk ``(jy, jx)``."""
-        (y0, y1), (x0, x1) = self.chunk_bounds(jy, jx)
-        return y1 - y0, x1 - x0
+        return tuple(b - a for a, b in self.chunk_bounds(jy, jx))  # type: ignore[return-value]
 
     def block_extent(self, iy: int, ix: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """Image coordinates ``(y0, y1), (x0, x1)`` of block ``(iy, ix)``."""

@@ -20,6 +20,8 @@ Modules, each one job:
 - ``_arrays``: Zarr array creation and whole-chunk writes (a failed write names the chunk).
 - ``_manifest``: the completion manifest, the fingerprint, resume's checks, opening an output.
 - ``_pyramid``: out-of-core pyramid levels.
+- ``_variables``: the arrays, codecs, attrs and coordinates of a prediction's variables, and
+  their whole-chunk writes.
 """
 
 from __future__ import annotations
