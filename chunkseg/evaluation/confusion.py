@@ -26,6 +26,23 @@ _SPLIT_EVERY = 8  # matrices added per task of the tree sum
 
 
 def check_ignore(ignore: Any) -> np.ndarray | None:
+    """``ignore`` (ground-truth values counted nowhere) as sorted unique int64 values.
+
+    Parameters
+    ----------
+    ignore : None, int or sequence of int
+        Stored ground-truth value(s), e.g. 255.
+
+    Returns
+    -------
+    numpy.ndarray of int64 or None
+        None for None or an empty sequence.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``ignore`` is not an int or a sequence of ints (``True``/``False`` are not ints).
+    """
     if ignore is None:
         return None
     values = [ignore] if is_int(ignore) else ignore
@@ -104,7 +121,17 @@ def _block_confusion(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | Non
 
 
 def add_matrices(*matrices: np.ndarray) -> np.ndarray:
-    """Sum of confusion matrices of possibly different sizes (the smaller padded with 0)."""
+    """Sum of square confusion matrices of possibly different sizes (the smaller padded with 0).
+
+    Parameters
+    ----------
+    *matrices : numpy.ndarray, shape (n_i, n_i), integer
+        At least one.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (max n_i, max n_i)
+    """
     n = max(m.shape[0] for m in matrices)
     total = np.zeros((n, n), dtype=np.int64)
     for m in matrices:

@@ -7,6 +7,11 @@ holds more than one chunk of each input, and every chunk is read once; the image
 size. The scores (per-class IoU and Dice, their means, pixel accuracy and error) are then
 computed from the matrix by :func:`chunkseg.evaluation.metrics.scores_from_confusion`, the same formulas
 as the in-memory :mod:`chunkseg.evaluation.metrics`.
+
+The inputs are opened by :mod:`chunkseg.evaluation._labels`, the matrix is built by
+:mod:`chunkseg.evaluation.confusion` and the result is printed by
+:mod:`chunkseg.evaluation.report`; the argument rules (``classes``, ``label_map`` and their
+command-line text) are :mod:`chunkseg._check`'s.
 """
 
 from __future__ import annotations
