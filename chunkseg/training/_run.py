@@ -25,6 +25,7 @@ _WHAT = "a chunkseg training run"
 
 
 def loss_curve(history: list, out: Path, monitor: str) -> Path:
+    """Plot the training loss and the validation ``monitor`` per epoch to ``loss_curve.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,6 +51,7 @@ def loss_curve(history: list, out: Path, monitor: str) -> Path:
 
 
 def write_log(history: list, out: Path) -> None:
+    """Write ``metrics.csv`` and ``metrics.json``: one row per epoch (every key any row has)."""
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
@@ -93,6 +95,7 @@ def prepare_out(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
 
 
 def environment() -> dict:
+    """Versions and machine recorded in ``train.json``."""
     import torch
 
     return {"torch": torch.__version__, "python": platform.python_version(),
