@@ -157,7 +157,8 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .training.train import TrainConfig, train
+    from .training.config import TrainConfig
+    from .training.train import train
 
     config = TrainConfig.from_file(args.config, overrides=args.overrides)
     result = train(config, resume=args.resume, overwrite=args.overwrite,
