@@ -19,8 +19,8 @@ import numpy as np
 
 from .errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["positive_int", "int_pair", "class_names_arg", "classes_arg", "label_map_arg",
-           "parse_classes", "parse_label_map", "parse_ignore", "is_int"]
+__all__ = ["positive_int", "non_negative_int", "int_pair", "class_names_arg", "classes_arg",
+           "label_map_arg", "parse_classes", "parse_label_map", "parse_ignore", "is_int"]
 
 
 def is_int(value: Any) -> bool:
@@ -55,11 +55,43 @@ def positive_int(value, name: str, fix: str = "") -> int:
     chunkseg.errors.InvalidValueError
         If it is below 1.
     """
+    return _int_from(value, name, 1, fix)
+
+
+def non_negative_int(value, name: str, fix: str = "") -> int:
+    """``value`` as an ``int`` when it is an integer of at least 0 (a seed, an epoch).
+
+    Parameters
+    ----------
+    value : object
+        The argument to check.
+    name : str
+        Its name, for the message (e.g. ``"seed"``).
+    fix : str, optional
+        A sentence appended to the message.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``value`` is not an integer (``True``/``False`` are not).
+    chunkseg.errors.InvalidValueError
+        If it is below 0.
+    """
+    return _int_from(value, name, 0, fix)
+
+
+def _int_from(value, name: str, minimum: int, fix: str) -> int:
+    """The rule of :func:`positive_int` (``minimum`` 1) and :func:`non_negative_int` (0)."""
     tail = _tail(fix)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidTypeError(f"`{name}` must be a positive int. Got {value!r}.{tail}")
-    if value < 1:
-        raise InvalidValueError(f"`{name}` must be a positive int. Got {value!r}.{tail}")
+    rule = "a positive int" if minimum == 1 else "a non-negative int"
+    if not is_int(value):
+        raise InvalidTypeError(f"`{name}` must be {rule}. Got {value!r}.{tail}")
+    if value < minimum:
+        raise InvalidValueError(f"`{name}` must be {rule}. Got {value!r}.{tail}")
     return int(value)
 
 

@@ -11,6 +11,7 @@ from chunkseg._check import (
     int_pair,
     is_int,
     label_map_arg,
+    non_negative_int,
     parse_classes,
     parse_ignore,
     parse_label_map,
@@ -32,6 +33,14 @@ def test_positive_int():
                      (0, InvalidValueError), (-1, InvalidValueError)]:
         with pytest.raises(exc, match=r"`batch_size` must be a positive int\. Got .*e\.g\. 8"):
             positive_int(bad, "batch_size", "Tiles per model call: e.g. 8.")
+
+
+def test_non_negative_int():
+    assert non_negative_int(0, "seed") == 0 and type(non_negative_int(np.uint8(5), "seed")) is int
+    for bad, exc in [(True, InvalidTypeError), (1.0, InvalidTypeError), (None, InvalidTypeError),
+                     (-1, InvalidValueError)]:
+        with pytest.raises(exc, match=r"`seed` must be a non-negative int\. Got .*\. Use 0"):
+            non_negative_int(bad, "seed", "Use 0.")
 
 
 def test_int_pair_types_and_values():

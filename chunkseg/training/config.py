@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._check import class_names_arg, label_map_arg, positive_int
 from ..errors import InvalidTypeError, InvalidValueError, NotFoundError
 
 __all__ = ["MONITORS", "TrainConfig"]
@@ -315,9 +316,11 @@ def _pairs(value, key: str, root) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _label_map(value) -> dict:
+def _label_map(value):
+    """A file's ``label_map`` table with ``int`` keys and values (TOML and JSON keys are
+    strings); :func:`~chunkseg._check.label_map_arg` checks the result (or a non-table)."""
     if not isinstance(value, Mapping):
-        raise InvalidTypeError(f"`label_map` must be a table of stored value = class index. Got {value!r}.")
+        return value
     try:
         return {int(k): int(v) for k, v in value.items()}
     except (TypeError, ValueError):
@@ -325,25 +328,21 @@ def _label_map(value) -> dict:
             f"`label_map` keys and values must be integers. Got {dict(value)!r}.") from None
 
 
-def _positive(cfg, name: str, allow_none: bool = False) -> None:
-    value = getattr(cfg, name)
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidValueError(f"`{name}` must be a positive int. Got {value!r}.")
-
-
 def _validate(cfg: TrainConfig) -> None:
     if not cfg.train:
         raise InvalidValueError("`train` must list at least one {image, labels} pair. Got none.")
-    if not cfg.classes or not all(isinstance(c, str) and c for c in cfg.classes):
+    example = 'classes = ["background", "foreground"]'
+    if isinstance(cfg.classes, Sequence) and len(cfg.classes) == 0:  # required: no default
         raise InvalidValueError(
             f"`classes` must name every class (at least one). Got {cfg.classes!r}; e.g. "
-            "classes = [\"background\", \"foreground\"].")
-    for name in ("tile", "epochs", "batch_size", "val_every"):
-        _positive(cfg, name)
-    for name in ("stride", "samples", "patience", "val_tile", "threads"):
-        _positive(cfg, name, allow_none=True)
+            f"{example}.")
+    names = class_names_arg(cfg.classes, fix=f"(in a config file: {example}).")
+    object.__setattr__(cfg, "classes", names)
+    optional = ("stride", "samples", "patience", "val_tile", "threads")
+    for name in ("tile", "epochs", "batch_size", "val_every", *optional):
+        value = getattr(cfg, name)
+        if value is not None or name not in optional:
+            object.__setattr__(cfg, name, positive_int(value, name))
     choices = {"sampling": ("random", "grid", "balanced"), "augment": ("flips", "em", "rgb", "none"),
                "optimizer": ("adam", "adamw", "sgd"), "schedule": ("cosine", "constant")}
     for name, allowed in choices.items():
@@ -376,10 +375,7 @@ def _validate(cfg: TrainConfig) -> None:
     bad = set(cfg.export) - {"torchscript", "onnx"}
     if bad:
         raise InvalidValueError(f"`export` must hold 'torchscript' and/or 'onnx'. Got {sorted(bad)}.")
-    if cfg.label_map is not None and any(not 0 <= v < len(cfg.classes) for v in cfg.label_map.values()):
-        raise InvalidValueError(
-            f"`label_map` values must be class indices in [0, {len(cfg.classes)}). Got "
-            f"{cfg.label_map!r}.")
+    object.__setattr__(cfg, "label_map", label_map_arg(cfg.label_map, classes=len(cfg.classes)))
 
 
 def with_defaults(recorded: dict) -> dict:

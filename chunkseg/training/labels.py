@@ -8,23 +8,18 @@ or, without a map, the stored value is the class index itself and is checked aga
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 
+from .._check import classes_arg, is_int, label_map_arg
 from ..errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["LabelSpec"]
 
 _INT32 = np.iinfo(np.int32)
-
-
-def _is_int(value: Any) -> bool:
-    """An int (Python or numpy), not a bool."""
-    return isinstance(value, Integral) and not isinstance(value, bool | np.bool_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +59,7 @@ class LabelSpec:
         default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.ignore_index):
+        if not is_int(self.ignore_index):
             raise InvalidTypeError(f"`ignore_index` must be an int. Got {self.ignore_index!r}.")
         if not _INT32.min <= self.ignore_index <= _INT32.max:
             raise InvalidValueError(
@@ -75,26 +70,11 @@ class LabelSpec:
         self._check_classes()
 
     def _check_label_map(self) -> None:
-        label_map = self.label_map
+        label_map = label_map_arg(self.label_map, real_keys=True)
         if label_map is None:
             return
-        if not isinstance(label_map, Mapping):
-            raise InvalidTypeError(
-                "`label_map` must be a mapping {stored value: class index} or None. Got "
-                f"{type(label_map).__name__}; e.g. {{255: 0, 0: 1}}."
-            )
-        if not label_map:
-            raise InvalidValueError("`label_map` must not be empty. Got {}; pass None instead.")
         for key, value in label_map.items():
-            if not isinstance(key, Real):
-                raise InvalidTypeError(
-                    f"`label_map` keys must be numbers (stored label values). Got {key!r}."
-                )
-            if not _is_int(value):
-                raise InvalidTypeError(
-                    f"`label_map` values must be int class indices. Got {key!r}: {value!r}."
-                )
-            if value < 0 or value == self.ignore_index:
+            if value == self.ignore_index:
                 raise InvalidValueError(
                     f"`label_map` values must be class indices >= 0 other than ignore_index "
                     f"({self.ignore_index}). Got {key!r}: {value!r}; leave values to ignore "
@@ -103,24 +83,13 @@ class LabelSpec:
         keys = np.array(sorted(label_map), dtype=np.float64)
         values = np.array([label_map[k] for k in sorted(label_map)], dtype=np.int64)
         object.__setattr__(self, "_lut", (keys, values))
-        object.__setattr__(self, "label_map", dict(label_map))
+        object.__setattr__(self, "label_map", label_map)
 
     def _check_classes(self) -> None:
-        classes = self.classes
-        if classes is None:
+        value = classes_arg(self.classes)
+        if value is None:
             return
-        if _is_int(classes):
-            if classes < 1:
-                raise InvalidValueError(f"`classes` must be at least 1. Got {classes}.")
-            k, value = int(classes), int(classes)
-        elif isinstance(classes, Sequence) and not isinstance(classes, str) and classes and all(
-                isinstance(c, str) for c in classes):
-            k, value = len(classes), tuple(classes)
-        else:
-            raise InvalidTypeError(
-                "`classes` must be a number of classes, a sequence of class names, or None. "
-                f"Got {classes!r}."
-            )
+        k = value if isinstance(value, int) else len(value)
         if self.label_map is not None and max(self.label_map.values()) >= k:
             raise InvalidValueError(
                 f"`label_map` values must be class indices below classes={k}. Got "

@@ -47,11 +47,11 @@ except ImportError as _err:  # pragma: no cover - torch is an optional extra
         f"`chunkseg.training.patches` needs PyTorch. Got ImportError: {_err}. Install it with "
         "`pip install 'chunkseg[torch,train]'`."
     ) from _err
+from .._check import int_pair, non_negative_int, positive_int
 from ..models.load import Normalization
-from ..plan import normalize_pair
 from ._pairs import OpenedPair, open_pair, split_masks, split_pairs
 from .augment import AUGMENTATIONS, augment_patch, augmentation
-from .labels import LabelSpec, _is_int
+from .labels import LabelSpec
 from .sampling import (
     CELL_CACHE_BYTES,
     SAMPLINGS,
@@ -64,23 +64,6 @@ from .sampling import (
 )
 
 __all__ = ["PatchDataset", "augmentation", "grid_starts", "SAMPLINGS", "AUGMENTATIONS"]
-
-
-def _positive_pair(value: Any, name: str) -> tuple[int, int]:
-    pair = normalize_pair(value, name)
-    if min(pair) < 1:
-        raise InvalidValueError(f"`{name}` must be positive. Got {value!r}.")
-    return pair
-
-
-def _counting_int(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an int ``>= minimum`` (0: "a non-negative int", 1: "a positive int")."""
-    what = "a non-negative int" if minimum == 0 else "a positive int"
-    if not _is_int(value):
-        raise InvalidTypeError(f"`{name}` must be {what}. Got {value!r}.")
-    if value < minimum:
-        raise InvalidValueError(f"`{name}` must be {what}. Got {value}.")
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,8 +192,8 @@ class PatchDataset(torch.utils.data.Dataset):
                  classes: int | Sequence[str] | None = None, seed: int = 0,
                  storage_options: Mapping[str, Any] | None = None,
                  value_range: tuple[float, float] | None = None, max_attempts: int = 100):
-        self.tile = _positive_pair(tile, "tile")
-        self.stride = self.tile if stride is None else _positive_pair(stride, "stride")
+        self.tile = int_pair(tile, "tile", minimum=1)
+        self.stride = self.tile if stride is None else int_pair(stride, "stride", minimum=1)
         if not isinstance(sampling, str) or sampling not in SAMPLINGS:
             raise InvalidValueError(
                 f"`sampling` must be one of {list(SAMPLINGS)}. Got {sampling!r}."
@@ -222,14 +205,12 @@ class PatchDataset(torch.utils.data.Dataset):
                     f"`samples` must be None with sampling='grid' (the grid fixes the number of "
                     f"patches). Got samples={samples!r}; drop it or use sampling='random'."
                 )
-        elif not _is_int(samples) or samples < 1:
-            error = InvalidTypeError if samples is not None and not _is_int(samples) \
-                else InvalidValueError
-            raise error(
-                f"`samples` must be a positive int (patches per epoch) with "
-                f"sampling={sampling!r}. Got {samples!r}."
-            )
-        self.samples = None if samples is None else int(samples)
+        else:
+            fix = f"Give the patches per epoch with sampling={sampling!r}."
+            if samples is None:  # missing, not of a wrong type
+                raise InvalidValueError(f"`samples` must be a positive int. Got None. {fix}")
+            samples = positive_int(samples, "samples", fix)
+        self.samples = samples
         if not isinstance(min_foreground, Real) or isinstance(min_foreground, bool):
             raise InvalidTypeError(
                 f"`min_foreground` must be a float in [0, 1]. Got {min_foreground!r}."
@@ -252,8 +233,8 @@ class PatchDataset(torch.utils.data.Dataset):
                 f"{type(normalization).__name__}; e.g. Normalization(scale=1/255)."
             )
         self.normalization = normalization
-        self.seed = _counting_int(seed, "seed", 0)
-        self.max_attempts = _counting_int(max_attempts, "max_attempts", 1)
+        self.seed = non_negative_int(seed, "seed")
+        self.max_attempts = positive_int(max_attempts, "max_attempts")
         if storage_options is not None and not isinstance(storage_options, Mapping):
             raise InvalidTypeError(
                 "`storage_options` must be a mapping of fsspec options or None. "
@@ -433,7 +414,7 @@ class PatchDataset(torch.utils.data.Dataset):
         TypeError, ValueError
             If ``epoch`` is not a non-negative int.
         """
-        epoch = _counting_int(epoch, "epoch", 0)
+        epoch = non_negative_int(epoch, "epoch")
         if epoch != self.epoch:
             self.epoch = epoch
             self._drawn = {}

@@ -149,8 +149,8 @@ def _averaged(cfg: TrainConfig, model):
 def _evaluate_pairs(cfg: TrainConfig, model, normalization) -> dict:
     """Run the network through chunkseg.predict on every validation pair; pooled scores."""
     from ..engine import core as engine
+    from ..evaluation.confusion import confusion_matrix_dask
     from ..evaluation.metrics import scores_from_confusion
-    from ..evaluation.semantic import confusion_matrix_dask
     from ..io import open_image
 
     tile = cfg.val_tile or cfg.tile
