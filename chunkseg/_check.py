@@ -59,16 +59,12 @@ def positive_int(value, name: str, fix: str = "") -> int:
 
 
 def non_negative_int(value, name: str, fix: str = "") -> int:
-    """``value`` as an ``int`` when it is an integer of at least 0 (a seed, an epoch).
+    """``value`` as an ``int`` when it is an integer of at least 0 (a seed, an epoch number).
 
     Parameters
     ----------
-    value : object
-        The argument to check.
-    name : str
-        Its name, for the message (e.g. ``"seed"``).
-    fix : str, optional
-        A sentence appended to the message.
+    value, name, fix
+        As :func:`positive_int`.
 
     Returns
     -------
@@ -79,7 +75,7 @@ def non_negative_int(value, name: str, fix: str = "") -> int:
     chunkseg.errors.InvalidTypeError
         If ``value`` is not an integer (``True``/``False`` are not).
     chunkseg.errors.InvalidValueError
-        If it is below 0.
+        If it is negative.
     """
     return _int_from(value, name, 0, fix)
 
