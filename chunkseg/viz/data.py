@@ -33,7 +33,6 @@ def display_step(shape: tuple[int, int], max_pixels: int = 1200) -> int:
     return max(1, math.ceil(max(shape) / max_pixels))
 
 
-
 def _as_numpy(value) -> np.ndarray:
     if hasattr(value, "compute"):  # dask or a dask-backed DataArray: this thread only
         value = value.compute(scheduler="sync")

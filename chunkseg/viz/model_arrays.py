@@ -59,13 +59,13 @@ def tile_components(store, image, model, *, crop=None, cls: int | None = None,
     store : str, os.PathLike or zarr.Group
         A :func:`chunkseg.predict_to_zarr` output (its grid and class count).
     image
-        The input it was computed from (as :func:`overview`).
+        The input it was computed from (as :func:`~chunkseg.viz.overview`).
     model
         Anything :func:`chunkseg.as_model` takes (``"isbi2012-unet"``, a callable, ...), the
         output's model.
     crop : ((y0, y1), (x0, x1)), optional
-        Default :func:`default_crop`. Its tiles are :func:`crop_tiles` (at most
-        :data:`MAX_TILE_PANELS`).
+        Default :func:`~chunkseg.viz.default_crop`. Its tiles are
+        :func:`~chunkseg.viz.crop_tiles` (at most :data:`MAX_TILE_PANELS`).
     cls : int, optional
         Class whose connected components are the objects; default the class of the output's
         ``instances`` (else 1).
@@ -156,7 +156,7 @@ def naive_patches(image, model, tile: int | tuple[int, int], crop=None, *, batch
         Patch size ``(T_y, T_x)``.
     crop : ((y0, y1), (x0, x1)), optional
         Region to return; default the whole image (which must then be at most
-        :data:`MAX_CROP_PIXELS`).
+        :data:`~chunkseg.viz.MAX_CROP_PIXELS`).
     batch_size : int, default 8
     device, normalization
         As :func:`chunkseg.as_model`.
@@ -206,7 +206,7 @@ def _naive_patches(img: _Image, predictor, tile: tuple[int, int], crop, batch_si
 def seam_arrays(store, image, model, *, crop=None, cls: int | None = None, batch_size: int = 8,
                 device: str = "cpu", normalization=None,
                 storage_options: dict | None = None) -> dict:
-    """What :func:`seams` draws: naive patches vs the blended output on a crop.
+    """What :func:`~chunkseg.viz.seams` draws: naive patches vs the blended output on a crop.
 
     Parameters
     ----------
@@ -215,7 +215,7 @@ def seam_arrays(store, image, model, *, crop=None, cls: int | None = None, batch
     image, model
         The input and the model the output was computed with (as :func:`tile_components`).
     crop : ((y0, y1), (x0, x1)), optional
-        Default :func:`default_crop`.
+        Default :func:`~chunkseg.viz.default_crop`.
     cls : int, optional
         Class whose probability is compared; default as :func:`tile_components`.
     batch_size, device, normalization, storage_options

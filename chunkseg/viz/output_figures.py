@@ -67,7 +67,8 @@ def overview(store, *, image=None, crop=None, max_side: int = 2048,
         array-like with ``shape`` ``(H, W[, C])`` and step slicing (h5py, ...). Without it only
         the output is drawn.
     crop : ((y0, y1), (x0, x1)), optional
-        The region the other figures show, drawn as a yellow box (default :func:`default_crop`).
+        The region the other figures show, drawn as a yellow box (default
+        :func:`~chunkseg.viz.default_crop`).
     max_side : int, default 2048
         Longer side of the overviews, pixels.
     storage_options : dict, optional
@@ -84,7 +85,7 @@ def overview(store, *, image=None, crop=None, max_side: int = 2048,
     Notes
     -----
     Reads every ``step``-th pixel of the image and of ``instances`` (or ``labels``), one block
-    (about one chunk) at a time with strided reads (:func:`read_overview`): never the
+    (about one chunk) at a time with strided reads (:func:`~chunkseg.viz.read_overview`): never the
     full-resolution array in one piece. Memory: two overviews of at most ``max_side^2``
     pixels (RGB float32 for display) plus one block.
     """
@@ -138,11 +139,12 @@ def tile_decomposition(store, *, image=None, crop=None, storage_options: dict | 
     ----------
     store : str, os.PathLike or zarr.Group
         A :func:`chunkseg.predict_to_zarr` output; the grid is
-        ``plan_tiles(shape, tile, overlap, chunks)`` of its attrs (:func:`output_plan`).
+        ``plan_tiles(shape, tile, overlap, chunks)`` of its attrs
+        (:func:`~chunkseg.viz.output_plan`).
     image : optional
         As :func:`overview`; the background (else the output's labels).
     crop : ((y0, y1), (x0, x1)), optional
-        Default :func:`default_crop`: about 3 x 3 tiles around a chunk corner.
+        Default :func:`~chunkseg.viz.default_crop`: about 3 x 3 tiles around a chunk corner.
     storage_options : dict, optional
 
     Returns
@@ -210,7 +212,7 @@ def tile_predictions(store, image, model, *, crop=None, cls: int | None = None,
                      normalization=None, storage_options: dict | None = None):
     """Each tile of a crop predicted alone: its objects in their own colours, one panel a tile.
 
-    Parameters are those of :func:`tile_components`.
+    Parameters are those of :func:`~chunkseg.viz.tile_components`.
 
     Returns
     -------
@@ -223,8 +225,8 @@ def tile_predictions(store, image, model, *, crop=None, cls: int | None = None,
 
     Notes
     -----
-    Runs the model on the crop's tiles (:func:`crop_tiles`, 9 for the default crop), nothing
-    else; memory as :func:`tile_components`.
+    Runs the model on the crop's tiles (:func:`~chunkseg.viz.crop_tiles`, 9 for the default
+    crop), nothing else; memory as :func:`~chunkseg.viz.tile_components`.
     """
     out = _open(store, storage_options)
     img = _open_image(image, out, storage_options)
@@ -288,7 +290,7 @@ def reconstruction(store, *, image=None, crop=None, storage_options: dict | None
     image : optional
         As :func:`overview`; the background.
     crop : ((y0, y1), (x0, x1)), optional
-        Default :func:`default_crop`.
+        Default :func:`~chunkseg.viz.default_crop`.
     storage_options : dict, optional
 
     Returns
@@ -340,7 +342,7 @@ def seams(store, image, model, *, crop=None, cls: int | None = None, batch_size:
           device: str = "cpu", normalization=None, storage_options: dict | None = None):
     """Naive non-overlapping patches vs the blended output, with the patch borders marked.
 
-    Parameters are those of :func:`seam_arrays`.
+    Parameters are those of :func:`~chunkseg.viz.seam_arrays`.
 
     Returns
     -------
@@ -352,7 +354,7 @@ def seams(store, image, model, *, crop=None, cls: int | None = None, batch_size:
 
     Notes
     -----
-    As :func:`seam_arrays`.
+    As :func:`~chunkseg.viz.seam_arrays`.
     """
     out = _open(store, storage_options)
     img = _open_image(image, out, storage_options)
@@ -425,8 +427,8 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
         predictions and the seams are drawn too. It is never taken from the output's attrs
         (they are data, not code to import).
     crop : ((y0, y1), (x0, x1)), optional
-        Full-resolution region of figures 2-5 (at most :data:`MAX_CROP_PIXELS`); default
-        :func:`default_crop`: about 3 x 3 tiles around a chunk corner.
+        Full-resolution region of figures 2-5 (at most :data:`~chunkseg.viz.MAX_CROP_PIXELS`);
+        default :func:`~chunkseg.viz.default_crop`: about 3 x 3 tiles around a chunk corner.
     cls : int, optional
         Class of the objects; default the class of ``instances`` (else 1).
     max_side : int, default 2048
@@ -465,8 +467,8 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     Notes
     -----
     Reads every ``step``-th pixel of the image and the output for the overview, block by block
-    (:func:`read_overview`), and the crop at full resolution; runs the model on the crop's
-    tiles (9 by default) and on the naive patches that meet it. Memory: the overview (at most
+    (:func:`~chunkseg.viz.read_overview`), and the crop at full resolution; runs the model on the
+    crop's tiles (9 by default) and on the naive patches that meet it. Memory: the overview (at most
     ``max_side^2`` pixels) and a few full-resolution planes of the crop.
     """
     from ..errors import InvalidTypeError, InvalidValueError

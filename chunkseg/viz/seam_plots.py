@@ -32,7 +32,7 @@ def plot_seam_report(report: SeamReport, path: str | os.PathLike | None = None, 
     Parameters
     ----------
     report : SeamReport
-        A :func:`seam_report` result.
+        A :func:`chunkseg.seam_report` result.
     path : str or os.PathLike, optional
         Where to save the figure (PNG, by the suffix); not saved when None.
     dpi : int, default 110
