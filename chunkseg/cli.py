@@ -203,6 +203,7 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_seams(args) -> int:
     from .evaluation import seams
+    from .viz import save_seam_report
 
     seams.seam_report_paths(args.out, json_path=args.json_out, overwrite=args.overwrite,
                             sources=(args.image,))
@@ -213,7 +214,7 @@ def _cmd_seams(args) -> int:
         max_pixels=seams.MAX_PIXELS if args.max_pixels is None else args.max_pixels,
         array_name=args.array_name)
     print(seams.format_seam_table(report))
-    paths = seams.save_seam_report(report, args.out, json_path=args.json_out, overwrite=args.overwrite)
+    paths = save_seam_report(report, args.out, json_path=args.json_out, overwrite=args.overwrite)
     for name, path in paths.items():
         print(f"wrote {name:<7}{path}")
     return 0
@@ -299,7 +300,7 @@ def _cmd_predict_instances(args) -> int:
 
 
 def _cmd_figures(args) -> int:
-    from .viz.core import figures
+    from .viz import figures
 
     if args.model is not None and args.image is None:
         raise InvalidValueError("`--model` needs `--image` (the input the model runs on). Got --model "

@@ -157,7 +157,7 @@ def run_demo(
     from .engine.core import predict_to_zarr
     from .objects.instances import label, regions
     from .plan import plan_tiles
-    from .viz.core import figures, plot_overview
+    from .viz import figures, plot_overview
 
     out = Path(out)
     paths = {"mosaic": out / "mosaic.zarr", "segmentation": out / "segmentation.zarr",
