@@ -72,10 +72,9 @@ def non_negative_int(value, name: str, fix: str = "") -> int:
 
     Raises
     ------
-    chunkseg.errors.InvalidTypeError
-        If ``value`` is not an integer (``True``/``False`` are not).
-    chunkseg.errors.InvalidValueError
-        If it is negative.
+    chunkseg.errors.InvalidTypeError, chunkseg.errors.InvalidValueError
+        As :func:`positive_int`: a non-integer ``value`` (``True``/``False`` are not integers),
+        a negative one.
     """
     return _int_from(value, name, 0, fix)
 
