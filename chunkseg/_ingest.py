@@ -23,7 +23,7 @@ from ._check import int_pair
 from ._version import __version__
 from .io._axes import DIMS
 from .io._locations import _check_storage_options, _fspath
-from .io._open import open_image
+from .io.api import open_image
 
 
 def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
