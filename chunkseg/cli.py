@@ -172,7 +172,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_export_bioimageio(args) -> int:
-    from .models.bioimageio import export_bioimageio
+    from .training.export import export_bioimageio
 
     path = export_bioimageio(args.out, model=args.model, overwrite=args.overwrite)
     print(f"wrote {path} (run it: chunkseg predict IMAGE OUT.zarr --model {path})")

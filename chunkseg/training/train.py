@@ -87,7 +87,7 @@ def _normalization(cfg: TrainConfig, arrays: Sequence[Any]):
     from ..models.load import Normalization
 
     if isinstance(cfg.normalization, Mapping):
-        return Normalization(**cfg.normalization)
+        return Normalization.from_dict(cfg.normalization)
     kind = arrays[0].dtype
     scale = 1 / 255 if kind == np.uint8 else 1 / 65535 if kind == np.uint16 else 1.0
     sums = [((a.astype(np.float64) * scale).sum(axis=(0, 1)),
