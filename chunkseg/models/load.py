@@ -146,7 +146,6 @@ def model_defaults(model: Any) -> dict:
     return {}
 
 
-
 def _load_factory(source: str, device: str, options: dict) -> Any:
     module_name, _, attr = source.partition(":")
     try:
