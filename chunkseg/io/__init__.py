@@ -21,9 +21,9 @@ NGFF), ``_files`` (PNG/JPEG with Pillow, TIFF with tifffile), ``api`` (:func:`op
 from __future__ import annotations
 
 from ._locations import IMAGE_FILE_SUFFIXES
-from .api import open_image
 from ._stores import is_zarr_url_or_path, store_has_data
 from ._zarr import ZarrRegionReader
+from .api import open_image
 
 __all__ = [
     "IMAGE_FILE_SUFFIXES",
