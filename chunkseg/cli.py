@@ -221,7 +221,8 @@ def _cmd_seams(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .outputs._manifest import open_output_group, output_progress
+    from .outputs._manifest import open_output_group
+    from .outputs.api import output_progress
     from .outputs._target import describe_location
 
     # one way to open an output: a store that is none, or whose metadata was changed, is a
@@ -412,7 +413,7 @@ def _interrupted(args, error: KeyboardInterrupt) -> str:
         return f"{line}; continue the run with --resume."
     if args.command != "predict":
         return f"{line}."
-    from .engine.core import output_progress
+    from .outputs.api import output_progress
     from .outputs._target import describe_location
 
     where = describe_location(args.store)
