@@ -37,7 +37,7 @@ from .kernels.windows import WINDOWS, get_window
 from .models.load import ModelSpec, Normalization, as_model, load_model
 from .objects.instances import label, regions
 from .objects.tile_instances import predict_instances
-from .outputs._manifest import open_output, output_progress
+from .outputs.api import open_output, output_progress
 from .plan import TilePlan, plan_tiles
 
 

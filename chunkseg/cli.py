@@ -221,8 +221,9 @@ def _cmd_seams(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .outputs._manifest import open_output_group, output_progress
+    from .outputs._manifest import open_output_group
     from .outputs._target import describe_location
+    from .outputs.api import output_progress
 
     # one way to open an output: a store that is none, or whose metadata was changed, is a
     # NotAnOutputError; an unreachable one an InputReadError (a URL with a password first)
@@ -412,8 +413,8 @@ def _interrupted(args, error: KeyboardInterrupt) -> str:
         return f"{line}; continue the run with --resume."
     if args.command != "predict":
         return f"{line}."
-    from .outputs._manifest import output_progress
     from .outputs._target import describe_location
+    from .outputs.api import output_progress
 
     where = describe_location(args.store)
     try:

@@ -25,7 +25,7 @@ from ..kernels import blend
 from ..models.load import Normalization
 from ..outputs import _pyramid
 from ..outputs._lifecycle import writing
-from ..outputs._manifest import _fingerprint, _open, _reopen, _so, consolidate, output_progress
+from ..outputs._manifest import _fingerprint, _open, _reopen, _so, consolidate
 from ..outputs._target import describe_location
 from ..outputs._variables import (
     ChunkWriter,
@@ -34,6 +34,7 @@ from ..outputs._variables import (
     shard_layout,
     write_levels,
 )
+from ..outputs.api import output_progress
 from ..plan import DEFAULT_CHUNK_TARGET
 from .graph import _count, _gpu_resources, _graph, _write_task, blend_graph
 from .runner import TileRunner

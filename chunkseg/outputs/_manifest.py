@@ -34,8 +34,8 @@ from ._target import describe_location
 if TYPE_CHECKING:
     from ..plan import TilePlan
 
-__all__ = ["MANIFEST", "consolidate", "open_output", "open_output_group", "output_progress",
-           "recorded_settings", "warn_if_incomplete"]
+__all__ = ["MANIFEST", "consolidate", "open_output_group", "recorded_settings",
+           "warn_if_incomplete"]
 
 
 MANIFEST = "chunkseg"
@@ -248,39 +248,6 @@ def open_output_group(store: Any, *, storage_options: dict | None = None, mode: 
     return group
 
 
-def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Open a :func:`predict_to_zarr` output as an xarray Dataset; warn if it is incomplete.
-
-    Parameters
-    ----------
-    store : str, os.PathLike or zarr store
-    storage_options : dict, optional
-        fsspec options for a URL.
-
-    Returns
-    -------
-    xarray.Dataset
-        Dask-backed. Chunks not yet written read as 0. The full-resolution variables with their
-        coordinates (``class`` names; ``y``, ``x`` where the input had them); for an OME-layout
-        output (``ome=True``) also ``labels``, read from the NGFF label image
-        ``labels/classes/0``.
-
-    Warns
-    -----
-    chunkseg.errors.IncompleteOutputWarning
-        If the run that writes it has not finished (``attrs["complete"]`` is not True), with the
-        number of chunks written; ``predict_to_zarr(..., resume=True)`` finishes it.
-    """
-    import zarr
-
-    so = _so(store, storage_options)
-    ds = _open(store, so, consolidated=False)
-    if ds.attrs.get("complete") is not True:
-        warn_if_incomplete(zarr.open_group(store, mode="r", storage_options=so),
-                           describe_location(store), stacklevel=2)
-    return ds
-
-
 def warn_if_incomplete(group: Any, where: str, *, stacklevel: int = 2) -> None:
     """Warn that a :func:`predict_to_zarr` output is not finished, with its chunks written.
 
@@ -306,41 +273,6 @@ def warn_if_incomplete(group: Any, where: str, *, stacklevel: int = 2) -> None:
         f"{where!r} is incomplete: {int((done == 1).sum())} of {done.size} chunks written; the "
         "others read as 0. Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
         IncompleteOutputWarning, stacklevel=stacklevel + 1)
-
-
-def output_progress(store: Any, *, storage_options: dict | None = None) -> tuple[int, int]:
-    """How far a :func:`predict_to_zarr` run has written its output.
-
-    Parameters
-    ----------
-    store : str, os.PathLike or zarr store
-    storage_options : dict, optional
-        fsspec options for a URL.
-
-    Returns
-    -------
-    (int, int)
-        Chunks written (marked in the ``chunkseg/done`` manifest) and chunks in all.
-
-    Raises
-    ------
-    chunkseg.errors.NotAnOutputError
-        If ``store`` holds no chunkseg output, or one without the manifest (a
-        ``FileNotFoundError`` and a ``ValueError``).
-    chunkseg.errors.InputReadError
-        If the store cannot be read (a connection refused, no permission).
-    """
-
-    group = open_output_group(store, storage_options=storage_options)
-    try:
-        done = group[MANIFEST]["done"][...]
-    except KeyError:
-        raise NotAnOutputError(
-            f"`store` {describe_location(store)!r} is a chunkseg output without a completion "
-            "manifest ('chunkseg/done'): not one written by predict_to_zarr.") from None
-    return int((done == 1).sum()), int(done.size)
-
-
 
 
 def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dict | None:
