@@ -37,6 +37,7 @@ import numpy as np
 from .._check import positive_int
 from ..errors import InvalidTypeError, InvalidValueError
 from ..kernels.windows import WINDOWS
+from ..models.resolve import ResolvedModel, resolve_model
 from ..outputs._target import check_output_files
 from ..plan import normalize_pair, plan_tiles
 from ._seam_methods import (
@@ -200,26 +201,10 @@ def _check_size(shape: tuple[int, int], max_pixels: int) -> None:
             f"--max-pixels) if the machine has the memory.")
 
 
-# -- model resolution: the one place this module turns `model` into a predictor ---------------
-# (to be swapped for chunkseg.models.resolve.resolve_model)
-
-def _resolve_model(model: Any, device: str, normalization: Any) -> tuple[Any, dict, dict]:
-    """``(predictor, defaults, description)`` of ``model``: :func:`chunkseg.as_model`,
-    :func:`chunkseg.models.load.model_defaults` (its tile and overlap, if it states them) and
-    :func:`chunkseg.models.load.describe_model` of the predictor."""
-    from ..models.load import as_model, describe_model, model_defaults
-
-    defaults = model_defaults(model)
-    predictor = as_model(model, device=device, normalization=normalization)
-    return predictor, defaults, describe_model(predictor)
-
-
-def _model_multiple(predictor) -> int:
+def _model_multiple(resolved: ResolvedModel) -> int:
     """What the model states its input size must divide by (a chunkseg ``UNet``'s
     ``multiple``, ``2**depth``), else 1."""
-    from ..models.load import LazyModel, load_model
-
-    adapter = load_model(predictor.spec) if isinstance(predictor, LazyModel) else predictor
+    adapter = resolved.loaded()
     m = getattr(getattr(adapter, "module", None), "multiple", None)
     return int(m) if isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1 else 1
 
@@ -356,13 +341,15 @@ def seam_report(
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     h, w, c = arr.shape
     _check_size((h, w), max_pixels)
-    predictor, defaults, description = _resolve_model(model, device, normalization)
-    tile = defaults.get("tile", DEFAULT_TILE) if tile is None else tile
-    overlap = defaults.get("overlap", DEFAULT_OVERLAP) if overlap is None else overlap
+    resolved = resolve_model(model, device=device, normalization=normalization)
+    predictor, description = resolved.model, resolved.description
+    tile = (resolved.tile or DEFAULT_TILE) if tile is None else tile
+    overlap = (DEFAULT_OVERLAP if resolved.overlap is None else resolved.overlap) \
+        if overlap is None else overlap
     plan = plan_tiles((h, w, c), tile, overlap, chunks)
     naive_plan = plan_tiles((h, w, c), plan.tile, 0, plan.chunks)
     if multiple is None:
-        multiple_ = (_model_multiple(predictor),) * 2
+        multiple_ = (_model_multiple(resolved),) * 2
     else:
         multiple_ = normalize_pair(multiple, "multiple")
         if min(multiple_) < 1:

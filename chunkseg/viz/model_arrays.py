@@ -21,8 +21,9 @@ MAX_TILE_PANELS = 64
 """Most tiles :func:`chunkseg.viz.tile_predictions` draws (one panel each)."""
 
 
-# -- model resolution: the one place this module turns `model` into a predictor ---------------
-# (to be swapped for chunkseg.models.resolve.resolve_model)
+# -- model resolution: the one place this module turns `model` into a predictor (only the
+# callable: the figures need neither the model's defaults nor its description, which
+# chunkseg.models.resolve.resolve_model would also ask for)
 
 def _predictor(model, device: str, normalization):
     """The callable on float32 batches for ``model`` (:func:`chunkseg.as_model`)."""
