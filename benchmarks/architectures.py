@@ -27,7 +27,8 @@ import chunkseg  # noqa: E402
 from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
 from benchmarks.heldout import scores, tiles_per_second  # noqa: E402
 from chunkseg.models.architectures import count_parameters  # noqa: E402
-from chunkseg.training.train import TrainConfig, train  # noqa: E402
+from chunkseg.training.config import TrainConfig  # noqa: E402
+from chunkseg.training.train import train  # noqa: E402
 
 ARCHS = {
     "unet": {"base_channels": 16, "depth": 4},

@@ -41,17 +41,21 @@ from .outputs._manifest import open_output, output_progress
 from .plan import TilePlan, plan_tiles
 
 
-def __getattr__(name: str):  # PatchDataset/augmentation import torch: only when first used
+def __getattr__(name: str):  # PatchDataset imports torch: the training names load on first use
     if name == "instances":  # the name of `label` before 0.2
         import warnings
 
         warnings.warn("chunkseg.instances is now chunkseg.label (connected-component labelling); "
                       "the old name will be removed", DeprecationWarning, stacklevel=2)
         return label
-    if name in ("PatchDataset", "augmentation"):
-        from .training import patches
+    if name == "PatchDataset":
+        from .training.patches import PatchDataset
 
-        return getattr(patches, name)
+        return PatchDataset
+    if name == "augmentation":
+        from .training.augment import augmentation
+
+        return augmentation
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

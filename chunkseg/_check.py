@@ -1,12 +1,35 @@
-"""Argument checks shared by several entry points (one copy of each rule)."""
+"""Argument checks shared by several entry points (one copy of each rule).
+
+Each function checks one kind of argument and returns it in its canonical form, or raises
+:class:`~chunkseg.errors.InvalidTypeError` (a wrong type) or
+:class:`~chunkseg.errors.InvalidValueError` (a wrong value) with a message that names the
+parameter, the rule, the value and the fix. ``True``/``False`` are never integers here.
+
+The ``parse_*`` functions read the text form of the same arguments (the command line's
+``--classes 2``, ``--label-map 255:0,0:1``, ``--ignore 255``) and hand it to the rule.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from numbers import Real
+from typing import Any
 
 import numpy as np
 
 from .errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["positive_int"]
+__all__ = ["positive_int", "non_negative_int", "int_pair", "class_names_arg", "classes_arg",
+           "label_map_arg", "parse_classes", "parse_label_map", "parse_ignore", "is_int"]
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy integer (``True``/``False`` are not)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _tail(fix: str) -> str:
+    return f" {fix}" if fix else ""
 
 
 def positive_int(value, name: str, fix: str = "") -> int:
@@ -32,9 +55,312 @@ def positive_int(value, name: str, fix: str = "") -> int:
     chunkseg.errors.InvalidValueError
         If it is below 1.
     """
-    tail = f" {fix}" if fix else ""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidTypeError(f"`{name}` must be a positive int. Got {value!r}.{tail}")
-    if value < 1:
-        raise InvalidValueError(f"`{name}` must be a positive int. Got {value!r}.{tail}")
+    return _int_from(value, name, 1, fix)
+
+
+def non_negative_int(value, name: str, fix: str = "") -> int:
+    """``value`` as an ``int`` when it is an integer of at least 0 (a seed, an epoch number).
+
+    Parameters
+    ----------
+    value, name, fix
+        As :func:`positive_int`.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError, chunkseg.errors.InvalidValueError
+        As :func:`positive_int`: a non-integer ``value`` (``True``/``False`` are not integers),
+        a negative one.
+    """
+    return _int_from(value, name, 0, fix)
+
+
+def _int_from(value, name: str, minimum: int, fix: str) -> int:
+    """The rule of :func:`positive_int` (``minimum`` 1) and :func:`non_negative_int` (0)."""
+    tail = _tail(fix)
+    rule = "a positive int" if minimum == 1 else "a non-negative int"
+    if not is_int(value):
+        raise InvalidTypeError(f"`{name}` must be {rule}. Got {value!r}.{tail}")
+    if value < minimum:
+        raise InvalidValueError(f"`{name}` must be {rule}. Got {value!r}.{tail}")
     return int(value)
+
+
+def int_pair(value: Any, name: str, *, minimum: int | None = None,
+             fix: str = "") -> tuple[int, int]:
+    """``value`` (an int for both axes, or a ``(y, x)`` pair) as a tuple of two Python ints.
+
+    The one rule for tile, overlap, chunk, shard, stride and margin sizes.
+
+    Parameters
+    ----------
+    value : int or sequence of 2 ints
+        One value for both axes, or one per axis in ``(y, x)`` order; numpy integers count.
+    name : str
+        The parameter's name, for the message (e.g. ``"tile"``).
+    minimum : int, optional
+        The smallest value allowed on each axis (1: positive, 0: non-negative). Default: any.
+    fix : str, optional
+        A sentence appended to the message (e.g. the CLI option).
+
+    Returns
+    -------
+    tuple of 2 int
+        ``(y, x)``.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``value`` is not an integer or a sequence of two integers (``True``/``False`` and
+        floats are not integers).
+    chunkseg.errors.InvalidValueError
+        If an axis is below ``minimum``.
+    """
+    tail = _tail(fix)
+    if is_int(value):
+        pair = (int(value), int(value))
+    else:
+        try:
+            items = None if isinstance(value, str | bytes | bool | np.bool_) else tuple(value)
+        except TypeError:
+            items = None
+        if items is None or len(items) != 2 or not all(is_int(v) for v in items):
+            raise InvalidTypeError(
+                f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.{tail}")
+        pair = (int(items[0]), int(items[1]))
+    if minimum is not None and min(pair) < minimum:
+        rule = "positive" if minimum == 1 else f">= {minimum}"
+        raise InvalidValueError(f"`{name}` must be {rule}. Got {value!r}.{tail}")
+    return pair
+
+
+def class_names_arg(value: Any, name: str = "classes", *, count: int | None = None,
+                fix: str = "") -> tuple[str, ...]:
+    """``value`` as a tuple of class names, one non-empty ``str`` per class.
+
+    Parameters
+    ----------
+    value : sequence of str
+        The names (a list or tuple; a single ``str`` is not a sequence of names).
+    name : str, default "classes"
+        The parameter's name, for the message.
+    count : int, optional
+        The number of classes the names must match; they must then also be distinct.
+    fix : str, optional
+        A sentence appended to the type message (e.g. the CLI option).
+
+    Returns
+    -------
+    tuple of str
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``value`` is not a sequence, is a ``str``, or holds anything but non-empty strings.
+    chunkseg.errors.InvalidValueError
+        If it is empty, or (with ``count``) does not hold ``count`` distinct names.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        example = [f"class{i}" for i in range(count or 2)]
+        raise InvalidTypeError(
+            f"`{name}` must be a sequence of str, one name per class. Got {value!r}; use e.g. "
+            f"{name}={example!r}{_tail(fix)}")
+    names = tuple(value)
+    if not names:
+        raise InvalidValueError(f"`{name}` must name at least one class. Got an empty "
+                                "sequence; pass None to use the default names.")
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise InvalidTypeError(
+            f"`{name}` must hold non-empty str names. Got {value!r}; name every class.")
+    if count is not None and (len(names) != count or len(set(names)) != count):
+        raise InvalidValueError(
+            f"`{name}` must hold {count} distinct names, one per class of the model's output "
+            f"(it has {count} classes). Got {len(names)} names {list(names)!r}; give {count} "
+            "distinct names.")
+    return names
+
+
+def classes_arg(value: Any, name: str = "classes") -> int | tuple[str, ...] | None:
+    """``classes`` given as a number of classes or as their names.
+
+    Parameters
+    ----------
+    value : None, int or sequence of str
+        ``K``, or ``K`` class names.
+    name : str, default "classes"
+        The parameter's name, for the message.
+
+    Returns
+    -------
+    None, int or tuple of str
+        None when ``value`` is None; ``K`` as an ``int``; the names as :func:`class_names_arg`.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``value`` is of none of these types (a float, a ``str``...).
+    chunkseg.errors.InvalidValueError
+        If ``K`` is below 1 or the sequence is empty.
+    """
+    if value is None:
+        return None
+    if is_int(value):
+        return positive_int(value, name, "Pass the number of classes (e.g. 2) or their names.")
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidTypeError(f"`{name}` must be None, a positive int or a sequence of class "
+                               f"names. Got {type(value).__name__} {value!r}.")
+    return class_names_arg(value, name)
+
+
+def label_map_arg(value: Any, name: str = "label_map", *, classes: int | None = None,
+              real_keys: bool = False) -> dict[Any, int] | None:
+    """A map of stored label values to class indices, e.g. ``{255: 0, 0: 1}`` (ISBI 2012).
+
+    Parameters
+    ----------
+    value : mapping or None
+        Stored value -> class index. At least one entry; keys are integers, values integer
+        class indices ``>= 0``.
+    name : str, default "label_map"
+        The parameter's name, for the message.
+    classes : int, optional
+        The number of classes ``K``, when known: every value must then be below it.
+    real_keys : bool, default False
+        Also take real-number keys (stored float labels); else the keys must be integers.
+
+    Returns
+    -------
+    dict or None
+        None for None; else a new dict with ``int`` values (and ``int`` keys for integer
+        keys), in the order given.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``value`` is not a mapping, a key is not an integer (a number with
+        ``real_keys``), or a value is not an integer.
+    chunkseg.errors.InvalidValueError
+        If the map is empty, a value is negative or (with ``classes``) not below ``classes``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidTypeError(
+            f"`{name}` must be a mapping of stored value -> class index, e.g. {{255: 0, 0: 1}}. "
+            f"Got {type(value).__name__}.")
+    if not value:
+        raise InvalidValueError(f"`{name}` must map at least one value. Got {{}}; pass None to "
+                                "use the stored values as classes.")
+    out: dict[Any, int] = {}
+    for key, cls in value.items():
+        key_ok = is_int(key) or (real_keys and isinstance(key, Real) and not isinstance(key, bool))
+        if not key_ok or not is_int(cls):
+            keys = "numbers" if real_keys else "ints"
+            raise InvalidTypeError(
+                f"`{name}` must map stored values ({keys}) to int class indices. Got "
+                f"{key!r}: {cls!r}; e.g. {{255: 0, 0: 1}} for the ISBI 2012 labels.")
+        if cls < 0:
+            raise InvalidValueError(
+                f"`{name}` values must be class indices >= 0. Got {key!r}: {cls!r}; leave "
+                "values to ignore out of the map.")
+        if classes is not None and cls >= classes:
+            raise InvalidValueError(
+                f"`{name}` must map to classes in [0, classes) = [0, {classes}): its values "
+                f"must be class indices below {classes}. Got {key}: {cls}; pass a larger "
+                "`classes` or fix the map.")
+        out[int(key) if is_int(key) else key] = int(cls)
+    return out
+
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """``"255:0,0:1"`` -> ``{255: 0, 0: 1}`` (the CLI's ``--label-map``).
+
+    Parameters
+    ----------
+    text : str
+        Comma-separated ``STORED:CLASS`` integer pairs.
+
+    Returns
+    -------
+    dict of int to int
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If ``text`` is not comma-separated ``STORED:CLASS`` integer pairs, or a value repeats.
+    """
+    out: dict[int, int] = {}
+    for part in str(text).split(","):
+        key, sep, value = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            k, v = int(key), int(value)
+        except ValueError:
+            raise InvalidValueError(
+                "`label_map` must be comma-separated STORED:CLASS integer pairs, e.g. "
+                f"255:0,0:1. Got {text!r}.") from None
+        if k in out:
+            raise InvalidValueError(f"`label_map` must map each stored value once. Got {k} twice "
+                                    f"in {text!r}.")
+        out[k] = v
+    return out
+
+
+def parse_classes(text: str | None) -> int | list[str] | None:
+    """The CLI's ``--classes``: ``"3"`` -> 3, ``"cell,membrane"`` -> ``["cell", "membrane"]``.
+
+    Parameters
+    ----------
+    text : str or None
+        A number of classes, or class names separated by commas.
+
+    Returns
+    -------
+    None, int or list of str
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If a name is empty (``"a,,b"``).
+    """
+    if text is None:
+        return None
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise InvalidValueError("`classes` must be a number of classes or comma-separated class "
+                                f"names, e.g. 2 or cell,membrane. Got {text!r}.")
+    return names
+
+
+def parse_ignore(text: str | None) -> list[int] | None:
+    """The CLI's ``--ignore``: ``"255"`` -> ``[255]``, ``"254,255"`` -> ``[254, 255]``.
+
+    Parameters
+    ----------
+    text : str or None
+        One integer, or several separated by commas.
+
+    Returns
+    -------
+    None or list of int
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If a part is not an integer.
+    """
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise InvalidValueError("`ignore` must be an integer ground-truth value or several, "
+                                f"comma-separated, e.g. 255. Got {text!r}.") from None

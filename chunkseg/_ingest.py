@@ -19,33 +19,22 @@ from chunkseg.errors import (
     InvalidValueError,
 )
 
+from ._check import int_pair
 from ._version import __version__
 from .io._axes import DIMS
 from .io._locations import _check_storage_options, _fspath
-from .io._open import open_image
+from .io.api import open_image
 
 
 def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
-    """``chunks`` as ``(cy, cx)``: an int becomes square; then type and range are checked."""
-    if isinstance(chunks, bool):
-        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
-    pair: Sequence[Any]
-    if isinstance(chunks, int | np.integer):
-        pair = (int(chunks), int(chunks))
-    elif isinstance(chunks, Sequence) and not isinstance(chunks, str):
-        pair = tuple(chunks)
-    else:
-        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
-    if len(pair) != 2:
+    """``chunks`` as ``(cy, cx)``: :func:`chunkseg._check.int_pair`, positive; a longer sequence
+    is told that the channel axis is always one chunk."""
+    if isinstance(chunks, Sequence) and not isinstance(chunks, str) and len(chunks) != 2:
         raise InvalidValueError(
             f"`chunks` must be an int or a pair (cy, cx) of ints; the channel axis is always one "
-            f"chunk. Got {chunks!r} (length {len(pair)})."
+            f"chunk. Got {chunks!r} (length {len(chunks)})."
         )
-    if not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in pair):
-        raise InvalidTypeError(f"`chunks` must be an int or a pair of ints (cy, cx). Got {chunks!r}.")
-    if any(c < 1 for c in pair):
-        raise InvalidValueError(f"`chunks` must be positive. Got {chunks!r}.")
-    return int(pair[0]), int(pair[1])
+    return int_pair(chunks, "chunks", minimum=1)
 
 
 def ingest(

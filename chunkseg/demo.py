@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ._check import positive_int
 from ._version import __version__
-from .errors import InvalidValueError, OutputExistsError
+from .errors import OutputExistsError
 from .outputs._arrays import ArrayWriter, create_array
 from .outputs._lifecycle import writing
 from .outputs._target import MARKER, check_output_target, describe_location
@@ -75,7 +76,9 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
 
     Raises
     ------
-    ValueError
+    chunkseg.errors.InvalidTypeError
+        If ``rows`` or ``cols`` is not an int.
+    chunkseg.errors.InvalidValueError
         If ``rows`` or ``cols`` is not positive.
     chunkseg.errors.OutputExistsError
         If the store holds data and ``overwrite`` is False.
@@ -83,8 +86,7 @@ def build_mosaic(store: str | Path, *, rows: int = 5, cols: int = 6, overwrite: 
     import zarr
     from zarr.codecs import ZstdCodec
 
-    if rows < 1 or cols < 1:
-        raise InvalidValueError(f"`rows` and `cols` must be >= 1. Got {rows} x {cols}.")
+    rows, cols = positive_int(rows, "rows"), positive_int(cols, "cols")
     with writing(str(store), overwrite=overwrite, what="chunkseg demo") as target:
         s = SECTION_SIZE
         arr = create_array(
@@ -155,7 +157,7 @@ def run_demo(
     from .engine.core import predict_to_zarr
     from .objects.instances import label, regions
     from .plan import plan_tiles
-    from .viz.core import figures, plot_overview
+    from .viz import figures, plot_overview
 
     out = Path(out)
     paths = {"mosaic": out / "mosaic.zarr", "segmentation": out / "segmentation.zarr",

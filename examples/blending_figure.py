@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from chunkseg.viz.core import plot_windows
+from chunkseg.viz import plot_windows
 
 out = Path(__file__).resolve().parent.parent / "docs" / "blending.png"
 print(plot_windows(out, tile=256, overlap=64))

@@ -13,13 +13,17 @@ def reference(batch: np.ndarray) -> np.ndarray:
     return np.einsum("kc,nchw->nkhw", WEIGHTS, batch) + BIAS[None, :, None, None]
 
 
-def torch_conv1x1(device: str = "cpu"):
+def torch_conv1x1(device: str = "cpu", crop: int = 0):
+    """:func:`reference` as a torch 1x1 ``Conv2d``; ``crop`` > 0 crops that many pixels off
+    each side of its output (a model returning the wrong shape)."""
     import torch
 
     conv = torch.nn.Conv2d(3, 2, kernel_size=1)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(WEIGHTS[:, :, None, None]))
         conv.bias.copy_(torch.from_numpy(BIAS))
+    if crop:
+        return torch.nn.Sequential(conv, torch.nn.ZeroPad2d(-crop)).to(device)
     return conv.to(device)
 
 
@@ -137,15 +141,19 @@ def threshold_instances(level: float = 128.0):
     return model
 
 
-def keras_conv1x1(data_format: str = "channels_last"):
+def keras_conv1x1(data_format: str = "channels_last", crop: int = 0):
     """:func:`reference` as a Keras 3 model (a 1x1 ``Conv2D``); import keras with the torch
-    backend first (``KERAS_BACKEND=torch``)."""
+    backend first (``KERAS_BACKEND=torch``). ``crop`` > 0 crops that many pixels off each side
+    of its output (a model returning the wrong shape)."""
     import keras
 
     shape = (None, None, 3) if data_format == "channels_last" else (3, None, None)
     inputs = keras.Input(shape)
     conv = keras.layers.Conv2D(2, 1, data_format=data_format)
-    model = keras.Model(inputs, conv(inputs), name="conv1x1")
+    outputs = conv(inputs)
+    if crop:
+        outputs = keras.layers.Cropping2D(crop, data_format=data_format)(outputs)
+    model = keras.Model(inputs, outputs, name="conv1x1")
     conv.set_weights([WEIGHTS.T[None, None], BIAS])  # kernel (1, 1, C_in, K)
     return model
 

@@ -10,7 +10,7 @@ import zarr
 from chunkseg.demo import build_mosaic, run_demo
 from chunkseg.errors import OutputExistsError
 from chunkseg.plan import plan_tiles
-from chunkseg.viz.core import plot_overview, plot_windows
+from chunkseg.viz import plot_overview, plot_windows
 
 
 def test_build_mosaic_places_sections(tmp_path):

@@ -517,9 +517,9 @@ def test_no_other_code_loading_in_the_package():
     # the shipped weights, and a training run's own checkpoint and best weights (all
     # weights_only=True, checked above)
     assert sorted({w.split(":")[0] for w in found.get("torch.load", [])}) == [
-        "train.py", "unet.py"]
-    assert found.get("import_module") == [("models.py", "_load_factory")]
-    assert {r for r, _ in found.get("jit.load", [])} <= {"models.py"}
+        "models/unet.py", "training/_run.py", "training/train.py"]
+    assert found.get("import_module") == [("models/load.py", "_load_factory")]
+    assert {r for r, _ in found.get("jit.load", [])} <= {"models/load.py"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .._check import is_int
 from ..errors import InvalidValueError
 
 __all__ = ["confusion_matrix", "dice", "iou", "pixel_error", "iou_from_confusion",
@@ -64,7 +65,7 @@ def _check_range(name: str, labels: NDArray[np.integer], classes: int) -> None:
 
 
 def _check_classes(classes: int) -> None:
-    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
+    if not is_int(classes) or classes < 1:
         raise InvalidValueError(f"`classes` must be a positive int. Got {classes!r}.")
 
 

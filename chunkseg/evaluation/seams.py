@@ -14,8 +14,9 @@ the reference, overall and binned by the distance of each pixel to the nearest t
 - one entry per blending window of :data:`chunkseg.kernels.windows.WINDOWS` (``uniform``, ``linear``,
   ``gaussian``, ``cosine``): :func:`chunkseg.predict` on the same grid.
 
-:func:`format_seam_table` prints the numbers, :func:`plot_seam_report` draws them (matplotlib,
-Agg), :func:`save_seam_report` writes the figure and the JSON (``chunkseg seams``).
+:func:`format_seam_table` prints the numbers; :func:`chunkseg.viz.plot_seam_report` draws them
+and :func:`chunkseg.viz.save_seam_report` writes the figure and the JSON (``chunkseg seams``),
+after :func:`seam_report_paths` checked the files to write.
 
 This module holds the whole image and several ``(K, H, W)`` float32 logit arrays in memory by
 design; :func:`seam_report` refuses images above ``max_pixels``.
@@ -23,7 +24,6 @@ design; :func:`seam_report` refuses images above ``max_pixels``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -35,12 +35,19 @@ from typing import Any
 import numpy as np
 
 from .._check import positive_int
-from .._redact import redact_text
-from ..errors import InvalidTypeError, InvalidValueError, ModelOutputError
+from ..errors import InvalidTypeError, InvalidValueError
 from ..kernels.windows import WINDOWS
-from ..outputs._lifecycle import replacing
 from ..outputs._target import check_output_files
-from ..plan import TilePlan, normalize_pair, plan_tiles
+from ..plan import normalize_pair, plan_tiles
+from ._seam_methods import (
+    bin_labels,
+    crop_only_logits,
+    edge_distance,
+    engine_logits,
+    grid_summary,
+    measure,
+    reference_logits,
+)
 
 __all__ = [
     "DEFAULT_BINS",
@@ -48,8 +55,6 @@ __all__ = [
     "SeamReport",
     "edge_distance",
     "format_seam_table",
-    "plot_seam_report",
-    "save_seam_report",
     "seam_report_paths",
     "seam_report",
 ]
@@ -65,10 +70,6 @@ MAX_PIXELS: int = 4096 * 4096
 
 #: Names of the two methods that are not blending windows.
 NAIVE, CROP = "naive", "crop-only"
-
-_COLOURS = {NAIVE: "#d62728", CROP: "#7f7f7f", "uniform": "#1f77b4", "linear": "#ff7f0e",
-            "gaussian": "#2ca02c", "cosine": "#9467bd"}
-
 
 @dataclass(frozen=True)
 class SeamReport:
@@ -113,7 +114,7 @@ class SeamReport:
     @property
     def bin_labels(self) -> tuple[str, ...]:
         """``("0-4", "4-8", ..., "32+")``."""
-        return _bin_labels(self.bins)
+        return bin_labels(self.bins)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (no maps; NaN never appears: empty bins are None)."""
@@ -138,11 +139,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _bin_labels(bins: Sequence[float]) -> tuple[str, ...]:
-    labels = [f"{a:g}-{b:g}" for a, b in zip(bins[:-1], bins[1:])]
-    return tuple(labels + [f"{bins[-1]:g}+"])
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -204,6 +200,20 @@ def _check_size(shape: tuple[int, int], max_pixels: int) -> None:
             f"--max-pixels) if the machine has the memory.")
 
 
+# -- model resolution: the one place this module turns `model` into a predictor ---------------
+# (to be swapped for chunkseg.models.resolve.resolve_model)
+
+def _resolve_model(model: Any, device: str, normalization: Any) -> tuple[Any, dict, dict]:
+    """``(predictor, defaults, description)`` of ``model``: :func:`chunkseg.as_model`,
+    :func:`chunkseg.models.load.model_defaults` (its tile and overlap, if it states them) and
+    :func:`chunkseg.models.load.describe_model` of the predictor."""
+    from ..models.load import as_model, describe_model, model_defaults
+
+    defaults = model_defaults(model)
+    predictor = as_model(model, device=device, normalization=normalization)
+    return predictor, defaults, describe_model(predictor)
+
+
 def _model_multiple(predictor) -> int:
     """What the model states its input size must divide by (a chunkseg ``UNet``'s
     ``multiple``, ``2**depth``), else 1."""
@@ -212,150 +222,6 @@ def _model_multiple(predictor) -> int:
     adapter = load_model(predictor.spec) if isinstance(predictor, LazyModel) else predictor
     m = getattr(getattr(adapter, "module", None), "multiple", None)
     return int(m) if isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1 else 1
-
-
-# -- geometry ---------------------------------------------------------------------------------
-
-def _tile_edges(plan: TilePlan, axis: int) -> np.ndarray:
-    """All tile edges of the grid along ``axis``, inside the image or not: the coordinate of the
-    first pixel after each edge (``origin_k`` and ``origin_k + T``), ascending, unique."""
-    origins = plan.tile_origins()[axis]
-    return np.unique(np.concatenate([origins, origins + plan.tile[axis]])).astype(np.int64)
-
-
-def _axis_distance(length: int, edges: np.ndarray) -> np.ndarray:
-    """Per pixel of an axis, the px between it and the nearest edge (0 when it touches one)."""
-    p = np.arange(length, dtype=np.int64)[:, None]
-    e = edges[None, :]
-    return np.where(p >= e, p - e, e - 1 - p).min(axis=1)
-
-
-def edge_distance(plan: TilePlan) -> np.ndarray:
-    """Distance of every pixel to the nearest tile edge of a grid, px.
-
-    Parameters
-    ----------
-    plan : TilePlan
-        The grid (:func:`chunkseg.plan_tiles`): tile ``k`` along an axis spans
-        ``[origin_k, origin_k + T)`` (:meth:`TilePlan.tile_origins`); its two edges are the
-        lines before pixel ``origin_k`` and before pixel ``origin_k + T``.
-
-    Returns
-    -------
-    (H, W) ndarray of int64
-        ``min(d_y, d_x)``, where ``d_y`` is the number of pixels between the pixel's row and the
-        nearest horizontal tile edge (0 for a row touching an edge: for the edge before row
-        ``e``, row ``p >= e`` is ``p - e`` away and row ``p < e`` is ``e - 1 - p`` away), and
-        ``d_x`` the same for columns. Every tile edge of a regular grid runs across the whole
-        image, so this is the distance to the nearest tile edge. Edges in the padding count
-        too: the first tile of an overlapping grid starts ``overlap // 2`` px before the image,
-        so the image's first row is that far from it; the naive grid's first edge is the image
-        border itself (a naive patch has no context there).
-    """
-    h, w = plan.image_shape
-    dy = _axis_distance(h, _tile_edges(plan, 0))
-    dx = _axis_distance(w, _tile_edges(plan, 1))
-    return np.minimum(dy[:, None], dx[None, :])
-
-
-def _grid(plan: TilePlan) -> dict:
-    return {"tile": list(plan.tile), "overlap": list(plan.overlap), "stride": list(plan.stride),
-            "n_tiles": int(plan.n_tiles),
-            "edges_y": _tile_edges(plan, 0).tolist(),
-            "edges_x": _tile_edges(plan, 1).tolist()}
-
-
-# -- the methods ------------------------------------------------------------------------------
-
-def _reference(raw: np.ndarray, predictor, multiple: tuple[int, int],
-               margin: tuple[int, int]) -> tuple[np.ndarray, dict]:
-    from ..engine.core import reflect_index
-    from ..kernels.blend import check_model_output
-
-    h, w, _ = raw.shape
-    extra = ((-(h + 2 * margin[0])) % multiple[0], (-(w + 2 * margin[1])) % multiple[1])
-    iy = reflect_index(-margin[0], h + margin[0] + extra[0], h)
-    ix = reflect_index(-margin[1], w + margin[1] + extra[1], w)
-    padded = raw[iy][:, ix] if any(margin) or any(extra) else raw
-    batch = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
-    t0 = time.perf_counter()
-    try:
-        out = predictor(batch)
-    except Exception as err:  # the model's own error: say what it was given and the fix
-        msg = redact_text(" ".join(str(err).split())) or type(err).__name__
-        raise ModelOutputError(
-            f"`model` must accept the whole image for the reference pass; it failed on the image "
-            f"reflect-padded to {batch.shape[2]} x {batch.shape[3]} px ({type(err).__name__}: "
-            f"{msg}). If the model needs a height and width divisible by N, pass multiple=N "
-            f"(CLI --multiple N).") from err
-    logits = check_model_output(out, batch.shape)[0]
-    logits = logits[:, margin[0]:margin[0] + h, margin[1]:margin[1] + w]
-    info = {"method": "whole-image forward pass: one model call on the full, normalised image",
-            "padding": "reflect (the engine's: numpy.pad mode='reflect'), `margin` px on every "
-                       "side plus `extra` after the last row and column to reach a multiple of "
-                       "`multiple`; the logits are cropped back to the image",
-            "margin": list(margin), "multiple": list(multiple), "extra": list(extra),
-            "padded_shape": [int(batch.shape[2]), int(batch.shape[3])],
-            "seconds": time.perf_counter() - t0}
-    return np.ascontiguousarray(logits), info
-
-
-def _crop_only(raw: np.ndarray, predictor, plan: TilePlan, batch_size: int,
-               classes: int) -> np.ndarray:
-    """Each pixel from the grid tile whose centre is nearest: the tile whose stride cell holds
-    it (ties, possible with an odd overlap, go to the later tile)."""
-    from ..engine.core import reflect_index
-    from ..kernels.blend import check_model_output
-
-    h, w, _ = raw.shape
-    (by, bx), (sy, sx), (ty, tx) = plan.halo_before, plan.stride, plan.tile
-    py, px = plan.padded_shape
-    padded = raw[reflect_index(-by, py - by, h)][:, reflect_index(-bx, px - bx, w)]
-    padded = np.ascontiguousarray(padded.transpose(2, 0, 1))  # (C, P_y, P_x)
-    gy, gx = plan.grid_shape
-    out = np.empty((classes, gy * sy, gx * sx), np.float32)
-    keys = [(i, j) for i in range(gy) for j in range(gx)]
-    for start in range(0, len(keys), batch_size):
-        part = keys[start:start + batch_size]
-        batch = np.stack([padded[:, i * sy:i * sy + ty, j * sx:j * sx + tx] for i, j in part])
-        batch = batch.astype(np.float32, copy=False)
-        z = check_model_output(predictor(batch), batch.shape, classes)
-        for (i, j), zt in zip(part, z):
-            out[:, i * sy:(i + 1) * sy, j * sx:(j + 1) * sx] = zt[:, by:by + sy, bx:bx + sx]
-    return out[:, :h, :w]
-
-
-def _engine(raw, predictor, plan: TilePlan, window: str, batch_size: int) -> np.ndarray:
-    from ..engine.core import predict
-
-    ds = predict(raw, predictor, tile=plan.tile, overlap=plan.overlap, window=window,
-                 chunks=plan.chunks, batch_size=batch_size, outputs="logits")
-    return np.asarray(ds["logits"].data.compute(), dtype=np.float32)
-
-
-def _measure(logits: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, dist: np.ndarray,
-             bins: tuple[float, ...]) -> tuple[dict, np.ndarray]:
-    from ..kernels.blend import labels_from_logits
-
-    diff = np.abs(logits - ref).mean(axis=0, dtype=np.float32)  # (H, W)
-    disagree = labels_from_logits(logits) != ref_labels
-    idx = (np.searchsorted(np.asarray(bins, np.float64), dist, side="right") - 1).ravel()
-    nb = len(bins)
-    counts = np.bincount(idx, minlength=nb)
-    sums = np.bincount(idx, weights=diff.ravel().astype(np.float64), minlength=nb)
-    wrong = np.bincount(idx, weights=disagree.ravel().astype(np.float64), minlength=nb)
-    rows = []
-    for b, label in enumerate(_bin_labels(bins)):
-        n = int(counts[b])
-        rows.append({"range": label, "lo": bins[b], "hi": bins[b + 1] if b + 1 < nb else None,
-                     "pixels": n,
-                     "disagreement": float(wrong[b] / n) if n else None,
-                     "mean_abs_logit_diff": float(sums[b] / n) if n else None})
-    stats = {"disagreement": float(disagree.mean()),
-             "mean_abs_logit_diff": float(diff.mean(dtype=np.float64)),
-             "max_abs_logit_diff": float(np.abs(logits - ref).max()),
-             "bins": rows}
-    return stats, diff
 
 
 def seam_report(
@@ -445,7 +311,8 @@ def seam_report(
         Largest ``H * W`` accepted.
     maps : sequence of str, default ("naive", "gaussian")
         Methods whose ``(H, W)`` map of ``|logits - reference|`` (mean over classes) is kept in
-        :attr:`SeamReport.maps` (for :func:`plot_seam_report`); names not compared are ignored.
+        :attr:`SeamReport.maps` (for :func:`chunkseg.viz.plot_seam_report`); names not compared
+        are ignored.
     storage_options : dict, optional
         fsspec options for a URL ``image``.
     array_name : str, optional
@@ -479,7 +346,6 @@ def seam_report(
     from ..engine.core import DEFAULT_OVERLAP, DEFAULT_TILE
     from ..io import open_image
     from ..kernels.blend import labels_from_logits
-    from ..models.load import as_model, describe_model, model_defaults
 
     max_pixels = _check_max_pixels(max_pixels)
     bins_ = _check_bins(bins)
@@ -490,12 +356,11 @@ def seam_report(
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     h, w, c = arr.shape
     _check_size((h, w), max_pixels)
-    defaults = model_defaults(model)
+    predictor, defaults, description = _resolve_model(model, device, normalization)
     tile = defaults.get("tile", DEFAULT_TILE) if tile is None else tile
     overlap = defaults.get("overlap", DEFAULT_OVERLAP) if overlap is None else overlap
     plan = plan_tiles((h, w, c), tile, overlap, chunks)
     naive_plan = plan_tiles((h, w, c), plan.tile, 0, plan.chunks)
-    predictor = as_model(model, device=device, normalization=normalization)
     if multiple is None:
         multiple_ = (_model_multiple(predictor),) * 2
     else:
@@ -512,7 +377,7 @@ def seam_report(
                                     f"{margin!r}; use 0 for no reflect padding.")
     raw = np.asarray(arr.data.compute())  # (H, W, C), checked small above
 
-    ref, ref_info = _reference(raw, predictor, multiple_, margin_)
+    ref, ref_info = reference_logits(raw, predictor, multiple_, margin_)
     k = ref.shape[0]
     ref_labels = labels_from_logits(ref)
     dist_naive, dist_grid = edge_distance(naive_plan), edge_distance(plan)
@@ -523,27 +388,27 @@ def seam_report(
     for name, window in runs:
         t0 = time.perf_counter()
         if name == NAIVE:
-            logits = _engine(raw, predictor, naive_plan, "uniform", batch_size)
+            logits = engine_logits(raw, predictor, naive_plan, "uniform", batch_size)
             used, desc = naive_plan, ("non-overlapping patches edge to edge, each pixel from "
                                       "its patch (chunkseg.predict, overlap 0, uniform)")
         elif name == CROP:
-            logits = _crop_only(raw, predictor, plan, batch_size, k)
+            logits = crop_only_logits(raw, predictor, plan, batch_size, k)
             used, desc = plan, ("overlapping grid tiles, each pixel from the tile whose centre "
                                 "is nearest, margins discarded (in memory)")
         else:
-            logits = _engine(raw, predictor, plan, window, batch_size)
+            logits = engine_logits(raw, predictor, plan, window, batch_size)
             used, desc = plan, f"chunkseg.predict, {window} window"
         seconds = time.perf_counter() - t0
-        stats, diff = _measure(logits, ref, ref_labels,
+        stats, diff = measure(logits, ref, ref_labels,
                                dist_naive if name == NAIVE else dist_grid, bins_)
-        methods[name] = {"description": desc, "window": window, "grid": _grid(used),
+        methods[name] = {"description": desc, "window": window, "grid": grid_summary(used),
                          **stats, "seconds": seconds}
         if name in wanted:
             kept[name] = diff
         del logits
     return SeamReport(image_shape=(h, w), channels=int(c), classes=int(k), tile=plan.tile,
                       overlap=plan.overlap, bins=bins_, reference=ref_info, methods=methods,
-                      model=describe_model(predictor), maps=kept)
+                      model=description, maps=kept)
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -609,102 +474,10 @@ def format_seam_table(report: SeamReport | dict) -> str:
     return "\n".join(lines)
 
 
-def _figure(figsize: tuple[float, float]):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained")
-
-
-def plot_seam_report(report: SeamReport, path: str | os.PathLike | None = None, *,
-                     dpi: int = 110):
-    """Draw a seam report: error against distance to the tile edge, and the kept maps.
-
-    Parameters
-    ----------
-    report : SeamReport
-        A :func:`seam_report` result.
-    path : str or os.PathLike, optional
-        Where to save the figure (PNG, by the suffix); not saved when None.
-    dpi : int, default 110
-        Resolution of the saved figure.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Top: mean ``|logit - reference|`` and label disagreement (%) per distance bin, one
-        line per method (the bins that hold pixels, on a categorical axis; a log scale where
-        every value is positive). Bottom, one panel per kept map
-        (:attr:`SeamReport.maps`, e.g. naive and gaussian): ``|logit - reference|`` averaged
-        over the classes, on one colour scale, with that method's tile edges dashed.
-    """
-    fig_maps = [(n, m) for n, m in report.maps.items() if n in report.methods]
-    h, w = report.image_shape
-    cols = max(2, len(fig_maps))
-    map_h = min(4.6 * h / w, 9.0) + 0.6 if fig_maps else 0.0
-    fig = _figure((5.0 * cols, 4.2 + map_h))
-    if fig_maps:
-        top_fig, bottom_fig = fig.subfigures(2, 1, height_ratios=[4.2, map_h])
-    else:
-        top_fig, bottom_fig = fig, None
-    shown = [i for i in range(len(report.bins))  # bins that hold pixels of some method
-             if any(m["bins"][i]["pixels"] for m in report.methods.values())]
-    labels = [report.bin_labels[i] for i in shown]
-    x = np.arange(len(labels))
-    for ax, (key, title, scale) in zip(top_fig.subplots(1, 2), (
-            ("mean_abs_logit_diff", "mean |logit - reference|", 1.0),
-            ("disagreement", "label disagreement (% of pixels)", 100.0))):
-        for name, m in report.methods.items():
-            y = [np.nan if b[key] is None else b[key] * scale
-                 for b in (m["bins"][i] for i in shown)]
-            ax.plot(x, y, marker="o", lw=1.6, color=_COLOURS.get(name),
-                    ls="--" if name in (NAIVE, CROP) else "-",
-                    label=f"{name} ({m[key] * scale:.3g} overall)")
-        ax.set_xticks(x, labels)
-        ax.set_xlabel("distance to the nearest tile edge (px)")
-        values = [v for line in ax.get_lines() for v in line.get_ydata() if np.isfinite(v)]
-        if values and min(values) > 0:  # a log scale shows the small errors beside naive's
-            ax.set_yscale("log")
-            title += " (log scale)"
-        else:
-            ax.set_ylim(bottom=0)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if bottom_fig is not None:
-        top = max(float(np.percentile(m, 99.9)) for _, m in fig_maps) or 1e-6
-        axes = np.atleast_1d(bottom_fig.subplots(1, len(fig_maps)))
-        for ax, (name, diff) in zip(axes, fig_maps):
-            im = ax.imshow(diff, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
-            g = report.methods[name]["grid"]
-            for e in g["edges_y"]:
-                if 0 < e < h:
-                    ax.axhline(e - 0.5, color="#00e5ff", lw=0.8, ls="--")
-            for e in g["edges_x"]:
-                if 0 < e < w:
-                    ax.axvline(e - 0.5, color="#00e5ff", lw=0.8, ls="--")
-            ax.set_xlim(-0.5, w - 0.5)
-            ax.set_ylim(h - 0.5, -0.5)
-            ax.set_title(f"{name} (grid {g['tile'][0]}/{g['overlap'][0]}): |logit - ref.|, "
-                         f"mean {float(diff.mean()):.3g}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        bottom_fig.colorbar(im, ax=list(axes), shrink=0.85,
-                            label="logit units (cut at the 99.9th percentile)")
-        bottom_fig.suptitle("|logit - reference| averaged over the classes; tile edges inside "
-                            "the image dashed", fontsize=9)
-    (ty, tx), (oy, ox) = report.tile, report.overlap
-    fig.suptitle(f"seam report: {h} x {w} px, tile {ty}x{tx}, overlap {oy}x{ox}, against the "
-                 "whole-image forward pass", fontsize=11)
-    if path is not None:
-        with replacing(path) as part:
-            fig.savefig(part, dpi=dpi)
-    return fig
-
-
 def seam_report_paths(out_dir: str | os.PathLike = ".", *,
                       json_path: str | os.PathLike | None = None,
                       overwrite: bool = False, sources: Sequence[Any] = ()) -> dict[str, Path]:
-    """The files :func:`save_seam_report` writes, checked before anything is computed
+    """The files :func:`chunkseg.viz.save_seam_report` writes, checked before anything is computed
     (:func:`chunkseg.outputs._target.check_output_files`; ``sources``: the inputs, never replaced).
 
     Returns
@@ -724,40 +497,4 @@ def seam_report_paths(out_dir: str | os.PathLike = ".", *,
     if json_path is not None:
         paths["json"] = Path(json_path)
     check_output_files(paths.values(), overwrite=overwrite, sources=sources)
-    return paths
-
-
-def save_seam_report(report: SeamReport, out_dir: str | os.PathLike = ".", *,
-                     json_path: str | os.PathLike | None = None, overwrite: bool = False,
-                     dpi: int = 110) -> dict[str, Path]:
-    """Write a report's figure (``out_dir/seam_report.png``) and, optionally, its JSON.
-
-    Parameters
-    ----------
-    report : SeamReport
-    out_dir : str or os.PathLike, default "."
-        Folder for ``seam_report.png``; created if missing.
-    json_path : str or os.PathLike, optional
-        File for :meth:`SeamReport.to_dict` as JSON (indent 2).
-    overwrite : bool, default False
-        Replace existing files.
-    dpi : int, default 110
-
-    Returns
-    -------
-    dict of str to Path
-        ``{"figure": ..., "json": ...}`` (``json`` only with ``json_path``).
-
-    Raises
-    ------
-    chunkseg.OutputExistsError
-        If a file to write exists and ``overwrite`` is False (nothing is written then).
-    """
-    paths = seam_report_paths(out_dir, json_path=json_path, overwrite=overwrite)
-    paths["figure"].parent.mkdir(parents=True, exist_ok=True)
-    plot_seam_report(report, paths["figure"], dpi=dpi)
-    if "json" in paths:
-        paths["json"].parent.mkdir(parents=True, exist_ok=True)
-        with replacing(paths["json"]) as part:
-            part.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return paths

@@ -14,16 +14,16 @@ the output checks use, stays here because it reads a location. Nothing here impo
 
 The package splits by concern, as xarray's ``backends/``: ``_locations`` (URLs and paths,
 credentials kept out of messages), ``_axes`` (any layout -> ``(y, x, c)``), ``_zarr`` (Zarr and
-NGFF), ``_files`` (PNG/JPEG with Pillow, TIFF with tifffile), ``_open`` (:func:`open_image`),
+NGFF), ``_files`` (PNG/JPEG with Pillow, TIFF with tifffile), ``api`` (:func:`open_image`, public),
 ``_stores``. Only the names below are public.
 """
 
 from __future__ import annotations
 
 from ._locations import IMAGE_FILE_SUFFIXES
-from ._open import open_image
 from ._stores import is_zarr_url_or_path, store_has_data
 from ._zarr import ZarrRegionReader
+from .api import open_image
 
 __all__ = [
     "IMAGE_FILE_SUFFIXES",

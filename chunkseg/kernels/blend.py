@@ -20,6 +20,7 @@ __all__ = [
     "tile_starts",
     "iter_batches",
     "run_model",
+    "run_tiles",
     "check_model_output",
     "accumulate_block",
     "fold_pieces",
@@ -101,20 +102,27 @@ def iter_batches(
     ``run``, a boolean ``(m_y, m_x)`` array over the block's owned tiles, keeps only the tiles
     where it is True.
     """
+    positions = _owned_tiles(shape, tile, overlap, run)
+    for i in range(0, len(positions), batch_size):
+        yield positions[i : i + batch_size]
+
+
+def _owned_tiles(shape: tuple[int, int], tile: tuple[int, int], overlap: tuple[int, int],
+                 run: np.ndarray | None) -> list[tuple[int, int]]:
+    """The owned tiles' ``(y0, x0)`` offsets of a block, row-major (``run``: as
+    :func:`iter_batches`)."""
     ys = tile_starts(shape[0], tile[0], overlap[0])
     xs = tile_starts(shape[1], tile[1], overlap[1])
     if run is not None and run.shape != (len(ys), len(xs)):
         raise ValueError(f"`run` must have shape {(len(ys), len(xs))}. Got {run.shape}.")
-    positions = [(int(y), int(x)) for i, y in enumerate(ys) for j, x in enumerate(xs)
-                 if run is None or run[i, j]]
-    for i in range(0, len(positions), batch_size):
-        yield positions[i : i + batch_size]
+    return [(int(y), int(x)) for i, y in enumerate(ys) for j, x in enumerate(xs)
+            if run is None or run[i, j]]
 
 
 def run_model(model: Model, batch):
     """``model(batch)``, an exception it raises becoming a :class:`ModelRunError`.
 
-    The one place where batches of tiles go through the model (:func:`accumulate_block`,
+    The one place where batches of tiles go through the model (:func:`run_tiles`,
     the torch kernel and the engine's first-tile probe call it), so that a model failing
     mid-run is reported with its chunk (:class:`chunkseg.engine.TileRunner` adds it) instead
     of a bare traceback.
@@ -146,6 +154,59 @@ def run_model(model: Model, batch):
             f"`model` raised {type(err).__name__} on a batch of shape {tuple(batch.shape)}"
             + (f": {message}" if message else "") + ("" if message.endswith(".") else ".")
         ) from err
+
+
+def run_tiles(
+    model: Model,
+    read: Callable[[int, int], np.ndarray],
+    origins: Sequence[tuple[int, int]],
+    batch_size: int,
+    classes: int | None = None,
+) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """Run the model on tiles, ``batch_size`` at a time: stack them, call it, check its output.
+
+    The one loop of numpy tiles through a model (:func:`accumulate_block`, the seam report's
+    crop-only stitching and the figures' per-tile predictions use it).
+
+    Parameters
+    ----------
+    model : callable
+        Maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits ``(N, K, T_y, T_x)``.
+    read : callable
+        ``read(y0, x0)`` returns the ``(C_in, T_y, T_x)`` tile at origin ``(y0, x0)``, any
+        numeric dtype (every tile of the same shape).
+    origins : sequence of (int, int)
+        The tiles' origins, in the order they are run; batch ``b`` holds
+        ``origins[b * batch_size : (b + 1) * batch_size]``.
+    batch_size : int
+        Tiles per model call, at least 1.
+    classes : int, optional
+        Expected ``K``, checked on every batch (:func:`check_model_output`); when None, the
+        first batch's ``K`` is expected of the later ones.
+
+    Yields
+    ------
+    list of (int, int), (n, K, T_y, T_x) ndarray of float32
+        Each batch's origins and the model's logits for them (``n <= batch_size``), in order.
+        Nothing is yielded for empty ``origins``.
+
+    Raises
+    ------
+    ModelRunError
+        If the model raises (:func:`run_model`).
+    ModelOutputError
+        From :func:`check_model_output`.
+
+    Notes
+    -----
+    Memory: one float32 batch of tiles and its logits.
+    """
+    for i in range(0, len(origins), batch_size):
+        part = [(int(y), int(x)) for y, x in origins[i : i + batch_size]]
+        batch = np.stack([read(y, x) for y, x in part]).astype(np.float32, copy=False)
+        logits = check_model_output(run_model(model, batch), batch.shape, classes)
+        classes = logits.shape[1]  # later batches must return as many classes
+        yield part, logits
 
 
 def check_model_output(
@@ -256,10 +317,9 @@ def accumulate_block(
     acc: np.ndarray | None = None
     if classes is not None:
         acc = mapped_zeros((classes + 1,) + block.shape[1:], np.float32)
-    for positions in iter_batches(block.shape[1:], (ty, tx), overlap, batch_size, run):
-        batch = np.stack([block[:, y : y + ty, x : x + tx] for y, x in positions])
-        batch = batch.astype(np.float32, copy=False)
-        logits = check_model_output(run_model(model, batch), batch.shape, classes)
+    origins = _owned_tiles(block.shape[1:], (ty, tx), overlap, run)
+    for positions, logits in run_tiles(model, lambda y, x: block[:, y : y + ty, x : x + tx],
+                                       origins, batch_size, classes):
         if acc is None:
             classes = logits.shape[1]
             acc = mapped_zeros((classes + 1,) + block.shape[1:], np.float32)

@@ -4,24 +4,14 @@ loading by name or path, bioimage.io packages, and the networks chunkseg ships a
 
 from __future__ import annotations
 
-from .load import (
-    BUILTIN_MODELS,
-    CallableAdapter,
-    KerasAdapter,
-    LazyModel,
-    ModelSpec,
-    Normalization,
-    OnnxAdapter,
-    TorchAdapter,
-    as_model,
-    describe_model,
-    load_model,
-    model_defaults,
-)
+from .adapters import CallableAdapter, KerasAdapter, ModelAdapter, OnnxAdapter, TorchAdapter
+from .load import BUILTIN_MODELS, LazyModel, as_model, describe_model, load_model, model_defaults
+from .spec import ModelSpec, Normalization
 
 __all__ = [
     "Normalization",
     "ModelSpec",
+    "ModelAdapter",
     "CallableAdapter",
     "TorchAdapter",
     "OnnxAdapter",

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import _ome
+from .._check import is_int
 from .._redact import secrets_of
 from ..errors import InvalidTypeError, InvalidValueError, OutputExistsError
 from ..kernels import components as kern
@@ -73,7 +74,7 @@ def _relabel_task(read: _Foreground, ys, xs, connectivity: int, lookup, writer, 
 
 
 def _class_index(cls: Any, classes: int) -> int:
-    if isinstance(cls, bool) or not isinstance(cls, int | np.integer):
+    if not is_int(cls):
         raise InvalidTypeError(f"`cls` must be an int class index. Got {cls!r}.")
     if not 0 <= int(cls) < classes:
         raise InvalidValueError(

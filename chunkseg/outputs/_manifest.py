@@ -389,7 +389,7 @@ def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dic
     if isinstance(model, dict) and isinstance(model.get("normalization"), dict):
         from ..models.load import Normalization
 
-        out["normalization"] = Normalization(**model["normalization"])
+        out["normalization"] = Normalization.from_dict(model["normalization"])
     for key in ("tile", "overlap", "tta", "kernel", "dtype", "levels"):
         if key in fp:
             out[key] = fp[key]

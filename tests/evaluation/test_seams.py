@@ -17,11 +17,11 @@ from chunkseg.evaluation.seams import (
     SeamReport,
     edge_distance,
     format_seam_table,
-    plot_seam_report,
     seam_report,
 )
 from chunkseg.kernels.windows import WINDOWS
 from chunkseg.plan import plan_tiles
+from chunkseg.viz import plot_seam_report
 
 ISBI_20 = Path(__file__).resolve().parents[2] / "data" / "isbi2012" / "train" / "image" / "20.png"
 METHODS = ["naive", "crop-only", *WINDOWS]

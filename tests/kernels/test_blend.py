@@ -35,6 +35,41 @@ def test_accumulate_block_equals_loop(batch_size):
     np.testing.assert_allclose(acc, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [1, 4, 100])
+def test_run_tiles_equals_loop(batch_size):
+    image = RNG.integers(0, 256, (2, 50, 61), dtype=np.uint8)
+    model = conv_model(RNG.normal(size=(3, 2, 3, 3)))
+    origins = [(y, x) for y in (0, 13, 26) for x in (0, 20, 37)]
+    calls = []
+
+    def counted(batch):
+        calls.append(len(batch))
+        return model(batch)
+
+    got = list(blend.run_tiles(counted, lambda y, x: image[:, y:y + 24, x:x + 24], origins,
+                               batch_size))
+    assert [o for part, _ in got for o in part] == origins
+    assert calls == [len(p) for p, _ in got] and max(calls) <= batch_size
+    logits = np.concatenate([z for _, z in got])
+    assert logits.dtype == np.float32
+    for (y, x), z in zip(origins, logits):  # the plain loop: one tile at a time
+        tile = image[None, :, y:y + 24, x:x + 24].astype(np.float32)
+        np.testing.assert_array_equal(z, model(tile)[0].astype(np.float32))
+    assert list(blend.run_tiles(model, None, [], batch_size)) == []
+
+
+def test_run_tiles_checks_every_batch_against_the_first():
+    tiles = np.zeros((4, 1, 8, 8), np.float32)
+    outputs = iter([np.zeros((2, 2, 8, 8)), np.zeros((2, 3, 8, 8))])
+    runs = blend.run_tiles(lambda b: next(outputs), lambda y, x: tiles[y],
+                           [(i, 0) for i in range(4)], 2)
+    next(runs)
+    with pytest.raises(ModelOutputError, match="3 classes, but 2"):
+        next(runs)
+    with pytest.raises(ModelOutputError, match="shape"):
+        next(blend.run_tiles(lambda b: b[:, :, :4], lambda y, x: tiles[y], [(0, 0)], 1))
+
+
 def test_accumulate_block_casts_uint8():
     block = (RNG.random((1, 56, 56)) * 255).astype(np.uint8)
     acc = blend.accumulate_block(block, lambda b: b * 1.0, np.ones((32, 32), np.float32), (8, 8))

@@ -23,7 +23,6 @@ from chunkseg.errors import (  # noqa: E402
 )
 from chunkseg.models.bioimageio import (  # noqa: E402
     BioimageioModel,
-    export_bioimageio,
     is_bioimageio_source,
     load_bioimageio,
 )
@@ -37,6 +36,7 @@ from chunkseg.models.load import (  # noqa: E402
     model_defaults,
 )
 from chunkseg.models.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, pretrained  # noqa: E402
+from chunkseg.training.export import export_bioimageio  # noqa: E402
 
 ISBI = BUILTIN_MODELS["isbi2012-unet"][1]()
 STEP = pretrained().multiple  # the shipped U-Net's 2**depth
@@ -383,7 +383,7 @@ def test_overwrite_replaces_only_the_files_the_package_records(tmp_path):
     # replace only on success: a replacement that fails leaves the earlier package as it was
     digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*")
               if p.is_file()}
-    import chunkseg.models.bioimageio as bio
+    import chunkseg.training.export as bio
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

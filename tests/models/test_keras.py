@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 
@@ -18,13 +17,12 @@ if keras.backend.backend() != "torch":  # pragma: no cover - a process that chos
                 allow_module_level=True)
 
 from model_factories import keras_conv1x1, keras_unet, reference  # noqa: E402
-from test_models import NORM, AdapterContract, _normalized  # noqa: E402
+from test_conformance import NORM, _normalized  # noqa: E402
 
 import chunkseg  # noqa: E402
 from chunkseg.errors import MissingDependencyError, NotFoundError  # noqa: E402
 from chunkseg.models.load import (  # noqa: E402
     KerasAdapter,
-    LazyModel,
     ModelSpec,
     as_model,
     describe_model,
@@ -47,45 +45,6 @@ def _np(y):
 def _save(model, path):
     model.save(str(path))
     return str(path)
-
-
-# -- the shared conformance suite --------------------------------------------------------------
-
-class TestKerasFile(AdapterContract):
-    def make(self, tmp_path):
-        path = _save(keras_conv1x1(), tmp_path / "conv.keras")
-        model = as_model(path, normalization=NORM)
-        assert isinstance(model, LazyModel)
-        assert isinstance(load_model(model.spec), KerasAdapter)
-        return model
-
-
-class TestKerasAdapterFile(AdapterContract):
-    def make(self, tmp_path):
-        model = KerasAdapter(_save(keras_conv1x1(), tmp_path / "conv.keras"), normalization=NORM)
-        assert model.data_format == "channels_last" and "conv.keras" in repr(model)
-        assert len(pickle.dumps(model)) < 1000  # by path: the weights do not travel
-        return model
-
-
-class TestKerasInMemory(AdapterContract):
-    def make(self, tmp_path):
-        model = as_model(keras_conv1x1(), normalization=NORM)
-        assert isinstance(model, KerasAdapter)  # not a TorchAdapter, though it is a torch module
-        return model
-
-
-class TestKerasChannelsFirstFile(AdapterContract):
-    def make(self, tmp_path):
-        path = _save(keras_conv1x1("channels_first"), tmp_path / "conv_cf.keras")
-        model = KerasAdapter(path, normalization=NORM)
-        assert model.data_format == "channels_first"
-        return model
-
-
-class TestKerasFactorySpec(AdapterContract):
-    def make(self, tmp_path):
-        return as_model(ModelSpec("model_factories:keras_conv1x1", normalization=NORM))
 
 
 # -- a U-Net through the engine: tiled equals untiled where the tiles see enough context --------

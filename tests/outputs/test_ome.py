@@ -384,6 +384,6 @@ def test_instances_regions_and_figures_on_an_ome_output(tmp_path):
     import pandas as pd
 
     pd.testing.assert_frame_equal(pd.read_parquet(ta), pd.read_parquet(tb))
-    from chunkseg.viz.core import figures
+    from chunkseg.viz import figures
 
     assert figures(ome, tmp_path / "figs", image=image)

@@ -9,8 +9,8 @@ import pytest
 from model_factories import _conv3x3
 
 import chunkseg
+from chunkseg import viz
 from chunkseg.errors import InvalidValueError, NotFoundError, OutputExistsError
-from chunkseg.viz import core as viz
 
 pytest.importorskip("matplotlib")
 

@@ -1,0 +1,113 @@
+"""Opening the label images :func:`chunkseg.evaluate` compares: a chunkseg output's variable
+(either layout), a Zarr group's image, a label file or an array, as one 2-D Dask array."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from .. import _ome
+from ..errors import InvalidValueError, NotFoundError
+from ..io import is_zarr_url_or_path, open_image
+from ..io._files import _read_npy
+from ..io._locations import _fspath, _is_url, _redact
+from ..outputs._manifest import warn_if_incomplete
+from ..outputs._target import MARKER
+
+__all__ = ["open_labels"]
+
+
+def _class_names(values: Any) -> list[str] | None:
+    if values is None:
+        return None
+    arr = np.asarray(values)
+    return [str(v) for v in arr.ravel()] if arr.ndim == 1 and arr.size else None
+
+
+def _warn_incomplete(group: zarr.Group, source: str) -> None:
+    if MARKER in group.attrs:  # a chunkseg output, finished or not
+        warn_if_incomplete(group, source, stacklevel=5)
+
+
+def _open_group_labels(group: zarr.Group, param: str, option: str, variable: str | None,
+                       default: str | None, source: str) -> tuple[xr.DataArray, list | None, str]:
+    """The label array of a Zarr group: a chunkseg output's variable (either layout), else the
+    group's image as :func:`open_image` picks it."""
+    wanted = variable or "labels"
+    path = _ome.find(group, wanted)
+    if path is None and variable is not None and isinstance(group.get(variable), zarr.Array):
+        path = variable
+    if path is not None:
+        _warn_incomplete(group, source)
+        names = None
+        if isinstance(group.get("class"), zarr.Array):
+            names = _class_names(group["class"][...])
+        return open_image(group[path]), names, f"{source} ({path})"
+    if MARKER in group.attrs:
+        arrays = sorted(group.array_keys())
+        raise NotFoundError(
+            f"`{option}` must name a variable of the chunkseg output `{param}`. Got "
+            f"{wanted!r}, which {source!r} does not hold (its arrays: {arrays}); pass one of "
+            "them, or write labels with predict_to_zarr(..., outputs='...,labels').")
+    explicit = variable if variable is not None and variable != default else None
+    return open_image(group, array_name=explicit), None, source
+
+
+def open_labels(obj: Any, param: str, option: str, variable: str | None, default: str | None,
+                 storage_options: Mapping[str, Any] | None) -> tuple[da.Array, list | None, str]:
+    """``obj`` as a 2-D Dask label array, the class names it carries, and a description."""
+    names = None
+    source = type(obj).__name__
+    if isinstance(obj, xr.Dataset):
+        wanted = variable or "labels"
+        if wanted not in obj.data_vars:
+            raise NotFoundError(
+                f"`{option}` must name a variable of the Dataset `{param}`. Got {wanted!r}; it "
+                f"has {sorted(map(str, obj.data_vars))}.")
+        names = _class_names(obj.coords["class"].values) if "class" in obj.coords else None
+        obj = obj[wanted]
+    if isinstance(obj, str | os.PathLike):
+        location = _fspath(obj, param)
+        source = _redact(location)
+        so = dict(storage_options) if storage_options is not None and _is_url(location) else None
+        if not _is_url(location) and not os.path.exists(location):
+            raise NotFoundError(f"`{param}` must be an existing path or a URL. Got "
+                                f"{location!r}, which does not exist.")
+        if location.endswith(".npy") and not _is_url(location):
+            image = open_image(_read_npy(location, param, mmap_mode="r"))
+        elif is_zarr_url_or_path(location):
+            try:
+                node = zarr.open(store=location, mode="r", **({"storage_options": so} if so else {}))
+            except (FileNotFoundError, NotADirectoryError) as err:
+                raise NotFoundError(f"`{param}` must be a Zarr store, an image file or an array. "
+                                    f"Got {source!r}, where no Zarr array or group was "
+                                    "found.") from err
+            if isinstance(node, zarr.Group):
+                image, names, source = _open_group_labels(node, param, option, variable,
+                                                          default, source)
+            else:
+                image = open_image(node)
+        else:
+            image = open_image(location, storage_options=so)
+    elif isinstance(obj, zarr.Group):
+        source = _redact(str(obj.store_path))
+        image, names, source = _open_group_labels(obj, param, option, variable, default,
+                                                  source)
+    else:
+        image = open_image(obj)
+    if image.sizes["c"] != 1:
+        raise InvalidValueError(
+            f"`{param}` must be a single-channel label image (y, x). Got {image.sizes['c']} "
+            f"channels, shape {tuple(image.shape)} (y, x, c); pass one channel.")
+    data = image.data[..., 0]
+    if data.dtype.kind not in ("biuf" if param == "mask" else "biu"):
+        raise InvalidValueError(
+            f"`{param}` must hold integer (or boolean) class labels. Got dtype {data.dtype}; "
+            "take the argmax of probabilities or cast with `.astype(int)`.")
+    return data, names, source
