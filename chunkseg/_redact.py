@@ -10,7 +10,7 @@ reaches an error message, the CLI's error line or an output's ``zarr.json``.
   secrets (:func:`secrets_of` ``storage_options``) masked;
 - :func:`redact_attrs`: attrs copied from an input into an output;
 - :func:`redacting_warnings`: the warnings raised while a run computes, re-emitted redacted
-  (:func:`chunkseg.engine.scheduling.compute` runs every writer's graph inside it).
+  (:func:`chunkseg.scheduling.compute` runs every writer's graph inside it).
 """
 
 from __future__ import annotations

@@ -817,7 +817,7 @@ def test_compute_redacts_the_warnings_of_its_tasks(scheduler):
     predict_instances, evaluate, the pyramid), re-emits its tasks' warnings redacted."""
     import dask
 
-    from chunkseg.engine.scheduling import compute
+    from chunkseg.scheduling import compute
 
     @dask.delayed(pure=False)
     def task(i):

@@ -18,9 +18,9 @@ from dask.highlevelgraph import HighLevelGraph
 from ..kernels import blend
 from ..models.load import Normalization
 from ..plan import TilePlan
+from ..scheduling import dask_threads
 from .graph import _logits_task, blend_graph
 from .runner import TileRunner, make_runner
-from .scheduling import dask_threads
 from .settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,

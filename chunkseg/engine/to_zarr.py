@@ -36,9 +36,9 @@ from ..outputs._variables import (
 )
 from ..outputs.api import output_progress
 from ..plan import DEFAULT_CHUNK_TARGET
+from ..scheduling import compute, dask_threads, open_client
 from .graph import _count, _gpu_resources, _graph, _write_task, blend_graph
 from .runner import TileRunner
-from .scheduling import compute, dask_threads, open_client
 from .settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
@@ -188,7 +188,7 @@ def predict_to_zarr(
     storage_options : dict, optional
         fsspec options for URL inputs and outputs.
     scheduler : str or distributed.Client, optional
-        See :func:`chunkseg.engine.scheduling.open_client`; default: dask's threaded scheduler.
+        See :func:`chunkseg.scheduling.open_client`; default: dask's threaded scheduler.
     workers : int, optional
         Start a LocalCluster of this many worker processes.
     progress : bool, default False

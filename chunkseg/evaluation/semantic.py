@@ -24,8 +24,8 @@ import numpy as np
 
 from .._check import classes_arg, label_map_arg, parse_classes, parse_ignore, parse_label_map
 from .._redact import secrets_of
-from ..engine.scheduling import compute
 from ..errors import InvalidTypeError
+from ..scheduling import compute
 from ._labels import open_labels
 from .confusion import MAX_INFERRED_CLASSES, add_matrices, check_ignore, confusion_matrix_dask
 from .metrics import scores_from_confusion

@@ -21,6 +21,7 @@ from .._redact import secrets_of
 from ..errors import InvalidTypeError, InvalidValueError, OutputExistsError
 from ..kernels import components as kern
 from ..outputs._lifecycle import leased
+from ..scheduling import compute, open_client
 
 __all__ = ["label", "regions", "REGION_COLUMNS"]
 
@@ -152,7 +153,6 @@ def label(
     import dask
     from zarr.codecs import ZstdCodec
 
-    from ..engine.scheduling import compute, open_client
     from ..outputs._arrays import ArrayWriter, create_array
     from ..outputs._target import describe_location
 
@@ -398,7 +398,6 @@ def regions(
     import pyarrow.parquet as pq
 
     from ..engine.runner import BlockReader
-    from ..engine.scheduling import compute, open_client
     from ..errors import NotFoundError, OutputOverlapError
     from ..io import open_image
     from ..outputs._identity import overlaps

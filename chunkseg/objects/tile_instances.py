@@ -69,7 +69,6 @@ from .._redact import secrets_of
 from .._version import __version__
 from ..engine.graph import blend_graph
 from ..engine.runner import BlockReader
-from ..engine.scheduling import compute, dask_threads, open_client
 from ..errors import InvalidValueError, LargeObjectWarning, ModelOutputError
 from ..io import open_image
 from ..models.resolve import resolve_instance_model
@@ -79,6 +78,7 @@ from ..outputs._manifest import _so, consolidate
 from ..outputs._ownership import require_group
 from ..outputs._target import MARKER, describe_location
 from ..plan import BlockSchedule, TilePlan, plan_tiles
+from ..scheduling import compute, dask_threads, open_client
 from ._tile_runner import InstanceTileRunner, check_labels, concat_tables
 
 __all__ = [
@@ -310,7 +310,7 @@ def predict_instances(
     storage_options : dict, optional
         fsspec options for URL inputs and outputs.
     scheduler : None, str or distributed.Client
-        See :func:`chunkseg.engine.scheduling.open_client`; default dask's threaded scheduler.
+        See :func:`chunkseg.scheduling.open_client`; default dask's threaded scheduler.
     progress : bool, default False
         Show progress bars (one per pass).
 

@@ -23,6 +23,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ..scheduling import compute
+from ._arrays import ArrayWriter
+
 __all__ = ["MIN_SIZE", "downsample_mean", "downsample_mode", "level_shapes", "level_chunks",
            "build_level", "write_levels"]
 
@@ -167,11 +170,8 @@ def write_levels(pyramids: Sequence[tuple[Sequence[Any], str]], location: str, *
     location : str
         The store, as shown in messages (:func:`chunkseg.outputs._target.describe_location`).
     scheduler, progress
-        As :func:`chunkseg.engine.scheduling.compute`.
+        As :func:`chunkseg.scheduling.compute`.
     """
-    from ..engine.scheduling import compute
-    from ._arrays import ArrayWriter
-
     full = {"write_empty_chunks": True}
     for i in range(1, max((len(arrays) for arrays, _ in pyramids), default=0)):
         writes = [build_level(arrays[i - 1], ArrayWriter(arrays[i].with_config(full), location),

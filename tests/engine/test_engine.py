@@ -440,7 +440,7 @@ def test_distributed_local_cluster_equals_threads():
     local = chunkseg.predict(image, model, tile=40, overlap=10, chunks=60, outputs="logits")
     expected = local.logits.values
     with dask.config.set({"distributed.worker.daemon": False}):
-        (got,) = chunkseg.engine.scheduling.compute(local.logits.data, workers=2)
+        (got,) = chunkseg.scheduling.compute(local.logits.data, workers=2)
     np.testing.assert_array_equal(got, expected)
 
 

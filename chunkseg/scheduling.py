@@ -11,8 +11,8 @@ from typing import Any
 
 import dask
 
-from .._redact import redact_text, redacting_warnings
-from ..errors import InvalidValueError, SchedulerError
+from ._redact import redact_text, redacting_warnings
+from .errors import InvalidValueError, SchedulerError
 
 __all__ = ["compute", "dask_threads", "open_client", "LOCAL_SCHEDULERS"]
 
