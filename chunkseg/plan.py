@@ -370,12 +370,8 @@ def plan_tiles(
     if chunks is None:
         chunks_ = tuple(min(h, DEFAULT_CHUNK_TARGET) for h in shape)
     else:
-        chunks_ = int_pair(chunks, "chunks")
-        if min(chunks_) < 1:
-            raise InvalidValueError(
-                f"`chunks` must be a positive number of pixels (at least the tile {tile_!r} is "
-                f"best: fewer, bigger tasks). Got chunks={chunks_!r}."
-            )
+        chunks_ = int_pair(chunks, "chunks", minimum=1, fix=f"Use a number of pixels; at least "
+                           f"the tile {tile_!r} is best (fewer, bigger tasks).")
     return TilePlan(shape, tile_, overlap_, chunks_, channels)  # type: ignore[arg-type]
 
 
