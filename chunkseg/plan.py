@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ._check import int_pair
 from .errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
@@ -54,6 +55,8 @@ DEFAULT_CHUNK_TARGET = 1536
 def normalize_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     """Turn an int or a length-2 sequence into a ``(y, x)`` tuple of Python ints.
 
+    The rule is :func:`chunkseg._check.int_pair`'s (without a minimum); see there.
+
     Parameters
     ----------
     value : int or sequence of 2 ints
@@ -67,24 +70,10 @@ def normalize_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple
 
     Raises
     ------
-    TypeError
+    chunkseg.errors.InvalidTypeError
         If ``value`` is not an integer or a sequence of two integers.
     """
-    if isinstance(value, (bool, np.bool_)):
-        raise InvalidTypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    try:
-        items = tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidTypeError(
-            f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}."
-        ) from None
-    if len(items) != 2 or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
-    ):
-        raise InvalidTypeError(f"`{name}` must be an int or a pair of ints (y, x). Got {value!r}.")
-    return int(items[0]), int(items[1])
+    return int_pair(value, name)
 
 
 @dataclass(frozen=True)
@@ -367,14 +356,10 @@ def plan_tiles(
     if len(image_shape) == 3:
         channels = int(image_shape[2])
     shape = (int(image_shape[0]), int(image_shape[1]))
-    tile_ = normalize_pair(tile, "tile")
-    overlap_ = normalize_pair(overlap, "overlap")
+    tile_ = int_pair(tile, "tile", minimum=1)
+    overlap_ = int_pair(overlap, "overlap", minimum=0)
     if min(shape) < 1:
         raise InvalidValueError(f"`image_shape` must be positive. Got {shape!r}.")
-    if min(tile_) < 1:
-        raise InvalidValueError(f"`tile` must be positive. Got {tile_!r}.")
-    if min(overlap_) < 0:
-        raise InvalidValueError(f"`overlap` must be >= 0. Got {overlap_!r}.")
     if any(o >= t for o, t in zip(overlap_, tile_)):
         raise InvalidValueError(
             f"`overlap` must be smaller than `tile` (stride = tile - overlap must be positive). "
@@ -385,12 +370,8 @@ def plan_tiles(
     if chunks is None:
         chunks_ = tuple(min(h, DEFAULT_CHUNK_TARGET) for h in shape)
     else:
-        chunks_ = normalize_pair(chunks, "chunks")
-        if min(chunks_) < 1:
-            raise InvalidValueError(
-                f"`chunks` must be a positive number of pixels (at least the tile {tile_!r} is "
-                f"best: fewer, bigger tasks). Got chunks={chunks_!r}."
-            )
+        chunks_ = int_pair(chunks, "chunks", minimum=1, fix=f"Use a number of pixels; at least "
+                           f"the tile {tile_!r} is best (fewer, bigger tasks).")
     return TilePlan(shape, tile_, overlap_, chunks_, channels)  # type: ignore[arg-type]
 
 

@@ -13,10 +13,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .._check import positive_int
+from .._check import class_names_arg, positive_int
 from .._redact import redact_attrs, secrets_of
 from .._version import __version__
-from ..errors import InvalidTypeError, InvalidValueError
+from ..errors import InvalidValueError
 from ..io import open_image
 from ..kernels.tta import check_tta
 from ..kernels.windows import get_window, window_name
@@ -87,19 +87,7 @@ def _class_names(classes, k: int, defaults: Sequence[str] | None) -> tuple[str, 
         if defaults is not None and len(defaults) == k:
             return tuple(str(n) for n in defaults)
         return tuple(str(i) for i in range(k))
-    if isinstance(classes, str) or not isinstance(classes, Sequence):
-        raise InvalidTypeError(
-            f"`classes` must be a sequence of str, one name per class. Got {classes!r}; use e.g. "
-            f"classes={[f'class{i}' for i in range(k)]!r} (CLI: --classes a,b).")
-    names = tuple(classes)
-    if not all(isinstance(n, str) and n.strip() for n in names):
-        raise InvalidTypeError(
-            f"`classes` must hold non-empty str names. Got {classes!r}; name every class.")
-    if len(names) != k or len(set(names)) != k:
-        raise InvalidValueError(
-            f"`classes` must hold {k} distinct names, one per class of the model's output (it "
-            f"has {k} classes). Got {len(names)} names {list(names)!r}; give {k} distinct names.")
-    return names
+    return class_names_arg(classes, count=k, fix="(CLI: --classes a,b).")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from .. import _ome
+from .._check import positive_int
 from .._redact import redact_text, redacting_warnings, secrets_of
 from ..errors import InvalidTypeError, InvalidValueError, RunInterruptedError
 from ..kernels import blend
@@ -271,12 +272,14 @@ def predict_to_zarr(
 
     if not isinstance(ome, bool):
         raise InvalidTypeError(f"`ome` must be True or False. Got {ome!r}.")
-    if levels is not None and (not ome or not isinstance(levels, (int, np.integer))
-                               or isinstance(levels, bool) or levels < 1):
-        raise InvalidValueError(
-            f"`levels` must be a positive int (pyramid levels, full resolution included) and "
-            f"needs `ome=True`. Got levels={levels!r} with ome={ome!r}; pass ome=True (CLI: "
-            "--ome) and levels >= 1, or drop `levels`.")
+    if levels is not None:
+        if not ome:
+            raise InvalidValueError(
+                f"`levels` must be a positive int (pyramid levels, full resolution included) and "
+                f"needs `ome=True`. Got levels={levels!r} with ome={ome!r}; pass ome=True (CLI: "
+                "--ome) and levels >= 1, or drop `levels`.")
+        levels = positive_int(levels, "levels", "Pyramid levels, full resolution included: "
+                              "pass levels >= 1, or drop `levels` for the default.")
     check_compression_level(compression_level, _normalize_outputs(outputs))
     if ome:
         _ome._ome()  # ome-zarr-py is needed: say so before anything is written

@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from .._check import positive_int
+from .._check import int_pair, is_int, positive_int
 from ..errors import InvalidTypeError, InvalidValueError
 from ..kernels.windows import WINDOWS
 from ..models.resolve import ResolvedModel, resolve_model
 from ..outputs._target import check_output_files
-from ..plan import normalize_pair, plan_tiles
+from ..plan import plan_tiles
 from ._seam_methods import (
     bin_labels,
     crop_only_logits,
@@ -182,14 +182,6 @@ def _check_windows(windows) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check_max_pixels(max_pixels) -> int:
-    if (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer))
-            or max_pixels < 1):
-        raise InvalidValueError(f"`max_pixels` must be a positive int. Got {max_pixels!r}; "
-                                f"the default is {MAX_PIXELS}.")
-    return int(max_pixels)
-
-
 def _check_size(shape: tuple[int, int], max_pixels: int) -> None:
     h, w = shape
     if h * w > max_pixels:
@@ -206,7 +198,7 @@ def _model_multiple(resolved: ResolvedModel) -> int:
     ``multiple``, ``2**depth``), else 1."""
     adapter = resolved.loaded()
     m = getattr(getattr(adapter, "module", None), "multiple", None)
-    return int(m) if isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1 else 1
+    return int(m) if is_int(m) and m >= 1 else 1
 
 
 def seam_report(
@@ -332,7 +324,7 @@ def seam_report(
     from ..io import open_image
     from ..kernels.blend import labels_from_logits
 
-    max_pixels = _check_max_pixels(max_pixels)
+    max_pixels = positive_int(max_pixels, "max_pixels", f"The default is {MAX_PIXELS}.")
     bins_ = _check_bins(bins)
     windows_ = _check_windows(windows)
     batch_size = positive_int(batch_size, "batch_size")
@@ -351,17 +343,13 @@ def seam_report(
     if multiple is None:
         multiple_ = (_model_multiple(resolved),) * 2
     else:
-        multiple_ = normalize_pair(multiple, "multiple")
-        if min(multiple_) < 1:
-            raise InvalidValueError(f"`multiple` must be a positive int or pair. Got {multiple!r}; "
-                                    "use 1 for a model that takes any size.")
+        multiple_ = int_pair(multiple, "multiple", minimum=1,
+                             fix="Use 1 for a model that takes any size.")
     if margin is None:
         margin_ = (plan.tile[0] // 2, plan.tile[1] // 2)
     else:
-        margin_ = normalize_pair(margin, "margin")
-        if min(margin_) < 0:
-            raise InvalidValueError(f"`margin` must be a non-negative int or pair, px. Got "
-                                    f"{margin!r}; use 0 for no reflect padding.")
+        margin_ = int_pair(margin, "margin", minimum=0,
+                           fix="Use 0 (px) for no reflect padding.")
     raw = np.asarray(arr.data.compute())  # (H, W, C), checked small above
 
     ref, ref_info = reference_logits(raw, predictor, multiple_, margin_)

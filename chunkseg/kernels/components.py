@@ -38,21 +38,46 @@ __all__ = [
     "merge_summaries",
     "relabel_block",
     "ids_dtype",
+    "check_connectivity",
 ]
 
 
-def foreground_structure(connectivity: int) -> np.ndarray:
-    """The 3 x 3 structuring element of ``connectivity`` 1 (edges) or 2 (edges and corners)."""
-    from scipy import ndimage
+def check_connectivity(connectivity) -> int:
+    """``connectivity`` as an ``int`` when it is 1 (edges) or 2 (edges and corners).
 
-    if connectivity not in (1, 2):
+    The one check of the connectivity of :func:`chunkseg.label` and of the viz's per-tile
+    components.
+
+    Parameters
+    ----------
+    connectivity : int
+        1: pixels touching by an edge are connected; 2: by an edge or a corner.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If ``connectivity`` is not 1 or 2 (``True``/``False`` are not).
+    """
+    if isinstance(connectivity, bool | np.bool_) or connectivity not in (1, 2):
         from ..errors import InvalidValueError
 
         raise InvalidValueError(
             f"`connectivity` must be 1 (pixels touching by an edge) or 2 (by an edge or a "
             f"corner). Got {connectivity!r}."
         )
-    return ndimage.generate_binary_structure(2, connectivity)
+    return int(connectivity)
+
+
+def foreground_structure(connectivity: int) -> np.ndarray:
+    """The 3 x 3 structuring element of ``connectivity`` 1 (edges) or 2 (edges and corners),
+    after :func:`check_connectivity`."""
+    from scipy import ndimage
+
+    return ndimage.generate_binary_structure(2, check_connectivity(connectivity))
 
 
 def label_block(foreground: np.ndarray, connectivity: int = 1) -> tuple[np.ndarray, int]:

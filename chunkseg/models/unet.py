@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InvalidValueError, NotFoundError
+from .._check import positive_int
+from ..errors import InvalidTypeError, InvalidValueError, NotFoundError
 
 __all__ = [
     "ISBI_MEAN",
@@ -74,9 +75,13 @@ class _Up(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidValueError(f"`{name}` must be a positive int. Got {value!r}.")
+def _check_positive_int(name: str, value: object) -> int:
+    """:func:`chunkseg._check.positive_int`, but a wrong type is an ``InvalidValueError`` too
+    (a ``ValueError``, as the U-Net has always raised: ``UNet(base_channels=2.5)``)."""
+    try:
+        return positive_int(value, name)
+    except InvalidTypeError as err:
+        raise InvalidValueError(str(err)) from None
 
 
 class UNet(nn.Module):

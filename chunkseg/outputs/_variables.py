@@ -14,8 +14,9 @@ import numpy as np
 import xarray as xr
 
 from .. import _ome
+from .._check import int_pair, is_int
 from ..errors import InvalidTypeError, InvalidValueError
-from ..plan import TilePlan, normalize_pair
+from ..plan import TilePlan
 from . import _pyramid
 from ._arrays import ArrayWriter, check_aligned, create_array
 from ._manifest import MANIFEST
@@ -158,14 +159,10 @@ def shard_layout(shards, chunks, default: int) -> tuple[tuple[int, int], tuple[i
     """``(computation chunks, inner Zarr chunks)`` of a sharded output: the shard, and
     ``chunks`` (``default`` when None: the engine's default chunk for the device), after
     checking that the shard is a positive multiple of the chunk."""
-    shard = normalize_pair(shards, "shards")
-    if chunks is None:
-        chunks = default
-    inner = normalize_pair(chunks, "chunks")
-    if min(inner) < 1 or min(shard) < 1:
-        raise InvalidValueError(
-            f"`shards` and `chunks` must be positive numbers of pixels. Got shards={shard!r}, "
-            f"chunks={inner!r}.")
+    shard = int_pair(shards, "shards", minimum=1, fix="The shard is a number of pixels, a "
+                     "multiple of `chunks`.")
+    inner = int_pair(default if chunks is None else chunks, "chunks", minimum=1,
+                     fix="The inner Zarr chunk of each shard is a number of pixels.")
     if any(s % c for s, c in zip(shard, inner)):
         raise InvalidValueError(
             f"`shards` must be a multiple of `chunks` (the inner Zarr chunk of each shard) along "
@@ -179,7 +176,7 @@ def check_compression_level(level: Any, outputs: Sequence[str]) -> None:
     """Refuse a ``compression_level`` a codec of :func:`compressor` would fail on while
     writing: zstd takes 0..22, Blosc (``logits``) 0..9."""
     top = 9 if "logits" in outputs else 22
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+    if not is_int(level):
         raise InvalidTypeError(f"`compression_level` must be an int from 0 to {top}. Got "
                                f"{level!r}; the default is 1.")
     if not 0 <= level <= top:

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from .._check import int_pair, is_int, positive_int
 from ..plan import TilePlan
 
 __all__ = [
@@ -92,6 +93,8 @@ def read_overview(array, max_side: int = 2048, *,
     ------
     chunkseg.errors.InvalidValueError
         If ``array`` is not 2-D or 3-D, or ``max_side`` or ``block`` is not positive.
+    chunkseg.errors.InvalidTypeError
+        If ``max_side`` is not an int or ``block`` not an int or a pair of ints.
 
     Notes
     -----
@@ -99,22 +102,17 @@ def read_overview(array, max_side: int = 2048, *,
     array's backend decodes for it, about one chunk).
     """
     from ..errors import InvalidValueError
-    from ..plan import normalize_pair
 
     shape = tuple(int(s) for s in getattr(array, "shape", ()))
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise InvalidValueError(
             f"`array` must be a non-empty (y, x) or (y, x, c) array. Got shape {shape!r}.")
-    if isinstance(max_side, bool) or not isinstance(max_side, int | np.integer) or max_side < 1:
-        raise InvalidValueError(f"`max_side` must be a positive int. Got {max_side!r}.")
-    step = display_step(shape[:2], int(max_side))
+    step = display_step(shape[:2], positive_int(max_side, "max_side"))
     if block is None:
         chunk = _source_chunks(array)
         block_ = (1024, 1024) if chunk is None else (max(256, chunk[0]), max(256, chunk[1]))
     else:
-        block_ = normalize_pair(block, "block")
-        if min(block_) < 1:
-            raise InvalidValueError(f"`block` must be positive. Got {block!r}.")
+        block_ = int_pair(block, "block", minimum=1)
     rest = (slice(None),) * (len(shape) - 2)
     return _read_strided(lambda ys, xs: _as_numpy(array[(ys, xs) + rest]), shape[:2], step,
                          block_), step
@@ -371,10 +369,7 @@ def _check_crop(crop, plan: TilePlan):
                     raise ValueError
                 item = (item.start, item.stop)
             a, b = item
-            if isinstance(a, bool) or isinstance(b, bool):
-                raise ValueError
-            pairs.append((int(a) if isinstance(a, int | np.integer) else None,
-                          int(b) if isinstance(b, int | np.integer) else None))
+            pairs.append((int(a) if is_int(a) else None, int(b) if is_int(b) else None))
         if len(pairs) != 2 or any(v is None for p in pairs for v in p):
             raise ValueError
     except (TypeError, ValueError):

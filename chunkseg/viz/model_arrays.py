@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._check import positive_int
+from .._check import int_pair, positive_int
 from ..kernels import blend
+from ..kernels.components import foreground_structure
 from .data import _check_crop, _cls_index, _Image, _open, _open_image, _Output, crop_tiles
 
 __all__ = ["MAX_TILE_PANELS", "tile_components", "naive_patches", "seam_arrays"]
@@ -108,8 +109,7 @@ def _tile_components(out: _Output, img: _Image, predictor, crop, cls: int, conne
 
     if connectivity is None:
         connectivity = out.connectivity()
-    if connectivity not in (1, 2) or isinstance(connectivity, bool):
-        raise InvalidValueError(f"`connectivity` must be 1 or 2. Got {connectivity!r}.")
+    structure = foreground_structure(connectivity)  # checks it
     plan = out.plan
     kys, kxs = crop_tiles(plan, crop)
     if len(kys) * len(kxs) > MAX_TILE_PANELS:
@@ -124,7 +124,6 @@ def _tile_components(out: _Output, img: _Image, predictor, crop, cls: int, conne
     keys = [(ky, kx) for ky in kys for kx in kxs]
     origins = [(int(oy[ky]), int(ox[kx])) for ky, kx in keys]
     logits = _run_tiles(predictor, img, origins, plan.tile, batch_size, out.classes)
-    structure = ndimage.generate_binary_structure(2, connectivity)
     result = []
     for key, origin, z in zip(keys, origins, logits):
         labels = blend.labels_from_logits(z)
@@ -173,12 +172,9 @@ def naive_patches(image, model, tile: int | tuple[int, int], crop=None, *, batch
     Runs the model on the patches that meet the crop only. Memory: ``K`` float32 planes of the
     crop grown to whole patches.
     """
-    from ..errors import InvalidValueError
-    from ..plan import normalize_pair, plan_tiles
+    from ..plan import plan_tiles
 
-    tile_ = normalize_pair(tile, "tile")
-    if min(tile_) < 1:
-        raise InvalidValueError(f"`tile` must be positive. Got {tile!r}.")
+    tile_ = int_pair(tile, "tile", minimum=1)
     img = image if isinstance(image, _Image) else _Image(image, None, storage_options)
 
     plan = plan_tiles(img.shape, tile_, 0, img.shape)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._check import positive_int
+from .._check import is_int, positive_int
 from ._draw import (
     _CROP_COLOUR,
     _PATCH_COLOUR,
@@ -95,10 +95,7 @@ def overview(store, *, image=None, crop=None, max_side: int = 2048,
 
 
 def _overview(out: _Output, img: _Image | None, crop, max_side: int):
-    from ..errors import InvalidValueError
-
-    if isinstance(max_side, bool) or not isinstance(max_side, int | np.integer) or max_side < 1:
-        raise InvalidValueError(f"`max_side` must be a positive int. Got {max_side!r}.")
+    max_side = positive_int(max_side, "max_side")
     plan = out.plan
     h, w = plan.image_shape
     full = ((0, h), (0, w))
@@ -461,6 +458,8 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     chunkseg.errors.InvalidValueError
         For a bad argument (``model`` without ``image``, a crop outside the image, an image
         of another shape, a class the output lacks, ...).
+    chunkseg.errors.InvalidTypeError
+        If ``max_side`` is not an int or ``out_dir`` not a path.
     chunkseg.errors.NotFoundError
         If ``store`` holds no Zarr group.
 
@@ -484,7 +483,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
         raise InvalidValueError(
             "`image` must be given with `model` (the tile predictions and the seams run the "
             "model on the image). Got image=None.")
-    if isinstance(dpi, bool) or not isinstance(dpi, int | np.integer) or not 10 <= dpi <= 600:
+    if not is_int(dpi) or not 10 <= dpi <= 600:
         raise InvalidValueError(f"`dpi` must be an int from 10 to 600. Got {dpi!r}.")
     out = _open(store, storage_options)
     img = _open_image(image, out, storage_options)
@@ -504,8 +503,7 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
         "reconstruction": lambda: _reconstruction(out, img, crop_),
         "seams": lambda: _seams(out, _seam_arrays(out, img, predictor, crop_, cls_, bs)),
     }
-    if isinstance(max_side, bool) or not isinstance(max_side, int | np.integer) or max_side < 1:
-        raise InvalidValueError(f"`max_side` must be a positive int. Got {max_side!r}.")
+    max_side = positive_int(max_side, "max_side")
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in names:

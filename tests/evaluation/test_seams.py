@@ -242,6 +242,8 @@ def test_refuses_an_image_over_max_pixels():
     ({"max_pixels": 0}, InvalidValueError, "`max_pixels` must"),
     ({"margin": -1}, InvalidValueError, "`margin` must"),
     ({"multiple": 0}, InvalidValueError, "`multiple` must"),
+    ({"margin": (1, 2.5)}, InvalidTypeError, "`margin` must be an int or a pair"),
+    ({"max_pixels": 1.5}, InvalidTypeError, "`max_pixels` must be a positive int"),
     ({"batch_size": 0}, InvalidValueError, "`batch_size` must"),
 ])
 def test_bad_arguments(kwargs, error, match):
