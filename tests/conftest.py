@@ -11,7 +11,18 @@ cluster).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# The tests mirror the packages (tests/engine, tests/outputs, ...), and some share fixtures and
+# helpers across folders (``from test_resume import FailsLate``): every folder is importable,
+# whichever file pytest is asked to run.
+_TESTS = Path(__file__).resolve().parent
+for _folder in sorted(p for p in _TESTS.iterdir() if p.is_dir() and p.name.isidentifier()):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 FAST_MODULES = frozenset({
     "test_plan", "test_windows", "test_blend", "test_engine", "test_torch_kernel",
