@@ -86,6 +86,7 @@ from ..plan import (
     tile_mask,
 )
 from .scheduling import compute, open_client
+from .threads import SplitBatches, in_flight  # issue 20 item 8
 
 __all__ = [
     "OUTPUTS",
@@ -347,14 +348,18 @@ class TileRunner:
                                        dtype=torch.float32, device=adapter.device))
 
             return on_device(adapter.device, zeros)
-        if adapter.device.type == "cpu" and self.torch_threads:
-            if torch.get_num_threads() != self.torch_threads:
+        module = adapter.module
+        if adapter.device.type == "cpu":
+            if self.torch_threads and torch.get_num_threads() != self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
-        module = adapter.module if self.tta is None else TTAModel(adapter.module, self.tta)
-        return accumulate_block_torch(
-            block, module, self.window, self.plan.overlap, device=adapter.device,
-            normalization=adapter.normalization, batch_size=self.batch_size,
-            classes=self.classes, run=run, then=cut)
+            # issue 20 item 8 (hook, engine/threads.py): idle cores take parts of each batch
+            module = SplitBatches(module, torch.get_num_threads())
+        module = module if self.tta is None else TTAModel(module, self.tta)
+        with in_flight():
+            return accumulate_block_torch(
+                block, module, self.window, self.plan.overlap, device=adapter.device,
+                normalization=adapter.normalization, batch_size=self.batch_size,
+                classes=self.classes, run=run, then=cut)
 
     def _pieces(self, acc, iy: int, ix: int) -> dict:
         # per axis, the chunks block (iy, ix) reaches and its part for each
