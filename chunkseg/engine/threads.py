@@ -7,11 +7,13 @@ batch of tiles is cut along its first axis into as many parts as there are idle 
 parts run side by side (one in the calling thread, the others in a small pool), each with the
 same ``torch_threads`` as the task, and are concatenated in order.
 
-The result is bit-identical to one call on the whole batch: the thread count of every model
-call is unchanged (a convolution's result can depend on it), and the model already sees
-batches of any size (a block's last batch is smaller), so a tile's logits do not depend on
-the other tiles of its batch. Changing the intra-op thread count instead would change the
-logits' last bits (about 1e-6 for the shipped U-Net between 1 and 2 threads).
+The result is bit-identical to one call on the whole batch when a tile's logits do not
+depend on the batch size, as the engine's chunk invariance already assumes (a block's last
+batch is smaller): the thread count of every model call is unchanged (a convolution's result
+depends on it: changing the intra-op threads instead would change the shipped U-Net's logits
+by about 1e-6 between 1 and 2 threads). A part holds at least 2 tiles: oneDNN may pick
+another convolution for a batch of one (a small U-Net on 64 px tiles does, the shipped one on
+256 px tiles does not).
 """
 
 from __future__ import annotations
@@ -100,8 +102,9 @@ class SplitBatches:
 
     Notes
     -----
-    A batch is cut into ``min(N, cores // (threads * blocks_in_flight()))`` parts, decided per
-    call, so a block gets the cores the others leave when they finish.
+    A batch is cut into ``min(N // 2, cores // (threads * blocks_in_flight()))`` parts (a
+    batch of one or two and a busy process: one part, the plain call), decided per call, so a
+    block gets the cores the others leave when they finish.
     """
 
     def __init__(self, module: Any, threads: int, cores: int | None = None):
@@ -113,7 +116,7 @@ class SplitBatches:
 
     def parts(self, n: int) -> int:
         """How many parts a batch of ``n`` tiles is cut into now."""
-        return max(1, min(n, self.cores // (self.threads * blocks_in_flight())))
+        return max(1, min(n // 2, self.cores // (self.threads * blocks_in_flight())))
 
     def __call__(self, batch: Any) -> Any:
         parts = self.parts(len(batch))
