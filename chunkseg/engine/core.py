@@ -85,6 +85,7 @@ from ..plan import (
     plan_tiles,
     tile_mask,
 )
+from .placement import on_every_worker  # issue 20 item 9
 from .scheduling import compute, open_client
 from .threads import SplitBatches, in_flight  # issue 20 item 8
 
@@ -1280,7 +1281,8 @@ def predict_to_zarr(
             dsk[done_key] = (_count, list(fold_keys))
             graph = _graph(done_key, dsk, resources)
             try:
-                with _restore_torch_threads():
+                # issue 20 item 9 (hook, engine/placement.py): runner and writer on every worker
+                with _restore_torch_threads(), on_every_worker(client, dsk):
                     written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
                                       else client, progress=progress,
                                       secrets=secrets_of(storage_options))[0]
