@@ -31,7 +31,6 @@ __all__ = ["SplitBatches", "blocks_in_flight", "in_flight", "task_slots"]
 _LOCK = threading.Lock()
 _ACTIVE = 0  # blocks being accumulated in this process
 _POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
 
 
 @contextlib.contextmanager
@@ -67,14 +66,12 @@ def task_slots() -> int:
     return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
 
 
-def _pool(size: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_SIZE
+def _pool() -> ThreadPoolExecutor:
+    """One pool per process, a thread per CPU (a batch never has more parts than CPUs)."""
+    global _POOL
     with _LOCK:
-        if _POOL is None or _POOL_SIZE < size:
-            old, _POOL, _POOL_SIZE = _POOL, ThreadPoolExecutor(
-                size, thread_name_prefix="chunkseg-split"), size
-            if old is not None:
-                old.shutdown(wait=False)
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="chunkseg-split")
         return _POOL
 
 
@@ -125,7 +122,7 @@ class SplitBatches:
         import torch
 
         pieces = batch.tensor_split(parts)
-        pool = _pool(self.cores)
+        pool = _pool()
         futures = [pool.submit(_forward, self.module, p, self.threads) for p in pieces[1:]]
         try:
             first = self.module(pieces[0])
