@@ -112,7 +112,8 @@ def part_here(args, tmp: str) -> dict:
                              "load": round(os.getloadavg()[0], 1)})
                 print(f"  {name}, round {r}: threaded {threaded['seconds']:.2f} s, cluster "
                       f"{dist['seconds']:.2f} s", file=sys.stderr, flush=True)
-    return {"size": args.size, "chunk": args.chunk, "model": args.model, "rows": rows}
+    return {"size": args.size, "chunk": args.chunk, "model": args.model,
+            "sleep_per_tile_s": args.here_sleep if args.model == "sleep" else None, "rows": rows}
 
 
 def _graph_tasks(image: str, chunk: int) -> dict:
@@ -133,7 +134,8 @@ def part_simulated(args, tmp: str) -> dict:
     out = os.path.join(tmp, "sim.zarr")
     rows = []
     for n in [int(w) for w in args.workers.split(",")]:
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=False,
+        # memory_limit=0: in one process, every worker would see the whole process's memory
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=False, memory_limit=0,
                           dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             os.environ[SLEEP_ENV] = "0"
             _run(image, out, "sleep", args.sim_chunk, client, "labels")  # warm-up
@@ -184,14 +186,16 @@ def main(argv=None) -> None:
     p.add_argument("--workers", default="1,8,32,64", help="simulated workers (1,8,32,64)")
     p.add_argument("--sim-size", type=int, default=4096, help="simulated image side (4096)")
     p.add_argument("--sim-chunk", type=int, default=256, help="simulated chunk, px (256)")
-    p.add_argument("--sleep", type=float, default=0.01, help="seconds per tile (0.01)")
+    p.add_argument("--sleep", type=float, default=0.01,
+                   help="simulated seconds per tile (0.01)")
+    p.add_argument("--here-sleep", type=float, default=0.05,
+                   help="'here' seconds per tile of the sleep model (0.05)")
     p.add_argument("--unet-tile-s", type=float, default=0.1,
                    help="U-Net seconds per 256 px tile on one core, for the extrapolation")
     p.add_argument("--tmp", default=None)
     p.add_argument("--out", default=str(RESULTS / "scaling.json"))
     args = p.parse_args(argv)
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    os.environ.setdefault(SLEEP_ENV, str(args.sleep))
     import dask
     import distributed
     import torch
@@ -202,6 +206,7 @@ def main(argv=None) -> None:
                        "distributed": distributed.__version__, "torch": torch.__version__}}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         if args.part in ("here", "both"):
+            os.environ[SLEEP_ENV] = str(args.here_sleep)
             result["here"] = part_here(args, tmp)
             print(f"\n'here': {args.model} model, {args.size}^2, {args.chunk} px chunks")
             print("| cluster | round | threaded s | cluster s | cluster / threaded | load |")
