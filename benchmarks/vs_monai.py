@@ -42,6 +42,7 @@ Prints two markdown tables and saves JSON (``--out``, default ``benchmarks/resul
     python benchmarks/vs_monai.py --sizes 1024,2048 --out /tmp/vs_monai.json
     python benchmarks/vs_monai.py --sizes 2048 --monai-weights chunkseg --out /tmp/w.json
     python benchmarks/vs_monai.py --sizes 2048 --torch-threads 1 --out /tmp/t1.json
+    python benchmarks/vs_monai.py --sizes 1024,2048 --model unet --out /tmp/unet.json
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 MODEL_SPEC = "benchmarks.vs_monai:conv3x3"
 """How chunkseg names the model (resolved once per process, ``PYTHONPATH`` = repo root)."""
+MODELS = {"conv3x3": MODEL_SPEC, "unet": "isbi2012-unet"}
+"""``--model``: the cheap 3x3 convolution, or the shipped U-Net (with its ISBI normalisation
+on both sides; no untiled reference then, its receptive field exceeds a tile)."""
+
+
+def _monai_model(name: str):
+    """``(module, preprocess)`` for MONAI's side: the same weights and normalisation as
+    chunkseg's ``MODELS[name]``."""
+    if name == "conv3x3":
+        return conv3x3(), (lambda x: x)
+    from chunkseg.models.load import BUILTIN_MODELS
+    from chunkseg.models.unet import pretrained
+
+    norm = BUILTIN_MODELS["isbi2012-unet"][1]()
+    mean, std = float(norm.mean[0]), float(norm.std[0])
+    return pretrained(), (lambda x: (x * float(norm.scale) - mean) / std)
 
 
 def conv3x3(device: str = "cpu"):
@@ -149,7 +166,7 @@ def _set_torch_threads(n: int) -> int:
 
 
 def run_monai(image: str, out_npy: str, tile: int, overlap: int, batch_size: int,
-              weights: str = "monai", torch_threads: int = 0) -> dict:
+              weights: str = "monai", torch_threads: int = 0, model_name: str = "conv3x3") -> dict:
     """MONAI on the whole image in memory, in this process.
 
     ``weights="monai"``: MONAI's own gaussian importance map (clamped below at 1e-3);
@@ -162,7 +179,7 @@ def run_monai(image: str, out_npy: str, tile: int, overlap: int, batch_size: int
     from monai.inferers import sliding_window_inference
 
     threads = _set_torch_threads(torch_threads)
-    model = conv3x3()
+    model, preprocess = _monai_model(model_name)
     calls = {"tiles": 0, "batches": 0}
     weight_map = None
     if weights == "chunkseg":
@@ -173,7 +190,7 @@ def run_monai(image: str, out_npy: str, tile: int, overlap: int, batch_size: int
     def predictor(x):
         calls["tiles"] += x.shape[0]
         calls["batches"] += 1
-        return model(x)
+        return model(preprocess(x))
 
     baseline = _baseline_rss_mib()
     with RssSampler() as rss:
@@ -206,7 +223,8 @@ def run_monai(image: str, out_npy: str, tile: int, overlap: int, batch_size: int
 
 
 def run_chunkseg(image: str, out_zarr: str, tile: int, overlap: int, chunk: int,
-                 batch_size: int, threads: int, torch_threads: int = 0) -> dict:
+                 batch_size: int, threads: int, torch_threads: int = 0,
+                 model_name: str = "conv3x3") -> dict:
     """chunkseg Zarr -> Zarr (float32 logits), in this process."""
     import dask
 
@@ -217,11 +235,12 @@ def run_chunkseg(image: str, out_zarr: str, tile: int, overlap: int, chunk: int,
     plan = plan_tiles(chunkseg.open_image(image).shape, tile, overlap, chunk)
     # Load the model (and torch) before timing, as the MONAI run does; the run hits this cache.
     n_torch = _set_torch_threads(torch_threads)
-    module = load_model(ModelSpec(MODEL_SPEC)).module
+    spec = MODELS[model_name]
+    module = load_model(ModelSpec(spec)).module
     baseline = _baseline_rss_mib()
     with RssSampler() as rss, dask.config.set(num_workers=threads):
         t0 = time.perf_counter()
-        chunkseg.predict_to_zarr(image, MODEL_SPEC, out_zarr, tile=tile, overlap=overlap,
+        chunkseg.predict_to_zarr(image, spec, out_zarr, tile=tile, overlap=overlap,
                                  window="gaussian", chunks=chunk, batch_size=batch_size,
                                  outputs="logits", dtype="float32", scheduler="threads")
         seconds = time.perf_counter() - t0
@@ -281,13 +300,13 @@ class _AbsStats:
             self.n_in += di.size
 
     def to_dict(self, prefix: str) -> dict:
-        return {f"{prefix}max_abs_diff": self.max, f"{prefix}mean_abs_diff": self.sum / self.n,
+        return {f"{prefix}max_abs_diff": self.max, f"{prefix}mean_abs_diff": self.sum / max(self.n, 1),
                 f"{prefix}max_abs_diff_interior": self.max_in,
                 f"{prefix}max_abs_diff_interior_at_yx": self.where_in,
                 f"{prefix}mean_abs_diff_interior": self.sum_in / max(self.n_in, 1)}
 
 
-def compare(image: str, out_npy: str, out_zarr: str, border: int) -> dict:
+def compare(image: str, out_npy: str, out_zarr: str, border: int, exact: bool = True) -> dict:
     """Compare MONAI's and chunkseg's logits block by block (one Zarr chunk at a time).
 
     Parameters
@@ -300,6 +319,9 @@ def compare(image: str, out_npy: str, out_zarr: str, border: int) -> dict:
         chunkseg's output group; its ``logits`` array ``(K, H, W)`` is read chunk by chunk.
     border : int
         Pixels excluded on every side for the interior figures.
+    exact : bool, default True
+        Compare each with the untiled 3x3 convolution (False for the U-Net: those figures are
+        None, ``max_abs_logit`` is chunkseg's).
 
     Returns
     -------
@@ -333,23 +355,26 @@ def compare(image: str, out_npy: str, out_zarr: str, border: int) -> dict:
             ys, xs = slice(y0, min(y0 + by, h)), slice(x0, min(x0 + bx, w))
             a = np.asarray(arr[:, ys, xs])
             b = np.asarray(ref[:, ys, xs])
-            e = exact_block(img, module, ys, xs)
+            e = exact_block(img, module, ys, xs) if exact else a
             inner = (slice(max(border, y0) - y0, max(min(h - border, ys.stop) - y0, 0)),
                      slice(max(border, x0) - x0, max(min(w - border, xs.stop) - x0, 0)))
             both.add(np.abs(a - b), inner, (y0, x0))
-            mon.add(np.abs(b - e), inner, (y0, x0))
-            cs.add(np.abs(a - e), inner, (y0, x0))
+            if exact:
+                mon.add(np.abs(b - e), inner, (y0, x0))
+                cs.add(np.abs(a - e), inner, (y0, x0))
             same = a.argmax(0) == b.argmax(0)
             agree += int(same.sum())
             agree_in += int(same[inner].sum())
             n_in += same[inner].size
             max_logit = max(max_logit, float(np.abs(e).max()))
+    untiled = {**mon.to_dict("monai_vs_exact_"), **cs.to_dict("chunkseg_vs_exact_")} if exact \
+        else dict.fromkeys(_AbsStats().to_dict("monai_vs_exact_") | _AbsStats().to_dict(
+            "chunkseg_vs_exact_"))
     return {
         **both.to_dict(""),
         "label_agreement": agree / (h * w),
         "label_agreement_interior": agree_in / max(n_in, 1),
-        **mon.to_dict("monai_vs_exact_"),
-        **cs.to_dict("chunkseg_vs_exact_"),
+        **untiled,
         "max_abs_logit": max_logit,
         "border": border,
     }
@@ -411,6 +436,10 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _g(v) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
 def _accuracy_table(rows: list[dict]) -> str:
     header = ("| size | chunkseg vs MONAI: max abs diff interior / whole | mean abs diff "
               "interior / whole | MONAI vs untiled: max abs diff interior / whole | chunkseg vs "
@@ -421,10 +450,10 @@ def _accuracy_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['size']}^2 | {r['max_abs_diff_interior']:.3g} / {r['max_abs_diff']:.3g} | "
             f"{r['mean_abs_diff_interior']:.3g} / {r['mean_abs_diff']:.3g} | "
-            f"{r['monai_vs_exact_max_abs_diff_interior']:.3g} / "
-            f"{r['monai_vs_exact_max_abs_diff']:.3g} | "
-            f"{r['chunkseg_vs_exact_max_abs_diff_interior']:.3g} / "
-            f"{r['chunkseg_vs_exact_max_abs_diff']:.3g} | {r['max_abs_logit']:.3g} | "
+            f"{_g(r['monai_vs_exact_max_abs_diff_interior'])} / "
+            f"{_g(r['monai_vs_exact_max_abs_diff'])} | "
+            f"{_g(r['chunkseg_vs_exact_max_abs_diff_interior'])} / "
+            f"{_g(r['chunkseg_vs_exact_max_abs_diff'])} | {r['max_abs_logit']:.3g} | "
             f"{100 * r['label_agreement_interior']:.4f}% / {100 * r['label_agreement']:.4f}% |"
         )
     return "\n".join(lines)
@@ -439,6 +468,9 @@ def main(argv=None) -> None:
     p.add_argument("--chunk", type=int, default=1536, help="chunkseg chunk, px (1536)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="dask threads for chunkseg (2)")
+    p.add_argument("--model", choices=sorted(MODELS), default="conv3x3",
+                   help="conv3x3 (cheap, with an untiled reference) or unet (the shipped "
+                        "isbi2012-unet, ~0.1 s per 256 px tile on one core) (conv3x3)")
     p.add_argument("--border", type=int, default=128, help="px left out of the interior (128)")
     p.add_argument("--monai-weights", choices=("monai", "chunkseg"), default="monai",
                    help="MONAI's blending weights: its own gaussian importance map (clamped "
@@ -453,10 +485,10 @@ def main(argv=None) -> None:
         mode, image, out = args.one
         if mode == "monai":
             result = run_monai(image, out, args.tile, args.overlap, args.batch_size,
-                               args.monai_weights, args.torch_threads)
+                               args.monai_weights, args.torch_threads, args.model)
         else:
             result = run_chunkseg(image, out, args.tile, args.overlap, args.chunk,
-                                  args.batch_size, args.threads, args.torch_threads)
+                                  args.batch_size, args.threads, args.torch_threads, args.model)
         print(json.dumps(result))
         return
 
@@ -473,7 +505,7 @@ def main(argv=None) -> None:
         p.error(str(e))
     common = ["--tile", str(args.tile), "--overlap", str(args.overlap), "--chunk",
               str(args.chunk), "--batch-size", str(args.batch_size), "--threads",
-              str(args.threads), "--torch-threads", str(args.torch_threads)]
+              str(args.threads), "--torch-threads", str(args.torch_threads), "--model", args.model]
     rows, runs = [], []
     for size in sizes:
         n = size // SECTION_SIZE
@@ -487,7 +519,7 @@ def main(argv=None) -> None:
             if mon["weights"] != cs["weights"]:
                 raise RuntimeError(f"the two runs used different weights: {mon['weights']} "
                                    f"(MONAI) vs {cs['weights']} (chunkseg)")
-            diff = compare(image, npy, out_zarr, args.border)
+            diff = compare(image, npy, out_zarr, args.border, exact=args.model == "conv3x3")
         runs.append({"size": size, "monai": mon, "chunkseg": cs, "diff": diff})
         rows.append({
             "size": size, "monai_tiles": mon["tiles"], "chunkseg_tiles": cs["tiles"],
@@ -508,7 +540,7 @@ def main(argv=None) -> None:
         "monai_overlap": args.overlap / args.tile, "chunk": args.chunk,
         "batch_size": args.batch_size, "dask_threads": args.threads,
         "torch_threads": args.torch_threads or torch.get_num_threads(), "cpus": os.cpu_count(), "border": args.border,
-        "model": MODEL_SPEC, "window": "gaussian, sigma = 0.125 * tile",
+        "model": MODELS[args.model], "window": "gaussian, sigma = 0.125 * tile",
         "monai_weights": args.monai_weights,
         "monai_time": "load (Zarr -> float32 tensor) + sliding_window_inference; .npy save excluded",
         "chunkseg_time": "predict_to_zarr, Zarr in, float32 logits to Zarr (zstd)",

@@ -17,6 +17,7 @@ from ..kernels.tta import TTAModel, check_tta
 from ..models.load import TorchAdapter
 from ..models.resolve import ResolvedModel, resolve_model
 from ..plan import TilePlan, tile_mask
+from .threads import SplitBatches, in_flight
 
 __all__ = ["KERNELS", "BlockReader", "TileRunner", "make_runner", "reflect_index"]
 
@@ -214,14 +215,18 @@ class TileRunner:
                                        dtype=torch.float32, device=adapter.device))
 
             return on_device(adapter.device, zeros)
-        if adapter.device.type == "cpu" and self.torch_threads:
-            if torch.get_num_threads() != self.torch_threads:
+        module = adapter.module
+        if adapter.device.type == "cpu":
+            if self.torch_threads and torch.get_num_threads() != self.torch_threads:
                 torch.set_num_threads(self.torch_threads)
-        module = adapter.module if self.tta is None else TTAModel(adapter.module, self.tta)
-        return accumulate_block_torch(
-            block, module, self.window, self.plan.overlap, device=adapter.device,
-            normalization=adapter.normalization, batch_size=self.batch_size,
-            classes=self.classes, run=run, then=cut)
+            # the cores other blocks leave idle take parts of each batch (engine/threads.py)
+            module = SplitBatches(module, torch.get_num_threads())
+        module = module if self.tta is None else TTAModel(module, self.tta)
+        with in_flight():
+            return accumulate_block_torch(
+                block, module, self.window, self.plan.overlap, device=adapter.device,
+                normalization=adapter.normalization, batch_size=self.batch_size,
+                classes=self.classes, run=run, then=cut)
 
     def _pieces(self, acc, iy: int, ix: int) -> dict:
         pieces = {}

@@ -39,6 +39,7 @@ from ..outputs.api import output_progress
 from ..plan import DEFAULT_CHUNK_TARGET
 from ..scheduling import compute, dask_threads, open_client
 from .graph import _count, _gpu_resources, _graph, _write_task, blend_graph
+from .placement import on_every_worker
 from .runner import TileRunner
 from .settings import (
     DEFAULT_BATCH_SIZE,
@@ -338,7 +339,8 @@ def predict_to_zarr(
             dsk[done_key] = (_count, list(fold_keys))
             graph = _graph(done_key, dsk, resources)
             try:
-                with _restore_torch_threads():
+                # the runner and writer on every worker first: blocks spread by load
+                with _restore_torch_threads(), on_every_worker(client, dsk):
                     written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
                                       else client, progress=progress,
                                       secrets=secrets_of(storage_options))[0]
