@@ -9,7 +9,9 @@ Modules
   work (:class:`~chunkseg.engine.runner.TileRunner`).
 - ``graph``: the task graph (:func:`~chunkseg.engine.graph.blend_graph`).
 - ``lazy``: :func:`predict`; ``to_zarr``: :func:`predict_to_zarr`.
-- ``scheduling``: where the graph runs.
+- ``threads``: the cores other blocks leave idle take parts of each CPU batch;
+  ``placement``: on a cluster, the runner and writer on every worker before the blocks.
+- where the graph runs is :mod:`chunkseg.scheduling`'s.
 
 Each tile belongs to the block in which it starts, so every contribution to an output chunk
 comes from blocks at or before it in row-major order: the chunk is final as soon as its own
