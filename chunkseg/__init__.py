@@ -39,9 +39,10 @@ from .objects.instances import label, regions
 from .objects.tile_instances import predict_instances
 from .outputs.api import open_output, output_progress
 from .plan import TilePlan, plan_tiles
+from .training.augment import augmentation
 
 
-def __getattr__(name: str):  # PatchDataset imports torch: the training names load on first use
+def __getattr__(name: str):  # PatchDataset imports torch: it loads on first use
     if name == "instances":  # the name of `label` before 0.2
         import warnings
 
@@ -52,10 +53,6 @@ def __getattr__(name: str):  # PatchDataset imports torch: the training names lo
         from .training.patches import PatchDataset
 
         return PatchDataset
-    if name == "augmentation":
-        from .training.augment import augmentation
-
-        return augmentation
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

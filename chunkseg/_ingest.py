@@ -24,6 +24,9 @@ from ._version import __version__
 from .io._axes import DIMS
 from .io._locations import _check_storage_options, _fspath
 from .io.api import open_image
+from .outputs._arrays import ArrayWriter, check_aligned, create_array
+from .outputs._lifecycle import writing
+from .outputs._target import MARKER, describe_location
 
 
 def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
@@ -129,10 +132,6 @@ def ingest(
             "`store` must be a str or os.PathLike path, an fsspec URL or a zarr store. "
             f"Got {type(store).__name__}."
         )
-    from .outputs._arrays import ArrayWriter, check_aligned, create_array
-    from .outputs._lifecycle import writing
-    from .outputs._target import MARKER, describe_location
-
     with writing(target, source=source, overwrite=overwrite, storage_options=options,
                  what="chunkseg ingest") as out:
         image = open_image(source, storage_options=source_storage_options,

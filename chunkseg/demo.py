@@ -16,10 +16,14 @@ import numpy as np
 
 from ._check import positive_int
 from ._version import __version__
+from .engine import predict_to_zarr
 from .errors import OutputExistsError
+from .objects.instances import label, regions
 from .outputs._arrays import ArrayWriter, create_array
 from .outputs._lifecycle import writing
 from .outputs._target import MARKER, check_output_target, describe_location
+from .plan import plan_tiles
+from .viz import figures, plot_overview
 
 __all__ = ["SECTION_SIZE", "build_mosaic", "load_test_sections", "run_demo"]
 
@@ -154,11 +158,6 @@ def run_demo(
     ImportError
         If torch, pillow or matplotlib is missing (``pip install "chunkseg[all]"``).
     """
-    from .engine import predict_to_zarr
-    from .objects.instances import label, regions
-    from .plan import plan_tiles
-    from .viz import figures, plot_overview
-
     out = Path(out)
     paths = {"mosaic": out / "mosaic.zarr", "segmentation": out / "segmentation.zarr",
              "figure": out / "demo.png", "regions": out / "regions.parquet",

@@ -16,6 +16,7 @@ import zarr.errors
 
 from chunkseg.errors import InputReadError, InvalidValueError, NotFoundError
 
+from .._ome import ngff_unit
 from ._axes import _finish, _to_yxc
 from ._locations import _access_refused, _is_url, _reason, _redact
 from ._zarr import _zarr_dim_names
@@ -35,8 +36,6 @@ def _tiff_coords(location: str, storage_options: Mapping[str, Any] | None,
     (``XResolution``, ``YResolution``, ``ResolutionUnit``; ImageJ's ``unit`` where present).
     Empty when the file has no physical unit (ResolutionUnit NONE and no ImageJ unit)."""
     import tifffile
-
-    from .._ome import ngff_unit
 
     with contextlib.ExitStack() as stack:
         if _is_url(location):

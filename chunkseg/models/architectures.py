@@ -63,7 +63,7 @@ def build_model(name: str, *, in_channels: int = 1, classes: int = 2, **options:
         For an smp architecture without segmentation-models-pytorch.
     """
     if name == "unet":
-        from .unet import UNet
+        from .unet import UNet  # torch
 
         return UNet(in_channels=in_channels, classes=classes, **options)
     if name not in _SMP:

@@ -10,17 +10,37 @@ of objects that chunks cut, and writes one Parquet table.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
+import dask
+import dask.array as da
 import numpy as np
+import xarray as xr
+from zarr.codecs import ZstdCodec
 
 from .. import _ome
 from .._check import is_int
 from .._redact import secrets_of
-from ..errors import InvalidTypeError, InvalidValueError, OutputExistsError
+from ..engine.runner import BlockReader
+from ..errors import (
+    InvalidTypeError,
+    InvalidValueError,
+    NotFoundError,
+    OutputExistsError,
+    OutputOverlapError,
+)
+from ..io import open_image
 from ..kernels import components as kern
-from ..outputs._lifecycle import leased
+from ..outputs import _pyramid
+from ..outputs._arrays import ArrayWriter, create_array
+from ..outputs._identity import overlaps
+from ..outputs._lifecycle import leased, replacing
+from ..outputs._manifest import _so, consolidate, open_output_group
+from ..outputs._ownership import require_group
+from ..outputs._target import describe_location
 from ..scheduling import compute, open_client
 
 __all__ = ["label", "regions", "REGION_COLUMNS"]
@@ -33,14 +53,10 @@ REGION_COLUMNS = ("label", "class", "area", "centroid_y", "centroid_x", "bbox_y0
 
 
 def _open_group(store: Any, storage_options, mode: str):
-    from ..outputs._manifest import open_output_group
-
     return open_output_group(store, storage_options=storage_options, mode=mode)
 
 
 def _check_complete(group, store) -> None:
-    from ..outputs._target import describe_location
-
     if group.attrs.get("complete") is not True:
         raise InvalidValueError(
             f"`store` must hold a finished run. Got {describe_location(store)!r}, which is "
@@ -150,12 +166,6 @@ def label(
     as :func:`scipy.ndimage.label` numbers the whole image; it was 50 times faster than
     dask-image at 10000^2 in ``benchmarks/instances.py`` (see :mod:`chunkseg.kernels.components`).
     """
-    import dask
-    from zarr.codecs import ZstdCodec
-
-    from ..outputs._arrays import ArrayWriter, create_array
-    from ..outputs._target import describe_location
-
     # zarr v3 node names: not empty, no "/", not made of dots only, not starting with "__"
     if (not isinstance(name, str) or not name or "/" in name or "\\" in name
             or not name.strip(".") or name.startswith("__") or name in _RESERVED):
@@ -215,8 +225,6 @@ def label(
         if existing is not None:  # written by this function (checked above)
             del group[f"labels/{name}" if existing != name else name]
         if ome:
-            from ..outputs._ownership import require_group
-
             require_group(group, f"labels/{name}")
         target = create_array(
             group, name=path, shape=(height, width), chunks=src.chunks[-2:], dtype=dtype,
@@ -234,16 +242,8 @@ def label(
         if ome:
             _instance_levels(group, name, target, sched, progress, describe_location(store))
         target.attrs["complete"] = True
-    from ..outputs._manifest import consolidate
-
     consolidate(group)
-    import xarray as xr
-
-    from ..outputs._manifest import _so
-
     if ome:
-        import dask.array as da
-
         data = da.from_zarr(target)
         return xr.DataArray(data, dims=("y", "x"), name=name, attrs=target.attrs.asdict())
     return xr.open_zarr(store, storage_options=_so(store, storage_options),
@@ -253,11 +253,6 @@ def label(
 def _instance_levels(group, name: str, target, scheduler, progress: bool, location: str) -> None:
     """The pyramid (mode of 2 x 2: ids stay ids) and NGFF label metadata of an instances
     array in the OME layout, with as many levels as the output's."""
-    from zarr.codecs import ZstdCodec
-
-    from ..outputs import _pyramid
-    from ..outputs._arrays import create_array
-
     shapes = _pyramid.level_shapes(target.shape, int(group.attrs.get("levels", 1)))
     levels = [target] + [create_array(
         group, name=f"labels/{name}/{i}", shape=shape,
@@ -390,18 +385,8 @@ def regions(
     the client merges the parts of objects that chunk borders cut (sums, minima and maxima
     per id, :meth:`pandas.DataFrame.groupby`), so it holds O(objects) rows, never pixels.
     """
-    import json
-    import os
-
-    import dask
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ..engine.runner import BlockReader
-    from ..errors import NotFoundError, OutputOverlapError
-    from ..io import open_image
-    from ..outputs._identity import overlaps
-    from ..outputs._target import describe_location
 
     path = os.fspath(table)
     for what, other in (("store", store), ("image", image)):
@@ -481,8 +466,6 @@ def regions(
                                      "unit": unit, "pixel_size": list(scale) if scale else None
                                      }).encode()}
     pa_table = pa_table.replace_schema_metadata({**(pa_table.schema.metadata or {}), **meta})
-    from ..outputs._lifecycle import replacing
-
     with replacing(path) as part:  # an earlier table stays whole until the new one is
         pq.write_table(pa_table, part)
     return out

@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .._redact import is_url, redact_location
+from .._version import __version__
 from ..errors import InvalidTypeError, InvalidValueError, OutputLockedError, OutputWriteError
 
 __all__ = ["LEASE_SUFFIX", "Holder", "Lease", "acquire", "break_lease", "lease_location",
@@ -487,8 +488,6 @@ def acquire(location: str | os.PathLike, *, storage_options: Mapping[str, Any] |
         raise InvalidTypeError(f"`command` must be a str or None. Got a "
                                f"{type(command).__name__}. Pass the command line as one string.")
     place = _place(location, storage_options)
-    from .._version import __version__
-
     holder = Holder(
         host=socket.gethostname(),
         pid=os.getpid(),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -28,11 +28,12 @@ from ..errors import (
     InvalidValueError,
     NotAnOutputError,
 )
+from ..io._locations import _refuse_url_password
+from ..models.spec import Normalization
+from ..plan import TilePlan
+from ._lifecycle import staging_path
 from ._ownership import MARKER
 from ._target import describe_location
-
-if TYPE_CHECKING:
-    from ..plan import TilePlan
 
 __all__ = ["MANIFEST", "consolidate", "open_output_group", "recorded_settings",
            "warn_if_incomplete"]
@@ -102,8 +103,6 @@ def _fingerprint(attrs: dict, plan: TilePlan, *, outputs: Sequence[str], dtype: 
 
 def _so(store: Any, storage_options: dict | None) -> dict | None:
     if isinstance(store, str):
-        from ..io._locations import _refuse_url_password
-
         _refuse_url_password(store, "store")
     return storage_options if isinstance(store, str) and "://" in store else None
 
@@ -299,8 +298,6 @@ def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dic
 
     import zarr
 
-    from ._lifecycle import staging_path
-
     where = store
     staging = staging_path(store)
     if staging is not None and os.path.isdir(staging):
@@ -319,8 +316,6 @@ def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dic
         out["model"] = model.get("source")
         out["device"] = model.get("device")
     if isinstance(model, dict) and isinstance(model.get("normalization"), dict):
-        from ..models.load import Normalization
-
         out["normalization"] = Normalization.from_dict(model["normalization"])
     for key in ("tile", "overlap", "tta", "kernel", "dtype", "levels"):
         if key in fp:

@@ -16,7 +16,9 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._redact import redact_location as _redact
 from ..errors import OutputExistsError, OutputOverlapError
+from ..io import store_has_data
 from ._identity import overlaps
 from ._ownership import (
     MARKER,
@@ -32,8 +34,6 @@ __all__ = ["MARKER", "check_output_files", "check_output_folder", "check_output_
 
 def describe_location(store: Any) -> str:
     """A path or URL without credentials, or the type of a store object, for messages."""
-    from .._redact import redact_location as _redact
-
     if isinstance(store, str | os.PathLike):
         return _redact(os.fspath(store))
     return type(store).__name__
@@ -91,9 +91,6 @@ def check_output_target(
         holds is not a Zarr store, is a Zarr store chunkseg did not write, or holds other files
         beside its Zarr nodes.
     """
-    from .._redact import redact_location as _redact
-    from ..io import store_has_data
-
     where = describe_location(store)
     if overlaps(source, store):
         raise OutputOverlapError(

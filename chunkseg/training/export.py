@@ -191,7 +191,7 @@ def _isbi_description(tmp: Path, halo: int, test_size: int):
     torch = _import_torch()
     from bioimageio.spec.model import v0_5
 
-    from ..models.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, pretrained
+    from ..models.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, pretrained  # torch
 
     net = pretrained("cpu")
     step = net.multiple

@@ -30,9 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 
+from .. import engine
 from ..errors import InvalidTypeError, InvalidValueError
+from ..evaluation.confusion import confusion_matrix_dask
+from ..evaluation.metrics import scores_from_confusion
+from ..io import open_image
+from ..models.architectures import build_model, count_parameters, size_multiple
+from ..models.load import Normalization, _torch_device
 from ..outputs._lease import acquire
 from ..outputs._lifecycle import swap_folder
 from ._run import (
@@ -46,6 +53,7 @@ from ._run import (
     write_marker,
 )
 from .config import MONITORS, TrainConfig
+from .losses import build_loss
 
 __all__ = ["TrainConfig", "TrainResult", "export_model", "train"]
 
@@ -82,10 +90,6 @@ class TrainResult:
 def _normalization(cfg: TrainConfig, arrays: Sequence[Any]):
     """The :class:`~chunkseg.models.Normalization` of a run: given, or measured out of core
     on the training images' ``(H, W, C)`` dask arrays ``arrays``."""
-    import dask
-
-    from ..models.load import Normalization
-
     if isinstance(cfg.normalization, Mapping):
         return Normalization.from_dict(cfg.normalization)
     kind = arrays[0].dtype
@@ -105,7 +109,7 @@ def _normalization(cfg: TrainConfig, arrays: Sequence[Any]):
 def _dataset(cfg: TrainConfig, normalization, pixels: int):
     """The training patches; ``pixels``: how many the training images hold (``H * W`` summed),
     for the default ``samples``."""
-    from .patches import PatchDataset, augmentation
+    from .patches import PatchDataset, augmentation  # torch (patches imports it at module level)
 
     transform = None
     if cfg.augment != "none":
@@ -148,11 +152,6 @@ def _averaged(cfg: TrainConfig, model):
 
 def _evaluate_pairs(cfg: TrainConfig, model, normalization) -> dict:
     """Run the network through chunkseg.predict on every validation pair; pooled scores."""
-    from .. import engine
-    from ..evaluation.confusion import confusion_matrix_dask
-    from ..evaluation.metrics import scores_from_confusion
-    from ..io import open_image
-
     tile = cfg.val_tile or cfg.tile
     overlap = cfg.val_overlap if cfg.val_overlap is not None else tile // 4
     total = None
@@ -297,10 +296,6 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
     import torch
     from tqdm.auto import tqdm
 
-    from ..io import open_image
-    from ..models.architectures import build_model, count_parameters, size_multiple
-    from .losses import build_loss
-
     if isinstance(config, (str, os.PathLike)):
         cfg = TrainConfig.from_file(config)
     elif isinstance(config, Mapping):
@@ -320,9 +315,7 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         raise InvalidValueError(
             f"`tile` and `val_tile` must be multiples of {multiple} (the {cfg.model} network's "
             f"down-sampling). Got tile={cfg.tile}, val_tile={cfg.val_tile}.")
-    from ..models.load import _torch_device  # the package's one device check
-
-    device = _torch_device(cfg.device)
+    device = _torch_device(cfg.device)  # the package's one device check
     model = model.to(device)
     loss_fn = build_loss(cfg.loss, ignore_index=-100).to(device)
     if cfg.threads:
