@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ._check import int_pair
+from ._check import int_pair, positive_int
 from .errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
@@ -232,7 +232,6 @@ class TilePlan:
         chunkseg.errors.InvalidValueError, chunkseg.errors.InvalidTypeError
             If ``classes`` or ``batch_size`` is not a positive int.
         """
-        from ._check import positive_int
 
         classes = positive_int(classes, "classes", "The model's number of classes (CLI: "
                                "--classes), e.g. 2.")

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._redact import redact_text
+from ..engine import predict
+from ..engine.runner import reflect_index
 from ..errors import ModelOutputError
+from ..kernels.blend import check_model_output, labels_from_logits, run_tiles
 from ..plan import TilePlan
 
 __all__ = ["bin_labels", "edge_distance", "grid_summary", "reference_logits", "crop_only_logits",
@@ -102,8 +105,6 @@ def reference_logits(raw: np.ndarray, predictor, multiple: tuple[int, int],
     chunkseg.ModelOutputError
         If the model raises on the padded image, or returns a bad output.
     """
-    from ..engine.runner import reflect_index
-    from ..kernels.blend import check_model_output
 
     h, w, _ = raw.shape
     extra = ((-(h + 2 * margin[0])) % multiple[0], (-(w + 2 * margin[1])) % multiple[1])
@@ -140,8 +141,6 @@ def crop_only_logits(raw: np.ndarray, predictor, plan: TilePlan, batch_size: int
     overlap, go to the later tile). The tiles run through
     :func:`chunkseg.kernels.blend.run_tiles`, ``batch_size`` at a time, and must return
     ``classes`` classes."""
-    from ..engine.runner import reflect_index
-    from ..kernels.blend import run_tiles
 
     h, w, _ = raw.shape
     (by, bx), (sy, sx), (ty, tx) = plan.halo_before, plan.stride, plan.tile
@@ -161,7 +160,6 @@ def crop_only_logits(raw: np.ndarray, predictor, plan: TilePlan, batch_size: int
 def engine_logits(raw, predictor, plan: TilePlan, window: str, batch_size: int) -> np.ndarray:
     """``(K, H, W)`` float32 logits of :func:`chunkseg.predict` on ``raw`` with the grid and
     chunks of ``plan`` and the blending ``window``."""
-    from ..engine import predict
 
     ds = predict(raw, predictor, tile=plan.tile, overlap=plan.overlap, window=window,
                  chunks=plan.chunks, batch_size=batch_size, outputs="logits")
@@ -190,7 +188,6 @@ def measure(logits: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, dist: n
         per bin), as in :attr:`SeamReport.methods`; and ``|logits - ref|`` averaged over the
         classes.
     """
-    from ..kernels.blend import labels_from_logits
 
     diff = np.abs(logits - ref).mean(axis=0, dtype=np.float32)  # (H, W)
     disagree = labels_from_logits(logits) != ref_labels

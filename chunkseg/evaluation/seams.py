@@ -35,7 +35,10 @@ from typing import Any
 import numpy as np
 
 from .._check import int_pair, is_int, positive_int
+from ..engine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
 from ..errors import InvalidTypeError, InvalidValueError
+from ..io import open_image
+from ..kernels.blend import labels_from_logits
 from ..kernels.windows import WINDOWS
 from ..models.resolve import ResolvedModel, resolve_model
 from ..outputs._target import check_output_files
@@ -320,9 +323,6 @@ def seam_report(
     per kept method. Time: the model runs on the whole image once, on the naive patches once,
     and on the grid's tiles once per window plus once for ``crop-only``.
     """
-    from ..engine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
-    from ..io import open_image
-    from ..kernels.blend import labels_from_logits
 
     max_pixels = positive_int(max_pixels, "max_pixels", f"The default is {MAX_PIXELS}.")
     bins_ = _check_bins(bins)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidValueError
+
 __all__ = [
     "BlockSummary",
     "foreground_structure",
@@ -63,7 +65,6 @@ def check_connectivity(connectivity) -> int:
         If ``connectivity`` is not 1 or 2 (``True``/``False`` are not).
     """
     if isinstance(connectivity, bool | np.bool_) or connectivity not in (1, 2):
-        from ..errors import InvalidValueError
 
         raise InvalidValueError(
             f"`connectivity` must be 1 (pixels touching by an edge) or 2 (by an edge or a "

@@ -13,8 +13,15 @@ import os
 
 import numpy as np
 
+from .. import _ome
 from .._check import int_pair, is_int, positive_int
-from ..plan import TilePlan
+from ..engine.runner import BlockReader
+from ..errors import IncompleteOutputWarning, InvalidValueError
+from ..io import open_image
+from ..kernels import blend
+from ..objects.instances import _class_index, _open_group
+from ..outputs._target import describe_location
+from ..plan import TilePlan, plan_tiles
 
 __all__ = [
     "MAX_CROP_PIXELS",
@@ -101,7 +108,6 @@ def read_overview(array, max_side: int = 2048, *,
     Memory: the result plus one block's read (``block^2 / step^2`` pixels, and whatever the
     array's backend decodes for it, about one chunk).
     """
-    from ..errors import InvalidValueError
 
     shape = tuple(int(s) for s in getattr(array, "shape", ()))
     if len(shape) not in (2, 3) or min(shape) < 1:
@@ -133,9 +139,6 @@ class _Image:
         import xarray as xr
         import zarr
 
-        from ..engine.runner import BlockReader
-        from ..errors import InvalidValueError
-        from ..io import open_image
 
         known = (str, os.PathLike, np.ndarray, da.Array, xr.DataArray, zarr.Array, zarr.Group)
         duck = (not isinstance(image, known) and hasattr(image, "shape")
@@ -188,16 +191,11 @@ class _Output:
 
         import zarr
 
-        from .. import _ome
-        from ..errors import IncompleteOutputWarning, InvalidValueError
-        from ..outputs._target import describe_location
-        from ..plan import plan_tiles
 
         self.where = describe_location(store)
         if isinstance(store, zarr.Group):
             group = store
         else:
-            from ..objects.instances import _open_group
 
             group = _open_group(store, storage_options, "r")
         self.attrs = dict(group.attrs)
@@ -245,7 +243,6 @@ class _Output:
 
     def labels(self, crop) -> np.ndarray:
         """``(h, w)`` argmax labels of the crop (the written ones, else from the scores)."""
-        from ..kernels import blend
 
         (y0, y1), (x0, x1) = crop
         if "labels" in self.arrays:
@@ -256,7 +253,6 @@ class _Output:
 
     def probability(self, cls: int, crop) -> np.ndarray | None:
         """``(h, w)`` float32 blended probability of class ``cls``, or None (labels only)."""
-        from ..kernels import blend
 
         (y0, y1), (x0, x1) = crop
         if "probabilities" in self.arrays:
@@ -275,7 +271,6 @@ class _Output:
             block = tuple(max(256, int(c)) for c in arr.chunks[-2:])
             return name, _read_strided(lambda ys, xs: np.asarray(arr[ys, xs]), self.shape,
                                        step, block), step
-        from ..kernels import blend
 
         key = "probabilities" if "probabilities" in self.arrays else "logits"
         arr = self.arrays[key]
@@ -356,7 +351,6 @@ def default_crop(plan: TilePlan) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def _check_crop(crop, plan: TilePlan):
-    from ..errors import InvalidValueError
 
     if crop is None:
         return default_crop(plan)
@@ -417,6 +411,5 @@ def crop_tiles(plan: TilePlan, crop) -> tuple[range, range]:
 
 
 def _cls_index(cls, out: _Output) -> int:
-    from ..objects.instances import _class_index
 
     return out.default_cls() if cls is None else _class_index(cls, out.classes)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._check import int_pair, positive_int
+from ..errors import InvalidValueError
 from ..kernels import blend
 from ..kernels.components import foreground_structure
+from ..models.load import as_model
+from ..plan import plan_tiles
 from .data import _check_crop, _cls_index, _Image, _open, _open_image, _Output, crop_tiles
 
 __all__ = ["MAX_TILE_PANELS", "tile_components", "naive_patches", "seam_arrays"]
@@ -28,7 +31,6 @@ MAX_TILE_PANELS = 64
 
 def _predictor(model, device: str, normalization):
     """The callable on float32 batches for ``model`` (:func:`chunkseg.as_model`)."""
-    from ..models.load import as_model
 
     return as_model(model, device=device, normalization=normalization)
 
@@ -36,7 +38,6 @@ def _predictor(model, device: str, normalization):
 def _run_tiles(predictor, img: _Image, origins, tile: tuple[int, int], batch_size: int,
                classes: int | None = None):
     """Logits ``(K, T_y, T_x)`` float32 of each tile ``origins[i]`` (reflect padded)."""
-    from ..errors import InvalidValueError
 
     ty, tx = tile
     out = []
@@ -104,8 +105,6 @@ def _tile_components(out: _Output, img: _Image, predictor, crop, cls: int, conne
                      batch_size: int) -> list[dict]:
     from scipy import ndimage
 
-    from ..errors import InvalidValueError
-    from ..kernels import blend
 
     if connectivity is None:
         connectivity = out.connectivity()
@@ -172,7 +171,6 @@ def naive_patches(image, model, tile: int | tuple[int, int], crop=None, *, batch
     Runs the model on the patches that meet the crop only. Memory: ``K`` float32 planes of the
     crop grown to whole patches.
     """
-    from ..plan import plan_tiles
 
     tile_ = int_pair(tile, "tile", minimum=1)
     img = image if isinstance(image, _Image) else _Image(image, None, storage_options)
@@ -243,7 +241,6 @@ def seam_arrays(store, image, model, *, crop=None, cls: int | None = None, batch
 
 
 def _seam_arrays(out: _Output, img: _Image, predictor, crop, cls: int, batch_size: int) -> dict:
-    from ..kernels import blend
 
     tile = out.plan.tile
     naive = _naive_patches(img, predictor, tile, crop, batch_size, out.classes)

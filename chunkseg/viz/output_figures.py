@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .._check import is_int, positive_int
+from ..errors import InvalidTypeError, InvalidValueError
+from ..outputs._lifecycle import replacing
+from ..outputs._target import check_output_files
 from ._draw import (
     _CROP_COLOUR,
     _PATCH_COLOUR,
@@ -470,9 +473,6 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     crop's tiles (9 by default) and on the naive patches that meet it. Memory: the overview (at most
     ``max_side^2`` pixels) and a few full-resolution planes of the crop.
     """
-    from ..errors import InvalidTypeError, InvalidValueError
-    from ..outputs._lifecycle import replacing
-    from ..outputs._target import check_output_files
 
     if not isinstance(out_dir, str | os.PathLike):
         raise InvalidTypeError(f"`out_dir` must be a folder path. Got {type(out_dir).__name__}.")
