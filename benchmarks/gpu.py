@@ -158,7 +158,7 @@ def main(argv=None) -> None:
     import chunkseg
     from benchmarks.scale import write_texture
     from chunkseg.engine.settings import GPU_CHUNK
-    from chunkseg.models.load import Normalization
+    from chunkseg.models.spec import Normalization
     from chunkseg.plan import plan_tiles
 
     torch.backends.cudnn.benchmark = True

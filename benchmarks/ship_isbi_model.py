@@ -28,7 +28,7 @@ import chunkseg  # noqa: E402
 from benchmarks._isbi import VAL_SECTIONS, load_sections  # noqa: E402
 from benchmarks.heldout import whole_sections  # noqa: E402
 from chunkseg.evaluation.metrics import dice, iou, pixel_error  # noqa: E402
-from chunkseg.models.load import Normalization  # noqa: E402
+from chunkseg.models.spec import Normalization  # noqa: E402
 from chunkseg.models.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, WEIGHTS_PATH, UNet  # noqa: E402
 
 

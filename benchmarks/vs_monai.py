@@ -229,7 +229,8 @@ def run_chunkseg(image: str, out_zarr: str, tile: int, overlap: int, chunk: int,
     import dask
 
     import chunkseg
-    from chunkseg.models.load import ModelSpec, load_model
+    from chunkseg.models.load import load_model
+    from chunkseg.models.spec import ModelSpec
     from chunkseg.plan import plan_tiles
 
     plan = plan_tiles(chunkseg.open_image(image).shape, tile, overlap, chunk)

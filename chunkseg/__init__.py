@@ -34,7 +34,8 @@ from .evaluation.seams import seam_report
 from .evaluation.semantic import evaluate
 from .io import open_image
 from .kernels.windows import WINDOWS, get_window
-from .models.load import ModelSpec, Normalization, as_model, load_model
+from .models.load import as_model, load_model
+from .models.spec import ModelSpec, Normalization
 from .objects.instances import label, regions
 from .objects.tile_instances import predict_instances
 from .outputs.api import open_output, output_progress

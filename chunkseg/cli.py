@@ -57,7 +57,7 @@ def _mask_arg(path: str | None):
 def _normalization(args):
     if args.scale is None and args.mean is None and args.std is None:
         return None
-    from .models.load import Normalization
+    from .models.spec import Normalization
 
     return Normalization(scale=1.0 if args.scale is None else args.scale,
                          mean=args.mean or (0.0,), std=args.std or (1.0,))

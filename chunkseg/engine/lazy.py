@@ -16,7 +16,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..kernels import blend
-from ..models.load import Normalization
+from ..models.spec import Normalization
 from ..plan import TilePlan
 from ..scheduling import dask_threads
 from .graph import _logits_task, blend_graph

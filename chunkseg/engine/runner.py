@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import InvalidValueError, ModelOutputError, ModelRunError
 from ..kernels import blend
 from ..kernels.tta import TTAModel, check_tta
-from ..models.load import TorchAdapter
+from ..models.adapters import TorchAdapter
 from ..models.resolve import ResolvedModel, resolve_model
 from ..plan import TilePlan, tile_mask
 from .threads import SplitBatches, in_flight

@@ -20,8 +20,8 @@ from ..errors import InvalidValueError
 from ..io import open_image
 from ..kernels.tta import check_tta
 from ..kernels.windows import get_window, window_name
-from ..models.load import Normalization
 from ..models.resolve import resolve_model
+from ..models.spec import Normalization
 from ..outputs._target import MARKER
 from ..plan import plan_tiles
 from .runner import TileRunner, make_runner

@@ -23,7 +23,7 @@ from .._check import positive_int
 from .._redact import redact_text, redacting_warnings, secrets_of
 from ..errors import InvalidTypeError, InvalidValueError, RunInterruptedError
 from ..kernels import blend
-from ..models.load import Normalization
+from ..models.spec import Normalization
 from ..outputs import _pyramid
 from ..outputs._lifecycle import writing
 from ..outputs._manifest import _fingerprint, _open, _reopen, _so, consolidate

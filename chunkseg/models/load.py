@@ -10,8 +10,6 @@ every task; it turns a model object into its adapter. :func:`describe_model` rec
 an output's attrs; :func:`model_defaults` gives the engine the tile, overlap and class names a
 model states.
 
-The names of :mod:`chunkseg.models.spec` and :mod:`chunkseg.models.adapters` are importable
-from here as well.
 """
 
 from __future__ import annotations
@@ -28,44 +26,26 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidTypeError, InvalidValueError, NotFoundError
-from .adapters import (  # noqa: F401  (the private helpers stay importable from here)
-    _KERAS_FORMATS,
-    _KERAS_INSTALL,
+from .adapters import (
     CallableAdapter,
     KerasAdapter,
     ModelAdapter,
     OnnxAdapter,
     TorchAdapter,
     _first_line,
-    _import_keras,
     _import_torch,
-    _is_keras_model,
-    _is_torch_module,
-    _keras_adapter_from_bytes,
-    _keras_bytes,
-    _keras_data_format,
-    _keras_input_shape,
-    _same_device,
     _torch_device,
     _wrap,
 )
 from .bioimageio import BioimageioModel, _package_defaults, is_bioimageio_source, load_bioimageio
-from .spec import (  # noqa: F401  (the private helpers stay importable from here)
+from .spec import (
     ModelSpec,
     Normalization,
-    _as_floats,
     isbi_normalization,
     register_source_normalization,
 )
 
 __all__ = [
-    "Normalization",
-    "ModelSpec",
-    "ModelAdapter",
-    "CallableAdapter",
-    "TorchAdapter",
-    "OnnxAdapter",
-    "KerasAdapter",
     "LazyModel",
     "as_model",
     "load_model",
@@ -74,7 +54,6 @@ __all__ = [
     "BUILTIN_MODELS",
 ]
 
-_isbi_normalization = isbi_normalization  # its name before the split
 
 BUILTIN_MODELS: dict[str, tuple[str, Callable[[], Normalization]]] = {
     "isbi2012-unet": ("chunkseg.models.unet:pretrained", isbi_normalization),

@@ -17,16 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidTypeError
-from .load import (
-    LazyModel,
-    Normalization,
-    TorchAdapter,
-    _load_factory,
-    as_model,
-    describe_model,
-    load_model,
-    model_defaults,
-)
+from .adapters import TorchAdapter
+from .load import LazyModel, _load_factory, as_model, describe_model, load_model, model_defaults
+from .spec import Normalization
 
 __all__ = ["ResolvedModel", "resolve_instance_model", "resolve_model"]
 

@@ -48,7 +48,7 @@ except ImportError as _err:  # pragma: no cover - torch is an optional extra
         "`pip install 'chunkseg[torch,train]'`."
     ) from _err
 from .._check import int_pair, non_negative_int, positive_int
-from ..models.load import Normalization
+from ..models.spec import Normalization
 from ._pairs import OpenedPair, open_pair, split_masks, split_pairs
 from .augment import AUGMENTATIONS, augment_patch, augmentation
 from .labels import LabelSpec

@@ -38,8 +38,9 @@ from ..errors import InvalidTypeError, InvalidValueError
 from ..evaluation.confusion import confusion_matrix_dask
 from ..evaluation.metrics import scores_from_confusion
 from ..io import open_image
+from ..models.adapters import _torch_device
 from ..models.architectures import build_model, count_parameters, size_multiple
-from ..models.load import Normalization, _torch_device
+from ..models.spec import Normalization
 from ..outputs._lease import acquire
 from ..outputs._lifecycle import swap_folder
 from ._run import (

@@ -16,7 +16,7 @@ import chunkseg
 from chunkseg.errors import ModelOutputError
 from chunkseg.kernels import blend, blend_torch
 from chunkseg.kernels.windows import get_window
-from chunkseg.models.load import Normalization
+from chunkseg.models.spec import Normalization
 
 torch = pytest.importorskip("torch")
 

@@ -21,20 +21,14 @@ from chunkseg.errors import (  # noqa: E402
     NotFoundError,
     OutputExistsError,
 )
+from chunkseg.models.adapters import TorchAdapter  # noqa: E402
 from chunkseg.models.bioimageio import (  # noqa: E402
     BioimageioModel,
     is_bioimageio_source,
     load_bioimageio,
 )
-from chunkseg.models.load import (  # noqa: E402
-    BUILTIN_MODELS,
-    ModelSpec,
-    Normalization,
-    TorchAdapter,
-    as_model,
-    load_model,
-    model_defaults,
-)
+from chunkseg.models.load import BUILTIN_MODELS, as_model, load_model, model_defaults  # noqa: E402
+from chunkseg.models.spec import ModelSpec, Normalization  # noqa: E402
 from chunkseg.models.unet import ISBI_MEAN, ISBI_SCALE, ISBI_STD, pretrained  # noqa: E402
 from chunkseg.training.export import export_bioimageio  # noqa: E402
 

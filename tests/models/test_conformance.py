@@ -20,19 +20,15 @@ from model_factories import BIAS, WEIGHTS, keras_conv1x1, reference, torch_conv1
 import chunkseg
 from chunkseg.errors import MissingDependencyError, ModelOutputError
 from chunkseg.models import ModelAdapter
-from chunkseg.models.load import (
+from chunkseg.models.adapters import (
     CallableAdapter,
     KerasAdapter,
-    LazyModel,
-    ModelSpec,
-    Normalization,
     OnnxAdapter,
     TorchAdapter,
     _import_keras,
-    as_model,
-    describe_model,
-    load_model,
 )
+from chunkseg.models.load import LazyModel, as_model, describe_model, load_model
+from chunkseg.models.spec import ModelSpec, Normalization
 
 # Keras' own model.save (Keras 3.15, torch 2.13, numpy 2) warns; the adapter itself does not.
 pytestmark = pytest.mark.filterwarnings(

@@ -21,13 +21,9 @@ from test_conformance import NORM, _normalized  # noqa: E402
 
 import chunkseg  # noqa: E402
 from chunkseg.errors import MissingDependencyError, NotFoundError  # noqa: E402
-from chunkseg.models.load import (  # noqa: E402
-    KerasAdapter,
-    ModelSpec,
-    as_model,
-    describe_model,
-    load_model,
-)
+from chunkseg.models.adapters import KerasAdapter  # noqa: E402
+from chunkseg.models.load import as_model, describe_model, load_model  # noqa: E402
+from chunkseg.models.spec import ModelSpec  # noqa: E402
 from chunkseg.plan import plan_tiles  # noqa: E402
 
 # Keras' own model.save (Keras 3.15, torch 2.13, numpy 2) warns; the adapter itself does not.

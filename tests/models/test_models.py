@@ -12,13 +12,9 @@ from model_factories import reference
 
 import chunkseg
 from chunkseg.errors import InvalidTypeError, InvalidValueError
-from chunkseg.models.load import (
-    CallableAdapter,
-    ModelSpec,
-    Normalization,
-    as_model,
-    load_model,
-)
+from chunkseg.models.adapters import CallableAdapter
+from chunkseg.models.load import as_model, load_model
+from chunkseg.models.spec import ModelSpec, Normalization
 
 
 def test_spec_loaded_once_per_process():
