@@ -45,6 +45,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+if str(ROOT) not in sys.path:  # the model specs name `benchmarks.scaling:...`
+    sys.path.insert(0, str(ROOT))
 SLEEP_ENV = "CHUNKSEG_BENCH_SLEEP"
 """Seconds per tile of :func:`sleepy`, read at each call (workers inherit the environment)."""
 
