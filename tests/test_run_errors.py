@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from model_factories import FAIL_ON_ENV
+from model_factories import FAIL_ON_ENV, SLOW_ENV
 
 import chunkseg
 from chunkseg.cli import main
@@ -399,9 +399,11 @@ SLOW = ["--model", "model_factories:slow_conv3x3", "--tile", "48", "--overlap", 
         "--chunk", "64", "--outputs", "logits,labels", "--no-progress"]
 
 
-def _env() -> dict:
+def _env(slow_s: float | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
+    if slow_s is not None:
+        env[SLOW_ENV] = str(slow_s)
     return env
 
 
@@ -426,8 +428,11 @@ def test_interrupted_predict_one_line_then_resume(tmp_path, sig, code, what):
     src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
     image = (np.random.default_rng(11).random((400, 400)) * 255).astype(np.uint8)
     _zarr(src, image)
+    # 1 s a batch (about 20 s in all): the signal lands mid-run even when this process is slow
+    # to see the first chunk (a full suite's leftover threads); at 0.2 s a batch the run could
+    # end before the signal, which Python ignores once it is shutting down (exit code 0)
     proc = subprocess.Popen([sys.executable, "-m", "chunkseg.cli", "predict", str(src),
-                             str(out), *SLOW], env=_env(), stdout=subprocess.PIPE,
+                             str(out), *SLOW], env=_env(slow_s=1.0), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_a_chunk(out, proc)
