@@ -20,7 +20,7 @@ from ..errors import InvalidValueError
 from ..io import open_image
 from ..kernels.tta import check_tta
 from ..kernels.windows import get_window, window_name
-from ..models.resolve import resolve_model
+from ..models.resolve import ResolvedModel, resolve_model
 from ..models.spec import Normalization
 from ..outputs._target import MARKER
 from ..plan import plan_tiles
@@ -126,6 +126,19 @@ class RunSetup:
     input_attrs: dict[str, Any]
 
 
+def tile_and_overlap(resolved: ResolvedModel, tile: int | tuple[int, int] | None,
+                     overlap: int | tuple[int, int] | None
+                     ) -> tuple[int | tuple[int, int], int | tuple[int, int]]:
+    """The tile and overlap of a run: those given, else the model's own (a bioimage.io
+    package's), else :data:`DEFAULT_TILE` and :data:`DEFAULT_OVERLAP`. Unchecked
+    (:func:`chunkseg.plan.plan_tiles` checks them)."""
+    if tile is None:
+        tile = DEFAULT_TILE if resolved.tile is None else resolved.tile
+    if overlap is None:
+        overlap = DEFAULT_OVERLAP if resolved.overlap is None else resolved.overlap
+    return tile, overlap
+
+
 def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
            overlap: int | tuple[int, int] | None, window: str | np.ndarray,
            chunks: int | tuple[int, int] | None, batch_size: int, outputs: str | Sequence[str],
@@ -143,10 +156,7 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
     # once per run: the adapter, a bioimage.io package's tile, overlap and class names, the
     # kernels the model allows, its description
     resolved = resolve_model(model, device=device, normalization=normalization)
-    if tile is None:
-        tile = DEFAULT_TILE if resolved.tile is None else resolved.tile
-    if overlap is None:
-        overlap = DEFAULT_OVERLAP if resolved.overlap is None else resolved.overlap
+    tile, overlap = tile_and_overlap(resolved, tile, overlap)
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
     weights = get_window(window, plan.tile, plan.overlap)
     tta = check_tta(tta, plan.tile)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .._check import int_pair, is_int, positive_int
-from ..engine.settings import DEFAULT_OVERLAP, DEFAULT_TILE
+from ..engine.settings import tile_and_overlap
 from ..errors import InvalidTypeError, InvalidValueError
 from ..io import open_image
 from ..kernels.blend import labels_from_logits
@@ -335,9 +335,7 @@ def seam_report(
     _check_size((h, w), max_pixels)
     resolved = resolve_model(model, device=device, normalization=normalization)
     predictor, description = resolved.model, resolved.description
-    tile = (resolved.tile or DEFAULT_TILE) if tile is None else tile
-    overlap = (DEFAULT_OVERLAP if resolved.overlap is None else resolved.overlap) \
-        if overlap is None else overlap
+    tile, overlap = tile_and_overlap(resolved, tile, overlap)
     plan = plan_tiles((h, w, c), tile, overlap, chunks)
     naive_plan = plan_tiles((h, w, c), plan.tile, 0, plan.chunks)
     if multiple is None:
