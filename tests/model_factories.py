@@ -83,20 +83,12 @@ def logged_conv3x3():
     return _conv3x3
 
 
-SLOW_ENV = "CHUNKSEG_TEST_SLOW_S"
-"""Environment variable: seconds :func:`slow_conv3x3` sleeps per batch (default 0.2)."""
-
-
 def slow_conv3x3():
-    """:func:`numpy_conv3x3`, 0.2 s per batch (``$CHUNKSEG_TEST_SLOW_S``), so that a run can be
-    interrupted part-way."""
-    import os
+    """:func:`numpy_conv3x3`, 0.2 s per batch (so that a run can be interrupted part-way)."""
     import time
 
-    seconds = float(os.environ.get(SLOW_ENV) or 0.2)
-
     def model(batch):
-        time.sleep(seconds)
+        time.sleep(0.2)
         return _conv3x3(batch)
 
     return model

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from model_factories import FAIL_ON_ENV, SLOW_ENV
+from model_factories import FAIL_ON_ENV
 
 import chunkseg
 from chunkseg.cli import main
@@ -399,11 +399,9 @@ SLOW = ["--model", "model_factories:slow_conv3x3", "--tile", "48", "--overlap", 
         "--chunk", "64", "--outputs", "logits,labels", "--no-progress"]
 
 
-def _env(slow_s: float | None = None) -> dict:
+def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
-    if slow_s is not None:
-        env[SLOW_ENV] = str(slow_s)
     return env
 
 
@@ -434,13 +432,12 @@ def test_interrupted_predict_one_line_then_resume(tmp_path, sig, code, what):
     src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
     image = (np.random.default_rng(11).random((400, 400)) * 255).astype(np.uint8)
     _zarr(src, image)
-    # 1 s a batch (about 20 s in all): the signal lands mid-run even when this process is slow
-    # to see the first chunk. The child starts with Ctrl-C's default disposition, unblocked:
-    # in the full suite something earlier leaves SIGINT ignored or blocked in this process
-    # (not visible to signal.getsignal), which a child inherits and then finishes its run
-    # untouched (exit code 0); the test is about chunkseg's handling, not the suite's state
+    # The child starts with Ctrl-C's default disposition, unblocked: in the full suite
+    # something earlier leaves SIGINT ignored or blocked in this process (not visible to
+    # signal.getsignal), which a child inherits and then finishes its run untouched (exit code
+    # 0); the test is about chunkseg's handling, not the suite's state
     proc = subprocess.Popen([sys.executable, "-m", "chunkseg.cli", "predict", str(src),
-                             str(out), *SLOW], env=_env(slow_s=1.0), stdout=subprocess.PIPE,
+                             str(out), *SLOW], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         _wait_for_a_chunk(out, proc)
