@@ -63,6 +63,11 @@ def require_group(parent: Any, name: str, attributes: Mapping[str, Any] | None =
     return group
 
 
+_PARTIAL = re.compile(r"(.+)\.[0-9a-f]{32}\.partial")
+"""zarr's ``LocalStore`` writes a chunk to ``KEY.<uuid hex>.partial`` and renames it to ``KEY``;
+a run stopped between the two leaves the ``.partial`` file beside the array's chunks."""
+
+
 def _chunk_pattern(meta: Mapping[str, Any]) -> re.Pattern[str]:
     """The chunk keys of a Zarr v3 array, relative to the array (default or v2 encoding)."""
     ndim = len(meta.get("shape", ()))
@@ -90,7 +95,8 @@ def foreign_zarr_entries(location: str, storage_options: Mapping[str, Any] | Non
     -------
     list of str
         Paths relative to the root, sorted: files that are neither the ``zarr.json`` of a
-        node stamped with :data:`MARKER` nor a chunk key of a stamped array; a node's
+        node stamped with :data:`MARKER` nor a chunk key of a stamped array (nor zarr's
+        ``.partial`` file of one, left by an interrupted write); a node's
         ``zarr.json`` without the stamp (a user's array or group) is named by its folder.
 
     Notes
@@ -127,7 +133,9 @@ def foreign_zarr_entries(location: str, storage_options: Mapping[str, Any] | Non
         for cut in range(len(parts) - 1, -1, -1):
             node = "/".join(parts[:cut])
             if node in arrays:
-                ok = bool(arrays[node].fullmatch("/".join(parts[cut:])))
+                key = "/".join(parts[cut:])
+                partial = _PARTIAL.fullmatch(key)  # a chunk write interrupted in zarr's store
+                ok = bool(arrays[node].fullmatch(partial[1] if partial else key))
                 break
         if not ok:
             foreign.append(rel)

@@ -286,6 +286,23 @@ def test_an_empty_folder_is_nothing_to_lose(tmp_path):
     assert foreign_zarr_entries(str(out)) == []
 
 
+def test_a_chunk_write_interrupted_in_zarrs_store_is_the_arrays_own(tmp_path):
+    """zarr's LocalStore writes KEY.<uuid hex>.partial and renames it to KEY: a run stopped
+    between the two leaves it beside the chunks (seen in CI on an interrupted OME run)."""
+    out = _output(tmp_path, outputs="logits,labels")
+    chunks = _chunk_dir(out, "labels")
+    _put(chunks / "0" / f"0.{'a1' * 16}.partial")
+    _put(out / "chunkseg" / "done" / "c" / "0" / f"0.{'0f' * 16}.partial")
+    assert foreign_zarr_entries(str(out)) == []
+    # anything else stays foreign: not a chunk key, not zarr's uuid, not under an array
+    for name in (chunks / "0" / "x.0123.partial", chunks / "0" / f"0.{'A1' * 16}.partial",
+                 chunks / "0" / f"0.{'a1' * 15}.partial", out / f"zarr.{'a1' * 16}.partial"):
+        _put(name)
+        assert foreign_zarr_entries(str(out)), name
+        name.unlink()
+    assert foreign_zarr_entries(str(out)) == []
+
+
 def test_every_node_chunkseg_writes_is_stamped(tmp_path):
     pytest.importorskip("ome_zarr")
     out = _output(tmp_path, ome=True, outputs="probabilities,labels")
