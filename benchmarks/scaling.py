@@ -3,7 +3,10 @@
 Two parts, each ``predict_to_zarr`` on a uint8 mosaic of ISBI 2012 sections (a Zarr store):
 
 - ``here``: the same cores through dask's threaded scheduler, a ``LocalCluster`` of one worker
-  with ``--threads`` threads, and one of ``--threads`` single-threaded worker processes, with
+  with ``--threads`` threads, and one of ``--threads`` single-threaded worker processes, each
+  started twice (``--environ``): as dask starts it (its nanny sets
+  ``MALLOC_TRIM_THRESHOLD_=65536`` in the workers) and through
+  :func:`chunkseg.scheduling.local_cluster` (which leaves it unset), with
   the shipped U-Net (``--model unet``) or a model that sleeps (``--model sleep``). Each
   cluster runs once to load the model on its workers, then the runs alternate (threaded,
   cluster, threaded, cluster...) for ``--rounds``; the table gives each cluster's time over
@@ -32,6 +35,7 @@ Prints tables and saves JSON (``--out``, default ``benchmarks/results/scaling.js
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -92,28 +96,47 @@ def _run(image: str, out: str, model: str, chunk: int, scheduler, outputs: str) 
 def part_here(args, tmp: str) -> dict:
     from distributed import Client, LocalCluster
 
+    from chunkseg.scheduling import local_cluster
+
     image = _mosaic(tmp, args.size)
     out = os.path.join(tmp, "out.zarr")
     outputs = "logits"
-    clusters = {f"1 worker x {args.threads} threads": (1, args.threads),
-                f"{args.threads} workers x 1 thread": (args.threads, 1)}
-    rows = []
-    for name, (n, t) in clusters.items():
-        with LocalCluster(n_workers=n, threads_per_worker=t, processes=True,
-                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
-            _run(image, out, args.model, args.chunk, client, outputs)  # loads the model
-            for r in range(args.rounds):
-                import dask
+    layouts = {f"1 worker x {args.threads} threads": (1, args.threads),
+               f"{args.threads} workers x 1 thread": (args.threads, 1)}
 
-                with dask.config.set(num_workers=args.threads):
-                    threaded = _run(image, out, args.model, args.chunk, "threads", outputs)
-                dist = _run(image, out, args.model, args.chunk, client, outputs)
-                rows.append({"cluster": name, "round": r, "threaded_s": round(threaded["seconds"], 2),
-                             "cluster_s": round(dist["seconds"], 2),
-                             "ratio": round(dist["seconds"] / threaded["seconds"], 3),
-                             "load": round(os.getloadavg()[0], 1)})
-                print(f"  {name}, round {r}: threaded {threaded['seconds']:.2f} s, cluster "
-                      f"{dist['seconds']:.2f} s", file=sys.stderr, flush=True)
+    def dask_default(n, t):  # dask's worker environment (MALLOC_TRIM_THRESHOLD_=65536)
+        @contextlib.contextmanager
+        def cm():
+            with LocalCluster(n_workers=n, threads_per_worker=t, processes=True,
+                              dashboard_address="127.0.0.1:0") as cluster, \
+                    Client(cluster) as client:
+                yield client
+        return cm()
+
+    starts = {"dask's worker environment": dask_default,
+              "chunkseg's local_cluster": local_cluster}
+    rows = []
+    for env, start in starts.items():
+        if args.environ != "both" and not env.startswith(args.environ):
+            continue
+        for name, (n, t) in layouts.items():
+            with start(n, t) as client:
+                malloc = client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+                _run(image, out, args.model, args.chunk, client, outputs)  # loads the model
+                for r in range(args.rounds):
+                    import dask
+
+                    with dask.config.set(num_workers=args.threads):
+                        threaded = _run(image, out, args.model, args.chunk, "threads", outputs)
+                    dist = _run(image, out, args.model, args.chunk, client, outputs)
+                    rows.append({"workers": env, "malloc_trim_threshold": sorted(
+                        set(map(str, malloc.values()))), "cluster": name, "round": r,
+                        "threaded_s": round(threaded["seconds"], 2),
+                        "cluster_s": round(dist["seconds"], 2),
+                        "ratio": round(dist["seconds"] / threaded["seconds"], 3),
+                        "load": round(os.getloadavg()[0], 1)})
+                    print(f"  {env}, {name}, round {r}: threaded {threaded['seconds']:.2f} s, "
+                          f"cluster {dist['seconds']:.2f} s", file=sys.stderr, flush=True)
     return {"size": args.size, "chunk": args.chunk, "model": args.model,
             "sleep_per_tile_s": args.here_sleep if args.model == "sleep" else None, "rows": rows}
 
@@ -185,6 +208,8 @@ def main(argv=None) -> None:
     p.add_argument("--chunk", type=int, default=1024, help="'here' chunk, px (1024)")
     p.add_argument("--threads", type=int, default=2, help="cores used 'here' (2)")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--environ", choices=("dask", "chunkseg", "both"), default="both",
+                   help="'here' workers: dask's environment, chunkseg's local_cluster, or both")
     p.add_argument("--workers", default="1,8,32,64", help="simulated workers (1,8,32,64)")
     p.add_argument("--sim-size", type=int, default=4096, help="simulated image side (4096)")
     p.add_argument("--sim-chunk", type=int, default=256, help="simulated chunk, px (256)")
@@ -211,10 +236,12 @@ def main(argv=None) -> None:
             os.environ[SLEEP_ENV] = str(args.here_sleep)
             result["here"] = part_here(args, tmp)
             print(f"\n'here': {args.model} model, {args.size}^2, {args.chunk} px chunks")
-            print("| cluster | round | threaded s | cluster s | cluster / threaded | load |")
-            print("|---|---|---|---|---|---|")
+            print("| workers | MALLOC_TRIM_THRESHOLD_ | cluster | round | threaded s | cluster s "
+                  "| cluster / threaded | load |")
+            print("|---|---|---|---|---|---|---|---|")
             for r in result["here"]["rows"]:
-                print(f"| {r['cluster']} | {r['round']} | {r['threaded_s']} | {r['cluster_s']} | "
+                print(f"| {r['workers']} | {','.join(r['malloc_trim_threshold'])} | "
+                      f"{r['cluster']} | {r['round']} | {r['threaded_s']} | {r['cluster_s']} | "
                       f"{r['ratio']} | {r['load']} |")
         if args.part in ("simulated", "both"):
             sim = result["simulated"] = part_simulated(args, tmp)
