@@ -139,6 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: pixels touching by an edge, 2: also by a corner (1)")
     p.add_argument("--name", default="instances", help="array to write (instances)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier instances array")
+    p.add_argument("--method", default="components", choices=("components", "watershed"),
+                   help="components: connected components of the class; watershed: seeds of "
+                        "strict probability flooded over the boundary probability, which splits "
+                        "objects a gap in their boundary joins (needs probabilities) (components)")
+    p.add_argument("--seed-threshold", type=float, default=0.98,
+                   help="watershed seeds: probabilities[class] >= this (0.98)")
+    p.add_argument("--min-seed-size", type=int, default=10,
+                   help="watershed: drop seeds of fewer pixels (10)")
+    p.add_argument("--boundary-weight", type=float, default=10.0,
+                   help="watershed: extra cost of entering a pixel of boundary probability 1 "
+                        "(10)")
+    p.add_argument("--max-cost", type=float, default=32.0,
+                   help="watershed: largest path cost flooded; also the halo in px (32)")
+    p.add_argument("--merge-threshold", type=float, default=None,
+                   help="watershed: join touching fragments whose border's mean boundary "
+                        "probability is below this (default: no merging)")
     _add_run_args(p)
 
     p = sub.add_parser("regions", help="region table (Parquet) of the objects of an output")

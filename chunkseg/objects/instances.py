@@ -42,6 +42,7 @@ from ..outputs._manifest import _so, consolidate, open_output_group
 from ..outputs._ownership import require_group
 from ..outputs._target import describe_location
 from ..scheduling import compute, open_client
+from .watershed import SCRATCH_SUFFIX, WatershedSettings, watershed_lookup
 
 __all__ = ["label", "regions", "REGION_COLUMNS"]
 
@@ -83,10 +84,21 @@ def _summary_task(read: _Foreground, ys, xs, connectivity: int, width: int):
     return kern.summarise_block(labels, n, (ys[0], xs[0]), width)
 
 
-def _relabel_task(read: _Foreground, ys, xs, connectivity: int, lookup, writer, what) -> int:
-    labels, _ = kern.label_block(read(ys, xs), connectivity)
-    writer.write((slice(*ys), slice(*xs)), kern.relabel_block(labels, lookup, writer.dtype),
-                 what)
+class _Components:
+    """One chunk's global component ids: label it again, map through its lookup table."""
+
+    def __init__(self, read: _Foreground, connectivity: int, lookups: dict):
+        self.read = read
+        self.connectivity = connectivity
+        self.lookups = lookups
+
+    def __call__(self, iy: int, ix: int, ys, xs) -> np.ndarray:
+        labels, _ = kern.label_block(self.read(ys, xs), self.connectivity)
+        return self.lookups[(iy, ix)][labels]
+
+
+def _relabel_task(block, iy: int, ix: int, ys, xs, writer, what) -> int:
+    writer.write((slice(*ys), slice(*xs)), block(iy, ix, ys, xs).astype(writer.dtype), what)
     return 1
 
 
@@ -107,6 +119,12 @@ def label(
     cls: int = 1,
     threshold: float | None = None,
     connectivity: int = 1,
+    method: str = "components",
+    seed_threshold: float = 0.98,
+    min_seed_size: int = 10,
+    boundary_weight: float = 10.0,
+    max_cost: float = 32.0,
+    merge_threshold: float | None = None,
     name: str = "instances",
     overwrite: bool = False,
     storage_options: dict | None = None,
@@ -128,7 +146,31 @@ def label(
         ``probabilities``); by default it is ``labels == cls``.
     connectivity : {1, 2}, default 1
         Pixels touching by an edge (1) or by an edge or a corner (2) belong to one object
-        (:func:`scipy.ndimage.generate_binary_structure`).
+        (:func:`scipy.ndimage.generate_binary_structure`); with ``method="watershed"``, of the
+        seeds.
+    method : {"components", "watershed"}, default "components"
+        ``"components"``: connected components of the foreground. ``"watershed"``: a seeded
+        watershed over the boundary probability ``1 - probabilities[cls]`` (the store must
+        hold ``probabilities``), which splits objects that a thin gap in their boundary joins:
+        seeds are the components of ``probabilities[cls] >= seed_threshold`` of at least
+        ``min_seed_size`` pixels; every pixel goes to the seed it reaches at the lowest cost,
+        entering a pixel costing ``step * (1 + boundary_weight * boundary)`` (an image
+        foresting transform, Falcao et al. 2004, IEEE TPAMI 26(1)); pixels whose cost exceeds
+        ``max_cost`` stay 0; with ``merge_threshold``, touching fragments whose shared border
+        has a mean boundary probability below it are joined. See
+        :mod:`chunkseg.objects.watershed` and :mod:`chunkseg.kernels.watershed`.
+    seed_threshold : float, default 0.98
+        Watershed only: seeds are pixels with ``probabilities[cls] >= seed_threshold``.
+    min_seed_size : int, default 10
+        Watershed only: seeds of fewer pixels are dropped.
+    boundary_weight : float, default 10.0
+        Watershed only: extra cost of entering a pixel of boundary probability 1.
+    max_cost : float, default 32.0
+        Watershed only: the largest path cost flooded; it bounds the reach of a seed to
+        ``floor(max_cost)`` pixels, which is the halo each chunk is computed with.
+    merge_threshold : float, optional
+        Watershed only: join touching fragments whose border's mean boundary probability is
+        below it (a thresholded region adjacency graph). None (default): no merging.
     name : str, default "instances"
         The array written in the group.
     overwrite : bool, default False
@@ -143,8 +185,11 @@ def label(
     xarray.DataArray
         ``(y, x)``, uint32 (uint64 beyond 2**32 - 1 objects), 0 for background and ``1..N``
         for the objects, numbered in the raster order of their first pixel: equal to
-        :func:`scipy.ndimage.label` of the whole foreground, for any chunking. Chunked as the
-        output's ``labels``; ``attrs["objects"]`` is ``N``.
+        :func:`scipy.ndimage.label` of the whole foreground (components) or to
+        :func:`chunkseg.kernels.watershed.flood_block` on the whole image (watershed), for
+        any chunking. Chunked as the output's ``labels``; ``attrs["objects"]`` is ``N``,
+        ``attrs["method"]`` the method and, for the watershed, ``attrs["watershed"]`` its
+        settings.
 
     Raises
     ------
@@ -152,8 +197,11 @@ def label(
         If ``store`` holds no Zarr group.
     chunkseg.errors.InvalidValueError
         If the run is not finished, ``cls`` is not a class of it, the variable the foreground
-        needs is missing, ``connectivity`` is not 1 or 2, or ``name`` is one of the output's
-        own variables.
+        needs is missing, ``connectivity`` is not 1 or 2, ``method`` is unknown, a watershed
+        setting is out of range (or ``threshold`` is given with the watershed), or ``name``
+        is one of the output's own variables.
+    chunkseg.errors.InvalidTypeError
+        If a watershed setting has the wrong type.
     chunkseg.errors.OutputExistsError
         If ``name`` exists and ``overwrite`` is False, or it was not written by this function.
 
@@ -175,18 +223,33 @@ def label(
             "such as 'instances' or 'cells' (CLI: --name)."
         )
     kern.foreground_structure(connectivity)  # checks it
+    if method not in ("components", "watershed"):
+        raise InvalidValueError(
+            f"`method` must be 'components' or 'watershed'. Got {method!r}.")
+    settings = None
+    if method == "watershed":
+        if threshold is not None:
+            raise InvalidValueError(
+                f"`threshold` is for method='components'. Got {threshold!r} with "
+                "method='watershed'; pass `seed_threshold` instead.")
+        settings = WatershedSettings(seed_threshold, min_seed_size, boundary_weight, max_cost,
+                                     merge_threshold)
     group = _open_group(store, storage_options, "r+")
     _check_complete(group, store)
     classes = int(group.attrs.get("classes", 0))
     cls = _class_index(cls, classes)
-    variable = "labels" if threshold is None else "probabilities"
+    variable = "labels" if threshold is None and settings is None else "probabilities"
     source_path = _ome.find(group, variable)
     if source_path is None:
         raise InvalidValueError(
-            f"`threshold` {'None' if threshold is None else repr(threshold)} needs the output "
-            f"variable {variable!r}, which {describe_location(store)!r} does not hold. Run "
+            (f"`method` 'watershed' needs the output variable {variable!r}"
+             if settings is not None else
+             f"`threshold` {'None' if threshold is None else repr(threshold)} needs the output "
+             f"variable {variable!r}")
+            + f", which {describe_location(store)!r} does not hold. Run "
             f"predict with outputs including {variable!r}"
-            + (", or pass `threshold` to use probabilities." if threshold is None else ".")
+            + (", or pass `threshold` to use probabilities."
+               if threshold is None and settings is None else ".")
         )
     if threshold is not None and not (isinstance(threshold, int | float)
                                       and 0.0 <= float(threshold) <= 1.0):
@@ -209,18 +272,36 @@ def label(
     height, width = src.shape[-2:]
     ys_, xs_ = kern.block_grid((_axis_chunks(height, src.chunks[-2]),
                                 _axis_chunks(width, src.chunks[-1])))
-    read = _Foreground(src, cls, None if threshold is None else float(threshold))
     grid = (len(ys_), len(xs_))
+    scratch = name + SCRATCH_SUFFIX
     with open_client(scheduler, workers) as client:
         sched = scheduler if client is None else client
-        tasks = {(iy, ix): dask.delayed(_summary_task, pure=False)(read, ys, xs, connectivity,
-                                                                    width)
-                 for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
-        keys = list(tasks)
-        summaries = dict(zip(keys, compute(*tasks.values(), scheduler=sched,
-                                           progress=progress,
-                                           secrets=secrets_of(storage_options))))
-        lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
+        secrets = secrets_of(storage_options)
+        if scratch in group:  # a scratch array left by an interrupted watershed
+            if "chunkseg_version" not in group[scratch].attrs:
+                raise OutputExistsError(
+                    f"{scratch!r} in {describe_location(store)!r} was not written by chunkseg; "
+                    "chunkseg does not replace it. Choose another `name`.")
+            del group[scratch]
+        extra: dict[str, Any] = {"method": method}
+        if settings is None:
+            read = _Foreground(src, cls, None if threshold is None else float(threshold))
+            tasks = {(iy, ix): dask.delayed(_summary_task, pure=False)(
+                read, ys, xs, connectivity, width)
+                for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
+            keys = list(tasks)
+            summaries = dict(zip(keys, compute(*tasks.values(), scheduler=sched,
+                                               progress=progress, secrets=secrets)))
+            lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
+            block = _Components(read, connectivity, lookups)
+        else:
+            ids_of, n_objects, info = watershed_lookup(
+                group, src, cls, settings, connectivity, scratch, describe_location(store),
+                sched, progress, secrets)
+
+            def block(iy, ix, ys, xs):
+                return ids_of(ys, xs)
+            extra.update(watershed=settings.to_dict(), **info)
         dtype = kern.ids_dtype(n_objects)
         if existing is not None:  # written by this function (checked above)
             del group[f"labels/{name}" if existing != name else name]
@@ -232,13 +313,14 @@ def label(
             attributes={"long_name": "instance ids", "class": cls, "threshold": threshold,
                         "connectivity": connectivity, "objects": n_objects,
                         "source_variable": variable, "complete": False,
-                        "numbering": "raster order of each object's first pixel"})
+                        "numbering": "raster order of each object's first pixel", **extra})
         writer = ArrayWriter(target, describe_location(store), name)
         jobs = [dask.delayed(_relabel_task, pure=False)(
-            read, ys, xs, connectivity, lookups[(iy, ix)], writer,
-            f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
+            block, iy, ix, ys, xs, writer, f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-        compute(*jobs, scheduler=sched, progress=progress, secrets=secrets_of(storage_options))
+        compute(*jobs, scheduler=sched, progress=progress, secrets=secrets)
+        if scratch in group:
+            del group[scratch]
         if ome:
             _instance_levels(group, name, target, sched, progress, describe_location(store))
         target.attrs["complete"] = True

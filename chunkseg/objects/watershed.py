@@ -1,0 +1,251 @@
+"""Seeded watershed and region agglomeration across chunks: ``label(..., method="watershed")``.
+
+Four passes over the chunks of a written output's probabilities, each task holding one chunk
+(plus a halo in the second):
+
+1. **Seeds**: connected components of ``probabilities[cls] >= seed_threshold`` with one global id
+   each (:mod:`chunkseg.kernels.components`: label, summarise, merge on the client); objects
+   smaller than ``min_seed_size`` pixels are dropped and the rest numbered in raster order.
+2. **Flooding**: every chunk, with a halo of :func:`chunkseg.kernels.watershed.halo` pixels
+   (``dask.array.map_overlap``), is flooded from its seeds over the boundary probability
+   ``1 - probabilities[cls]`` (:func:`chunkseg.kernels.watershed.flood_block`); the halo is the
+   proven bound of the flooding's reach, so each chunk equals the whole image's flooding. The
+   fragments go to a scratch array in the output group, each chunk written once.
+3. **Region graph**: each chunk, with the next row and column, gives the touching fragment
+   pairs and the boundary probability along their border
+   (:func:`chunkseg.kernels.watershed.boundary_pairs`) and each fragment's first pixel.
+4. **Agglomeration and relabelling**: on the client the pairs whose mean boundary probability
+   is below ``merge_threshold`` are joined (union-find; the graph has one node per fragment,
+   far fewer than pixels) and the objects numbered in the raster order of their first pixel
+   (:func:`chunkseg.kernels.watershed.merge_lookup`); each chunk of fragments is mapped through
+   that lookup table into the final array (by :func:`chunkseg.objects.instances.label`) and the
+   scratch array is deleted.
+
+The result does not depend on the chunking (tested against the in-memory reference for several
+chunkings, including chunks smaller than the halo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from zarr.codecs import ZstdCodec
+
+from ..errors import InvalidTypeError, InvalidValueError
+from ..kernels import components as kern
+from ..kernels import watershed as ws
+from ..outputs._arrays import ArrayWriter, create_array
+from ..scheduling import compute
+
+__all__ = ["WatershedSettings", "watershed_lookup"]
+
+SCRATCH_SUFFIX = "-fragments"
+"""The scratch array of fragments is ``NAME + SCRATCH_SUFFIX``, deleted when the run ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatershedSettings:
+    """The watershed's parameters (see :func:`chunkseg.label`), checked.
+
+    Attributes
+    ----------
+    seed_threshold : float
+        Seeds are components of ``probabilities[cls] >= seed_threshold``, in (0, 1].
+    min_seed_size : int
+        Seeds of fewer pixels are dropped, >= 1.
+    boundary_weight : float
+        Extra cost of entering a pixel of boundary probability 1, >= 0.
+    max_cost : float
+        Pixels farther (in cost) from every seed stay 0, >= 1; the halo is ``floor(max_cost)``.
+    merge_threshold : float or None
+        Touching fragments whose border's mean boundary probability is below it are joined;
+        None: no agglomeration.
+    """
+
+    seed_threshold: float = 0.98
+    min_seed_size: int = 10
+    boundary_weight: float = 10.0
+    max_cost: float = 32.0
+    merge_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        def number(name: str, value: Any) -> float:
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise InvalidTypeError(f"`{name}` must be a number. Got {value!r}.")
+            return float(value)
+
+        t = number("seed_threshold", self.seed_threshold)
+        if not 0.0 < t <= 1.0:
+            raise InvalidValueError(
+                f"`seed_threshold` must be a probability in (0, 1]. Got {self.seed_threshold!r}. "
+                "Seeds are the pixels at or above it; 0.98 is the default.")
+        if (isinstance(self.min_seed_size, bool) or not isinstance(self.min_seed_size, int | np.integer)):
+            raise InvalidTypeError(f"`min_seed_size` must be an int. Got {self.min_seed_size!r}.")
+        if self.min_seed_size < 1:
+            raise InvalidValueError(
+                f"`min_seed_size` must be >= 1 pixel. Got {self.min_seed_size!r}.")
+        if number("boundary_weight", self.boundary_weight) < 0:
+            raise InvalidValueError(
+                f"`boundary_weight` must be >= 0. Got {self.boundary_weight!r}.")
+        mc = number("max_cost", self.max_cost)
+        if not 1.0 <= mc <= 4096.0:
+            raise InvalidValueError(
+                f"`max_cost` must be between 1 and 4096 (it is the halo in pixels). Got "
+                f"{self.max_cost!r}.")
+        if self.merge_threshold is not None:
+            m = number("merge_threshold", self.merge_threshold)
+            if not 0.0 <= m <= 1.0:
+                raise InvalidValueError(
+                    f"`merge_threshold` must be a probability in [0, 1] or None (no merging). "
+                    f"Got {self.merge_threshold!r}.")
+
+    def to_dict(self) -> dict:
+        """The settings as plain JSON values (the attrs of the written array)."""
+        return {"seed_threshold": float(self.seed_threshold),
+                "min_seed_size": int(self.min_seed_size),
+                "boundary_weight": float(self.boundary_weight), "max_cost": float(self.max_cost),
+                "merge_threshold": (None if self.merge_threshold is None
+                                    else float(self.merge_threshold))}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WatershedSettings:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: d[k] for k in ("seed_threshold", "min_seed_size", "boundary_weight",
+                                        "max_cost", "merge_threshold")})
+
+
+def _seed_summary(src, cls: int, threshold: float, ys, xs, connectivity: int, width: int):
+    seeds, n = kern.label_block(np.asarray(src[cls, ys[0]:ys[1], xs[0]:xs[1]]) >= threshold,
+                                connectivity)
+    return kern.summarise_block(seeds, n, (ys[0], xs[0]), width), np.bincount(
+        seeds.ravel(), minlength=n + 1)
+
+
+def _seed_block(prob: np.ndarray, threshold: float, connectivity: int, lookups: dict,
+                block_id=None) -> np.ndarray:
+    seeds, _ = kern.label_block(prob >= threshold, connectivity)
+    return lookups[block_id][seeds]
+
+
+def _flood_window(seeds: np.ndarray, prob: np.ndarray, weight: float,
+                  max_cost: float) -> np.ndarray:
+    return ws.flood_block(seeds, 1.0 - prob, weight, max_cost)[0]
+
+
+def _write_block(block: np.ndarray, writer: ArrayWriter, ys, xs, what: str) -> int:
+    writer.write((slice(*ys), slice(*xs)), block.astype(writer.dtype, copy=False), what)
+    return 1
+
+
+def _pairs_task(fragments, src, cls: int, ys, xs, height: int, width: int):
+    y1, x1 = min(ys[1] + 1, height), min(xs[1] + 1, width)
+    frag = np.asarray(fragments[ys[0]:y1, xs[0]:x1]).astype(np.int64)
+    boundary = 1.0 - np.asarray(src[cls, ys[0]:y1, xs[0]:x1], np.float32)
+    rows, cols = ys[1] - ys[0], xs[1] - xs[0]
+    pairs = ws.boundary_pairs(frag, boundary, rows, cols)
+    own = frag[:rows, :cols]
+    ids, index = np.unique(own.ravel(), return_index=True)
+    keep = ids > 0
+    ids, index = ids[keep], index[keep]
+    first = (ys[0] + index // cols) * width + xs[0] + index % cols
+    return pairs, ids, first
+
+
+def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connectivity: int,
+                     scratch_name: str, location: str, scheduler: Any, progress: bool,
+                     secrets) -> tuple[Callable, int, dict]:
+    """Seeds, flooding into a scratch array, region graph and agglomeration (passes 1-4).
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The output group (writable); the scratch array ``scratch_name`` is created in it.
+    src : zarr.Array
+        Its ``probabilities``, ``(class, y, x)``.
+    cls : int
+        The object class.
+    settings : WatershedSettings
+    connectivity : {1, 2}
+        Of the seeds' components.
+    scratch_name : str
+        The scratch array's name.
+    location : str
+        The output, for messages.
+    scheduler, progress, secrets
+        As :func:`chunkseg.scheduling.compute`.
+
+    Returns
+    -------
+    block : callable
+        ``block(ys, xs)`` -> the chunk's final object ids (int64), reading the scratch array.
+    n_objects : int
+    info : dict
+        ``seeds`` (after the size filter) and ``fragments`` counts, for the attrs.
+    """
+    height, width = src.shape[-2:]
+    cy, cx = src.chunks[-2:]
+    ys_, xs_ = kern.block_grid((_axis_chunks(height, cy), _axis_chunks(width, cx)))
+    grid = (len(ys_), len(xs_))
+    # 1. seeds
+    tasks = {(iy, ix): dask.delayed(_seed_summary, pure=False)(
+        src, cls, settings.seed_threshold, ys, xs, connectivity, width)
+        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
+    results = dict(zip(tasks, compute(*tasks.values(), scheduler=scheduler, progress=progress,
+                                      secrets=secrets)))
+    lookups, n_comp = kern.merge_summaries({k: r[0] for k, r in results.items()}, grid,
+                                           connectivity)
+    sizes = np.zeros(n_comp + 1, np.int64)
+    for k, (_, local) in results.items():
+        np.add.at(sizes, lookups[k], local)
+    keep = sizes >= settings.min_seed_size
+    keep[0] = False
+    renumber = np.cumsum(keep) * keep  # raster order kept: ids were in raster order
+    n_seeds = int(keep.sum())
+    seed_lookups = {k: renumber[v] for k, v in lookups.items()}
+    # 2. flooding, into the scratch array (each chunk written once)
+    dtype = kern.ids_dtype(n_seeds)
+    scratch = create_array(
+        group, name=scratch_name, shape=(height, width), chunks=(cy, cx), dtype=dtype,
+        compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+        attributes={"long_name": "watershed fragments (scratch, deleted at the end)"})
+    writer = ArrayWriter(scratch, location, scratch_name)
+    prob = da.from_zarr(src)[cls]
+    seeds = prob.map_blocks(_seed_block, settings.seed_threshold, connectivity, seed_lookups,
+                            dtype=np.int64)
+    depth = ws.halo(settings.max_cost)
+    fragments = da.map_overlap(_flood_window, seeds, prob, depth=depth, boundary="none",
+                               trim=True, dtype=np.int64, weight=settings.boundary_weight,
+                               max_cost=settings.max_cost, allow_rechunk=True)
+    fragments = fragments.rechunk((cy, cx))
+    blocks = fragments.to_delayed()
+    jobs = [dask.delayed(_write_block, pure=False)(
+        blocks[iy, ix], writer, ys, xs, f"chunk ({iy}, {ix}) of the fragments")
+        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
+    compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    # 3. region graph and first pixels
+    jobs = [dask.delayed(_pairs_task, pure=False)(scratch, src, cls, ys, xs, height, width)
+            for ys in ys_ for xs in xs_]
+    parts = compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    first = np.full(n_seeds, np.iinfo(np.int64).max, np.int64)
+    for _, ids, f in parts:
+        np.minimum.at(first, ids - 1, f)
+    u, v, total, count = (np.concatenate([p[0][i] for p in parts]) if parts else
+                          np.zeros(0, np.int64) for i in range(4))
+    # 4. agglomeration: fragment id -> object id
+    lookup, n_objects = ws.merge_lookup(n_seeds, u, v, total, count, settings.merge_threshold,
+                                        first)
+
+    def block(ys, xs) -> np.ndarray:
+        return lookup[np.asarray(scratch[ys[0]:ys[1], xs[0]:xs[1]]).astype(np.int64)]
+
+    return block, n_objects, {"seeds": n_seeds, "fragments": n_seeds}
+
+
+def _axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
+    n, rest = divmod(length, chunk)
+    return (chunk,) * n + ((rest,) if rest else ())

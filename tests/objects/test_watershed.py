@@ -1,0 +1,125 @@
+"""label(method="watershed"): the same objects and ids for any chunking, equal to the
+algorithm run in memory on the whole image; gaps that join objects are split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+import chunkseg
+from chunkseg.cli import main
+from chunkseg.errors import InvalidTypeError, InvalidValueError
+from chunkseg.kernels import watershed as ws
+from chunkseg.kernels.watershed import flood_block, merge_lookup
+
+MODEL = "model_factories:numpy_two_class_steep"  # class 0 where bright, p from 0.0025 to 0.9975
+
+
+def _cells(shape=(150, 170), seed=0):
+    """Bright cells with dark boundaries: a smooth random field."""
+    rng = np.random.default_rng(seed)
+    f = ndimage.gaussian_filter(rng.random(shape), 4)
+    f = (f - f.min()) / (f.max() - f.min())
+    return np.clip(f * 300 - 20, 0, 255).astype(np.uint8)
+
+
+def _output(tmp_path, image, chunks, name="out.zarr"):
+    out = tmp_path / name
+    chunkseg.predict_to_zarr(image, MODEL, str(out), tile=32, overlap=8, chunks=chunks,
+                             outputs="labels,probabilities")
+    return out
+
+
+def _reference(p, seed_threshold, min_seed_size, weight, max_cost, merge_threshold):
+    """The algorithm in memory on the whole image: seeds, flooding, region graph, numbering."""
+    seeds, _ = ndimage.label(p >= seed_threshold)
+    sizes = np.bincount(seeds.ravel())
+    keep = sizes >= min_seed_size
+    keep[0] = False
+    seeds = (np.cumsum(keep) * keep)[seeds]
+    frag, _ = flood_block(seeds, 1 - p, weight, max_cost)
+    n = int(seeds.max())
+    u, v, total, count = ws.boundary_pairs(frag, 1 - p, *frag.shape)
+    ids, index = np.unique(frag.ravel(), return_index=True)
+    first = np.zeros(n, np.int64)
+    first[ids[ids > 0] - 1] = index[ids > 0]
+    lookup, n_obj = merge_lookup(n, u, v, total, count, merge_threshold, first)
+    return lookup[frag], n_obj
+
+
+@pytest.mark.parametrize("merge", [None, 0.3])
+def test_same_ids_for_any_chunking_and_equal_to_the_whole_image(tmp_path, merge):
+    image = _cells()
+    settings = dict(seed_threshold=0.95, min_seed_size=5, boundary_weight=8.0, max_cost=20.0,
+                    merge_threshold=merge)
+    # whole image; chunks not multiples of the stride (24); smaller than the 20 px halo
+    results = []
+    for i, chunks in enumerate([1000, 47, (40, 64), 16]):
+        out = _output(tmp_path, image, chunks, f"o{i}.zarr")
+        got = chunkseg.label(str(out), cls=0, method="watershed", **settings)
+        results.append(got.values)
+        assert got.attrs["method"] == "watershed"
+        assert got.attrs["watershed"]["merge_threshold"] == merge
+        group = zarr.open_group(str(out), mode="r")
+        assert "instances-fragments" not in group  # the scratch array is gone
+    p = zarr.open_group(str(tmp_path / "o0.zarr"), mode="r")["probabilities"][0]
+    ref, n = _reference(p, 0.95, 5, 8.0, 20.0, merge)
+    assert n > 10
+    for got in results:
+        np.testing.assert_array_equal(got, ref)
+    assert (ref > 0).mean() > (p >= 0.95).mean() + 0.05  # the flooding grew the seeds
+
+
+def test_watershed_splits_what_a_gap_joins(tmp_path):
+    image = np.full((64, 96), 10, np.uint8)  # dark boundary everywhere
+    yy, xx = np.indices(image.shape)
+    image[(yy - 32) ** 2 + (xx - 25) ** 2 < 18 ** 2] = 250  # two bright cells
+    image[(yy - 32) ** 2 + (xx - 70) ** 2 < 18 ** 2] = 250
+    image[30:34, 40:56] = 150  # a gap in the membrane between them: p(cell) ~ 0.89
+    out = _output(tmp_path, image, 32)
+    components = chunkseg.label(str(out), cls=0).values
+    assert components[32, 25] == components[32, 70] > 0  # one merged object
+    cells = chunkseg.label(str(out), cls=0, method="watershed", name="cells").values
+    assert cells[32, 25] > 0 and cells[32, 70] > 0 and cells[32, 25] != cells[32, 70]
+    assert len(np.unique(cells)) == 3
+
+
+def test_bad_watershed_settings(tmp_path):
+    out = _output(tmp_path, _cells((40, 40)), 20)
+    cases = [(dict(method="flood"), InvalidValueError, "`method`"),
+             (dict(method="watershed", threshold=0.5), InvalidValueError, "seed_threshold"),
+             (dict(method="watershed", seed_threshold=0.0), InvalidValueError, "(0, 1]"),
+             (dict(method="watershed", seed_threshold="high"), InvalidTypeError, "number"),
+             (dict(method="watershed", min_seed_size=0), InvalidValueError, ">= 1"),
+             (dict(method="watershed", min_seed_size=2.5), InvalidTypeError, "int"),
+             (dict(method="watershed", boundary_weight=-1), InvalidValueError, ">= 0"),
+             (dict(method="watershed", max_cost=0.5), InvalidValueError, "halo"),
+             (dict(method="watershed", merge_threshold=1.5), InvalidValueError, "[0, 1]")]
+    for kwargs, error, text in cases:
+        with pytest.raises(error, match=text.replace("[", r"\[").replace("(", r"\(")):
+            chunkseg.label(str(out), cls=0, **kwargs)
+    assert sorted(zarr.open_group(str(out), mode="r").keys()) == ["chunkseg", "class", "labels",
+                                                                   "probabilities"]
+
+
+def test_watershed_needs_probabilities(tmp_path):
+    out = tmp_path / "l.zarr"
+    chunkseg.predict_to_zarr(_cells((40, 40)), MODEL, str(out), tile=32, overlap=8, chunks=20,
+                             outputs="labels")
+    with pytest.raises(InvalidValueError, match="'watershed' needs the output variable "
+                                                "'probabilities'"):
+        chunkseg.label(str(out), cls=0, method="watershed")
+
+
+def test_cli_label_watershed(tmp_path, capsys):
+    image = _cells()
+    out = _output(tmp_path, image, 50)
+    assert main(["label", str(out), "--class", "0", "--method", "watershed",
+                 "--seed-threshold", "0.95", "--min-seed-size", "5", "--boundary-weight", "8",
+                 "--max-cost", "20", "--merge-threshold", "0.3", "--no-progress"]) == 0
+    assert "objects of class 0" in capsys.readouterr().out
+    got = zarr.open_group(str(out), mode="r")["instances"][...]
+    p = zarr.open_group(str(out), mode="r")["probabilities"][0]
+    np.testing.assert_array_equal(got, _reference(p, 0.95, 5, 8.0, 20.0, 0.3)[0])
