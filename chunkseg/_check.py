@@ -20,7 +20,8 @@ import numpy as np
 from .errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["positive_int", "non_negative_int", "int_pair", "class_names_arg", "classes_arg",
-           "label_map_arg", "parse_classes", "parse_label_map", "parse_ignore", "is_int"]
+           "class_index_arg", "object_class", "BACKGROUND_NAMES", "label_map_arg",
+           "parse_classes", "parse_label_map", "parse_ignore", "is_int"]
 
 
 def is_int(value: Any) -> bool:
@@ -214,6 +215,116 @@ def classes_arg(value: Any, name: str = "classes") -> int | tuple[str, ...] | No
         raise InvalidTypeError(f"`{name}` must be None, a positive int or a sequence of class "
                                f"names. Got {type(value).__name__} {value!r}.")
     return class_names_arg(value, name)
+
+
+BACKGROUND_NAMES = frozenset({"background", "bg", "membrane", "membranes", "boundary",
+                              "boundaries", "border", "borders", "edge", "edges"})
+"""Class names (compared case-insensitively) that :func:`object_class` does not take as the
+objects: the background, and the thin separating classes (the membrane of the ISBI 2012 U-Net,
+the boundary class of boundary-aware nucleus models)."""
+
+
+def _unnamed(names: Sequence[str]) -> bool:
+    """Whether the names are only the default ``"0"``, ``"1"``, ... of a model without names."""
+    return list(names) == [str(i) for i in range(len(names))]
+
+
+def object_class(class_names: Sequence[str], name: str = "cls", fix: str = "") -> int:
+    """The default class of the objects: the first class whose name is not background-like.
+
+    Parameters
+    ----------
+    class_names : sequence of str
+        The ``K`` class names, in class order (an output's ``class`` coordinate).
+    name, fix : str, optional
+        The parameter's name and a sentence appended to the message, as
+        :func:`class_index_arg`.
+
+    Returns
+    -------
+    int
+        For classes without names (``"0"``, ``"1"``, ...): class 1 (class 0 is usually the
+        background), or 0 when there is one class. Otherwise the index of the first class whose
+        name, stripped and lower-cased, is not in :data:`BACKGROUND_NAMES` (for the shipped ISBI
+        U-Net's ``["cell", "membrane"]``: 0, the cell).
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If there are no classes, or every name is background-like (no class is the objects':
+        pass it explicitly).
+    """
+    names = [str(n) for n in class_names]
+    if not names:
+        raise InvalidValueError(f"`{name}` needs the classes of the output, which has none. "
+                                f"Got class names [].{_tail(fix)}")
+    if _unnamed(names):
+        return 1 if len(names) > 1 else 0
+    for i, n in enumerate(names):
+        if n.strip().lower() not in BACKGROUND_NAMES:
+            return i
+    raise InvalidValueError(
+        f"`{name}` has no default here: every class name of {names!r} is background-like "
+        f"({', '.join(sorted(BACKGROUND_NAMES))}), so no class is the objects'. Got "
+        f"{name}=None; pass the class of the objects, a name or an index 0 to "
+        f"{len(names) - 1}.{_tail(fix)}")
+
+
+def class_index_arg(value: Any, class_names: Sequence[str], name: str = "cls",
+                    fix: str = "") -> int:
+    """``value`` (a class given by index or by name) as the class index, ``0 <= i < K``.
+
+    The one rule for choosing a class (``chunkseg label --class``, ``chunkseg.label(cls=...)``,
+    the figures' ``cls``): the command line passes its text unchanged, the API takes both.
+
+    Parameters
+    ----------
+    value : None, int or str
+        An int index (numpy integers count; ``True``/``False`` do not); a ``str`` that is one of
+        ``class_names`` (exact match: ``"cell"``); a ``str`` of ASCII digits, the index, when no
+        class has that name (``"0"``); or None: :func:`object_class`, the first class whose name
+        is not background-like (class 1 for unnamed classes).
+    class_names : sequence of str
+        The ``K`` class names, in class order (an output's ``class`` coordinate; ``"0"``,
+        ``"1"``, ... where the model has no names).
+    name : str, default "cls"
+        The parameter's name, for the message.
+    fix : str, optional
+        A sentence appended to the message (e.g. the CLI option).
+
+    Returns
+    -------
+    int
+        The class index, a Python ``int`` in ``0..K-1``.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``value`` is not None, an int or a ``str`` (a float, a bool, bytes...).
+    chunkseg.errors.InvalidValueError
+        If it is an index outside ``0..K-1`` or a ``str`` that is neither a class name nor such
+        an index; for None, as :func:`object_class`.
+    """
+    names = [str(n) for n in class_names]
+    if value is None:
+        return object_class(names, name, fix)
+    if is_int(value):
+        index = int(value)
+    elif isinstance(value, str):
+        if value in names:
+            return names.index(value)
+        index = int(value) if value.isascii() and value.isdigit() else -1
+    else:
+        raise InvalidTypeError(
+            f"`{name}` must be a class index (int) or a class name (str). Got "
+            f"{type(value).__name__} {value!r}.{_tail(fix)}")
+    if not 0 <= index < len(names):
+        valid = (f"an index 0 to {len(names) - 1} or a name in {names!r}" if names
+                 else "a class of it, which has none")
+        raise InvalidValueError(
+            f"`{name}` must be a class of the output: {valid}. Got {value!r}; pass one of "
+            f"them.{_tail(fix)}")
+    return index
 
 
 def label_map_arg(value: Any, name: str = "label_map", *, classes: int | None = None,

@@ -131,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="objects of one class of a predict output, one global id "
                                      "each (writes 'instances' into the output)")
     p.add_argument("store", help="a finished predict output (Zarr path or URL)")
-    p.add_argument("--class", dest="cls", type=int, default=1,
-                   help="class whose connected components are the objects (1)")
+    p.add_argument("--class", dest="cls", default=None, metavar="NAME|INDEX",
+                   help="class whose connected components are the objects: one of the "
+                        "output's class names (cell) or an index (0). Default: the first class "
+                        "whose name is not background-like (background, bg, membrane, "
+                        "boundary, border, edge; cell for isbi2012-unet); class 1 where the "
+                        "classes have no names (0, 1, ...)")
     p.add_argument("--threshold", type=float, default=None,
                    help="foreground = probabilities[class] >= THRESHOLD (default: labels == class)")
     p.add_argument("--connectivity", type=int, default=1, choices=(1, 2),
@@ -195,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the input image (drawn under the results; needed with --model)")
     p.add_argument("--model", default=None,
                    help="the output's model, for the per-tile predictions and the seams")
-    p.add_argument("--class", dest="cls", type=int, default=None,
-                   help="class of the objects (default: that of instances, else 1)")
+    p.add_argument("--class", dest="cls", default=None, metavar="NAME|INDEX",
+                   help="class of the objects, a name (cell) or an index (0) (default: that "
+                        "of instances, else the object class, as for label)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier PNGs")
 
     p = sub.add_parser("evaluate", help="compare a prediction with ground truth, one chunk at "

@@ -287,7 +287,7 @@ def _cmd_label(args) -> int:
                     scheduler=args.scheduler, workers=args.workers,
                     progress=not args.no_progress)
     print(f"wrote {args.name} {tuple(ids.shape)} {ids.dtype} into {args.store}: "
-          f"{ids.attrs['objects']} objects of class {args.cls}")
+          f"{ids.attrs['objects']} objects of class {ids.attrs['class']}")
     return 0
 
 

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from chunkseg._check import (
+    class_index_arg,
     class_names_arg,
     classes_arg,
     int_pair,
     is_int,
     label_map_arg,
     non_negative_int,
+    object_class,
     parse_classes,
     parse_ignore,
     parse_label_map,
@@ -96,6 +98,60 @@ def test_classes_arg():
         classes_arg(0, "k")
     with pytest.raises(InvalidValueError, match="`classes` must name at least one class"):
         classes_arg([])
+
+
+def test_class_index_arg_by_index_and_by_name():
+    isbi = ("cell", "membrane")
+    for value, want in [(0, 0), (1, 1), (np.int64(1), 1), (np.uint8(0), 0), ("cell", 0),
+                        ("membrane", 1), ("0", 0), ("1", 1)]:
+        got = class_index_arg(value, isbi)
+        assert got == want and type(got) is int, (value, got)
+    # a name wins over a digit string: here class "1" is index 0
+    assert class_index_arg("1", ["1", "0"]) == 0 and class_index_arg("0", ["1", "0"]) == 1
+    assert class_index_arg("2", ["1", "0", "x"]) == 2  # no class named "2": the index
+    assert class_index_arg("1", ["0", "1"]) == 1  # unnamed classes: name and index agree
+
+
+def test_class_index_arg_refuses_bad_classes():
+    isbi = ("cell", "membrane")
+    for bad in (True, np.True_, 1.0, b"cell", ["cell"], {"cell": 0}):
+        with pytest.raises(InvalidTypeError, match=r"`cls` must be a class index \(int\) or a "
+                                                   r"class name \(str\)\. Got .* \(CLI: --class\)"):
+            class_index_arg(bad, isbi, fix="(CLI: --class)")
+    for bad in (2, -1, "2", "-1", "Cell", " cell", "nucleus", "", "1.0", "\u00b2"):
+        with pytest.raises(InvalidValueError) as err:
+            class_index_arg(bad, isbi, "klass", fix="(CLI: --class)")
+        msg = str(err.value)
+        assert msg.startswith("`klass` must be a class of the output: an index 0 to 1 or a "
+                              "name in ['cell', 'membrane']. Got "), msg
+        assert repr(bad) in msg and msg.endswith("(CLI: --class)"), msg
+    with pytest.raises(InvalidValueError, match="which has none"):
+        class_index_arg(0, ())
+
+
+def test_object_class_default():
+    from chunkseg.models import model_defaults
+
+    shipped = model_defaults("isbi2012-unet")["class_names"]
+    assert tuple(shipped) == ("cell", "membrane")
+    assert object_class(shipped) == 0  # the shipped ISBI U-Net: the cell, not the membrane
+    assert object_class(["Membrane", "cell"]) == 1  # case-insensitive
+    assert object_class(["background", "BOUNDARY", "nucleus", "edge"]) == 2
+    assert object_class(["bg", "borders", "edges", "tumour"]) == 3
+    assert object_class(["0", "1", "2"]) == 1  # unnamed: class 1, as before
+    assert object_class(["0"]) == 0  # one unnamed class
+    assert object_class(["nucleus"]) == 0
+    assert object_class(["1", "0"]) == 0  # names, not the default 0, 1: "1" is an object name
+    # None in class_index_arg is this rule
+    assert class_index_arg(None, ["background", "cell"]) == 1
+    assert class_index_arg(None, ["0", "1"]) == 1
+    with pytest.raises(InvalidValueError, match=r"`cls` has no default here: every class name "
+                                                r"of \['background', 'membrane'\] is background"
+                                                r"-like.*pass the class of the objects, a name "
+                                                r"or an index 0 to 1\. \(CLI: --class\)"):
+        class_index_arg(None, ["background", "membrane"], fix="(CLI: --class)")
+    with pytest.raises(InvalidValueError, match="has none"):
+        object_class([])
 
 
 def test_label_map_arg():

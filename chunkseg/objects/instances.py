@@ -22,11 +22,10 @@ import xarray as xr
 from zarr.codecs import ZstdCodec
 
 from .. import _ome
-from .._check import is_int
+from .._check import class_index_arg
 from .._redact import secrets_of
 from ..engine.runner import BlockReader
 from ..errors import (
-    InvalidTypeError,
     InvalidValueError,
     NotFoundError,
     OutputExistsError,
@@ -41,6 +40,7 @@ from ..outputs._lifecycle import leased, replacing
 from ..outputs._manifest import _so, consolidate, open_output_group
 from ..outputs._ownership import require_group
 from ..outputs._target import describe_location
+from ..outputs._variables import class_names
 from ..scheduling import compute, open_client
 from .watershed import SCRATCH_SUFFIX, WatershedSettings, watershed_lookup
 
@@ -102,21 +102,11 @@ def _relabel_task(block, iy: int, ix: int, ys, xs, writer, what) -> int:
     return 1
 
 
-def _class_index(cls: Any, classes: int) -> int:
-    if not is_int(cls):
-        raise InvalidTypeError(f"`cls` must be an int class index. Got {cls!r}.")
-    if not 0 <= int(cls) < classes:
-        raise InvalidValueError(
-            f"`cls` must be a class of the output, 0 to {classes - 1}. Got {cls!r}."
-        )
-    return int(cls)
-
-
 @leased("chunkseg label")
 def label(
     store: Any,
     *,
-    cls: int = 1,
+    cls: int | str | None = None,
     threshold: float | None = None,
     connectivity: int = 1,
     method: str = "components",
@@ -138,9 +128,15 @@ def label(
     ----------
     store : str, os.PathLike or zarr store
         A finished :func:`chunkseg.predict_to_zarr` output.
-    cls : int, default 1
-        The class whose connected components are the objects (for the shipped ISBI U-Net,
-        0 is the cell interior and 1 the membrane).
+    cls : int or str, optional
+        The class whose connected components are the objects: its index (``0``), its name in
+        the output's ``class`` coordinate (``"cell"``), or a ``str`` of digits, the index,
+        when no class has that name (see :func:`chunkseg._check.class_index_arg`). Default:
+        the object class, the first class whose name is not background-like (background, bg,
+        membrane, boundary, border, edge, their plurals; case-insensitive); for classes
+        without names (``"0"``, ``"1"``, ...) class 1, class 0 being usually the background.
+        For the shipped ISBI U-Net (``["cell", "membrane"]``) the default is 0, the cell
+        interior.
     threshold : float, optional
         Foreground is ``probabilities[cls] >= threshold`` (the store must hold
         ``probabilities``); by default it is ``labels == cls``.
@@ -196,12 +192,13 @@ def label(
     chunkseg.errors.NotFoundError
         If ``store`` holds no Zarr group.
     chunkseg.errors.InvalidValueError
-        If the run is not finished, ``cls`` is not a class of it, the variable the foreground
-        needs is missing, ``connectivity`` is not 1 or 2, ``method`` is unknown, a watershed
-        setting is out of range (or ``threshold`` is given with the watershed), or ``name``
-        is one of the output's own variables.
+        If the run is not finished, ``cls`` is not a class of it (or is None where every class
+        name is background-like), the variable the foreground needs is missing,
+        ``connectivity`` is not 1 or 2, ``method`` is unknown, a watershed setting is out of
+        range (or ``threshold`` is given with the watershed), or ``name`` is one of the
+        output's own variables.
     chunkseg.errors.InvalidTypeError
-        If a watershed setting has the wrong type.
+        If ``cls`` is not None, an int or a str, or a watershed setting has the wrong type.
     chunkseg.errors.OutputExistsError
         If ``name`` exists and ``overwrite`` is False, or it was not written by this function.
 
@@ -236,8 +233,7 @@ def label(
                                      merge_threshold)
     group = _open_group(store, storage_options, "r+")
     _check_complete(group, store)
-    classes = int(group.attrs.get("classes", 0))
-    cls = _class_index(cls, classes)
+    cls = class_index_arg(cls, class_names(group), fix="(CLI: --class NAME or --class INDEX)")
     variable = "labels" if threshold is None and settings is None else "probabilities"
     source_path = _ome.find(group, variable)
     if source_path is None:

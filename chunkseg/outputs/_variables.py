@@ -1,7 +1,8 @@
 """The variables of :func:`chunkseg.predict_to_zarr`'s output: their arrays, codecs, attrs and
 coordinates, the completion manifest, whole-chunk writes, and the OME-Zarr pyramid's arrays.
 
-Everything here writes; computing the values is the engine's (:mod:`chunkseg.engine`).
+Everything here writes (and :func:`class_names` reads back the ``class`` coordinate it wrote);
+computing the values is the engine's (:mod:`chunkseg.engine`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ._target import describe_location
 __all__ = [
     "ChunkWriter",
     "check_compression_level",
+    "class_names",
     "compressor",
     "create_variables",
     "shard_layout",
@@ -247,6 +249,31 @@ def _write_coords(group, coords: dict, class_names: Sequence[str]) -> None:
                              compressor=ZstdCodec(level=1), dimension_names=(),
                              attributes=_json_attrs(var.attrs))
         a[...] = values
+
+
+def class_names(group, classes: int | None = None) -> tuple[str, ...]:
+    """The class names of an output group: its ``class`` coordinate (:func:`_write_coords`).
+
+    Parameters
+    ----------
+    group : zarr.Group
+        A :func:`chunkseg.predict_to_zarr` output, either layout (the coordinate is at its root).
+    classes : int, optional
+        The number of classes ``K``; default ``attrs["classes"]``.
+
+    Returns
+    -------
+    tuple of str
+        The ``K`` names; ``"0"``, ``"1"``, ... where the group has no ``class`` array of ``K``
+        names (an output written before the names were stored). Empty when ``K`` is unknown.
+    """
+    import zarr
+
+    k = int(group.attrs.get("classes", 0) or 0) if classes is None else int(classes)
+    arr = group.get("class")
+    if isinstance(arr, zarr.Array) and arr.ndim == 1 and arr.shape[0] == k:
+        return tuple(str(n) for n in arr[...])
+    return tuple(str(i) for i in range(k))
 
 
 def _json_attrs(attrs: dict) -> dict:

@@ -14,13 +14,14 @@ import os
 import numpy as np
 
 from .. import _ome
-from .._check import int_pair, is_int, positive_int
+from .._check import class_index_arg, int_pair, is_int, positive_int
 from ..engine.runner import BlockReader
 from ..errors import IncompleteOutputWarning, InvalidValueError
 from ..io import open_image
 from ..kernels import blend
-from ..objects.instances import _class_index, _open_group
+from ..objects.instances import _open_group
 from ..outputs._target import describe_location
+from ..outputs._variables import class_names
 from ..plan import TilePlan, plan_tiles
 
 __all__ = [
@@ -222,6 +223,7 @@ class _Output:
         scores = self.arrays.get("probabilities", self.arrays.get("logits"))
         self.classes = int(self.attrs.get("classes") or (scores.shape[0] if scores is not None
                                                           else 2))
+        self.class_names = class_names(group, self.classes)
         if self.attrs.get("complete") is not True:
             warnings.warn(f"{self.where!r} is incomplete: chunks not yet written read as 0. "
                           "Finish it with predict_to_zarr(..., resume=True) (CLI: --resume).",
@@ -232,9 +234,10 @@ class _Output:
         return self.arrays.get("instances")
 
     def default_cls(self) -> int:
-        if self.instances is not None:
-            return int(self.instances.attrs.get("class", 1))
-        return 1 if self.classes > 1 else 0
+        """The class of ``instances``, else the object class (:func:`~chunkseg._check.object_class`)."""
+        if self.instances is not None and self.instances.attrs.get("class") is not None:
+            return int(self.instances.attrs["class"])
+        return class_index_arg(None, self.class_names, fix="(CLI: --class)")
 
     def connectivity(self) -> int:
         if self.instances is not None:
@@ -411,5 +414,7 @@ def crop_tiles(plan: TilePlan, crop) -> tuple[range, range]:
 
 
 def _cls_index(cls, out: _Output) -> int:
-
-    return out.default_cls() if cls is None else _class_index(cls, out.classes)
+    """``cls`` (an index, a class name or None) as a class index of ``out``."""
+    if cls is None:
+        return out.default_cls()
+    return class_index_arg(cls, out.class_names, fix="(CLI: --class)")

@@ -52,7 +52,7 @@ def _run_tiles(predictor, img: _Image, origins, tile: tuple[int, int], batch_siz
     return out
 
 
-def tile_components(store, image, model, *, crop=None, cls: int | None = None,
+def tile_components(store, image, model, *, crop=None, cls: int | str | None = None,
                     connectivity: int | None = None, batch_size: int = 8, device: str = "cpu",
                     normalization=None, storage_options: dict | None = None) -> list[dict]:
     """Run the model on each tile of a crop alone and label the objects of one class per tile.
@@ -69,9 +69,11 @@ def tile_components(store, image, model, *, crop=None, cls: int | None = None,
     crop : ((y0, y1), (x0, x1)), optional
         Default :func:`~chunkseg.viz.default_crop`. Its tiles are
         :func:`~chunkseg.viz.crop_tiles` (at most :data:`MAX_TILE_PANELS`).
-    cls : int, optional
-        Class whose connected components are the objects; default the class of the output's
-        ``instances`` (else 1).
+    cls : int or str, optional
+        Class whose connected components are the objects, by index or by name (as
+        :func:`chunkseg.label`); default the class of the output's ``instances``, else the
+        object class (the first class whose name is not background-like; class 1 for
+        unnamed classes).
     connectivity : {1, 2}, optional
         As :func:`chunkseg.label`; default the ``instances``' own (else 1).
     batch_size : int, default 8
@@ -198,7 +200,7 @@ def _naive_patches(img: _Image, predictor, tile: tuple[int, int], crop, batch_si
     return full[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox].copy()
 
 
-def seam_arrays(store, image, model, *, crop=None, cls: int | None = None, batch_size: int = 8,
+def seam_arrays(store, image, model, *, crop=None, cls: int | str | None = None, batch_size: int = 8,
                 device: str = "cpu", normalization=None,
                 storage_options: dict | None = None) -> dict:
     """What :func:`~chunkseg.viz.seams` draws: naive patches vs the blended output on a crop.
@@ -211,8 +213,9 @@ def seam_arrays(store, image, model, *, crop=None, cls: int | None = None, batch
         The input and the model the output was computed with (as :func:`tile_components`).
     crop : ((y0, y1), (x0, x1)), optional
         Default :func:`~chunkseg.viz.default_crop`.
-    cls : int, optional
-        Class whose probability is compared; default as :func:`tile_components`.
+    cls : int or str, optional
+        Class whose probability is compared, by index or by name; default as
+        :func:`tile_components`.
     batch_size, device, normalization, storage_options
         As :func:`tile_components`.
 

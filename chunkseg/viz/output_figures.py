@@ -207,7 +207,7 @@ def _tile_decomposition(out: _Output, img: _Image | None, crop):
 
 # -- 3. per-tile predictions ------------------------------------------------------------------
 
-def tile_predictions(store, image, model, *, crop=None, cls: int | None = None,
+def tile_predictions(store, image, model, *, crop=None, cls: int | str | None = None,
                      connectivity: int | None = None, batch_size: int = 8, device: str = "cpu",
                      normalization=None, storage_options: dict | None = None):
     """Each tile of a crop predicted alone: its objects in their own colours, one panel a tile.
@@ -338,7 +338,7 @@ def _reconstruction(out: _Output, img: _Image | None, crop):
     return fig
 
 
-def seams(store, image, model, *, crop=None, cls: int | None = None, batch_size: int = 8,
+def seams(store, image, model, *, crop=None, cls: int | str | None = None, batch_size: int = 8,
           device: str = "cpu", normalization=None, storage_options: dict | None = None):
     """Naive non-overlapping patches vs the blended output, with the patch borders marked.
 
@@ -404,7 +404,7 @@ def _seams(out: _Output, a: dict):
 # -- all of them ------------------------------------------------------------------------------
 
 def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=None,
-            cls: int | None = None, max_side: int = 2048, batch_size: int = 8,
+            cls: int | str | None = None, max_side: int = 2048, batch_size: int = 8,
             device: str = "cpu", normalization=None, storage_options: dict | None = None,
             dpi: int = 110, overwrite: bool = False) -> dict[str, Path]:
     """Write the figures of a finished output as PNG files (``chunkseg figures OUT``).
@@ -429,8 +429,10 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     crop : ((y0, y1), (x0, x1)), optional
         Full-resolution region of figures 2-5 (at most :data:`~chunkseg.viz.MAX_CROP_PIXELS`);
         default :func:`~chunkseg.viz.default_crop`: about 3 x 3 tiles around a chunk corner.
-    cls : int, optional
-        Class of the objects; default the class of ``instances`` (else 1).
+    cls : int or str, optional
+        Class of the objects, by index or by name (as :func:`chunkseg.label`); default the
+        class of ``instances``, else the object class (the first class whose name is not
+        background-like; class 1 for unnamed classes).
     max_side : int, default 2048
         Longer side of the overview, pixels.
     batch_size : int, default 8
