@@ -9,6 +9,10 @@ is sampled every 0.1 s:
   uint8 labels and float16 probabilities (the logits path; its peak RSS is the target's base);
 - ``instances``: ``chunkseg.label(out, cls=1)`` on that output, then a check that every
   disk got exactly one id and the ids are ``1..N`` with ``N`` the number of disks;
+- ``watershed`` and ``watershed-merge``: ``chunkseg.label(out, cls=1, method="watershed",
+  seed_threshold=0.6)`` (disk pixels have probability 0.665, the background 0.326), without
+  and with ``merge_threshold=0.5``, same checks (written as ``instances``, replacing the
+  components);
 - ``regions``: ``chunkseg.regions`` on it (Parquet), area of every disk checked;
 - ``predict-instances``: the per-tile route, ``chunkseg.predict_instances`` with a per-tile
   model (connected components of the dark pixels of each tile), same checks;
@@ -117,6 +121,11 @@ def step(mode: str, image: str, out: str, size: int, args) -> dict:
         elif mode == "instances":
             ids = chunkseg.label(out, cls=1, overwrite=True)
             result["objects"] = int(ids.attrs["objects"])
+        elif mode in ("watershed", "watershed-merge"):  # disk pixels have p = 0.665
+            ids = chunkseg.label(out, cls=1, method="watershed", seed_threshold=0.6,
+                                 merge_threshold=0.5 if mode == "watershed-merge" else None,
+                                 overwrite=True)
+            result["objects"] = int(ids.attrs["objects"])
         elif mode == "regions":
             table = chunkseg.regions(out, out + ".parquet", overwrite=True)
             result["objects"] = len(table)
@@ -136,10 +145,11 @@ def step(mode: str, image: str, out: str, size: int, args) -> dict:
             da.to_zarr(ids.astype(np.uint32), out + ".dask-image.zarr", overwrite=True)
             result["objects"] = int(n.compute())
     result["seconds"] = time.perf_counter() - t0
-    if mode in ("instances", "predict-instances"):  # every disk one id of its own
+    if mode in ("instances", "predict-instances", "watershed", "watershed-merge"):
+        # every disk one id of its own
         import zarr
 
-        ids_arr = zarr.open_group(out if mode == "instances" else out + ".tiles.zarr")[
+        ids_arr = zarr.open_group(out + ".tiles.zarr" if mode == "predict-instances" else out)[
             "instances"]
         cy, cx, _ = disks(size, args.seed)
         at = np.empty(cy.size, np.int64)
@@ -162,7 +172,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,40000")
     p.add_argument("--dask-image-sizes", default="10000")
-    p.add_argument("--modes", default="predict,instances,regions,predict-instances,dask-image")
+    p.add_argument("--modes", default="predict,instances,watershed,watershed-merge,regions,"
+                                      "predict-instances,dask-image")
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--chunk", type=int, default=None)

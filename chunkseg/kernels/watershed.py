@@ -4,8 +4,8 @@ The flooding is an image foresting transform with an additive path cost (Falcao,
 Lotufo 2004, "The image foresting transform: theory, algorithms and applications", IEEE TPAMI
 26(1)): every pixel goes to the seed it reaches at the lowest cost, where entering a pixel
 ``p`` costs ``step * (1 + weight * boundary[p])`` (``step`` 1 for the 4 edge neighbours,
-``sqrt(2)`` for the 4 diagonal ones, in float32), ties go to the smallest seed id, and pixels
-whose cost would exceed ``max_cost`` stay 0. A high ``weight`` makes crossing a boundary (a
+``sqrt(2)`` for the 4 diagonal ones; integers in 1/128 of a step, :func:`entry_costs`), ties
+go to the smallest seed id, and pixels whose cost would exceed ``max_cost`` stay 0. A high ``weight`` makes crossing a boundary (a
 membrane) expensive, so a seed floods its own cell before it climbs into the next; it is the
 flooding of a watershed over the boundary probability, with distance added.
 
@@ -13,9 +13,9 @@ flooding of a watershed over the boundary probability, with distance added.
 most ``max_cost`` has at most ``floor(max_cost)`` steps and stays within that many pixels
 (chessboard) of its end. A pixel's cost, and the set of optimal paths that decide its seed, so
 lie within :func:`halo` pixels of it: computed on any window that holds that margin around a
-chunk, the chunk's result equals the result on the whole image (the relaxation below reaches
-the unique fixed point of ``cost(p) = min_q cost(q) + w(q, p)`` on the window, and float32
-addition is monotone, so sub-paths of optimal paths are optimal). Seeds are global ids given
+chunk, the chunk's result equals the result on the whole image (the sweeps below reach the
+unique fixed point of ``cost(p) = min_q cost(q) + w(q, p)`` on the window, in integers, so
+no rounding depends on the order of the sums). Seeds are global ids given
 from outside (the connected components of :mod:`chunkseg.kernels.components`).
 
 **Agglomeration.** :func:`boundary_pairs` collects, for each pair of touching fragments (edge
@@ -35,14 +35,20 @@ import heapq
 
 import numpy as np
 
-__all__ = ["flood_block", "flood_reference", "halo", "boundary_pairs", "merge_lookup",
-           "QUANT"]
+__all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs",
+           "merge_lookup", "QUANT", "COST_UNIT", "MAX_COST"]
 
-_SQ2 = np.float32(np.sqrt(np.float32(2.0)))
 # (dy, dx, diagonal): p = (y, x) takes from its neighbour q = (y - dy, x - dx)
 _OFFSETS = ((-1, 0, False), (1, 0, False), (0, -1, False), (0, 1, False),
             (-1, -1, True), (-1, 1, True), (1, -1, True), (1, 1, True))
-_NONE = np.iinfo(np.int64).max
+
+COST_UNIT = 128
+"""Path costs are integers in 1/COST_UNIT of a pixel step, so they add exactly in any order."""
+MAX_COST = 256.0
+"""The largest ``max_cost``: keys (cost << 32 | seed) of windows up to 65536 px wide fit int64."""
+_SHIFT = np.int64(1 << 32)
+_INF = np.int64(1 << 61)
+_LOW = np.int64(0xFFFFFFFF)
 
 QUANT = 1 << 16
 """Boundary probabilities are summed as ``round(p * QUANT)`` integers (exact for any order)."""
@@ -53,9 +59,20 @@ def halo(max_cost: float) -> int:
     return int(np.floor(max_cost))
 
 
-def _entry_costs(boundary: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
-    c = np.float32(1.0) + np.float32(weight) * np.asarray(boundary, dtype=np.float32)
-    return c, c * _SQ2
+def entry_costs(boundary: np.ndarray, weight: float,
+                max_cost: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer costs of entering each pixel by an edge and by a corner, and the cost limit.
+
+    ``c1 = round(COST_UNIT * (1 + weight * boundary))``, ``c2`` the same times ``sqrt(2)``,
+    both at most ``limit + 1`` (a step that alone passes the limit ends every path), and
+    ``limit = floor(max_cost * COST_UNIT)``. Each is at least ``COST_UNIT``: a path within the
+    limit has at most ``floor(max_cost)`` steps.
+    """
+    limit = int(np.floor(max_cost * COST_UNIT))
+    base = 1.0 + float(weight) * np.asarray(boundary, np.float64)
+    c1 = np.minimum(np.rint(COST_UNIT * base), limit + 1).astype(np.int64)
+    c2 = np.minimum(np.rint(COST_UNIT * np.sqrt(2.0) * base), limit + 1).astype(np.int64)
+    return c1, c2, limit
 
 
 def flood_block(seeds: np.ndarray, boundary: np.ndarray, weight: float,
@@ -65,68 +82,65 @@ def flood_block(seeds: np.ndarray, boundary: np.ndarray, weight: float,
     Parameters
     ----------
     seeds : (h, w) ndarray of int
-        Seed ids (global, > 0) on seed pixels, 0 elsewhere.
+        Seed ids (global, 1 to 2**32 - 1) on seed pixels, 0 elsewhere.
     boundary : (h, w) ndarray of float
         Boundary probability in [0, 1] (e.g. ``1 - probabilities[cell]``).
     weight : float
         Extra cost of entering a pixel of boundary probability 1 (the base cost is 1 a pixel).
     max_cost : float
-        Pixels whose cheapest path costs more stay 0.
+        Pixels whose cheapest path costs more stay 0; at most :data:`MAX_COST`.
 
     Returns
     -------
     labels : (h, w) ndarray of int64
         The seed of each pixel, 0 where none is reached within ``max_cost``.
-    cost : (h, w) ndarray of float32
-        The cost of its path (0 on seeds, inf where unreached).
+    cost : (h, w) ndarray of int64
+        The cost of its path in 1/:data:`COST_UNIT` steps (0 on seeds, -1 where unreached).
 
     Notes
     -----
-    Vectorised Bellman-Ford relaxation over the 8 neighbour directions until nothing changes,
-    each sweep restricted to the box around the pixels that changed in the previous one.
-    Keeps (cost, seed) lexicographically smallest, so ties go to the smallest seed id.
+    Each pixel holds one int64 key ``cost << 32 | seed``, so the smallest key is the lowest
+    cost and, among equal costs, the smallest seed. Sweeps until nothing changes, each a pass
+    down the rows and a pass up: a row takes from the row before it (edge and both corners),
+    then is scanned left to right and right to left in one step each, by the prefix-sum form
+    of ``key[x] = min(key[x], key[x - 1] + c[x])``:
+    ``key = minimum.accumulate(key - S) + S`` with ``S`` the running sum of the costs (exact
+    in integers). A path's cost is the same whatever the order it is summed in, so the result
+    is the unique fixed point, equal to Dijkstra's (:func:`flood_reference`).
     """
     h, w = seeds.shape
-    c1, c2 = _entry_costs(boundary, weight)
-    cost = np.where(seeds > 0, np.float32(0), np.float32(np.inf)).astype(np.float32)
-    lab = np.where(seeds > 0, seeds.astype(np.int64), _NONE)
-    limit = np.float32(max_cost)
-    cand = np.empty((h, w), np.float32)
-    take = np.empty((h, w), bool)
-    tie = np.empty((h, w), bool)
-    # rows/columns where a change may propagate from (first sweep: everything)
-    y0, y1, x0, x1 = 0, h, 0, w
-    while y0 < y1 and x0 < x1:
-        # pixels that can change this sweep: the changed box grown by one
-        ys, ye, xs, xe = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
-        cy0, cy1, cx0, cx1 = h, 0, w, 0
-        for dy, dx, diagonal in _OFFSETS:
-            # p over [ys, ye) x [xs, xe) that has a neighbour q = p - (dy, dx) inside the image
-            py0, py1 = max(ys, dy), min(ye, h + dy)
-            px0, px1 = max(xs, dx), min(xe, w + dx)
-            if py0 >= py1 or px0 >= px1:
-                continue
-            hh, ww = py1 - py0, px1 - px0
-            p = (slice(py0, py1), slice(px0, px1))
-            q = (slice(py0 - dy, py1 - dy), slice(px0 - dx, px1 - dx))
-            cd, tk, ti = cand[:hh, :ww], take[:hh, :ww], tie[:hh, :ww]
-            np.add(cost[q], (c2 if diagonal else c1)[p], out=cd)
-            cp, lp, lq = cost[p], lab[p], lab[q]
-            np.less(cd, cp, out=tk)
-            np.equal(cd, cp, out=ti)
-            ti &= lq < lp
-            tk |= ti
-            tk &= cd <= limit
-            rows = np.flatnonzero(tk.any(axis=1))
-            if rows.size:
-                cols = np.flatnonzero(tk.any(axis=0))
-                np.copyto(cp, cd, where=tk)
-                np.copyto(lp, lq, where=tk)
-                cy0, cy1 = min(cy0, py0 + rows[0]), max(cy1, py0 + rows[-1] + 1)
-                cx0, cx1 = min(cx0, px0 + cols[0]), max(cx1, px0 + cols[-1] + 1)
-        y0, y1, x0, x1 = cy0, cy1, cx0, cx1
-    lab[lab == _NONE] = 0
-    return lab, cost
+    c1, c2, limit = entry_costs(boundary, weight, max_cost)
+    a1, a2 = c1 * _SHIFT, c2 * _SHIFT
+    forward = np.cumsum(a1, axis=1)  # sum of c[k] for k <= x
+    backward = np.cumsum(a1[:, ::-1], axis=1)[:, ::-1]  # for k >= x
+    key = np.where(seeds > 0, np.asarray(seeds, np.int64), _INF)
+    t = np.empty(w, np.int64)
+    while True:
+        before = key.copy()
+        for rows, step in ((range(h), -1), (range(h - 1, -1, -1), 1)):
+            for y in rows:
+                row = key[y]
+                if 0 <= y + step < h:
+                    prev = key[y + step]
+                    np.add(prev, a1[y], out=t)
+                    np.minimum(row, t, out=row)
+                    np.add(prev[:-1], a2[y, 1:], out=t[1:])
+                    np.minimum(row[1:], t[1:], out=row[1:])
+                    np.add(prev[1:], a2[y, :-1], out=t[:-1])
+                    np.minimum(row[:-1], t[:-1], out=row[:-1])
+                # keys never exceed _INF (every update is a minimum), so nothing overflows
+                np.subtract(row, forward[y], out=row)
+                np.minimum.accumulate(row, out=row)
+                np.add(row, forward[y], out=row)
+                np.subtract(row, backward[y], out=row)
+                back = row[::-1]
+                np.minimum.accumulate(back, out=back)
+                np.add(row, backward[y], out=row)
+        if np.array_equal(before, key):
+            break
+    cost = key >> np.int64(32)
+    reached = cost <= limit
+    return np.where(reached, key & _LOW, 0), np.where(reached, cost, -1)
 
 
 def flood_reference(seeds: np.ndarray, boundary: np.ndarray, weight: float,
@@ -137,13 +151,12 @@ def flood_reference(seeds: np.ndarray, boundary: np.ndarray, weight: float,
     as :func:`flood_block`.
     """
     h, w = seeds.shape
-    c1, c2 = _entry_costs(boundary, weight)
-    cost = np.full((h, w), np.inf, np.float32)
+    c1, c2, limit = entry_costs(boundary, weight, max_cost)
+    cost = np.full((h, w), -1, np.int64)
     lab = np.zeros((h, w), np.int64)
     done = np.zeros((h, w), bool)
-    heap = [(np.float32(0), int(seeds[y, x]), y, x) for y, x in zip(*np.nonzero(seeds))]
+    heap = [(0, int(seeds[y, x]), y, x) for y, x in zip(*np.nonzero(seeds))]
     heapq.heapify(heap)
-    limit = np.float32(max_cost)
     while heap:
         d, s, y, x = heapq.heappop(heap)
         if done[y, x]:
@@ -153,7 +166,7 @@ def flood_reference(seeds: np.ndarray, boundary: np.ndarray, weight: float,
         for dy, dx, diagonal in _OFFSETS:
             ny, nx = y + dy, x + dx
             if 0 <= ny < h and 0 <= nx < w and not done[ny, nx] and not seeds[ny, nx]:
-                nd = np.float32(d + (c2 if diagonal else c1)[ny, nx])
+                nd = d + int((c2 if diagonal else c1)[ny, nx])
                 if nd <= limit:
                     heapq.heappush(heap, (nd, s, ny, nx))
     return lab, cost

@@ -162,7 +162,7 @@ def label(
     boundary_weight : float, default 10.0
         Watershed only: extra cost of entering a pixel of boundary probability 1.
     max_cost : float, default 32.0
-        Watershed only: the largest path cost flooded; it bounds the reach of a seed to
+        Watershed only: the largest path cost flooded (1 to 256); it bounds the reach of a seed to
         ``floor(max_cost)`` pixels, which is the halo each chunk is computed with.
     merge_threshold : float, optional
         Watershed only: join touching fragments whose border's mean boundary probability is

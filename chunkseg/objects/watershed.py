@@ -11,7 +11,8 @@ Four passes over the chunks of a written output's probabilities, each task holdi
    ``1 - probabilities[cls]`` (:func:`chunkseg.kernels.watershed.flood_block`); the halo is the
    proven bound of the flooding's reach, so each chunk equals the whole image's flooding. The
    fragments go to a scratch array in the output group, each chunk written once.
-3. **Region graph**: each chunk, with the next row and column, gives the touching fragment
+3. **Region graph**, in the same graph as the flooding (its chunks are used twice, not
+   computed twice): each chunk, with the next row and column, gives the touching fragment
    pairs and the boundary probability along their border
    (:func:`chunkseg.kernels.watershed.boundary_pairs`) and each fragment's first pixel.
 4. **Agglomeration and relabelling**: on the client the pairs whose mean boundary probability
@@ -61,7 +62,8 @@ class WatershedSettings:
     boundary_weight : float
         Extra cost of entering a pixel of boundary probability 1, >= 0.
     max_cost : float
-        Pixels farther (in cost) from every seed stay 0, >= 1; the halo is ``floor(max_cost)``.
+        Pixels farther (in cost) from every seed stay 0, 1 to 256; the halo is
+        ``floor(max_cost)``.
     merge_threshold : float or None
         Touching fragments whose border's mean boundary probability is below it are joined;
         None: no agglomeration.
@@ -93,10 +95,10 @@ class WatershedSettings:
             raise InvalidValueError(
                 f"`boundary_weight` must be >= 0. Got {self.boundary_weight!r}.")
         mc = number("max_cost", self.max_cost)
-        if not 1.0 <= mc <= 4096.0:
+        if not 1.0 <= mc <= ws.MAX_COST:
             raise InvalidValueError(
-                f"`max_cost` must be between 1 and 4096 (it is the halo in pixels). Got "
-                f"{self.max_cost!r}.")
+                f"`max_cost` must be between 1 and {ws.MAX_COST:g} (it is the halo in pixels). "
+                f"Got {self.max_cost!r}.")
         if self.merge_threshold is not None:
             m = number("merge_threshold", self.merge_threshold)
             if not 0.0 <= m <= 1.0:
@@ -142,12 +144,12 @@ def _write_block(block: np.ndarray, writer: ArrayWriter, ys, xs, what: str) -> i
     return 1
 
 
-def _pairs_task(fragments, src, cls: int, ys, xs, height: int, width: int):
-    y1, x1 = min(ys[1] + 1, height), min(xs[1] + 1, width)
-    frag = np.asarray(fragments[ys[0]:y1, xs[0]:x1]).astype(np.int64)
-    boundary = 1.0 - np.asarray(src[cls, ys[0]:y1, xs[0]:x1], np.float32)
+def _pairs_task(frag: np.ndarray, prob: np.ndarray, ys, xs, width: int):
+    """Pairs and first pixels of one chunk from its fragments and probabilities plus the next
+    row and column (where the image has them)."""
+    frag = frag.astype(np.int64, copy=False)
     rows, cols = ys[1] - ys[0], xs[1] - xs[0]
-    pairs = ws.boundary_pairs(frag, boundary, rows, cols)
+    pairs = ws.boundary_pairs(frag, 1.0 - prob.astype(np.float32, copy=False), rows, cols)
     own = frag[:rows, :cols]
     ids, index = np.unique(own.ravel(), return_index=True)
     keep = ids > 0
@@ -206,6 +208,10 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     keep[0] = False
     renumber = np.cumsum(keep) * keep  # raster order kept: ids were in raster order
     n_seeds = int(keep.sum())
+    if n_seeds > np.iinfo(np.uint32).max:
+        raise InvalidValueError(
+            f"`seed_threshold` {settings.seed_threshold!r} gives {n_seeds} seeds; the watershed "
+            "takes at most 2**32 - 1. Raise `seed_threshold` or `min_seed_size`.")
     seed_lookups = {k: renumber[v] for k, v in lookups.items()}
     # 2. flooding, into the scratch array (each chunk written once)
     dtype = kern.ids_dtype(n_seeds)
@@ -223,14 +229,19 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
                                max_cost=settings.max_cost, allow_rechunk=True)
     fragments = fragments.rechunk((cy, cx))
     blocks = fragments.to_delayed()
+    # 3. region graph and first pixels, from the same flooding (each chunk + next row, column)
+    after = {0: (0, 1), 1: (0, 1)}
+    frag_ext = da.overlap.overlap(fragments, depth=after, boundary="none").to_delayed()
+    prob_ext = da.overlap.overlap(prob.rechunk((cy, cx)), depth=after,
+                                  boundary="none").to_delayed()
     jobs = [dask.delayed(_write_block, pure=False)(
         blocks[iy, ix], writer, ys, xs, f"chunk ({iy}, {ix}) of the fragments")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-    compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
-    # 3. region graph and first pixels
-    jobs = [dask.delayed(_pairs_task, pure=False)(scratch, src, cls, ys, xs, height, width)
-            for ys in ys_ for xs in xs_]
-    parts = compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    pair_jobs = [dask.delayed(_pairs_task, pure=False)(frag_ext[iy, ix], prob_ext[iy, ix], ys,
+                                                       xs, width)
+                 for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
+    parts = compute(*jobs, *pair_jobs, scheduler=scheduler, progress=progress,
+                    secrets=secrets)[len(jobs):]
     first = np.full(n_seeds, np.iinfo(np.int64).max, np.int64)
     for _, ids, f in parts:
         np.minimum.at(first, ids - 1, f)

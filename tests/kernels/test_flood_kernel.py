@@ -31,7 +31,8 @@ def test_flood_equals_dijkstra(seed, levels, weight, max_cost):
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(cost, ref_cost)
     assert (got[seeds > 0] == seeds[seeds > 0]).all()  # seeds keep their ids
-    assert ((got == 0) == np.isinf(cost)).all() and (cost[got > 0] <= max_cost).all()
+    assert ((got == 0) == (cost == -1)).all()
+    assert (cost[got > 0] <= max_cost * ws.COST_UNIT).all()
     if weight == 0.0:  # the cost is then the chamfer distance to the nearest seed (1, sqrt 2)
         assert (got > 0).all()
 
@@ -39,9 +40,9 @@ def test_flood_equals_dijkstra(seed, levels, weight, max_cost):
 def test_ties_go_to_the_smallest_seed():
     seeds = np.zeros((5, 9), np.int64)
     seeds[2, 0], seeds[2, 8] = 7, 3  # the middle column is as far from both
-    labels, cost = ws.flood_block(seeds, np.zeros((5, 9), np.float32), 1.0, 100.0)
+    labels, cost = ws.flood_block(seeds, np.ones((5, 9), np.float32), 1.0, 100.0)
     assert (labels[:, 4] == 3).all() and (labels[:, :4] == 7).all() and (labels[:, 5:] == 3).all()
-    assert cost[2, 4] == 4.0
+    assert cost[2, 4] == 4 * 2 * ws.COST_UNIT  # 4 steps of 1 + 1 * 1 (boundary 1 everywhere)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
