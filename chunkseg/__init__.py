@@ -30,6 +30,7 @@ from .errors import (
     RunInterruptedError,
     SchedulerError,
 )
+from .evaluation.instances import evaluate_instances
 from .evaluation.seams import seam_report
 from .evaluation.semantic import evaluate
 from .io import open_image
@@ -81,6 +82,7 @@ __all__ = [
     "PatchDataset",
     "augmentation",
     "evaluate",
+    "evaluate_instances",
     "ChunksegError",
     "InvalidValueError",
     "InvalidTypeError",

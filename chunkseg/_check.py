@@ -451,13 +451,15 @@ def parse_classes(text: str | None) -> int | list[str] | None:
     return names
 
 
-def parse_ignore(text: str | None) -> list[int] | None:
+def parse_ignore(text: str | None, name: str = "ignore") -> list[int] | None:
     """The CLI's ``--ignore``: ``"255"`` -> ``[255]``, ``"254,255"`` -> ``[254, 255]``.
 
     Parameters
     ----------
     text : str or None
         One integer, or several separated by commas.
+    name : str, default "ignore"
+        The option the error names (``--truth-class`` reads the same form).
 
     Returns
     -------
@@ -473,5 +475,5 @@ def parse_ignore(text: str | None) -> list[int] | None:
     try:
         return [int(v) for v in str(text).split(",")]
     except ValueError:
-        raise InvalidValueError("`ignore` must be an integer ground-truth value or several, "
+        raise InvalidValueError(f"`{name}` must be an integer ground-truth value or several, "
                                 f"comma-separated, e.g. 255. Got {text!r}.") from None

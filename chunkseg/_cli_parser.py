@@ -220,9 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "prediction's class names, else the largest label + 1)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier --json file")
-    p.add_argument("--pred-array", default="labels",
-                   help="variable of a predict output PRED, or array of a Zarr group (labels)")
+    p.add_argument("--pred-array", default=None,
+                   help="variable of a predict output PRED, or array of a Zarr group (labels; "
+                        "instances with --instances)")
     p.add_argument("--gt-array", default=None, help="array inside a ground-truth Zarr group")
+    p.add_argument("--instances", action="store_true",
+                   help="score objects instead of classes: ISBI 2012 V_rand and V_info, "
+                        "adapted Rand error, VI split/merge, object precision/recall/F1")
+    p.add_argument("--truth-class", default=None,
+                   help="with --instances: GT value(s) of the objects, whose connected "
+                        "components are the true objects, e.g. 255 (ISBI 2012); default: GT "
+                        "holds object ids")
+    p.add_argument("--no-thin", action="store_true",
+                   help="with --instances: V_rand and V_info without the challenge's thinning")
     _add_run_args(p)
 
     p = sub.add_parser("seams", help="how tiling changes a model's output on an image that fits "

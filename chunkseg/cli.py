@@ -186,12 +186,19 @@ def _cmd_evaluate(args) -> int:
     if args.json_out is not None:  # before anything is read: never an input, never unasked
         check_output_files([args.json_out], overwrite=args.overwrite,
                            sources=(args.pred, args.gt, args.mask))
-    result = evaluate(
-        args.pred, args.gt, classes=parse_classes(args.classes), ignore=parse_ignore(args.ignore),
-        mask=args.mask, pred_variable=args.pred_array, truth_array=args.gt_array,
-        label_map=None if args.label_map is None else parse_label_map(args.label_map),
-        scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
-    print(format_report(result))
+    if args.instances:
+        result = _evaluate_instances(args)
+    else:
+        if args.truth_class is not None or args.no_thin:
+            raise InvalidValueError("`--truth-class` and `--no-thin` must come with "
+                                    "`--instances`. Add --instances, or drop them.")
+        result = evaluate(
+            args.pred, args.gt, classes=parse_classes(args.classes),
+            ignore=parse_ignore(args.ignore), mask=args.mask,
+            pred_variable=args.pred_array or "labels", truth_array=args.gt_array,
+            label_map=None if args.label_map is None else parse_label_map(args.label_map),
+            scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+        print(format_report(result))
     if args.json_out is not None:
         from .outputs._lifecycle import replacing
 
@@ -199,6 +206,23 @@ def _cmd_evaluate(args) -> int:
             json.dump(to_json(result), f, indent=2)
         print(f"wrote {args.json_out}")
     return 0
+
+
+def _evaluate_instances(args) -> dict:
+    from .evaluation.instances import evaluate_instances, format_instance_report
+
+    if args.label_map is not None or args.classes is not None:
+        raise InvalidValueError("`--label-map` and `--classes` are for class scores; with "
+                                "`--instances` pass the GT's object value with --truth-class "
+                                "(e.g. 255).")
+    result = evaluate_instances(
+        args.pred, args.gt, truth_class=parse_ignore(args.truth_class, "--truth-class"),
+        ignore=parse_ignore(args.ignore), mask=args.mask,
+        pred_variable=args.pred_array or "instances", truth_array=args.gt_array,
+        thin=not args.no_thin, scheduler=args.scheduler, workers=args.workers,
+        progress=not args.no_progress)
+    print(format_instance_report(result))
+    return result
 
 
 def _cmd_seams(args) -> int:

@@ -13,14 +13,14 @@ import xarray as xr
 import zarr
 
 from .. import _ome
-from ..errors import InvalidValueError, NotFoundError
+from ..errors import InvalidTypeError, InvalidValueError, NotFoundError
 from ..io import is_zarr_url_or_path, open_image
 from ..io._files import _read_npy
 from ..io._locations import _fspath, _is_url, _redact
 from ..outputs._manifest import warn_if_incomplete
 from ..outputs._target import MARKER
 
-__all__ = ["open_labels"]
+__all__ = ["open_labels", "open_inputs"]
 
 
 def _class_names(values: Any) -> list[str] | None:
@@ -111,3 +111,33 @@ def open_labels(obj: Any, param: str, option: str, variable: str | None, default
             f"`{param}` must hold integer (or boolean) class labels. Got dtype {data.dtype}; "
             "take the argmax of probabilities or cast with `.astype(int)`.")
     return data, names, source
+
+
+def open_inputs(pred: Any, truth: Any, mask: Any, *, pred_variable: str, default: str,
+                truth_array: str | None, storage_options: Mapping[str, Any] | None
+                ) -> tuple[da.Array, list | None, str, da.Array, str, da.Array | None]:
+    """The prediction (its variable ``pred_variable``, ``default`` for a chunkseg output), the
+    ground truth and the optional mask of an evaluation, each by :func:`open_labels`.
+
+    Returns
+    -------
+    tuple
+        ``(pred, class names of pred, pred description, truth, truth description, mask)``,
+        the arrays 2-D Dask arrays, ``mask`` None when not given.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``pred_variable`` is not a non-empty str; else as :func:`open_labels`.
+    """
+    if not isinstance(pred_variable, str) or not pred_variable:
+        raise InvalidTypeError(f"`pred_variable` must be a variable name (str). Got "
+                               f"{pred_variable!r}.")
+    p, names, pred_source = open_labels(pred, "pred", "pred_variable", pred_variable, default,
+                                        storage_options)
+    t, _, truth_source = open_labels(truth, "truth", "truth_array", truth_array, None,
+                                     storage_options)
+    m = None
+    if mask is not None:
+        m, _, _ = open_labels(mask, "mask", "mask", None, None, storage_options)
+    return p, names, pred_source, t, truth_source, m

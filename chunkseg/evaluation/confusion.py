@@ -15,7 +15,8 @@ import numpy as np
 from .._check import classes_arg, is_int, label_map_arg
 from ..errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["confusion_matrix_dask", "add_matrices", "check_ignore", "MAX_INFERRED_CLASSES"]
+__all__ = ["confusion_matrix_dask", "add_matrices", "check_ignore", "reduce_blocks", "kept_pixels",
+           "MAX_INFERRED_CLASSES"]
 
 MAX_INFERRED_CLASSES = 1024
 """With ``classes=None``, the largest label + 1 may be at most this (a 1024 x 1024 matrix per
@@ -70,12 +71,10 @@ def _where(block_info: Any) -> str:
         return ""
 
 
-def _block_confusion(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, *,
-                     classes: int | None, ignore: np.ndarray | None,
-                     label_map: tuple[np.ndarray, np.ndarray] | None,
-                     block_info: Any = None) -> np.ndarray:
-    """The confusion matrix of one chunk, as a (1, 1) object array holding an int64 ``(n, n)``
-    matrix (``n = classes``, or the chunk's largest label + 1 when ``classes`` is None)."""
+def kept_pixels(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None,
+                ignore: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The flat ``(pred, truth)`` values of one block's counted pixels: those where ``mask``
+    (if any) is nonzero and ``truth`` is not in ``ignore`` (if any)."""
     p = np.asarray(pred).ravel()
     t = np.asarray(truth).ravel()
     keep = None
@@ -86,6 +85,16 @@ def _block_confusion(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | Non
         keep = kept if keep is None else keep & kept
     if keep is not None:
         p, t = p[keep], t[keep]
+    return p, t
+
+
+def _block_confusion(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, *,
+                     classes: int | None, ignore: np.ndarray | None,
+                     label_map: tuple[np.ndarray, np.ndarray] | None,
+                     block_info: Any = None) -> np.ndarray:
+    """The confusion matrix of one chunk, as a (1, 1) object array holding an int64 ``(n, n)``
+    matrix (``n = classes``, or the chunk's largest label + 1 when ``classes`` is None)."""
+    p, t = kept_pixels(pred, truth, mask, ignore)
     t = t.astype(np.int64, copy=False)
     p = p.astype(np.int64, copy=False)
     if label_map is not None and t.size:
@@ -139,8 +148,8 @@ def add_matrices(*matrices: np.ndarray) -> np.ndarray:
     return total
 
 
-def _unwrap(*blocks: np.ndarray) -> np.ndarray:
-    return add_matrices(*(b[0, 0] for b in blocks))
+def _unwrap(combine: Any, *blocks: np.ndarray) -> Any:
+    return combine(*(b[0, 0] for b in blocks))
 
 
 def confusion_matrix_dask(
@@ -200,6 +209,43 @@ def confusion_matrix_dask(
         k = len(k)
     ignore_values = check_ignore(ignore)
     mapping = _lookup(label_map_arg(label_map, classes=k))
+    kernel = functools.partial(_block_confusion, classes=k, ignore=ignore_values,
+                               label_map=mapping)
+    return reduce_blocks(kernel, add_matrices, pred, truth, mask, token="confusion-block")
+
+
+def reduce_blocks(kernel: Any, combine: Any, pred: Any, truth: Any, mask: Any = None, *,
+                  token: str) -> Any:
+    """One task per chunk of ``pred``, ``truth`` (and ``mask``), then a tree of ``combine``.
+
+    Parameters
+    ----------
+    kernel : callable
+        ``kernel(pred_block, truth_block[, mask_block], block_info=...)`` -> a (1, 1) object
+        array holding the chunk's partial result.
+    combine : callable
+        ``combine(*partials)`` -> one partial; associative.
+    pred, truth, mask : array-like, shape (Y, X)
+        ``mask`` optional (None).
+    token : str
+        The name of the block tasks in the graph.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        The combined result of every chunk.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If an input is not 2-D or the shapes differ.
+
+    Notes
+    -----
+    The inputs are aligned with Dask's chunk unification (the common refinement of their
+    chunkings), so each stored chunk is read once; partials are combined ``8`` at a time, so
+    no task holds more than one block of each input.
+    """
     arrays = [da.asarray(pred), da.asarray(truth)]
     if mask is not None:
         arrays.append(da.asarray(mask))
@@ -211,17 +257,16 @@ def confusion_matrix_dask(
         got = ", ".join(f"{n} {s}" for n, s in shapes.items())
         raise InvalidValueError(f"`pred`, `truth` (and `mask`) must have the same shape (y, x). "
                                 f"Got {got}; crop or resample them to one grid first.")
-    kernel = functools.partial(_block_confusion, classes=k, ignore=ignore_values,
-                               label_map=mapping)
     # align the chunkings (their common refinement), then one (1, 1) object block per chunk
     _, aligned = da.core.unify_chunks(*[x for a in arrays for x in (a, "yx")])
     ny, nx = aligned[0].numblocks
     blocks = da.map_blocks(kernel, *aligned, dtype=object, meta=np.empty((0, 0), dtype=object),
-                           chunks=((1,) * ny, (1,) * nx), token="confusion-block")
+                           chunks=((1,) * ny, (1,) * nx), token=token)
     cells = list(blocks.to_delayed().ravel())
-    parts = [dask.delayed(_unwrap, pure=True)(*cells[i : i + _SPLIT_EVERY])
+    unwrap = functools.partial(_unwrap, combine)
+    parts = [dask.delayed(unwrap, pure=True)(*cells[i : i + _SPLIT_EVERY])
              for i in range(0, len(cells), _SPLIT_EVERY)]
     while len(parts) > 1:
-        parts = [dask.delayed(add_matrices, pure=True)(*parts[i : i + _SPLIT_EVERY])
+        parts = [dask.delayed(combine, pure=True)(*parts[i : i + _SPLIT_EVERY])
                  for i in range(0, len(parts), _SPLIT_EVERY)]
     return parts[0]

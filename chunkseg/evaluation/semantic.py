@@ -24,9 +24,8 @@ import numpy as np
 
 from .._check import classes_arg, label_map_arg, parse_classes, parse_ignore, parse_label_map
 from .._redact import secrets_of
-from ..errors import InvalidTypeError
 from ..scheduling import compute
-from ._labels import open_labels
+from ._labels import open_inputs
 from .confusion import MAX_INFERRED_CLASSES, add_matrices, check_ignore, confusion_matrix_dask
 from .metrics import scores_from_confusion
 from .report import format_report, to_json
@@ -150,15 +149,9 @@ def evaluate(
     ignore_values = check_ignore(ignore)
     k = len(wanted) if isinstance(wanted, tuple) else wanted
     label_map_arg(label_map, classes=k)
-    if not isinstance(pred_variable, str) or not pred_variable:
-        raise InvalidTypeError(f"`pred_variable` must be a variable name (str). Got {pred_variable!r}.")
-    p, names, pred_source = open_labels(pred, "pred", "pred_variable", pred_variable, "labels",
-                                         storage_options)
-    t, _, truth_source = open_labels(truth, "truth", "truth_array", truth_array, None,
-                                      storage_options)
-    m = None
-    if mask is not None:
-        m, _, _ = open_labels(mask, "mask", "mask", None, None, storage_options)
+    p, names, pred_source, t, truth_source, m = open_inputs(
+        pred, truth, mask, pred_variable=pred_variable, default="labels",
+        truth_array=truth_array, storage_options=storage_options)
     if isinstance(wanted, tuple):
         names = list(wanted)
     elif wanted is not None and (names is None or len(names) != wanted):
