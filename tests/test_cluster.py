@@ -232,3 +232,26 @@ def test_unreachable_scheduler_fails_fast(image_store, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "chunkseg predict: error:" in err and address in err
     assert not out.exists()  # nothing written before the cluster answered
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_keep_glibcs_malloc_thresholds(monkeypatch):
+    """``workers=N`` spawns workers without dask's MALLOC_TRIM_THRESHOLD_ (it disables glibc's
+    adaptive mmap threshold), keeps dask's other variables, and restores this process's."""
+    from chunkseg.scheduling import WORKER_ENVIRON_UNSET, local_cluster, open_client
+
+    assert "MALLOC_TRIM_THRESHOLD_" in WORKER_ENVIRON_UNSET
+    # a nanny copies its variables into the parent's environment: as an earlier cluster would
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with local_cluster(1, threads_per_worker=2) as client:
+        env = client.run(lambda: {k: os.environ.get(k) for k in (
+            "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")})
+        assert list(env.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+        assert sum(client.nthreads().values()) == 2
+        assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    with open_client(workers=2) as client:  # the path of --workers N
+        env = client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+        assert list(env.values()) == [None, None]
+    # the default dask nanny does set it: the test would see the difference
+    assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"]

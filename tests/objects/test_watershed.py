@@ -123,3 +123,23 @@ def test_cli_label_watershed(tmp_path, capsys):
     got = zarr.open_group(str(out), mode="r")["instances"][...]
     p = zarr.open_group(str(out), mode="r")["probabilities"][0]
     np.testing.assert_array_equal(got, _reference(p, 0.95, 5, 8.0, 20.0, 0.3)[0])
+
+
+def test_watershed_in_the_ome_layout_equals_the_plain_one(tmp_path):
+    image = _cells((120, 130), seed=3)
+    kw = dict(tile=32, overlap=8, chunks=48, outputs="labels,probabilities")
+    ome, plain = str(tmp_path / "ome.zarr"), str(tmp_path / "plain.zarr")
+    chunkseg.predict_to_zarr(image, MODEL, ome, ome=True, levels=2, **kw)
+    chunkseg.predict_to_zarr(image, MODEL, plain, **kw)
+    settings = dict(cls=0, method="watershed", seed_threshold=0.95, min_seed_size=5,
+                    merge_threshold=0.3)
+    a = chunkseg.label(ome, **settings)
+    b = chunkseg.label(plain, **settings)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.attrs["objects"] == b.attrs["objects"] > 5
+    g = zarr.open_group(ome, mode="r")
+    assert g["labels"].attrs["ome"]["labels"] == ["classes", "instances"]
+    assert "instances-fragments" not in g and g["labels/instances/1"].shape == (60, 65)
+    chunkseg.label(ome, **settings, overwrite=True)  # replaced, listed once
+    assert zarr.open_group(ome, mode="r")["labels"].attrs["ome"]["labels"] == [
+        "classes", "instances"]
