@@ -131,8 +131,8 @@ def run_demo(
     ----------
     out : str or Path, default "chunkseg-demo"
         Output folder: ``mosaic.zarr`` (input), ``segmentation.zarr`` (logits, probabilities,
-        labels, and ``instances``: the cells, connected components of class 0 with one id
-        across chunks), ``regions.parquet`` (one row per cell: area in nm^2 at ISBI's 4 nm
+        labels, and ``instances``: the cells, ``chunkseg.label(..., cls=0,
+        method="watershed")`` with its defaults, one id across chunks), ``regions.parquet`` (one row per cell: area in nm^2 at ISBI's 4 nm
         pixels, centroid, bounding box, mean intensity and probability), ``demo.png`` and
         ``figures/`` (the patch figures of :func:`chunkseg.viz.figures`).
     rows, cols : int, default 5 and 6
@@ -179,9 +179,9 @@ def run_demo(
         progress=progress, overwrite=True,
     )
     seconds = time.perf_counter() - t0
-    # the cells: connected components of the cell-interior class, one id across chunks
-    cells = label(str(paths["segmentation"]), cls=0, scheduler=scheduler, workers=workers,
-                      progress=progress)
+    # the cells: a seeded watershed of the cell-interior class, one id across chunks
+    cells = label(str(paths["segmentation"]), cls=0, method="watershed", scheduler=scheduler,
+                  workers=workers, progress=progress)
     table = regions(str(paths["segmentation"]), paths["regions"], image=str(paths["mosaic"]),
                     pixel_size=ISBI_PIXEL_NM, unit="nanometer", overwrite=True,
                     scheduler=scheduler, workers=workers, progress=progress)

@@ -167,3 +167,26 @@ def reference_halve(a, kind):
                     best = max(counts.values())
                     out[lead + (i, j)] = next(v for v in vals if counts[v] == best)
     return out
+
+
+def watershed_reference(p, seed_threshold, min_seed_size, weight, max_cost, merge_threshold):
+    """``chunkseg.label(method="watershed")`` in memory on the whole image: seeds
+    (``scipy.ndimage.label``, size filter, raster numbering), flooding, region graph, merge,
+    numbering by first pixel. Returns ``(ids, n_objects)``."""
+    from scipy import ndimage
+
+    from chunkseg.kernels import watershed as ws
+
+    seeds, _ = ndimage.label(p >= seed_threshold)
+    sizes = np.bincount(seeds.ravel())
+    keep = sizes >= min_seed_size
+    keep[0] = False
+    seeds = (np.cumsum(keep) * keep)[seeds]
+    frag, _ = ws.flood_block(seeds, 1 - p, weight, max_cost)
+    n = int(seeds.max())
+    u, v, total, count = ws.boundary_pairs(frag, 1 - p, *frag.shape)
+    ids, index = np.unique(frag.ravel(), return_index=True)
+    first = np.zeros(n, np.int64)
+    first[ids[ids > 0] - 1] = index[ids > 0]
+    lookup, n_obj = ws.merge_lookup(n, u, v, total, count, merge_threshold, first)
+    return lookup[frag], n_obj

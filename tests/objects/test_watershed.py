@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from reference import watershed_reference
 from scipy import ndimage
 
 import chunkseg
 from chunkseg.cli import main
 from chunkseg.errors import InvalidTypeError, InvalidValueError
-from chunkseg.kernels import watershed as ws
-from chunkseg.kernels.watershed import flood_block, merge_lookup
 
 MODEL = "model_factories:numpy_two_class_steep"  # class 0 where bright, p from 0.0025 to 0.9975
 
@@ -32,23 +31,6 @@ def _output(tmp_path, image, chunks, name="out.zarr"):
     return out
 
 
-def _reference(p, seed_threshold, min_seed_size, weight, max_cost, merge_threshold):
-    """The algorithm in memory on the whole image: seeds, flooding, region graph, numbering."""
-    seeds, _ = ndimage.label(p >= seed_threshold)
-    sizes = np.bincount(seeds.ravel())
-    keep = sizes >= min_seed_size
-    keep[0] = False
-    seeds = (np.cumsum(keep) * keep)[seeds]
-    frag, _ = flood_block(seeds, 1 - p, weight, max_cost)
-    n = int(seeds.max())
-    u, v, total, count = ws.boundary_pairs(frag, 1 - p, *frag.shape)
-    ids, index = np.unique(frag.ravel(), return_index=True)
-    first = np.zeros(n, np.int64)
-    first[ids[ids > 0] - 1] = index[ids > 0]
-    lookup, n_obj = merge_lookup(n, u, v, total, count, merge_threshold, first)
-    return lookup[frag], n_obj
-
-
 @pytest.mark.parametrize("merge", [None, 0.3])
 def test_same_ids_for_any_chunking_and_equal_to_the_whole_image(tmp_path, merge):
     image = _cells()
@@ -65,7 +47,7 @@ def test_same_ids_for_any_chunking_and_equal_to_the_whole_image(tmp_path, merge)
         group = zarr.open_group(str(out), mode="r")
         assert "instances-fragments" not in group  # the scratch array is gone
     p = zarr.open_group(str(tmp_path / "o0.zarr"), mode="r")["probabilities"][0]
-    ref, n = _reference(p, 0.95, 5, 8.0, 20.0, merge)
+    ref, n = watershed_reference(p, 0.95, 5, 8.0, 20.0, merge)
     assert n > 10
     for got in results:
         np.testing.assert_array_equal(got, ref)
@@ -122,7 +104,7 @@ def test_cli_label_watershed(tmp_path, capsys):
     assert "objects of class 0" in capsys.readouterr().out
     got = zarr.open_group(str(out), mode="r")["instances"][...]
     p = zarr.open_group(str(out), mode="r")["probabilities"][0]
-    np.testing.assert_array_equal(got, _reference(p, 0.95, 5, 8.0, 20.0, 0.3)[0])
+    np.testing.assert_array_equal(got, watershed_reference(p, 0.95, 5, 8.0, 20.0, 0.3)[0])
 
 
 def test_watershed_in_the_ome_layout_equals_the_plain_one(tmp_path):
