@@ -2,7 +2,8 @@
 
 The fast tier is the engine's core, what a change of geometry, kernels or graph can break: the
 plan, windows, numpy and torch kernels, the engine against the in-memory reference, test-time
-augmentation, the seam report, sharding, the instance kernels and merges, the metrics and the
+augmentation, the seam report, sharding, the instance kernels and merges (components and the
+watershed), the metrics and the
 pyramid (:data:`FAST_MODULES`). Every other module (the
 cluster, S3, SIGKILL, demo, training, outputs and lease process tests, models and I/O) is marked
 ``slow`` here, in one place, as is any test of a fast module marked ``slow`` itself (a local
@@ -27,7 +28,8 @@ for _folder in sorted(p for p in _TESTS.iterdir() if p.is_dir() and p.name.iside
 FAST_MODULES = frozenset({
     "test_plan", "test_windows", "test_blend", "test_engine", "test_torch_kernel",
     "test_reference_geometry", "test_tta", "test_seams", "test_shards", "test_mask",
-    "test_instances", "test_tile_instances", "test_metrics", "test_ome",
+    "test_instances", "test_tile_instances", "test_metrics", "test_ome", "test_flood_kernel",
+    "test_watershed",
 })
 
 
