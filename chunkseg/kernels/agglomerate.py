@@ -238,6 +238,7 @@ def agglomerate(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: 
     from bioimage_cpp.graph import UndirectedGraph
 
     costs = edge_costs(total / (2.0 * QUANT * count), threshold)
+    # sorted and unique (region_graph), as UndirectedGraph.from_unique_edges requires
     uv = np.stack([u - 1, v - 1], axis=1).astype(np.uint64)
     if method == "multicut":
         from bioimage_cpp.graph.multicut import KernighanLinMulticut, MulticutObjective
