@@ -158,7 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="watershed: largest path cost flooded; also the halo in px (32)")
     p.add_argument("--merge-threshold", type=float, default=None,
                    help="watershed: join touching fragments whose border's mean boundary "
-                        "probability is below this (default: no merging)")
+                        "probability is below this (default: no merging); with --agglomeration "
+                        "multicut|mutex, the probability where joining and cutting cost the same")
+    p.add_argument("--agglomeration", default="threshold",
+                   choices=("threshold", "multicut", "mutex"),
+                   help="watershed: how fragments are joined: threshold on the mean boundary "
+                        "probability, multicut or mutex watershed (these two need "
+                        "chunkseg[agglomerate]) (threshold)")
     _add_run_args(p)
 
     p = sub.add_parser("regions", help="region table (Parquet) of the objects of an output")

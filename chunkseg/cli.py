@@ -308,6 +308,7 @@ def _cmd_label(args) -> int:
                     method=args.method, seed_threshold=args.seed_threshold,
                     min_seed_size=args.min_seed_size, boundary_weight=args.boundary_weight,
                     max_cost=args.max_cost, merge_threshold=args.merge_threshold,
+                    agglomeration=args.agglomeration,
                     scheduler=args.scheduler, workers=args.workers,
                     progress=not args.no_progress)
     print(f"wrote {args.name} {tuple(ids.shape)} {ids.dtype} into {args.store}: "

@@ -169,13 +169,15 @@ def reference_halve(a, kind):
     return out
 
 
-def watershed_reference(p, seed_threshold, min_seed_size, weight, max_cost, merge_threshold):
+def watershed_reference(p, seed_threshold, min_seed_size, weight, max_cost, merge_threshold,
+                        agglomeration="threshold"):
     """``chunkseg.label(method="watershed")`` in memory on the whole image: seeds
     (``scipy.ndimage.label``, size filter, raster numbering), flooding, region graph, merge,
     numbering by first pixel. Returns ``(ids, n_objects)``."""
     from scipy import ndimage
 
     from chunkseg.kernels import watershed as ws
+    from chunkseg.kernels.agglomerate import agglomerate
 
     seeds, _ = ndimage.label(p >= seed_threshold)
     sizes = np.bincount(seeds.ravel())
@@ -188,5 +190,5 @@ def watershed_reference(p, seed_threshold, min_seed_size, weight, max_cost, merg
     ids, index = np.unique(frag.ravel(), return_index=True)
     first = np.zeros(n, np.int64)
     first[ids[ids > 0] - 1] = index[ids > 0]
-    lookup, n_obj = ws.merge_lookup(n, u, v, total, count, merge_threshold, first)
+    lookup, n_obj = agglomerate(n, u, v, total, count, agglomeration, merge_threshold, first)
     return lookup[frag], n_obj

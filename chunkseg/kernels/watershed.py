@@ -21,9 +21,8 @@ from outside (the connected components of :mod:`chunkseg.kernels.components`).
 **Agglomeration.** :func:`boundary_pairs` collects, for each pair of touching fragments (edge
 neighbours), the sum of the boundary probability on both sides of their shared border,
 quantised to integers so the sums, and so the decisions, do not depend on the order of
-summation (the chunking); :func:`merge_lookup` joins the pairs whose mean is below a threshold
-with a union-find (:func:`scipy.sparse.csgraph.connected_components`), as a region adjacency
-graph's thresholded cut (``skimage.graph.cut_threshold`` on ``rag_boundary``, in memory).
+summation (the chunking); :func:`chunkseg.kernels.agglomerate.agglomerate` joins fragments on
+that region adjacency graph (a threshold on the mean, a multicut or a mutex watershed).
 
 The kernel is tested against :func:`flood_reference`, a plain Dijkstra with a heap on the whole
 image, and for chunk-invariance through :func:`chunkseg.label`.
@@ -35,8 +34,8 @@ import heapq
 
 import numpy as np
 
-__all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs",
-           "merge_lookup", "QUANT", "COST_UNIT", "MAX_COST"]
+__all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs", "QUANT",
+           "COST_UNIT", "MAX_COST"]
 
 # (dy, dx, diagonal): p = (y, x) takes from its neighbour q = (y - dy, x - dx)
 _OFFSETS = ((-1, 0, False), (1, 0, False), (0, -1, False), (0, 1, False),
@@ -215,51 +214,3 @@ def boundary_pairs(labels: np.ndarray, boundary: np.ndarray, rows: int,
     total = np.zeros(len(pairs), np.int64)
     np.add.at(total, inverse, t)
     return pairs[:, 0], pairs[:, 1], total, count
-
-
-def merge_lookup(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: np.ndarray,
-                 threshold: float | None, first: np.ndarray) -> tuple[np.ndarray, int]:
-    """Join fragments whose shared border's mean boundary probability is below ``threshold``.
-
-    Parameters
-    ----------
-    n : int
-        Fragments ``1..n``.
-    u, v, total, count : ndarray of int64
-        Pairs from :func:`boundary_pairs`, summed over every block (repeats allowed).
-    threshold : float or None
-        Merge where ``mean < threshold`` (mean = ``total / (2 * QUANT * count)``); None: no merge.
-    first : (n,) ndarray of int64
-        Raster index in the whole image of each fragment's first pixel.
-
-    Returns
-    -------
-    lookup : (n + 1,) ndarray of int64
-        Fragment id -> object id (``lookup[0] == 0``); objects ``1..N`` numbered in the raster
-        order of their first pixel, as :func:`scipy.ndimage.label` numbers components.
-    n_objects : int
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    if n == 0:
-        return np.zeros(1, np.int64), 0
-    if threshold is not None and len(u):
-        key = u * (n + 1) + v
-        keys, inverse = np.unique(key, return_inverse=True)
-        t = np.zeros(len(keys), np.int64)
-        c = np.zeros(len(keys), np.int64)
-        np.add.at(t, inverse, total)
-        np.add.at(c, inverse, count)
-        # mean < threshold, in integers: total < threshold * 2 * QUANT * count
-        keep = t < threshold * 2 * QUANT * c
-        a, b = keys[keep] // (n + 1), keys[keep] % (n + 1)
-    else:
-        a = b = np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(a), np.int8), (a - 1, b - 1)), shape=(n, n))
-    n_obj, comp = connected_components(graph, directed=False)
-    first_of = np.full(n_obj, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(first_of, comp, first)
-    rank = np.empty(n_obj, np.int64)
-    rank[np.argsort(first_of, kind="stable")] = np.arange(1, n_obj + 1)
-    return np.concatenate([[0], rank[comp]]).astype(np.int64), int(n_obj)

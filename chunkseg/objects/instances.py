@@ -115,6 +115,7 @@ def label(
     boundary_weight: float = 10.0,
     max_cost: float = 32.0,
     merge_threshold: float | None = None,
+    agglomeration: str = "threshold",
     name: str = "instances",
     overwrite: bool = False,
     storage_options: dict | None = None,
@@ -166,7 +167,14 @@ def label(
         ``floor(max_cost)`` pixels, which is the halo each chunk is computed with.
     merge_threshold : float, optional
         Watershed only: join touching fragments whose border's mean boundary probability is
-        below it (a thresholded region adjacency graph). None (default): no merging.
+        below it (a thresholded region adjacency graph). None (default): no merging. With
+        ``agglomeration="multicut"`` or ``"mutex"``: required, in (0, 1), the mean boundary
+        probability at which joining and cutting cost the same (elf's ``beta`` is
+        ``1 - merge_threshold``).
+    agglomeration : {"threshold", "multicut", "mutex"}, default "threshold"
+        Watershed only: how fragments are joined on their region adjacency graph: the
+        threshold above, a multicut or a mutex watershed (these two need ``pip install
+        'chunkseg[agglomerate]'``); see :mod:`chunkseg.kernels.agglomerate`.
     name : str, default "instances"
         The array written in the group.
     overwrite : bool, default False
@@ -230,7 +238,7 @@ def label(
                 f"`threshold` is for method='components'. Got {threshold!r} with "
                 "method='watershed'; pass `seed_threshold` instead.")
         settings = WatershedSettings(seed_threshold, min_seed_size, boundary_weight, max_cost,
-                                     merge_threshold)
+                                     merge_threshold, agglomeration)
     group = _open_group(store, storage_options, "r+")
     _check_complete(group, store)
     cls = class_index_arg(cls, class_names(group), fix="(CLI: --class NAME or --class INDEX)")

@@ -15,10 +15,13 @@ Four passes over the chunks of a written output's probabilities, each task holdi
    computed twice): each chunk, with the next row and column, gives the touching fragment
    pairs and the boundary probability along their border
    (:func:`chunkseg.kernels.watershed.boundary_pairs`) and each fragment's first pixel.
-4. **Agglomeration and relabelling**: on the client the pairs whose mean boundary probability
-   is below ``merge_threshold`` are joined (union-find; the graph has one node per fragment,
-   far fewer than pixels) and the objects numbered in the raster order of their first pixel
-   (:func:`chunkseg.kernels.watershed.merge_lookup`); each chunk of fragments is mapped through
+4. **Agglomeration and relabelling**: on the client the fragments are joined on that graph
+   (one node per fragment, far fewer than pixels) by ``agglomeration``: the pairs whose mean
+   boundary probability is below ``merge_threshold`` (union-find), or a multicut or mutex
+   watershed whose costs change sign at ``merge_threshold``; the objects are numbered in the
+   raster order of their first pixel (:func:`chunkseg.kernels.agglomerate.agglomerate`; the
+   graph's sums are exact integers, so the result does not depend on the chunking with either
+   method); each chunk of fragments is mapped through
    that lookup table into the final array (by :func:`chunkseg.objects.instances.label`) and the
    scratch array is deleted.
 
@@ -38,6 +41,7 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 
 from ..errors import InvalidTypeError, InvalidValueError
+from ..kernels import agglomerate as agg
 from ..kernels import components as kern
 from ..kernels import watershed as ws
 from ..outputs._arrays import ArrayWriter, create_array
@@ -65,8 +69,12 @@ class WatershedSettings:
         Pixels farther (in cost) from every seed stay 0, 1 to 256; the halo is
         ``floor(max_cost)``.
     merge_threshold : float or None
-        Touching fragments whose border's mean boundary probability is below it are joined;
-        None: no agglomeration.
+        With ``agglomeration="threshold"``: touching fragments whose border's mean boundary
+        probability is below it are joined; None: no agglomeration. With ``"multicut"`` or
+        ``"mutex"``: the mean boundary probability at which joining and cutting cost the
+        same, in (0, 1), required.
+    agglomeration : {"threshold", "multicut", "mutex"}
+        How fragments are joined (:func:`chunkseg.kernels.agglomerate.agglomerate`).
     """
 
     seed_threshold: float = 0.98
@@ -74,6 +82,7 @@ class WatershedSettings:
     boundary_weight: float = 10.0
     max_cost: float = 32.0
     merge_threshold: float | None = None
+    agglomeration: str = "threshold"
 
     def __post_init__(self) -> None:
         def number(name: str, value: Any) -> float:
@@ -105,6 +114,7 @@ class WatershedSettings:
                 raise InvalidValueError(
                     f"`merge_threshold` must be a probability in [0, 1] or None (no merging). "
                     f"Got {self.merge_threshold!r}.")
+        agg.check(self.agglomeration, self.merge_threshold)
 
     def to_dict(self) -> dict:
         """The settings as plain JSON values (the attrs of the written array)."""
@@ -112,13 +122,14 @@ class WatershedSettings:
                 "min_seed_size": int(self.min_seed_size),
                 "boundary_weight": float(self.boundary_weight), "max_cost": float(self.max_cost),
                 "merge_threshold": (None if self.merge_threshold is None
-                                    else float(self.merge_threshold))}
+                                    else float(self.merge_threshold)),
+                "agglomeration": self.agglomeration}
 
     @classmethod
     def from_dict(cls, d: dict) -> WatershedSettings:
         """Inverse of :meth:`to_dict`."""
         return cls(**{k: d[k] for k in ("seed_threshold", "min_seed_size", "boundary_weight",
-                                        "max_cost", "merge_threshold")})
+                                        "max_cost", "merge_threshold", "agglomeration")})
 
 
 def _seed_summary(src, cls: int, threshold: float, ys, xs, connectivity: int, width: int):
@@ -189,6 +200,7 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     info : dict
         ``seeds`` (after the size filter) and ``fragments`` counts, for the attrs.
     """
+    agg.require(settings.agglomeration)  # before the passes: a missing library fails at once
     height, width = src.shape[-2:]
     cy, cx = src.chunks[-2:]
     ys_, xs_ = kern.block_grid((_axis_chunks(height, cy), _axis_chunks(width, cx)))
@@ -248,8 +260,8 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     u, v, total, count = (np.concatenate([p[0][i] for p in parts]) if parts else
                           np.zeros(0, np.int64) for i in range(4))
     # 4. agglomeration: fragment id -> object id
-    lookup, n_objects = ws.merge_lookup(n_seeds, u, v, total, count, settings.merge_threshold,
-                                        first)
+    lookup, n_objects = agg.agglomerate(n_seeds, u, v, total, count, settings.agglomeration,
+                                        settings.merge_threshold, first)
 
     def block(ys, xs) -> np.ndarray:
         return lookup[np.asarray(scratch[ys[0]:ys[1], xs[0]:xs[1]]).astype(np.int64)]

@@ -91,19 +91,3 @@ def test_boundary_pairs_against_a_pixel_count():
                 t0, n0 = got.get((int(a), int(c)), (0, 0))
                 got[(int(a), int(c))] = (t0 + int(t), n0 + int(n))
     assert got == expected
-
-
-def test_merge_lookup_joins_below_the_threshold_and_numbers_in_raster_order():
-    # fragments 1..4; first pixels put fragment 4 first in the image
-    first = np.array([10, 20, 30, 5])
-    q = ws.QUANT
-    u, v = np.array([1, 2, 3]), np.array([2, 3, 4])
-    count = np.array([4, 2, 1])
-    total = np.array([2 * q * 4 * 0.1, 2 * q * 2 * 0.6, 2 * q * 1 * 0.2]).astype(np.int64)
-    lookup, n = ws.merge_lookup(4, u, v, total, count, 0.5, first)
-    # 1-2 (mean 0.1) and 3-4 (0.2) join, 2-3 (0.6) does not; {3, 4} starts first (pixel 5)
-    assert n == 2 and list(lookup) == [0, 2, 2, 1, 1]
-    lookup, n = ws.merge_lookup(4, u, v, total, count, None, first)
-    assert n == 4 and list(lookup) == [0, 2, 3, 4, 1]
-    lookup, n = ws.merge_lookup(4, u, v, total, count, 0.7, first)
-    assert n == 1 and list(lookup) == [0, 1, 1, 1, 1]

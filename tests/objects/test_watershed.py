@@ -3,6 +3,8 @@ algorithm run in memory on the whole image; gaps that join objects are split."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import zarr
@@ -11,7 +13,8 @@ from scipy import ndimage
 
 import chunkseg
 from chunkseg.cli import main
-from chunkseg.errors import InvalidTypeError, InvalidValueError
+from chunkseg.errors import InvalidTypeError, InvalidValueError, MissingDependencyError
+from chunkseg.objects.watershed import WatershedSettings
 
 MODEL = "model_factories:numpy_two_class_steep"  # class 0 where bright, p from 0.0025 to 0.9975
 
@@ -54,6 +57,31 @@ def test_same_ids_for_any_chunking_and_equal_to_the_whole_image(tmp_path, merge)
     assert (ref > 0).mean() > (p >= 0.95).mean() + 0.05  # the flooding grew the seeds
 
 
+@pytest.mark.parametrize("agglomeration", ["multicut", "mutex"])
+def test_library_agglomeration_is_the_same_for_two_chunkings(tmp_path, agglomeration):
+    pytest.importorskip("bioimage_cpp")
+    image = _cells()
+    # a low boundary weight: fragments meet inside cells too, so the graph has cycles
+    settings = dict(seed_threshold=0.95, min_seed_size=3, boundary_weight=1.0, max_cost=60.0,
+                    merge_threshold=0.3)
+    results = []
+    for i, chunks in enumerate([1000, (40, 64)]):  # the second smaller than the 60 px halo
+        out = _output(tmp_path, image, chunks, f"o{i}.zarr")
+        got = chunkseg.label(str(out), cls=0, method="watershed", agglomeration=agglomeration,
+                             **settings)
+        assert WatershedSettings.from_dict(got.attrs["watershed"]) == WatershedSettings(
+            agglomeration=agglomeration, **settings)
+        results.append(got.values)
+    p = zarr.open_group(str(tmp_path / "o0.zarr"), mode="r")["probabilities"][0]
+    ref, n = watershed_reference(p, 0.95, 3, 1.0, 60.0, 0.3, agglomeration)
+    for got in results:
+        np.testing.assert_array_equal(got, ref)
+    # not the thresholded graph's answer here: a cycle decides differently
+    threshold, n_threshold = watershed_reference(p, 0.95, 3, 1.0, 60.0, 0.3)
+    assert n > n_threshold > 10
+    assert (ref != threshold).any()
+
+
 def test_watershed_splits_what_a_gap_joins(tmp_path):
     image = np.full((64, 96), 10, np.uint8)  # dark boundary everywhere
     yy, xx = np.indices(image.shape)
@@ -78,12 +106,26 @@ def test_bad_watershed_settings(tmp_path):
              (dict(method="watershed", min_seed_size=2.5), InvalidTypeError, "int"),
              (dict(method="watershed", boundary_weight=-1), InvalidValueError, ">= 0"),
              (dict(method="watershed", max_cost=0.5), InvalidValueError, "halo"),
-             (dict(method="watershed", merge_threshold=1.5), InvalidValueError, "[0, 1]")]
+             (dict(method="watershed", merge_threshold=1.5), InvalidValueError, "[0, 1]"),
+             (dict(method="watershed", agglomeration="gasp"), InvalidValueError,
+              "`agglomeration` must be one of"),
+             (dict(method="watershed", agglomeration="multicut"), InvalidValueError,
+              "with agglomeration='multicut'")]
     for kwargs, error, text in cases:
         with pytest.raises(error, match=text.replace("[", r"\[").replace("(", r"\(")):
             chunkseg.label(str(out), cls=0, **kwargs)
     assert sorted(zarr.open_group(str(out), mode="r").keys()) == ["chunkseg", "class", "labels",
                                                                    "probabilities"]
+
+
+def test_library_agglomeration_missing(tmp_path, monkeypatch):
+    out = _output(tmp_path, _cells((40, 40)), 20)
+    monkeypatch.setitem(sys.modules, "bioimage_cpp", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "bioimage_cpp.graph", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'chunkseg\[agglomerate\]'"):
+        chunkseg.label(str(out), cls=0, method="watershed", agglomeration="multicut",
+                       merge_threshold=0.5)
+    assert "instances-fragments" not in zarr.open_group(str(out), mode="r")  # failed first
 
 
 def test_watershed_needs_probabilities(tmp_path):
@@ -95,16 +137,22 @@ def test_watershed_needs_probabilities(tmp_path):
         chunkseg.label(str(out), cls=0, method="watershed")
 
 
-def test_cli_label_watershed(tmp_path, capsys):
+@pytest.mark.parametrize("agglomeration", ["threshold", "mutex"])
+def test_cli_label_watershed(tmp_path, capsys, agglomeration):
+    if agglomeration != "threshold":
+        pytest.importorskip("bioimage_cpp")
     image = _cells()
     out = _output(tmp_path, image, 50)
     assert main(["label", str(out), "--class", "0", "--method", "watershed",
                  "--seed-threshold", "0.95", "--min-seed-size", "5", "--boundary-weight", "8",
-                 "--max-cost", "20", "--merge-threshold", "0.3", "--no-progress"]) == 0
+                 "--max-cost", "20", "--merge-threshold", "0.3", "--agglomeration",
+                 agglomeration, "--no-progress"]) == 0
     assert "objects of class 0" in capsys.readouterr().out
     got = zarr.open_group(str(out), mode="r")["instances"][...]
     p = zarr.open_group(str(out), mode="r")["probabilities"][0]
-    np.testing.assert_array_equal(got, watershed_reference(p, 0.95, 5, 8.0, 20.0, 0.3)[0])
+    np.testing.assert_array_equal(got, watershed_reference(p, 0.95, 5, 8.0, 20.0, 0.3, agglomeration)[0])
+    attrs = zarr.open_group(str(out), mode="r")["instances"].attrs["watershed"]
+    assert attrs["agglomeration"] == agglomeration
 
 
 def test_watershed_in_the_ome_layout_equals_the_plain_one(tmp_path):
