@@ -34,7 +34,8 @@ import heapq
 
 import numpy as np
 
-__all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs", "QUANT",
+__all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs",
+           "first_pixels", "QUANT",
            "COST_UNIT", "MAX_COST"]
 
 # (dy, dx, diagonal): p = (y, x) takes from its neighbour q = (y - dy, x - dx)
@@ -62,15 +63,18 @@ def entry_costs(boundary: np.ndarray, weight: float,
                 max_cost: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Integer costs of entering each pixel by an edge and by a corner, and the cost limit.
 
-    ``c1 = round(COST_UNIT * (1 + weight * boundary))``, ``c2`` the same times ``sqrt(2)``,
+    ``c1 = round(COST_UNIT * (1 + weight * boundary))``, ``c2`` the same times ``sqrt(2)``
+    (float32 arithmetic, the same for every window),
     both at most ``limit + 1`` (a step that alone passes the limit ends every path), and
     ``limit = floor(max_cost * COST_UNIT)``. Each is at least ``COST_UNIT``: a path within the
     limit has at most ``floor(max_cost)`` steps.
     """
     limit = int(np.floor(max_cost * COST_UNIT))
-    base = 1.0 + float(weight) * np.asarray(boundary, np.float64)
-    c1 = np.minimum(np.rint(COST_UNIT * base), limit + 1).astype(np.int64)
-    c2 = np.minimum(np.rint(COST_UNIT * np.sqrt(2.0) * base), limit + 1).astype(np.int64)
+    base = np.asarray(boundary, np.float32) * np.float32(weight * COST_UNIT)
+    base += np.float32(COST_UNIT)
+    c1 = np.minimum(np.rint(base), limit + 1).astype(np.int64)
+    base *= np.float32(np.sqrt(2.0))
+    c2 = np.minimum(np.rint(base), limit + 1).astype(np.int64)
     return c1, c2, limit
 
 
@@ -99,44 +103,52 @@ def flood_block(seeds: np.ndarray, boundary: np.ndarray, weight: float,
     Notes
     -----
     Each pixel holds one int64 key ``cost << 32 | seed``, so the smallest key is the lowest
-    cost and, among equal costs, the smallest seed. Sweeps until nothing changes, each a pass
-    down the rows and a pass up: a row takes from the row before it (edge and both corners),
-    then is scanned left to right and right to left in one step each, by the prefix-sum form
-    of ``key[x] = min(key[x], key[x - 1] + c[x])``:
-    ``key = minimum.accumulate(key - S) + S`` with ``S`` the running sum of the costs (exact
-    in integers). A path's cost is the same whatever the order it is summed in, so the result
+    cost and, among equal costs, the smallest seed. Passes go down the rows and up, in turn:
+    a row takes from the row before it (edge and both corners), then is scanned left to right
+    and right to left in one step each, by the prefix-sum form of
+    ``key[x] = min(key[x], key[x - 1] + c[x])``: ``key = minimum.accumulate(key - S) + S``
+    with ``S`` the running sum of the costs (exact in integers). It stops at the first pass
+    (after the first) that changes nothing: the pass before it, the other way, left every row
+    consistent with its other neighbour row. A path's cost is the same whatever the order it
+    is summed in, so the result
     is the unique fixed point, equal to Dijkstra's (:func:`flood_reference`).
     """
     h, w = seeds.shape
     c1, c2, limit = entry_costs(boundary, weight, max_cost)
     a1, a2 = c1 * _SHIFT, c2 * _SHIFT
+    del c1, c2
     forward = np.cumsum(a1, axis=1)  # sum of c[k] for k <= x
     backward = np.cumsum(a1[:, ::-1], axis=1)[:, ::-1]  # for k >= x
     key = np.where(seeds > 0, np.asarray(seeds, np.int64), _INF)
     t = np.empty(w, np.int64)
+    before = np.empty_like(key)
+    passes = [(range(h), -1), (range(h - 1, -1, -1), 1)]  # down the rows, then up
+    n = 0
     while True:
-        before = key.copy()
-        for rows, step in ((range(h), -1), (range(h - 1, -1, -1), 1)):
-            for y in rows:
-                row = key[y]
-                if 0 <= y + step < h:
-                    prev = key[y + step]
-                    np.add(prev, a1[y], out=t)
-                    np.minimum(row, t, out=row)
-                    np.add(prev[:-1], a2[y, 1:], out=t[1:])
-                    np.minimum(row[1:], t[1:], out=row[1:])
-                    np.add(prev[1:], a2[y, :-1], out=t[:-1])
-                    np.minimum(row[:-1], t[:-1], out=row[:-1])
-                # keys never exceed _INF (every update is a minimum), so nothing overflows
-                np.subtract(row, forward[y], out=row)
-                np.minimum.accumulate(row, out=row)
-                np.add(row, forward[y], out=row)
-                np.subtract(row, backward[y], out=row)
-                back = row[::-1]
-                np.minimum.accumulate(back, out=back)
-                np.add(row, backward[y], out=row)
-        if np.array_equal(before, key):
+        rows, step = passes[n % 2]
+        np.copyto(before, key)
+        for y in rows:
+            row = key[y]
+            if 0 <= y + step < h:
+                prev = key[y + step]
+                np.add(prev, a1[y], out=t)
+                np.minimum(row, t, out=row)
+                np.add(prev[:-1], a2[y, 1:], out=t[1:])
+                np.minimum(row[1:], t[1:], out=row[1:])
+                np.add(prev[1:], a2[y, :-1], out=t[:-1])
+                np.minimum(row[:-1], t[:-1], out=row[:-1])
+            # keys never exceed _INF (every update is a minimum), so nothing overflows
+            np.subtract(row, forward[y], out=row)
+            np.minimum.accumulate(row, out=row)
+            np.add(row, forward[y], out=row)
+            np.subtract(row, backward[y], out=row)
+            back = row[::-1]
+            np.minimum.accumulate(back, out=back)
+            np.add(row, backward[y], out=row)
+        # a pass that changes nothing after a pass the other way: every relation holds
+        if n > 0 and np.array_equal(before, key):
             break
+        n += 1
     cost = key >> np.int64(32)
     reached = cost <= limit
     return np.where(reached, key & _LOW, 0), np.where(reached, cost, -1)
@@ -171,6 +183,28 @@ def flood_reference(seeds: np.ndarray, boundary: np.ndarray, weight: float,
     return lab, cost
 
 
+def _quantise(p: np.ndarray) -> np.ndarray:
+    return np.rint(p.astype(np.float64) * QUANT).astype(np.int64)
+
+
+def first_pixels(labels: np.ndarray, origin: tuple[int, int],
+                 width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of a block and the raster index, in an image ``width`` wide, of each one's first
+    pixel (the block at ``origin``); 0 left out.
+
+    Found by hashing (``pandas.Index.duplicated``), O(pixels), where ``numpy.unique`` sorts.
+    """
+    import pandas as pd
+
+    flat = labels.ravel()
+    index = np.flatnonzero(~pd.Index(flat).duplicated(keep="first"))
+    ids = flat[index].astype(np.int64)
+    keep = ids > 0
+    ids, index = ids[keep], index[keep]
+    w = labels.shape[1]
+    return ids, (origin[0] + index // w) * width + origin[1] + index % w
+
+
 def boundary_pairs(labels: np.ndarray, boundary: np.ndarray, rows: int,
                    cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Touching fragments of a block and the boundary probability along their shared border.
@@ -194,19 +228,20 @@ def boundary_pairs(labels: np.ndarray, boundary: np.ndarray, rows: int,
     count : ndarray of int64
         Touching pixel pairs (edge neighbours).
     """
-    q = np.rint(np.asarray(boundary, np.float64) * QUANT).astype(np.int64)
     h, w = labels.shape
+    boundary = np.asarray(boundary)
     us, vs, ts = [], [], []
     # (first pixel, its right or lower neighbour), first pixels the block's own
     cx, ry = min(cols, w - 1), min(rows, h - 1)
-    for a, b, qa, qb in ((labels[:rows, :cx], labels[:rows, 1:cx + 1],
-                          q[:rows, :cx], q[:rows, 1:cx + 1]),
-                         (labels[:ry, :cols], labels[1:ry + 1, :cols],
-                          q[:ry, :cols], q[1:ry + 1, :cols])):
+    for (a, b), (qa, qb) in (((labels[:rows, :cx], labels[:rows, 1:cx + 1]),
+                              (boundary[:rows, :cx], boundary[:rows, 1:cx + 1])),
+                             ((labels[:ry, :cols], labels[1:ry + 1, :cols]),
+                              (boundary[:ry, :cols], boundary[1:ry + 1, :cols]))):
         m = (a != b) & (a > 0) & (b > 0)
-        us.append(np.minimum(a[m], b[m]))
-        vs.append(np.maximum(a[m], b[m]))
-        ts.append(qa[m] + qb[m])
+        am, bm = a[m], b[m]
+        us.append(np.minimum(am, bm))
+        vs.append(np.maximum(am, bm))
+        ts.append(_quantise(qa[m]) + _quantise(qb[m]))
     u, v, t = (np.concatenate(x).astype(np.int64) for x in (us, vs, ts))
     pairs, inverse = np.unique(np.stack([u, v], axis=1), axis=0, return_inverse=True)
     inverse = inverse.ravel()

@@ -142,12 +142,12 @@ def _seed_summary(src, cls: int, threshold: float, ys, xs, connectivity: int, wi
 def _seed_block(prob: np.ndarray, threshold: float, connectivity: int, lookups: dict,
                 block_id=None) -> np.ndarray:
     seeds, _ = kern.label_block(prob >= threshold, connectivity)
-    return lookups[block_id][seeds]
+    return lookups[block_id].astype(np.uint32)[seeds]  # ids < 2**32 (checked)
 
 
 def _flood_window(seeds: np.ndarray, prob: np.ndarray, weight: float,
                   max_cost: float) -> np.ndarray:
-    return ws.flood_block(seeds, 1.0 - prob, weight, max_cost)[0]
+    return ws.flood_block(seeds, 1.0 - prob, weight, max_cost)[0].astype(np.uint32)
 
 
 def _write_block(block: np.ndarray, writer: ArrayWriter, ys, xs, what: str) -> int:
@@ -158,14 +158,9 @@ def _write_block(block: np.ndarray, writer: ArrayWriter, ys, xs, what: str) -> i
 def _pairs_task(frag: np.ndarray, prob: np.ndarray, ys, xs, width: int):
     """Pairs and first pixels of one chunk from its fragments and probabilities plus the next
     row and column (where the image has them)."""
-    frag = frag.astype(np.int64, copy=False)
     rows, cols = ys[1] - ys[0], xs[1] - xs[0]
     pairs = ws.boundary_pairs(frag, 1.0 - prob.astype(np.float32, copy=False), rows, cols)
-    own = frag[:rows, :cols]
-    ids, index = np.unique(own.ravel(), return_index=True)
-    keep = ids > 0
-    ids, index = ids[keep], index[keep]
-    first = (ys[0] + index // cols) * width + xs[0] + index % cols
+    ids, first = ws.first_pixels(frag[:rows, :cols], (ys[0], xs[0]), width)
     return pairs, ids, first
 
 
@@ -234,10 +229,10 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     writer = ArrayWriter(scratch, location, scratch_name)
     prob = da.from_zarr(src)[cls]
     seeds = prob.map_blocks(_seed_block, settings.seed_threshold, connectivity, seed_lookups,
-                            dtype=np.int64)
+                            dtype=np.uint32)
     depth = ws.halo(settings.max_cost)
     fragments = da.map_overlap(_flood_window, seeds, prob, depth=depth, boundary="none",
-                               trim=True, dtype=np.int64, weight=settings.boundary_weight,
+                               trim=True, dtype=np.uint32, weight=settings.boundary_weight,
                                max_cost=settings.max_cost, allow_rechunk=True)
     fragments = fragments.rechunk((cy, cx))
     blocks = fragments.to_delayed()
