@@ -16,14 +16,16 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .._check import class_names_arg, label_map_arg, positive_int
+from .._check import class_index_arg, class_names_arg, label_map_arg, positive_int
 from ..errors import InvalidTypeError, InvalidValueError, NotFoundError
 
-__all__ = ["MONITORS", "TrainConfig"]
+__all__ = ["INSTANCE_MONITORS", "MONITORS", "TrainConfig"]
 
 #: Validation metrics :attr:`TrainConfig.monitor` names, with the direction that is better.
 MONITORS = {"pixel_error": "min", "accuracy": "max", "mean_iou": "max", "mean_dice": "max",
-            "loss": "min"}
+            "loss": "min", "v_rand": "max", "v_info": "max"}
+#: Monitors scored on the objects of :attr:`TrainConfig.object_class` (the instance path).
+INSTANCE_MONITORS = ("v_rand", "v_info")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,18 @@ class TrainConfig:
         Validate every this many epochs (and after the last).
     monitor : str, default "pixel_error"
         Validation metric that picks the best epoch: ``pixel_error``, ``accuracy``,
-        ``mean_iou``, ``mean_dice``, or ``iou_<class>``/``dice_<class>``.
+        ``mean_iou``, ``mean_dice``, ``iou_<class>``/``dice_<class>``, or ``v_rand``/``v_info``
+        (the ISBI 2012 instance scores, higher is better): each validation image is then
+        predicted with its probabilities into a temporary Zarr output, its objects labelled
+        with ``chunkseg.label(cls=object_class, method="watershed")`` at its defaults and
+        scored with ``chunkseg.evaluate_instances`` against the components of
+        ``object_class`` in the validation labels; ``val_v_rand``, ``val_v_info`` (and
+        their split/merge parts) are the means over the validation images.
+    object_class : int or str, optional
+        The class whose objects the instance monitors score and whose components are
+        ``unet_weighted``'s cells: an index or a name of ``classes``. Default: the first class
+        whose name is not background-like (:func:`chunkseg._check.object_class`; ``"cell"``
+        for ISBI's ``["cell", "membrane"]``).
     patience : int, optional
         Stop after this many validations without improvement of ``monitor``.
     val_tile, val_overlap : int, optional
@@ -129,6 +142,7 @@ class TrainConfig:
     batch_size: int = 4
     val_every: int = 1
     monitor: str = "pixel_error"
+    object_class: int | str | None = None
     patience: int | None = None
     val_tile: int | None = None
     val_overlap: int | None = None
@@ -143,6 +157,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def object_index(self) -> int:
+        """:attr:`object_class` as a class index (its default resolved).
+
+        Raises
+        ------
+        chunkseg.errors.InvalidTypeError, chunkseg.errors.InvalidValueError
+            As :func:`chunkseg._check.class_index_arg` (e.g. every class name background-like
+            and no ``object_class`` given).
+        """
+        return class_index_arg(self.object_class, self.classes, name="object_class",
+                               fix='(in a config file: object_class = "cell" or an index).')
 
     def to_dict(self) -> dict:
         """Plain JSON-able data; ``TrainConfig.from_dict(c.to_dict()) == c``."""
@@ -360,6 +386,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise InvalidValueError(
             f"`monitor` must be one of {sorted(MONITORS)} or iou_<class>/dice_<class> with a "
             f"class of {list(cfg.classes)}. Got {metric!r}.")
+    if cfg.object_class is not None or cfg.monitor in INSTANCE_MONITORS:
+        cfg.object_index()
     if cfg.ema is not None and (isinstance(cfg.ema, bool) or not isinstance(cfg.ema, (int, float))):
         raise InvalidTypeError(
             f"`ema` must be a decay in (0, 1) as a number, e.g. 0.999, or left out for no "
@@ -376,6 +404,13 @@ def _validate(cfg: TrainConfig) -> None:
     if bad:
         raise InvalidValueError(f"`export` must hold 'torchscript' and/or 'onnx'. Got {sorted(bad)}.")
     object.__setattr__(cfg, "label_map", label_map_arg(cfg.label_map, classes=len(cfg.classes)))
+    if cfg.monitor in INSTANCE_MONITORS and cfg.label_map is not None:
+        cls = cfg.object_index()
+        if cls not in cfg.label_map.values():
+            raise InvalidValueError(
+                f"`label_map` must send a stored value to the object class {cls} "
+                f"({cfg.classes[cls]!r}) for monitor={cfg.monitor!r}: its objects are the "
+                f"truth's. Got {cfg.label_map!r}; map a value to {cls} or set `object_class`.")
 
 
 def with_defaults(recorded: dict) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,11 +37,13 @@ import numpy as np
 from .. import engine
 from ..errors import InvalidTypeError, InvalidValueError
 from ..evaluation.confusion import confusion_matrix_dask
+from ..evaluation.instances import evaluate_instances
 from ..evaluation.metrics import scores_from_confusion
 from ..io import open_image
 from ..models.adapters import _torch_device
 from ..models.architectures import build_model, count_parameters, size_multiple
 from ..models.spec import Normalization
+from ..objects.instances import label
 from ..outputs._lease import acquire
 from ..outputs._lifecycle import swap_folder
 from ._run import (
@@ -53,7 +56,7 @@ from ._run import (
     write_checkpoint,
     write_marker,
 )
-from .config import MONITORS, TrainConfig
+from .config import INSTANCE_MONITORS, MONITORS, TrainConfig
 from .losses import build_loss
 
 __all__ = ["TrainConfig", "TrainResult", "export_model", "train"]
@@ -152,25 +155,56 @@ def _averaged(cfg: TrainConfig, model):
 
 
 def _evaluate_pairs(cfg: TrainConfig, model, normalization) -> dict:
-    """Run the network through chunkseg.predict on every validation pair; pooled scores."""
+    """Run the network through chunkseg.predict on every validation pair; pooled scores, and
+    with an instance monitor (``v_rand``, ``v_info``) the mean instance scores
+    (:func:`_instance_scores`)."""
     tile = cfg.val_tile or cfg.tile
     overlap = cfg.val_overlap if cfg.val_overlap is not None else tile // 4
-    total = None
-    for image, labels in cfg.val:
-        ds = engine.predict(image, model, tile=tile, overlap=overlap, window=cfg.val_window,
-                            normalization=normalization, outputs="labels", tta=cfg.val_tta,
-                            device=cfg.device)
-        truth = open_image(labels).data[..., 0]
-        cm = confusion_matrix_dask(ds.labels.data, truth, classes=len(cfg.classes),
-                                   label_map=cfg.label_map).compute()
-        total = cm if total is None else total + cm
+    instances = cfg.monitor in INSTANCE_MONITORS
+    total, scored = None, []
+    with tempfile.TemporaryDirectory(prefix="chunkseg-val-") as folder:
+        for n, (image, labels) in enumerate(cfg.val):
+            if instances:  # written with its probabilities: the store chunkseg.label reads
+                store = os.path.join(folder, f"val{n}.zarr")
+                ds = engine.predict_to_zarr(
+                    image, model, store, tile=tile, overlap=overlap, window=cfg.val_window,
+                    normalization=normalization, outputs=("labels", "probabilities"),
+                    tta=cfg.val_tta, device=cfg.device, classes=cfg.classes)
+                scored.append(_instance_scores(cfg, store, labels))
+            else:
+                ds = engine.predict(image, model, tile=tile, overlap=overlap,
+                                    window=cfg.val_window, normalization=normalization,
+                                    outputs="labels", tta=cfg.val_tta, device=cfg.device)
+            truth = open_image(labels).data[..., 0]
+            cm = confusion_matrix_dask(ds.labels.data, truth, classes=len(cfg.classes),
+                                       label_map=cfg.label_map).compute()
+            total = cm if total is None else total + cm
     scores = scores_from_confusion(total)
     row = {"pixel_error": scores["pixel_error"], "accuracy": scores["accuracy"],
            "mean_iou": scores["mean_iou"], "mean_dice": scores["mean_dice"]}
     for k, name in enumerate(cfg.classes):
         row[f"iou_{name}"] = float(scores["iou"][k])
         row[f"dice_{name}"] = float(scores["dice"][k])
+    for key in _INSTANCE_KEYS if scored else ():
+        row[key] = float(np.mean([s[key] for s in scored]))
     return row
+
+
+_INSTANCE_KEYS = ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split",
+                  "v_info_merge")
+
+
+def _instance_scores(cfg: TrainConfig, store: str, labels: str) -> dict:
+    """The instance path a user runs, on one written validation output: ``chunkseg.label``
+    (watershed on the object class's probability, its defaults), then
+    ``chunkseg.evaluate_instances`` against the components of the object class's stored
+    values in ``labels`` (the values ``label_map`` sends to it; without one, the index)."""
+    cls = cfg.object_index()
+    label(store, cls=cls, method="watershed")
+    truth_class: int | list[int] = cls  # TrainConfig checked that label_map has one
+    if cfg.label_map is not None:
+        truth_class = sorted(v for v, k in cfg.label_map.items() if k == cls)
+    return evaluate_instances(store, labels, truth_class=truth_class)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -292,7 +326,11 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
     One epoch is ``len(dataset) / batch_size`` iterations (the last partial batch dropped).
     The learning-rate schedule spans ``epochs`` epochs. Validation predicts each validation
     image through :func:`chunkseg.predict` (tile ``val_tile``, overlap ``val_overlap``) and
-    pools the confusion matrices of all of them.
+    pools the confusion matrices of all of them; with ``monitor="v_rand"`` or ``"v_info"``
+    it writes each prediction with its probabilities to a temporary Zarr output
+    (:func:`chunkseg.predict_to_zarr`), labels its objects with :func:`chunkseg.label`
+    (``method="watershed"``, its defaults) and scores them with
+    :func:`chunkseg.evaluate_instances`, averaging the scores over the validation images.
     """
     import torch
     from tqdm.auto import tqdm
@@ -318,7 +356,11 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
             f"down-sampling). Got tile={cfg.tile}, val_tile={cfg.val_tile}.")
     device = _torch_device(cfg.device)  # the package's one device check
     model = model.to(device)
-    loss_fn = build_loss(cfg.loss, ignore_index=-100).to(device)
+    try:
+        cells = cfg.object_index()
+    except InvalidValueError:  # no default object class: only unet_weighted needs one
+        cells = None
+    loss_fn = build_loss(cfg.loss, ignore_index=-100, object_class=cells).to(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     normalization = _normalization(cfg, [a.data for a in images])

@@ -13,6 +13,7 @@ pytest.importorskip("albumentations")
 
 import chunkseg  # noqa: E402
 from chunkseg.cli import main  # noqa: E402
+from chunkseg.errors import InvalidValueError  # noqa: E402
 from chunkseg.training.losses import build_loss  # noqa: E402
 from chunkseg.training.train import TrainConfig, train  # noqa: E402
 
@@ -31,12 +32,16 @@ def _blobs(seed: int, shape=(96, 96)) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def _write_pairs(tmp_path: Path, n: int, prefix: str) -> list[dict]:
+def _write_pairs(tmp_path: Path, n: int, prefix: str, contrast: bool = False) -> list[dict]:
+    """``n`` blob pairs as PNGs; ``contrast``: the image is the mask (60/170) plus noise."""
     from PIL import Image
 
     pairs = []
     for i in range(n):
         image, labels = _blobs(100 * len(prefix) + i)
+        if contrast:
+            noise = np.random.default_rng(i).normal(0, 25, labels.shape)
+            image = (np.where(labels == 255, 170, 60) + noise).clip(0, 255).astype(np.uint8)
         ip, lp = tmp_path / f"{prefix}{i}_image.png", tmp_path / f"{prefix}{i}_labels.png"
         Image.fromarray(image).save(ip)
         Image.fromarray(labels).save(lp)
@@ -386,3 +391,58 @@ def test_a_failed_overwrite_leaves_the_earlier_run_whole_and_resume_swaps_it_in(
     assert json.loads((run / "train.json").read_text())["config"]["lr"] == 5e-3
     assert all(p.parent == run and p.is_file() for p in result.files.values())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".run")) == []
+
+
+def test_v_rand_monitor_is_the_instance_path_a_user_runs(tmp_path):
+    """``monitor="v_rand"`` with the U-Net weight-map loss: the best epoch is the one of highest
+    val_v_rand, and its scores are those of predict_to_zarr -> label(watershed) ->
+    evaluate_instances run on the result against the truth's components (scipy)."""
+    from scipy import ndimage
+
+    cfg = TrainConfig.from_dict(_config(  # high contrast: probabilities over the seed threshold
+        tmp_path, train=_write_pairs(tmp_path, 2, "t", contrast=True),
+        val=_write_pairs(tmp_path, 2, "v", contrast=True), epochs=4, lr=0.03, samples=128,
+        monitor="v_rand", loss=[{"name": "unet_weighted", "w0": 10, "sigma": 3}],
+        object_class="blob"))
+    result = train(cfg, progress=False)
+    rows = json.loads((result.out / "metrics.json").read_text())
+    scored = [r["val_v_rand"] for r in rows]
+    assert result.best["epoch"] == rows[int(np.argmax(scored))]["epoch"]
+    assert "train_unet_weighted" in rows[0] and "val_v_info" in rows[0]
+    assert "val_v_rand" in (result.out / "metrics.csv").read_text().splitlines()[0]
+    norm = chunkseg.Normalization(**json.loads(
+        (result.out / "train.json").read_text())["normalization"])
+    v_rand, v_info = [], []
+    for n, (image, labels) in enumerate(cfg.val):
+        store = tmp_path / f"check{n}.zarr"
+        chunkseg.predict_to_zarr(image, result.model, store, tile=48, overlap=16,
+                                 normalization=norm, outputs=("labels", "probabilities"),
+                                 classes=list(cfg.classes))
+        chunkseg.label(store, cls="blob", method="watershed")
+        truth, _ = ndimage.label(np.asarray(chunkseg.open_image(labels).data[..., 0]) == 255)
+        scores = chunkseg.evaluate_instances(store, truth)
+        v_rand.append(scores["v_rand"])
+        v_info.append(scores["v_info"])
+    assert len(set(scored)) > 1 and 0.5 < np.mean(v_rand) < 1
+    assert result.best["val_v_rand"] == pytest.approx(np.mean(v_rand), rel=1e-9)
+    assert result.best["val_v_info"] == pytest.approx(np.mean(v_info), rel=1e-9)
+
+
+def test_instance_monitor_needs_an_object_class(tmp_path):
+    with pytest.raises(InvalidValueError, match="object_class"):
+        TrainConfig.from_dict(_config(tmp_path, classes=["background", "membrane"],
+                                      monitor="v_rand"))
+    with pytest.raises(InvalidValueError, match="object_class"):
+        TrainConfig.from_dict(_config(tmp_path, object_class="cell"))
+    with pytest.raises(InvalidValueError, match="send a stored value to the object class 1"):
+        TrainConfig.from_dict(_config(tmp_path, monitor="v_rand", label_map={"0": 0}))
+    assert TrainConfig.from_dict(_config(tmp_path, monitor="v_info")).object_index() == 1
+
+
+def test_isbi_boundary_config_parses():
+    cfg = TrainConfig.from_file(ROOT / "configs" / "isbi2012_unet_boundary.toml")
+    plain = TrainConfig.from_file(ROOT / "configs" / "isbi2012_unet.toml")
+    assert (cfg.monitor, cfg.object_index(), cfg.epochs, cfg.val_every) == ("v_rand", 0, 100, 10)
+    assert cfg.loss == [{"name": "unet_weighted", "w0": 10, "sigma": 5}]
+    assert (cfg.train, cfg.val, cfg.model_options, cfg.label_map, cfg.normalization) == (
+        plain.train, plain.val, plain.model_options, plain.label_map, plain.normalization)
