@@ -42,7 +42,7 @@ from ..outputs._ownership import require_group
 from ..outputs._target import describe_location
 from ..outputs._variables import class_names
 from ..scheduling import compute, open_client
-from .watershed import SCRATCH_SUFFIX, WatershedSettings, watershed_lookup
+from .watershed import SCRATCH_SUFFIXES, WatershedSettings, watershed_lookup
 
 __all__ = ["label", "regions", "REGION_COLUMNS"]
 
@@ -277,11 +277,13 @@ def label(
     ys_, xs_ = kern.block_grid((_axis_chunks(height, src.chunks[-2]),
                                 _axis_chunks(width, src.chunks[-1])))
     grid = (len(ys_), len(xs_))
-    scratch = name + SCRATCH_SUFFIX
+    scratches = tuple(name + suffix for suffix in SCRATCH_SUFFIXES)
     with open_client(scheduler, workers) as client:
         sched = scheduler if client is None else client
         secrets = secrets_of(storage_options)
-        if scratch in group:  # a scratch array left by an interrupted watershed
+        for scratch in scratches:  # scratch arrays left by an interrupted watershed
+            if scratch not in group:
+                continue
             if "chunkseg_version" not in group[scratch].attrs:
                 raise OutputExistsError(
                     f"{scratch!r} in {describe_location(store)!r} was not written by chunkseg; "
@@ -300,7 +302,7 @@ def label(
             block = _Components(read, connectivity, lookups)
         else:
             ids_of, n_objects, info = watershed_lookup(
-                group, src, cls, settings, connectivity, scratch, describe_location(store),
+                group, src, cls, settings, connectivity, scratches, describe_location(store),
                 sched, progress, secrets)
 
             def block(iy, ix, ys, xs):
@@ -323,8 +325,9 @@ def label(
             block, iy, ix, ys, xs, writer, f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
         compute(*jobs, scheduler=sched, progress=progress, secrets=secrets)
-        if scratch in group:
-            del group[scratch]
+        for scratch in scratches:
+            if scratch in group:
+                del group[scratch]
         if ome:
             _instance_levels(group, name, target, sched, progress, describe_location(store))
         target.attrs["complete"] = True

@@ -1,20 +1,22 @@
 """Seeded watershed and region agglomeration across chunks: ``label(..., method="watershed")``.
 
 Four passes over the chunks of a written output's probabilities, each task holding one chunk
-(plus a halo in the second):
+(plus a halo in the third):
 
 1. **Seeds**: connected components of ``probabilities[cls] >= seed_threshold`` with one global id
    each (:mod:`chunkseg.kernels.components`: label, summarise, merge on the client); objects
    smaller than ``min_seed_size`` pixels are dropped and the rest numbered in raster order.
-2. **Flooding**: every chunk, with a halo of :func:`chunkseg.kernels.watershed.halo` pixels
-   (``dask.array.map_overlap``), is flooded from its seeds over the boundary probability
-   ``1 - probabilities[cls]`` (:func:`chunkseg.kernels.watershed.flood_block`); the halo is the
-   proven bound of the flooding's reach, so each chunk equals the whole image's flooding. The
-   fragments go to a scratch array in the output group, each chunk written once.
-3. **Region graph**, in the same graph as the flooding (its chunks are used twice, not
-   computed twice): each chunk, with the next row and column, gives the touching fragment
-   pairs and the boundary probability along their border
-   (:func:`chunkseg.kernels.watershed.boundary_pairs`) and each fragment's first pixel.
+2. **Seeds, written**: each chunk's seeds again, mapped to their global ids, into a scratch
+   array (``NAME-seeds``), each chunk written once.
+3. **Flooding and region graph**: every chunk is flooded from the seeds of its window (the
+   chunk and ``floor(max_cost) + 1`` pixels around it, read from the scratch arrays and the
+   probabilities) over the boundary probability ``1 - probabilities[cls]``
+   (:func:`chunkseg.kernels.watershed.flood_block`); the halo is the proven bound of the
+   flooding's reach, so the chunk, and the row and column after it, equal the whole image's
+   flooding. The chunk's fragments go to a second scratch array (``NAME-fragments``); the
+   touching fragment pairs of the chunk and its next row and column, with the boundary
+   probability along their border (:func:`chunkseg.kernels.watershed.boundary_pairs`), and
+   each fragment's first pixel come back to the client. A task holds one window.
 4. **Agglomeration and relabelling**: on the client the fragments are joined on that graph
    (one node per fragment, far fewer than pixels) by ``agglomeration``: the pairs whose mean
    boundary probability is below ``merge_threshold`` (union-find), or a multicut or mutex
@@ -23,7 +25,7 @@ Four passes over the chunks of a written output's probabilities, each task holdi
    graph's sums are exact integers, so the result does not depend on the chunking with either
    method); each chunk of fragments is mapped through
    that lookup table into the final array (by :func:`chunkseg.objects.instances.label`) and the
-   scratch array is deleted.
+   scratch arrays are deleted.
 
 The result does not depend on the chunking (tested against the in-memory reference for several
 chunkings, including chunks smaller than the halo).
@@ -36,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 from zarr.codecs import ZstdCodec
 
@@ -49,8 +50,8 @@ from ..scheduling import compute
 
 __all__ = ["WatershedSettings", "watershed_lookup"]
 
-SCRATCH_SUFFIX = "-fragments"
-"""The scratch array of fragments is ``NAME + SCRATCH_SUFFIX``, deleted when the run ends."""
+SCRATCH_SUFFIXES = ("-seeds", "-fragments")
+"""The scratch arrays of the seeds and fragments are ``NAME + suffix``, deleted at the end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,40 +140,44 @@ def _seed_summary(src, cls: int, threshold: float, ys, xs, connectivity: int, wi
         seeds.ravel(), minlength=n + 1)
 
 
-def _seed_block(prob: np.ndarray, threshold: float, connectivity: int, lookups: dict,
-                block_id=None) -> np.ndarray:
-    seeds, _ = kern.label_block(prob >= threshold, connectivity)
-    return lookups[block_id].astype(np.uint32)[seeds]  # ids < 2**32 (checked)
-
-
-def _flood_window(seeds: np.ndarray, prob: np.ndarray, weight: float,
-                  max_cost: float) -> np.ndarray:
-    return ws.flood_block(seeds, 1.0 - prob, weight, max_cost)[0].astype(np.uint32)
-
-
-def _write_block(block: np.ndarray, writer: ArrayWriter, ys, xs, what: str) -> int:
-    writer.write((slice(*ys), slice(*xs)), block.astype(writer.dtype, copy=False), what)
+def _seed_task(src, cls: int, threshold: float, ys, xs, connectivity: int, lookup: np.ndarray,
+               writer: ArrayWriter, what: str) -> int:
+    """Label one chunk's seeds again, map them to their global ids, write them (once)."""
+    seeds, _ = kern.label_block(np.asarray(src[cls, ys[0]:ys[1], xs[0]:xs[1]]) >= threshold,
+                                connectivity)
+    writer.write((slice(*ys), slice(*xs)), lookup.astype(writer.dtype)[seeds], what)
     return 1
 
 
-def _pairs_task(frag: np.ndarray, prob: np.ndarray, ys, xs, width: int):
-    """Pairs and first pixels of one chunk from its fragments and probabilities plus the next
-    row and column (where the image has them)."""
+def _flood_task(seeds_array, src, cls: int, ys, xs, shape: tuple[int, int], depth: int,
+                weight: float, max_cost: float, writer: ArrayWriter, what: str):
+    """Flood one chunk from the seeds in its window (the chunk and ``depth`` pixels around it),
+    write its fragments (once), and return its region-graph pairs and first pixels."""
+    height, width = shape
+    wy0, wx0 = max(ys[0] - depth, 0), max(xs[0] - depth, 0)
+    wy1, wx1 = min(ys[1] + depth, height), min(xs[1] + depth, width)
+    seeds = np.asarray(seeds_array[wy0:wy1, wx0:wx1])
+    boundary = 1.0 - np.asarray(src[cls, wy0:wy1, wx0:wx1], np.float32)
+    frag = ws.flood_block(seeds, boundary, weight, max_cost)[0].astype(np.uint32)
     rows, cols = ys[1] - ys[0], xs[1] - xs[0]
-    pairs = ws.boundary_pairs(frag, 1.0 - prob.astype(np.float32, copy=False), rows, cols)
-    ids, first = ws.first_pixels(frag[:rows, :cols], (ys[0], xs[0]), width)
+    oy, ox = ys[0] - wy0, xs[0] - wx0
+    writer.write((slice(*ys), slice(*xs)), frag[oy:oy + rows, ox:ox + cols], what)
+    # the chunk plus the next row and column, where the image has them (exact: depth > halo)
+    ext = (slice(oy, oy + rows + 1), slice(ox, ox + cols + 1))
+    pairs = ws.boundary_pairs(frag[ext], boundary[ext], rows, cols)
+    ids, first = ws.first_pixels(frag[oy:oy + rows, ox:ox + cols], (ys[0], xs[0]), width)
     return pairs, ids, first
 
 
 def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connectivity: int,
-                     scratch_name: str, location: str, scheduler: Any, progress: bool,
-                     secrets) -> tuple[Callable, int, dict]:
-    """Seeds, flooding into a scratch array, region graph and agglomeration (passes 1-4).
+                     scratch_names: tuple[str, str], location: str, scheduler: Any,
+                     progress: bool, secrets) -> tuple[Callable, int, dict]:
+    """Seeds, flooding into scratch arrays, region graph and agglomeration (passes 1-4).
 
     Parameters
     ----------
     group : zarr.Group
-        The output group (writable); the scratch array ``scratch_name`` is created in it.
+        The output group (writable); the scratch arrays are created in it.
     src : zarr.Array
         Its ``probabilities``, ``(class, y, x)``.
     cls : int
@@ -180,8 +185,8 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     settings : WatershedSettings
     connectivity : {1, 2}
         Of the seeds' components.
-    scratch_name : str
-        The scratch array's name.
+    scratch_names : (str, str)
+        Names of the scratch arrays of the seeds and of the fragments.
     location : str
         The output, for messages.
     scheduler, progress, secrets
@@ -219,36 +224,30 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         raise InvalidValueError(
             f"`seed_threshold` {settings.seed_threshold!r} gives {n_seeds} seeds; the watershed "
             "takes at most 2**32 - 1. Raise `seed_threshold` or `min_seed_size`.")
-    seed_lookups = {k: renumber[v] for k, v in lookups.items()}
-    # 2. flooding, into the scratch array (each chunk written once)
+    # 2. the seeds with their global ids, into a scratch array (each chunk written once)
     dtype = kern.ids_dtype(n_seeds)
-    scratch = create_array(
-        group, name=scratch_name, shape=(height, width), chunks=(cy, cx), dtype=dtype,
-        compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
-        attributes={"long_name": "watershed fragments (scratch, deleted at the end)"})
-    writer = ArrayWriter(scratch, location, scratch_name)
-    prob = da.from_zarr(src)[cls]
-    seeds = prob.map_blocks(_seed_block, settings.seed_threshold, connectivity, seed_lookups,
-                            dtype=np.uint32)
-    depth = ws.halo(settings.max_cost)
-    fragments = da.map_overlap(_flood_window, seeds, prob, depth=depth, boundary="none",
-                               trim=True, dtype=np.uint32, weight=settings.boundary_weight,
-                               max_cost=settings.max_cost, allow_rechunk=True)
-    fragments = fragments.rechunk((cy, cx))
-    blocks = fragments.to_delayed()
-    # 3. region graph and first pixels, from the same flooding (each chunk + next row, column)
-    after = {0: (0, 1), 1: (0, 1)}
-    frag_ext = da.overlap.overlap(fragments, depth=after, boundary="none").to_delayed()
-    prob_ext = da.overlap.overlap(prob.rechunk((cy, cx)), depth=after,
-                                  boundary="none").to_delayed()
-    jobs = [dask.delayed(_write_block, pure=False)(
-        blocks[iy, ix], writer, ys, xs, f"chunk ({iy}, {ix}) of the fragments")
+
+    def scratch(name: str, what: str) -> tuple[Any, ArrayWriter]:
+        array = create_array(
+            group, name=name, shape=(height, width), chunks=(cy, cx), dtype=dtype,
+            compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+            attributes={"long_name": f"watershed {what} (scratch, deleted at the end)"})
+        return array, ArrayWriter(array, location, name)
+
+    seeds, seed_writer = scratch(scratch_names[0], "seeds")
+    jobs = [dask.delayed(_seed_task, pure=False)(
+        src, cls, settings.seed_threshold, ys, xs, connectivity, renumber[lookups[(iy, ix)]],
+        seed_writer, f"chunk ({iy}, {ix}) of the seeds")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-    pair_jobs = [dask.delayed(_pairs_task, pure=False)(frag_ext[iy, ix], prob_ext[iy, ix], ys,
-                                                       xs, width)
-                 for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-    parts = compute(*jobs, *pair_jobs, scheduler=scheduler, progress=progress,
-                    secrets=secrets)[len(jobs):]
+    compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    # 3. flooding with the halo (one more pixel: the pairs look at the next row and column)
+    fragments, frag_writer = scratch(scratch_names[1], "fragments")
+    depth = ws.halo(settings.max_cost) + 1
+    jobs = [dask.delayed(_flood_task, pure=False)(
+        seeds, src, cls, ys, xs, (height, width), depth, settings.boundary_weight,
+        settings.max_cost, frag_writer, f"chunk ({iy}, {ix}) of the fragments")
+        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
+    parts = compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
     first = np.full(n_seeds, np.iinfo(np.int64).max, np.int64)
     for _, ids, f in parts:
         np.minimum.at(first, ids - 1, f)
@@ -259,7 +258,7 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
                                         settings.merge_threshold, first)
 
     def block(ys, xs) -> np.ndarray:
-        return lookup[np.asarray(scratch[ys[0]:ys[1], xs[0]:xs[1]]).astype(np.int64)]
+        return lookup[np.asarray(fragments[ys[0]:ys[1], xs[0]:xs[1]]).astype(np.int64)]
 
     return block, n_objects, {"seeds": n_seeds, "fragments": n_seeds}
 
