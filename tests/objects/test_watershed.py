@@ -156,6 +156,7 @@ def test_cli_label_watershed(tmp_path, capsys, agglomeration):
 
 
 def test_watershed_in_the_ome_layout_equals_the_plain_one(tmp_path):
+    pytest.importorskip("ome_zarr")  # the [ome] extra (absent from the lowest-versions run)
     image = _cells((120, 130), seed=3)
     kw = dict(tile=32, overlap=8, chunks=48, outputs="labels,probabilities")
     ome, plain = str(tmp_path / "ome.zarr"), str(tmp_path / "plain.zarr")
