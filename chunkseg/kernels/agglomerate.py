@@ -48,10 +48,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidTypeError, InvalidValueError, MissingDependencyError
+from .components import graph_components, number_objects
 from .watershed import QUANT
 
-__all__ = ["AGGLOMERATIONS", "agglomerate", "check", "edge_costs", "number_objects",
-           "region_graph", "require"]
+__all__ = ["AGGLOMERATIONS", "agglomerate", "check", "edge_costs", "region_graph", "require"]
 
 AGGLOMERATIONS = ("threshold", "multicut", "mutex")
 """The methods of :func:`agglomerate`; the last two need the ``agglomerate`` extra."""
@@ -159,33 +159,6 @@ def edge_costs(mean: np.ndarray, threshold: float) -> np.ndarray:
     return np.log((1.0 - p) / p) + np.log((1.0 - beta) / beta)
 
 
-def number_objects(comp: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, int]:
-    """Fragment -> object lookup, objects numbered in the raster order of their first pixel.
-
-    Parameters
-    ----------
-    comp : (n,) ndarray of int
-        Cluster of fragment ``i + 1``, any ids (need not be dense).
-    first : (n,) ndarray of int64
-        Raster index in the whole image of each fragment's first pixel.
-
-    Returns
-    -------
-    lookup : (n + 1,) ndarray of int64
-        Fragment id -> object id (``lookup[0] == 0``); objects ``1..N`` numbered as
-        :func:`scipy.ndimage.label` numbers components.
-    n_objects : int
-    """
-    _, comp = np.unique(np.asarray(comp), return_inverse=True)
-    comp = comp.ravel()
-    n_obj = int(comp.max()) + 1 if len(comp) else 0
-    first_of = np.full(n_obj, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(first_of, comp, first)
-    rank = np.empty(n_obj, np.int64)
-    rank[np.argsort(first_of, kind="stable")] = np.arange(1, n_obj + 1)
-    return np.concatenate([[0], rank[comp]]).astype(np.int64), n_obj
-
-
 def agglomerate(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: np.ndarray,
                 method: str, threshold: float | None,
                 first: np.ndarray) -> tuple[np.ndarray, int]:
@@ -212,7 +185,8 @@ def agglomerate(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: 
     -------
     lookup : (n + 1,) ndarray of int64
         Fragment id -> object id (``lookup[0] == 0``); objects ``1..N`` numbered in the raster
-        order of their first pixel (:func:`number_objects`).
+        order of their first pixel
+        (:func:`chunkseg.kernels.components.number_objects`).
     n_objects : int
 
     Raises
@@ -234,7 +208,7 @@ def agglomerate(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: 
             # mean < threshold, in integers: total < threshold * 2 * QUANT * count
             keep = total < threshold * 2 * QUANT * count
             u, v = u[keep], v[keep]
-        return number_objects(_components(n, u, v), first)
+        return number_objects(graph_components(n, u, v), first)
     from bioimage_cpp.graph import UndirectedGraph
 
     costs = edge_costs(total / (2.0 * QUANT * count), threshold)
@@ -254,10 +228,3 @@ def agglomerate(n: int, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: 
                                           costs[join], uv[~join], -costs[~join])
     return number_objects(np.asarray(comp, np.int64), first)
 
-
-def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(a), np.int8), (a - 1, b - 1)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from ..errors import InvalidValueError
 
@@ -41,6 +42,10 @@ __all__ = [
     "relabel_block",
     "ids_dtype",
     "check_connectivity",
+    "first_pixels",
+    "graph_components",
+    "number_objects",
+    "axis_chunks",
 ]
 
 
@@ -140,13 +145,9 @@ def summarise_block(labels: np.ndarray, n: int, origin: tuple[int, int],
     width : int
         Image width, pixels.
     """
-    h, w = labels.shape
-    flat = labels.ravel()
-    ids, index = np.unique(flat, return_index=True)
-    keep = ids > 0
-    ids, index = ids[keep], index[keep]
+    ids, where = first_pixels(labels, origin, width)
     first = np.empty(n, np.int64)
-    first[ids - 1] = (origin[0] + index // w) * width + origin[1] + index % w
+    first[ids - 1] = where
     return BlockSummary(n, first, labels[0].copy(), labels[-1].copy(), labels[:, 0].copy(),
                         labels[:, -1].copy())
 
@@ -195,9 +196,6 @@ def merge_summaries(summaries: dict[tuple[int, int], BlockSummary], grid: tuple[
     Memory: a few int64 arrays of the total number of local objects, plus the block edges
     (the perimeter of every block).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     nr, nc = grid
     offsets = {}
     total = 0
@@ -224,20 +222,92 @@ def merge_summaries(summaries: dict[tuple[int, int], BlockSummary], grid: tuple[
         vs.append(v)
     u = np.concatenate(us) if us else np.zeros(0, np.int64)
     v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(u), np.int8), (u - 1, v - 1)), shape=(total, total))
-    n_comp, comp = connected_components(graph, directed=False)
     first = np.concatenate([summaries[(iy, ix)].first for iy in range(nr) for ix in range(nc)]
                            ) if total else np.zeros(0, np.int64)
-    first_of = np.full(n_comp, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(first_of, comp, first)
-    rank = np.empty(n_comp, np.int64)
-    rank[np.argsort(first_of, kind="stable")] = np.arange(1, n_comp + 1)
-    final = rank[comp]
+    final, n_comp = number_objects(graph_components(total, u, v), first)
     lookups = {}
     for ij, off in offsets.items():
         n = summaries[ij].n
-        lookups[ij] = np.concatenate([[0], final[off:off + n]]).astype(np.int64)
-    return lookups, int(n_comp)
+        lookups[ij] = np.concatenate([[0], final[off + 1:off + 1 + n]])
+    return lookups, n_comp
+
+
+def first_pixels(labels: np.ndarray, origin: tuple[int, int],
+                 width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of a block and the raster index, in an image ``width`` wide, of each one's first
+    pixel (the block at ``origin``); 0 left out.
+
+    Parameters
+    ----------
+    labels : (h, w) ndarray of int
+    origin : (int, int)
+        Image coordinates ``(y0, x0)`` of the block's first pixel.
+    width : int
+        Image width, pixels.
+
+    Returns
+    -------
+    ids : ndarray of int64
+        The block's nonzero ids, in the order of their first pixel.
+    first : ndarray of int64
+        ``y * width + x`` of each one's first pixel in the whole image.
+
+    Notes
+    -----
+    Found by hashing (``pandas.Index.duplicated``), O(pixels), where ``numpy.unique`` sorts.
+    """
+    flat = labels.ravel()
+    index = np.flatnonzero(~pd.Index(flat).duplicated(keep="first"))
+    ids = flat[index].astype(np.int64)
+    keep = ids > 0
+    ids, index = ids[keep], index[keep]
+    w = labels.shape[1]
+    return ids, (origin[0] + index // w) * width + origin[1] + index % w
+
+
+def graph_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on nodes ``1..n`` with edges ``(a[i], b[i])``:
+    :func:`scipy.sparse.csgraph.connected_components`; returns each node's component, 0-based.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a), np.int8), (np.asarray(a) - 1, np.asarray(b) - 1)),
+                       shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def number_objects(comp: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, int]:
+    """Node -> object lookup, objects numbered in the raster order of their first pixel.
+
+    Parameters
+    ----------
+    comp : (n,) ndarray of int
+        Cluster of node ``i + 1``, any ids (need not be dense).
+    first : (n,) ndarray of int64
+        Raster index in the whole image of each node's first pixel.
+
+    Returns
+    -------
+    lookup : (n + 1,) ndarray of int64
+        Node id -> object id (``lookup[0] == 0``); objects ``1..N`` numbered as
+        :func:`scipy.ndimage.label` numbers components.
+    n_objects : int
+    """
+    _, comp = np.unique(np.asarray(comp), return_inverse=True)
+    comp = comp.ravel()
+    n_obj = int(comp.max()) + 1 if len(comp) else 0
+    first_of = np.full(n_obj, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first_of, comp, first)
+    rank = np.empty(n_obj, np.int64)
+    rank[np.argsort(first_of, kind="stable")] = np.arange(1, n_obj + 1)
+    return np.concatenate([[0], rank[comp]]).astype(np.int64), n_obj
+
+
+def axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
+    """Chunk lengths along an axis of ``length`` cut every ``chunk`` (the last may be shorter)."""
+    n, rest = divmod(length, chunk)
+    return (chunk,) * n + ((rest,) if rest else ())
 
 
 def ids_dtype(n_objects: int) -> np.dtype:

@@ -34,8 +34,7 @@ import heapq
 
 import numpy as np
 
-__all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs",
-           "first_pixels", "QUANT",
+__all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs", "QUANT",
            "COST_UNIT", "MAX_COST"]
 
 # (dy, dx, diagonal): p = (y, x) takes from its neighbour q = (y - dy, x - dx)
@@ -185,24 +184,6 @@ def flood_reference(seeds: np.ndarray, boundary: np.ndarray, weight: float,
 
 def _quantise(p: np.ndarray) -> np.ndarray:
     return np.rint(p.astype(np.float64) * QUANT).astype(np.int64)
-
-
-def first_pixels(labels: np.ndarray, origin: tuple[int, int],
-                 width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ids of a block and the raster index, in an image ``width`` wide, of each one's first
-    pixel (the block at ``origin``); 0 left out.
-
-    Found by hashing (``pandas.Index.duplicated``), O(pixels), where ``numpy.unique`` sorts.
-    """
-    import pandas as pd
-
-    flat = labels.ravel()
-    index = np.flatnonzero(~pd.Index(flat).duplicated(keep="first"))
-    ids = flat[index].astype(np.int64)
-    keep = ids > 0
-    ids, index = ids[keep], index[keep]
-    w = labels.shape[1]
-    return ids, (origin[0] + index // w) * width + origin[1] + index % w
 
 
 def boundary_pairs(labels: np.ndarray, boundary: np.ndarray, rows: int,

@@ -274,8 +274,8 @@ def label(
             )
     src = group[source_path]
     height, width = src.shape[-2:]
-    ys_, xs_ = kern.block_grid((_axis_chunks(height, src.chunks[-2]),
-                                _axis_chunks(width, src.chunks[-1])))
+    ys_, xs_ = kern.block_grid((kern.axis_chunks(height, src.chunks[-2]),
+                                kern.axis_chunks(width, src.chunks[-1])))
     grid = (len(ys_), len(xs_))
     scratches = tuple(name + suffix for suffix in SCRATCH_SUFFIXES)
     with open_client(scheduler, workers) as client:
@@ -301,12 +301,9 @@ def label(
             lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
             block = _Components(read, connectivity, lookups)
         else:
-            ids_of, n_objects, info = watershed_lookup(
+            block, n_objects, info = watershed_lookup(
                 group, src, cls, settings, connectivity, scratches, describe_location(store),
                 sched, progress, secrets)
-
-            def block(iy, ix, ys, xs):
-                return ids_of(ys, xs)
             extra.update(watershed=settings.to_dict(), **info)
         dtype = kern.ids_dtype(n_objects)
         if existing is not None:  # written by this function (checked above)
@@ -351,11 +348,6 @@ def _instance_levels(group, name: str, target, scheduler, progress: bool, locati
         for i, shape in enumerate(shapes[1:], start=1)]
     _pyramid.write_levels([(levels, "mode")], location, scheduler=scheduler, progress=progress)
     _ome.write_instances_metadata(group, name, len(shapes))
-
-
-def _axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
-    n, rest = divmod(length, chunk)
-    return (chunk,) * n + ((rest,) if rest else ())
 
 
 
@@ -520,8 +512,8 @@ def regions(
         reader = BlockReader(arr.data, arr.encoding.get("chunkseg_reader"))
     cls_of = ids.attrs.get("class")
     prob = group["probabilities"] if ("probabilities" in group and cls_of is not None) else None
-    ys_, xs_ = kern.block_grid((_axis_chunks(height, ids.chunks[0]),
-                                _axis_chunks(width, ids.chunks[1])))
+    ys_, xs_ = kern.block_grid((kern.axis_chunks(height, ids.chunks[0]),
+                                kern.axis_chunks(width, ids.chunks[1])))
     with open_client(scheduler, workers) as client:
         sched = scheduler if client is None else client
         jobs = [dask.delayed(_region_task, pure=False)(ids, ys, xs, reader, prob, cls_of)

@@ -165,7 +165,7 @@ def _flood_task(seeds_array, src, cls: int, ys, xs, shape: tuple[int, int], dept
     # the chunk plus the next row and column, where the image has them (exact: depth > halo)
     ext = (slice(oy, oy + rows + 1), slice(ox, ox + cols + 1))
     pairs = ws.boundary_pairs(frag[ext], boundary[ext], rows, cols)
-    ids, first = ws.first_pixels(frag[oy:oy + rows, ox:ox + cols], (ys[0], xs[0]), width)
+    ids, first = kern.first_pixels(frag[oy:oy + rows, ox:ox + cols], (ys[0], xs[0]), width)
     return pairs, ids, first
 
 
@@ -195,15 +195,17 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     Returns
     -------
     block : callable
-        ``block(ys, xs)`` -> the chunk's final object ids (int64), reading the scratch array.
+        ``block(iy, ix, ys, xs)`` -> chunk ``(iy, ix)``'s final object ids (int64), read from
+        the fragments' scratch array (the call :func:`chunkseg.objects.instances.label`'s
+        writing pass makes of its components too).
     n_objects : int
     info : dict
-        ``seeds`` (after the size filter) and ``fragments`` counts, for the attrs.
+        ``seeds``: the seeds after the size filter (one fragment each), for the attrs.
     """
     agg.require(settings.agglomeration)  # before the passes: a missing library fails at once
     height, width = src.shape[-2:]
     cy, cx = src.chunks[-2:]
-    ys_, xs_ = kern.block_grid((_axis_chunks(height, cy), _axis_chunks(width, cx)))
+    ys_, xs_ = kern.block_grid((kern.axis_chunks(height, cy), kern.axis_chunks(width, cx)))
     grid = (len(ys_), len(xs_))
     # 1. seeds
     tasks = {(iy, ix): dask.delayed(_seed_summary, pure=False)(
@@ -257,12 +259,8 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     lookup, n_objects = agg.agglomerate(n_seeds, u, v, total, count, settings.agglomeration,
                                         settings.merge_threshold, first)
 
-    def block(ys, xs) -> np.ndarray:
+    def block(iy: int, ix: int, ys, xs) -> np.ndarray:
         return lookup[np.asarray(fragments[ys[0]:ys[1], xs[0]:xs[1]]).astype(np.int64)]
 
-    return block, n_objects, {"seeds": n_seeds, "fragments": n_seeds}
+    return block, n_objects, {"seeds": n_seeds}
 
-
-def _axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
-    n, rest = divmod(length, chunk)
-    return (chunk,) * n + ((rest,) if rest else ())

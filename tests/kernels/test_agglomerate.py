@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from chunkseg.errors import InvalidTypeError, InvalidValueError, MissingDependencyError
-from chunkseg.kernels.agglomerate import agglomerate, edge_costs, number_objects, region_graph
+from chunkseg.kernels.agglomerate import agglomerate, edge_costs, region_graph
+from chunkseg.kernels.components import number_objects
 from chunkseg.kernels.watershed import QUANT
 
 LIBRARY = ("multicut", "mutex")
