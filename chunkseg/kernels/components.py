@@ -266,8 +266,21 @@ def first_pixels(labels: np.ndarray, origin: tuple[int, int],
 
 
 def graph_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Connected components of the graph on nodes ``1..n`` with edges ``(a[i], b[i])``:
-    :func:`scipy.sparse.csgraph.connected_components`; returns each node's component, 0-based.
+    """Connected components of the graph on nodes ``1..n`` with edges ``(a[i], b[i])``.
+
+    Parameters
+    ----------
+    n : int
+        Nodes ``1..n``.
+    a, b : (m,) ndarray of int
+        Edge ends, 1-based.
+
+    Returns
+    -------
+    (n,) ndarray of int32
+        Component of node ``i + 1``, 0-based (:func:`scipy.sparse.csgraph.connected_components`,
+        a union of the edges; the union-find of the components merge and of the thresholded
+        agglomeration).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -305,7 +318,19 @@ def number_objects(comp: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, int
 
 
 def axis_chunks(length: int, chunk: int) -> tuple[int, ...]:
-    """Chunk lengths along an axis of ``length`` cut every ``chunk`` (the last may be shorter)."""
+    """Chunk lengths along an axis: ``length`` pixels cut every ``chunk``.
+
+    Parameters
+    ----------
+    length, chunk : int
+        Axis length and chunk size, pixels (``chunk >= 1``).
+
+    Returns
+    -------
+    tuple of int
+        ``chunk`` repeated, then the rest if any (dask's chunks of one axis), as
+        :func:`block_grid` takes them.
+    """
     n, rest = divmod(length, chunk)
     return (chunk,) * n + ((rest,) if rest else ())
 

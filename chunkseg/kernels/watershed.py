@@ -54,7 +54,19 @@ QUANT = 1 << 16
 
 
 def halo(max_cost: float) -> int:
-    """Pixels of context a chunk needs: ``floor(max_cost)`` (each step costs at least 1)."""
+    """Pixels of context a chunk needs for :func:`flood_block`.
+
+    Parameters
+    ----------
+    max_cost : float
+        The flooding's cost limit, in pixel steps.
+
+    Returns
+    -------
+    int
+        ``floor(max_cost)``: every step costs at least 1, so a path within the limit has at
+        most that many steps (chessboard distance).
+    """
     return int(np.floor(max_cost))
 
 
@@ -62,6 +74,23 @@ def entry_costs(boundary: np.ndarray, weight: float,
                 max_cost: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Integer costs of entering each pixel by an edge and by a corner, and the cost limit.
 
+    Parameters
+    ----------
+    boundary : (h, w) ndarray of float
+        Boundary probability in [0, 1].
+    weight : float
+        Extra cost (in pixel steps) of a pixel of boundary probability 1.
+    max_cost : float
+        Cost limit, pixel steps.
+
+    Returns
+    -------
+    c1, c2 : (h, w) ndarray of int64
+        Costs in 1/:data:`COST_UNIT` steps.
+    limit : int
+
+    Notes
+    -----
     ``c1 = round(COST_UNIT * (1 + weight * boundary))``, ``c2`` the same times ``sqrt(2)``
     (float32 arithmetic, the same for every window),
     both at most ``limit + 1`` (a step that alone passes the limit ends every path), and

@@ -175,3 +175,18 @@ def test_watershed_in_the_ome_layout_equals_the_plain_one(tmp_path):
     chunkseg.label(ome, **settings, overwrite=True)  # replaced, listed once
     assert zarr.open_group(ome, mode="r")["labels"].attrs["ome"]["labels"] == [
         "classes", "instances"]
+
+
+def test_a_foreign_array_with_a_scratch_name_is_refused_and_kept(tmp_path):
+    """The scratch arrays are NAME-seeds and NAME-fragments: an array of that name that
+    chunkseg did not write is never replaced."""
+    from chunkseg.errors import OutputExistsError
+
+    out = _output(tmp_path, _cells((60, 60)), 30)
+    group = zarr.open_group(str(out), mode="r+")
+    foreign = group.create_array("cells-seeds", shape=(3,), dtype="uint8")
+    foreign[...] = [1, 2, 3]
+    with pytest.raises(OutputExistsError, match="'cells-seeds'.*not written by chunkseg"):
+        chunkseg.label(str(out), cls=0, method="watershed", name="cells", seed_threshold=0.95)
+    group = zarr.open_group(str(out), mode="r", use_consolidated=False)
+    assert group["cells-seeds"][...].tolist() == [1, 2, 3] and "cells" not in group
