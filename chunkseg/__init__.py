@@ -37,7 +37,8 @@ from .io import open_image
 from .kernels.windows import WINDOWS, get_window
 from .models.load import as_model, load_model
 from .models.spec import ModelSpec, Normalization
-from .objects.instances import label, regions
+from .objects.instances import label
+from .objects.regions import regions
 from .objects.tile_instances import predict_instances
 from .outputs.api import open_output, output_progress
 from .plan import TilePlan, plan_tiles

@@ -342,7 +342,7 @@ def _cmd_figures(args) -> int:
 
 
 def _cmd_regions(args) -> int:
-    from .objects.instances import regions
+    from .objects.regions import regions
 
     size = args.pixel_size
     table = regions(args.store, args.table, name=args.name, image=args.image,

@@ -18,7 +18,8 @@ from ._check import positive_int
 from ._version import __version__
 from .engine import predict_to_zarr
 from .errors import OutputExistsError
-from .objects.instances import label, regions
+from .objects.instances import label
+from .objects.regions import regions
 from .outputs._arrays import ArrayWriter, create_array
 from .outputs._lifecycle import writing
 from .outputs._target import MARKER, check_output_target, describe_location

@@ -4,7 +4,8 @@ a table of regions (:func:`regions`) and per-tile instance models (:func:`predic
 
 from __future__ import annotations
 
-from .instances import label, regions
+from .instances import label
+from .regions import regions
 from .tile_instances import predict_instances
 
 __all__ = ["label", "regions", "predict_instances"]
