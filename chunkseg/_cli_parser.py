@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: pixels touching by an edge, 2: also by a corner (1)")
     p.add_argument("--name", default="instances", help="array to write (instances)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier instances array")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted label run of --name with the same settings, "
+                        "writing only the chunks it did not finish")
     p.add_argument("--method", default="components", choices=("components", "watershed"),
                    help="components: connected components of the class; watershed: seeds of "
                         "strict probability flooded over the boundary probability, which splits "

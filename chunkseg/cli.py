@@ -305,7 +305,7 @@ def _cmd_label(args) -> int:
 
     ids = label(args.store, cls=args.cls, threshold=args.threshold,
                     connectivity=args.connectivity, name=args.name, overwrite=args.overwrite,
-                    method=args.method, seed_threshold=args.seed_threshold,
+                    resume=args.resume, method=args.method, seed_threshold=args.seed_threshold,
                     min_seed_size=args.min_seed_size, boundary_weight=args.boundary_weight,
                     max_cost=args.max_cost, merge_threshold=args.merge_threshold,
                     agglomeration=args.agglomeration,

@@ -45,7 +45,6 @@ COST_UNIT = 128
 """Path costs are integers in 1/COST_UNIT of a pixel step, so they add exactly in any order."""
 MAX_COST = 256.0
 """The largest ``max_cost``: keys (cost << 32 | seed) of windows up to 65536 px wide fit int64."""
-_SHIFT = np.int64(1 << 32)
 _INF = np.int64(1 << 61)
 _LOW = np.int64(0xFFFFFFFF)
 
@@ -133,53 +132,76 @@ def flood_block(seeds: np.ndarray, boundary: np.ndarray, weight: float,
     Each pixel holds one int64 key ``cost << 32 | seed``, so the smallest key is the lowest
     cost and, among equal costs, the smallest seed. Passes go down the rows and up, in turn:
     a row takes from the row before it (edge and both corners), then is scanned left to right
-    and right to left in one step each, by the prefix-sum form of
-    ``key[x] = min(key[x], key[x - 1] + c[x])``: ``key = minimum.accumulate(key - S) + S``
-    with ``S`` the running sum of the costs (exact in integers). It stops at the first pass
-    (after the first) that changes nothing: the pass before it, the other way, left every row
-    consistent with its other neighbour row. A path's cost is the same whatever the order it
-    is summed in, so the result
-    is the unique fixed point, equal to Dijkstra's (:func:`flood_reference`).
+    and right to left (``key[x] = min(key[x], key[x - 1] + c[x])`` and its mirror). It stops
+    at the first pass (after the first) that changes nothing: the pass before it, the other
+    way, left every row consistent with its other neighbour row. A path's cost is the same
+    whatever the order it is summed in (integers), so the result is the unique fixed point,
+    equal to Dijkstra's (:func:`flood_reference`, tested).
+
+    The passes are compiled by numba (``nogil``: the threads of dask's scheduler flood their
+    windows in parallel), 2-3 passes of a few integer operations a pixel; the first call in
+    a process compiles them (cached on disk by numba).
     """
-    h, w = seeds.shape
     c1, c2, limit = entry_costs(boundary, weight, max_cost)
-    a1, a2 = c1 * _SHIFT, c2 * _SHIFT
-    del c1, c2
-    forward = np.cumsum(a1, axis=1)  # sum of c[k] for k <= x
-    backward = np.cumsum(a1[:, ::-1], axis=1)[:, ::-1]  # for k >= x
     key = np.where(seeds > 0, np.asarray(seeds, np.int64), _INF)
-    t = np.empty(w, np.int64)
-    before = np.empty_like(key)
-    passes = [(range(h), -1), (range(h - 1, -1, -1), 1)]  # down the rows, then up
-    n = 0
-    while True:
-        rows, step = passes[n % 2]
-        np.copyto(before, key)
-        for y in rows:
-            row = key[y]
-            if 0 <= y + step < h:
-                prev = key[y + step]
-                np.add(prev, a1[y], out=t)
-                np.minimum(row, t, out=row)
-                np.add(prev[:-1], a2[y, 1:], out=t[1:])
-                np.minimum(row[1:], t[1:], out=row[1:])
-                np.add(prev[1:], a2[y, :-1], out=t[:-1])
-                np.minimum(row[:-1], t[:-1], out=row[:-1])
-            # keys never exceed _INF (every update is a minimum), so nothing overflows
-            np.subtract(row, forward[y], out=row)
-            np.minimum.accumulate(row, out=row)
-            np.add(row, forward[y], out=row)
-            np.subtract(row, backward[y], out=row)
-            back = row[::-1]
-            np.minimum.accumulate(back, out=back)
-            np.add(row, backward[y], out=row)
-        # a pass that changes nothing after a pass the other way: every relation holds
-        if n > 0 and np.array_equal(before, key):
-            break
-        n += 1
+    _passes()(key, c1, c2)
     cost = key >> np.int64(32)
     reached = cost <= limit
     return np.where(reached, key & _LOW, 0), np.where(reached, cost, -1)
+
+
+_COMPILED = None
+
+
+def _passes():
+    """The compiled passes of :func:`flood_block` (numba imported and compiled at first use)."""
+    global _COMPILED
+    if _COMPILED is None:
+        try:
+            import numba
+        except ImportError:
+            raise ImportError(
+                "The watershed's flooding needs numba (pip install 'chunkseg[objects]').") from None
+        _COMPILED = numba.njit(nogil=True, cache=True)(_passes_py)
+    return _COMPILED
+
+
+def _passes_py(key, c1, c2):  # pragma: no cover - compiled by numba; see flood_block
+    h, w = key.shape
+    n = 0
+    while True:
+        changed = False
+        for i in range(h):
+            y = i if n % 2 == 0 else h - 1 - i
+            q = y - 1 if n % 2 == 0 else y + 1  # the row before, in the pass's direction
+            if 0 <= q < h:
+                for x in range(w):
+                    best = key[q, x] + (c1[y, x] << 32)
+                    if x > 0:
+                        t = key[q, x - 1] + (c2[y, x] << 32)
+                        if t < best:
+                            best = t
+                    if x < w - 1:
+                        t = key[q, x + 1] + (c2[y, x] << 32)
+                        if t < best:
+                            best = t
+                    if best < key[y, x]:
+                        key[y, x] = best
+                        changed = True
+            for x in range(1, w):
+                t = key[y, x - 1] + (c1[y, x] << 32)
+                if t < key[y, x]:
+                    key[y, x] = t
+                    changed = True
+            for x in range(w - 2, -1, -1):
+                t = key[y, x + 1] + (c1[y, x] << 32)
+                if t < key[y, x]:
+                    key[y, x] = t
+                    changed = True
+        # a pass that changes nothing after a pass the other way: every relation holds
+        if n > 0 and not changed:
+            return n + 1
+        n += 1
 
 
 def flood_reference(seeds: np.ndarray, boundary: np.ndarray, weight: float,

@@ -29,7 +29,8 @@ from ..kernels import components as kern
 from ..outputs import _pyramid
 from ..outputs._arrays import ArrayWriter, create_array
 from ..outputs._lifecycle import leased
-from ..outputs._manifest import _so, consolidate, open_output_group
+from ..outputs._manifest import MANIFEST, _so, consolidate, open_output_group
+from ..outputs._marks import ChunkMarks
 from ..outputs._ownership import require_group
 from ..outputs._target import describe_location
 from ..outputs._variables import class_names
@@ -85,8 +86,9 @@ class _Components:
         return self.lookups[(iy, ix)][labels]
 
 
-def _relabel_task(block, iy: int, ix: int, ys, xs, writer, what) -> int:
+def _relabel_task(block, iy: int, ix: int, ys, xs, writer, marks: ChunkMarks, what) -> int:
     writer.write((slice(*ys), slice(*xs)), block(iy, ix, ys, xs).astype(writer.dtype), what)
+    marks.mark(iy, ix)
     return 1
 
 
@@ -106,6 +108,7 @@ def label(
     agglomeration: str = "threshold",
     name: str = "instances",
     overwrite: bool = False,
+    resume: bool = False,
     storage_options: dict | None = None,
     scheduler: Any = None,
     workers: int | None = None,
@@ -167,6 +170,12 @@ def label(
         The array written in the group.
     overwrite : bool, default False
         Replace an array ``name`` that :func:`label` wrote before.
+    resume : bool, default False
+        Finish an interrupted run of ``label`` with the same ``name`` and the same settings:
+        the passes that only read run again (the same result), the chunks that the
+        interrupted run wrote and marked are kept and only the others are written. A run
+        keeps its record (settings, chunk marks, the watershed's scratch arrays and region
+        graph) in ``chunkseg/label-NAME`` until it finishes.
     storage_options : dict, optional
         fsspec options for a URL ``store``.
     scheduler, workers, progress
@@ -195,6 +204,8 @@ def label(
         output's own variables.
     chunkseg.errors.InvalidTypeError
         If ``cls`` is not None, an int or a str, or a watershed setting has the wrong type.
+        With ``resume``: if there is no interrupted run of ``name``, its settings differ,
+        its marks cannot be trusted, or ``overwrite`` is given too.
     chunkseg.errors.OutputExistsError
         If ``name`` exists and ``overwrite`` is False, or it was not written by this function.
 
@@ -249,15 +260,22 @@ def label(
     ome = group.attrs.get("layout") == _ome.LAYOUT
     # the OME layout: an NGFF label image labels/<name> (levels 0, 1, ...) beside labels/classes
     path = f"labels/{name}/0" if ome else name
+    location = describe_location(store)
     existing = _ome.find(group, name)
-    if existing is not None:
+    record_path = f"{MANIFEST}/label-{name}"
+    fingerprint = {"method": method, "class": cls, "threshold": threshold,
+                   "connectivity": connectivity, "source_variable": variable,
+                   "watershed": None if settings is None else settings.to_dict()}
+    if resume:
+        _check_resumable(group, record_path, fingerprint, name, overwrite, location)
+    elif existing is not None:
         old = group[existing]
         if not overwrite or "connectivity" not in old.attrs:
             raise OutputExistsError(
-                f"`name` {name!r} already exists in {describe_location(store)!r}. Pass "
+                f"`name` {name!r} already exists in {location!r}. Pass "
                 "`overwrite=True` to replace an earlier instances array, or choose another name."
                 if not overwrite else
-                f"`name` {name!r} in {describe_location(store)!r} was not written by "
+                f"`name` {name!r} in {location!r} was not written by "
                 "chunkseg.instances; chunkseg does not replace it. Choose another name."
             )
     src = group[source_path]
@@ -269,14 +287,20 @@ def label(
     with open_client(scheduler, workers) as client:
         sched = scheduler if client is None else client
         secrets = secrets_of(storage_options)
-        for scratch in scratches:  # scratch arrays left by an interrupted watershed
-            if scratch not in group:
-                continue
-            if "chunkseg_version" not in group[scratch].attrs:
-                raise OutputExistsError(
-                    f"{scratch!r} in {describe_location(store)!r} was not written by chunkseg; "
-                    "chunkseg does not replace it. Choose another `name`.")
-            del group[scratch]
+        if not resume:
+            for scratch in scratches:  # scratch arrays left by an interrupted watershed
+                if scratch not in group:
+                    continue
+                if "chunkseg_version" not in group[scratch].attrs:
+                    raise OutputExistsError(
+                        f"{scratch!r} in {location!r} was not written by chunkseg; "
+                        "chunkseg does not replace it. Choose another `name`.")
+                del group[scratch]
+            if record_path in group:  # the record of an interrupted run (chunkseg's own group)
+                del group[record_path]
+            record = require_group(group, record_path)
+            record.attrs.update(settings=fingerprint)
+        record = group[record_path]
         extra: dict[str, Any] = {"method": method}
         if settings is None:
             read = _Foreground(src, cls, None if threshold is None else float(threshold))
@@ -290,31 +314,40 @@ def label(
             block = _Components(read, connectivity, lookups)
         else:
             block, n_objects, info = watershed_lookup(
-                group, src, cls, settings, connectivity, scratches, describe_location(store),
+                group, src, cls, settings, connectivity, scratches, record, resume, location,
                 sched, progress, secrets)
             extra.update(watershed=settings.to_dict(), **info)
         dtype = kern.ids_dtype(n_objects)
-        if existing is not None:  # written by this function (checked above)
+        if existing is not None and not resume:  # written by this function (checked above)
             del group[f"labels/{name}" if existing != name else name]
+            existing = None
         if ome:
             require_group(group, f"labels/{name}")
-        target = create_array(
-            group, name=path, shape=(height, width), chunks=src.chunks[-2:], dtype=dtype,
-            compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
-            attributes={"long_name": "instance ids", "class": cls, "threshold": threshold,
-                        "connectivity": connectivity, "objects": n_objects,
-                        "source_variable": variable, "complete": False,
-                        "numbering": "raster order of each object's first pixel", **extra})
-        writer = ArrayWriter(target, describe_location(store), name)
+        if existing is not None and "instances" in record:  # resume: keep what is marked
+            target = group[existing]
+            marks = ChunkMarks.open(record, "instances", grid, location)
+        else:
+            target = create_array(
+                group, name=path, shape=(height, width), chunks=src.chunks[-2:], dtype=dtype,
+                compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
+                attributes={"long_name": "instance ids", "class": cls, "threshold": threshold,
+                            "connectivity": connectivity, "objects": n_objects,
+                            "source_variable": variable, "complete": False,
+                            "numbering": "raster order of each object's first pixel", **extra},
+                overwrite=resume)  # resume: an array created without its marks
+            marks = ChunkMarks.create(record, "instances", grid, location)
+        writer = ArrayWriter(target, location, name)
+        done = marks.finished()
         jobs = [dask.delayed(_relabel_task, pure=False)(
-            block, iy, ix, ys, xs, writer, f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
-            for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
+            block, iy, ix, ys, xs, writer, marks, f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
+            for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
         compute(*jobs, scheduler=sched, progress=progress, secrets=secrets)
+        if ome:
+            _instance_levels(group, name, target, sched, progress, location)
         for scratch in scratches:
             if scratch in group:
                 del group[scratch]
-        if ome:
-            _instance_levels(group, name, target, sched, progress, describe_location(store))
+        del group[record_path]  # before "complete": a record means an unfinished run
         target.attrs["complete"] = True
     consolidate(group)
     if ome:
@@ -322,6 +355,30 @@ def label(
         return xr.DataArray(data, dims=("y", "x"), name=name, attrs=target.attrs.asdict())
     return xr.open_zarr(store, storage_options=_so(store, storage_options),
                         consolidated=True)[name]
+
+
+def _check_resumable(group, record_path: str, fingerprint: dict, name: str, overwrite: bool,
+                     location: str) -> None:
+    """Raise unless ``group`` holds an interrupted run of ``label`` named ``name`` with the
+    same settings (its record ``chunkseg/label-NAME``)."""
+    if overwrite:
+        raise InvalidValueError(
+            "`resume` and `overwrite` exclude each other: resume keeps the chunks an "
+            "interrupted run wrote, overwrite starts again. Pass one of them.")
+    if record_path not in group:
+        raise InvalidValueError(
+            f"`resume=True` needs an interrupted run of label with `name` {name!r} in "
+            f"{location!r}; there is none (a finished run leaves no record). Drop `resume`"
+            + (" (and pass `overwrite=True` to replace the finished array)."
+               if _ome.find(group, name) is not None else "."))
+    old = dict(group[record_path].attrs.get("settings") or {})
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff:
+        raise InvalidValueError(
+            "`resume=True` needs the same settings as the interrupted run; these differ: "
+            + ", ".join(f"{k} (was {old.get(k)!r}, now {fingerprint.get(k)!r})" for k in diff)
+            + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
+            "again.")
 
 
 def _instance_levels(group, name: str, target, scheduler, progress: bool, location: str) -> None:
@@ -332,7 +389,8 @@ def _instance_levels(group, name: str, target, scheduler, progress: bool, locati
         group, name=f"labels/{name}/{i}", shape=shape,
         chunks=_pyramid.level_chunks(target.chunks, shape), dtype=target.dtype,
         compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
-        attributes={"long_name": "instance ids", "level": i}, write_empty_chunks=True)
+        attributes={"long_name": "instance ids", "level": i}, write_empty_chunks=True,
+        overwrite=True)  # a resumed run's: the levels are written whole again
         for i, shape in enumerate(shapes[1:], start=1)]
     _pyramid.write_levels([(levels, "mode")], location, scheduler=scheduler, progress=progress)
     _ome.write_instances_metadata(group, name, len(shapes))

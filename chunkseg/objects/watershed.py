@@ -16,7 +16,9 @@ Four passes over the chunks of a written output's probabilities, each task holdi
    flooding. The chunk's fragments go to a second scratch array (``NAME-fragments``); the
    touching fragment pairs of the chunk and its next row and column, with the boundary
    probability along their border (:func:`chunkseg.kernels.watershed.boundary_pairs`), and
-   each fragment's first pixel come back to the client. A task holds one window.
+   each fragment's first pixel are written as the chunk's record (``graph/IY_IX`` of the run's
+   record group ``chunkseg/label-NAME``), read back by the client when every chunk is done.
+   A task holds one window.
 4. **Agglomeration and relabelling**: on the client the fragments are joined on that graph
    (one node per fragment, far fewer than pixels) by ``agglomeration``: the pairs whose mean
    boundary probability is below ``merge_threshold`` (union-find), or a multicut or mutex
@@ -29,6 +31,11 @@ Four passes over the chunks of a written output's probabilities, each task holdi
 
 The result does not depend on the chunking (tested against the in-memory reference for several
 chunkings, including chunks smaller than the halo).
+
+**Resume.** Passes 1 and 4's merge only read; passes 2 and 3 and the final writing mark each
+chunk once it is written (:class:`chunkseg.outputs._marks.ChunkMarks` in the run's record), so
+``label(..., resume=True)`` after an interruption runs the reading passes again (the same
+result: every step is deterministic) and writes only the chunks not marked.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from ..kernels import agglomerate as agg
 from ..kernels import components as kern
 from ..kernels import watershed as ws
 from ..outputs._arrays import ArrayWriter, create_array
+from ..outputs._marks import ChunkMarks
 from ..scheduling import compute
 
 __all__ = ["WatershedSettings", "watershed_lookup"]
@@ -141,18 +149,20 @@ def _seed_summary(src, cls: int, threshold: float, ys, xs, connectivity: int, wi
 
 
 def _seed_task(src, cls: int, threshold: float, ys, xs, connectivity: int, lookup: np.ndarray,
-               writer: ArrayWriter, what: str) -> int:
-    """Label one chunk's seeds again, map them to their global ids, write them (once)."""
+               writer: ArrayWriter, marks: ChunkMarks, iy: int, ix: int, what: str) -> int:
+    """Label one chunk's seeds again, map them to their global ids, write them (once), mark."""
     seeds, _ = kern.label_block(np.asarray(src[cls, ys[0]:ys[1], xs[0]:xs[1]]) >= threshold,
                                 connectivity)
     writer.write((slice(*ys), slice(*xs)), lookup.astype(writer.dtype)[seeds], what)
+    marks.mark(iy, ix)
     return 1
 
 
 def _flood_task(seeds_array, src, cls: int, ys, xs, shape: tuple[int, int], depth: int,
-                weight: float, max_cost: float, writer: ArrayWriter, what: str):
+                weight: float, max_cost: float, writer: ArrayWriter, graph, marks: ChunkMarks,
+                iy: int, ix: int, what: str) -> int:
     """Flood one chunk from the seeds in its window (the chunk and ``depth`` pixels around it),
-    write its fragments (once), and return its region-graph pairs and first pixels."""
+    write its fragments (once) and its region-graph record (:func:`_write_record`), mark."""
     height, width = shape
     wy0, wx0 = max(ys[0] - depth, 0), max(xs[0] - depth, 0)
     wy1, wx1 = min(ys[1] + depth, height), min(xs[1] + depth, width)
@@ -166,12 +176,43 @@ def _flood_task(seeds_array, src, cls: int, ys, xs, shape: tuple[int, int], dept
     ext = (slice(oy, oy + rows + 1), slice(ox, ox + cols + 1))
     pairs = ws.boundary_pairs(frag[ext], boundary[ext], rows, cols)
     ids, first = kern.first_pixels(frag[oy:oy + rows, ox:ox + cols], (ys[0], xs[0]), width)
-    return pairs, ids, first
+    _write_record(graph, iy, ix, pairs, ids, first, writer.location)
+    marks.mark(iy, ix)
+    return 1
+
+
+def _write_record(graph, iy: int, ix: int, pairs, ids, first, location: str) -> None:
+    """One chunk's region-graph pairs ``(u, v, total, count)`` and its fragments' first pixels
+    ``(id, first, 0, 0)``, one int64 ``(k + m, 4)`` array ``graph/IY_IX`` of the run's record
+    (``attrs["pairs"] = k``): kept until the run finishes, so a resumed run needs no chunk's
+    flooding again."""
+    table = np.zeros((len(pairs[0]) + len(ids), 4), np.int64)
+    table[:len(pairs[0])] = np.stack(pairs, axis=1)
+    table[len(pairs[0]):, 0], table[len(pairs[0]):, 1] = ids, first
+    array = create_array(graph, name=f"{iy}_{ix}", shape=table.shape,
+                         chunks=(max(len(table), 1), 4), dtype="int64",
+                         compressor=ZstdCodec(level=1), dimension_names=("row", "column"),
+                         attributes={"pairs": len(pairs[0])}, overwrite=True)
+    ArrayWriter(array, location, f"graph/{iy}_{ix}").write(
+        (slice(None), slice(None)), table, f"the region graph of chunk ({iy}, {ix})")
+
+
+def _read_records(graph, keys) -> tuple[np.ndarray, ...]:
+    """``u, v, total, count, ids, first`` of the chunks ``keys``, concatenated."""
+    pairs, nodes = [], []
+    for iy, ix in keys:
+        array = graph[f"{iy}_{ix}"]
+        table, k = np.asarray(array[...]), int(array.attrs["pairs"])
+        pairs.append(table[:k])
+        nodes.append(table[k:, :2])
+    p = np.concatenate(pairs) if pairs else np.zeros((0, 4), np.int64)
+    n = np.concatenate(nodes) if nodes else np.zeros((0, 2), np.int64)
+    return p[:, 0], p[:, 1], p[:, 2], p[:, 3], n[:, 0], n[:, 1]
 
 
 def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connectivity: int,
-                     scratch_names: tuple[str, str], location: str, scheduler: Any,
-                     progress: bool, secrets) -> tuple[Callable, int, dict]:
+                     scratch_names: tuple[str, str], record, resume: bool, location: str,
+                     scheduler: Any, progress: bool, secrets) -> tuple[Callable, int, dict]:
     """Seeds, flooding into scratch arrays, region graph and agglomeration (passes 1-4).
 
     Parameters
@@ -187,6 +228,13 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         Of the seeds' components.
     scratch_names : (str, str)
         Names of the scratch arrays of the seeds and of the fragments.
+    record : zarr.Group
+        The run's record group (``chunkseg/label-NAME``): the passes' chunk marks
+        (:class:`chunkseg.outputs._marks.ChunkMarks` ``seeds`` and ``fragments``) and the
+        chunks' region-graph records (``graph/IY_IX``).
+    resume : bool
+        Keep the scratch arrays, marks and records of an interrupted run and write only the
+        chunks not marked; else create them (the caller removed any earlier ones).
     location : str
         The output, for messages.
     scheduler, progress, secrets
@@ -207,7 +255,7 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     cy, cx = src.chunks[-2:]
     ys_, xs_ = kern.block_grid((kern.axis_chunks(height, cy), kern.axis_chunks(width, cx)))
     grid = (len(ys_), len(xs_))
-    # 1. seeds
+    # 1. seeds (reads only: run again on resume, the same result)
     tasks = {(iy, ix): dask.delayed(_seed_summary, pure=False)(
         src, cls, settings.seed_threshold, ys, xs, connectivity, width)
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
@@ -226,35 +274,43 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         raise InvalidValueError(
             f"`seed_threshold` {settings.seed_threshold!r} gives {n_seeds} seeds; the watershed "
             "takes at most 2**32 - 1. Raise `seed_threshold` or `min_seed_size`.")
-    # 2. the seeds with their global ids, into a scratch array (each chunk written once)
     dtype = kern.ids_dtype(n_seeds)
 
-    def scratch(name: str, what: str) -> tuple[Any, ArrayWriter]:
+    def scratch(name: str, what: str) -> tuple[Any, ArrayWriter, ChunkMarks]:
+        if resume and name in group and what in record:
+            return (group[name], ArrayWriter(group[name], location, name),
+                    ChunkMarks.open(record, what, grid, location))
         array = create_array(
             group, name=name, shape=(height, width), chunks=(cy, cx), dtype=dtype,
             compressor=ZstdCodec(level=1), dimension_names=("y", "x"),
-            attributes={"long_name": f"watershed {what} (scratch, deleted at the end)"})
-        return array, ArrayWriter(array, location, name)
+            attributes={"long_name": f"watershed {what} (scratch, deleted at the end)"},
+            overwrite=resume)  # resume: one left without its marks
+        return (array, ArrayWriter(array, location, name),
+                ChunkMarks.create(record, what, grid, location))
 
-    seeds, seed_writer = scratch(scratch_names[0], "seeds")
+    # 2. the seeds with their global ids, into a scratch array (each chunk written once)
+    seeds, seed_writer, seed_marks = scratch(scratch_names[0], "seeds")
+    done = seed_marks.finished()
     jobs = [dask.delayed(_seed_task, pure=False)(
         src, cls, settings.seed_threshold, ys, xs, connectivity, renumber[lookups[(iy, ix)]],
-        seed_writer, f"chunk ({iy}, {ix}) of the seeds")
-        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
+        seed_writer, seed_marks, iy, ix, f"chunk ({iy}, {ix}) of the seeds")
+        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
     compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
     # 3. flooding with the halo (one more pixel: the pairs look at the next row and column)
-    fragments, frag_writer = scratch(scratch_names[1], "fragments")
+    fragments, frag_writer, frag_marks = scratch(scratch_names[1], "fragments")
+    graph = record.require_group("graph")
     depth = ws.halo(settings.max_cost) + 1
+    done = frag_marks.finished()
     jobs = [dask.delayed(_flood_task, pure=False)(
         seeds, src, cls, ys, xs, (height, width), depth, settings.boundary_weight,
-        settings.max_cost, frag_writer, f"chunk ({iy}, {ix}) of the fragments")
-        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-    parts = compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+        settings.max_cost, frag_writer, graph, frag_marks, iy, ix,
+        f"chunk ({iy}, {ix}) of the fragments")
+        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
+    compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    u, v, total, count, ids, f = _read_records(graph, [(iy, ix) for iy in range(grid[0])
+                                                       for ix in range(grid[1])])
     first = np.full(n_seeds, np.iinfo(np.int64).max, np.int64)
-    for _, ids, f in parts:
-        np.minimum.at(first, ids - 1, f)
-    u, v, total, count = (np.concatenate([p[0][i] for p in parts]) if parts else
-                          np.zeros(0, np.int64) for i in range(4))
+    np.minimum.at(first, ids - 1, f)
     # 4. agglomeration: fragment id -> object id
     lookup, n_objects = agg.agglomerate(n_seeds, u, v, total, count, settings.agglomeration,
                                         settings.merge_threshold, first)
@@ -263,4 +319,3 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         return lookup[np.asarray(fragments[ys[0]:ys[1], xs[0]:xs[1]]).astype(np.int64)]
 
     return block, n_objects, {"seeds": n_seeds}
-

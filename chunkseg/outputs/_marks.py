@@ -1,0 +1,77 @@
+"""Per-chunk completion marks of a pass that writes chunk by chunk: what a resumed run trusts.
+
+A pass that writes one chunk of an array per task marks the chunk (one ``uint8`` element of a
+``(rows, cols)`` array with ``(1, 1)`` chunks, so every mark is its own stored chunk, written
+once) after its data is written; an interrupted run leaves the marks of exactly the chunks it
+finished, and its resumption writes the others. The marks of :func:`chunkseg.label`'s passes
+live in the run's record group (``chunkseg/label-NAME``, deleted when the run finishes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from zarr.codecs import ZstdCodec
+
+from ..errors import InvalidValueError
+from ._arrays import ArrayWriter, create_array
+
+__all__ = ["ChunkMarks"]
+
+
+class ChunkMarks:
+    """One mark per chunk of a grid, set once the chunk's data is written.
+
+    Parameters
+    ----------
+    array : zarr.Array
+        ``(rows, cols)`` uint8, chunks ``(1, 1)``: 1 for a finished chunk, 0 (the fill value)
+        otherwise.
+    location : str
+        The store, for messages.
+    """
+
+    def __init__(self, array: Any, location: str):
+        self.array = array
+        self.writer = ArrayWriter(array, location, str(array.path))
+
+    @classmethod
+    def create(cls, group: Any, name: str, grid: tuple[int, int], location: str) -> ChunkMarks:
+        """New marks, all 0, as array ``name`` of ``group`` (which must not hold it)."""
+        array = create_array(group, name=name, shape=grid, chunks=(1, 1), dtype="uint8",
+                             compressor=ZstdCodec(level=1), dimension_names=("chunk_y", "chunk_x"),
+                             attributes={"long_name": "1: the chunk is written"})
+        return cls(array, location)
+
+    @classmethod
+    def open(cls, group: Any, name: str, grid: tuple[int, int], location: str) -> ChunkMarks:
+        """The marks ``name`` of ``group``, checked: the grid's shape, values 0 and 1 only.
+
+        Raises
+        ------
+        chunkseg.errors.InvalidValueError
+            If they cannot be read or trusted (another shape, other values).
+        """
+        try:
+            array = group[name]
+            marks = np.asarray(array[...])
+        except (KeyError, OSError, ValueError, RuntimeError) as err:
+            marks, reason = None, f"{type(err).__name__}: {err}"
+        else:
+            reason = f"shape {marks.shape}, expected {grid}, or values other than 0 and 1"
+        if marks is None or marks.shape != tuple(grid) or not np.isin(marks, (0, 1)).all():
+            raise InvalidValueError(
+                f"`resume=True` needs readable chunk marks; {location!r}'s {name!r} cannot be "
+                f"trusted ({reason}), so which chunks are finished is not known. Start again "
+                "with `overwrite=True` (CLI: --overwrite).")
+        return cls(array, location)
+
+    def finished(self) -> set[tuple[int, int]]:
+        """The ``(iy, ix)`` chunks marked done."""
+        return {(int(a), int(b)) for a, b in np.argwhere(np.asarray(self.array[...]) == 1)}
+
+    def mark(self, iy: int, ix: int) -> None:
+        """Mark chunk ``(iy, ix)`` done (after its data is written)."""
+        self.writer.write((slice(iy, iy + 1), slice(ix, ix + 1)), np.ones((1, 1), np.uint8),
+                          f"the mark of chunk ({iy}, {ix})")
