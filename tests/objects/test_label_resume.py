@@ -68,7 +68,7 @@ def test_resumed_watershed_equals_a_whole_run_and_writes_only_the_rest(tmp_path,
     assert len(relabels) == {"seeds": 20, "flooding": 20, "writing": 13}[where]
     group = zarr.open_group(out, mode="r", use_consolidated=False)
     assert "label-instances" not in group["chunkseg"]
-    assert not {"instances-seeds", "instances-fragments"} & set(group)
+    assert not {"instances-seeds", "instances-boundary", "instances-fragments"} & set(group)
 
 
 def test_resumed_components_and_the_ome_layout(tmp_path, monkeypatch):

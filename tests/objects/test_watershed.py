@@ -48,13 +48,27 @@ def test_same_ids_for_any_chunking_and_equal_to_the_whole_image(tmp_path, merge)
         assert got.attrs["method"] == "watershed"
         assert got.attrs["watershed"]["merge_threshold"] == merge
         group = zarr.open_group(str(out), mode="r")
-        assert not {"instances-seeds", "instances-fragments"} & set(group)  # scratch gone
+        assert not {"instances-seeds", "instances-boundary", "instances-fragments"} & set(group)  # scratch gone
     p = zarr.open_group(str(tmp_path / "o0.zarr"), mode="r")["probabilities"][0]
     ref, n = watershed_reference(p, 0.95, 5, 8.0, 20.0, merge)
     assert n > 10
     for got in results:
         np.testing.assert_array_equal(got, ref)
     assert (ref > 0).mean() > (p >= 0.95).mean() + 0.05  # the flooding grew the seeds
+
+
+def test_sharded_scratch_arrays_give_the_same_ids(tmp_path):
+    """Chunks over 256 px: the scratch arrays are sharded by chunk with inner chunks of at
+    most 256 px (300 -> 150, 260 -> 130), and the windows read across inner chunks and shards."""
+    image = _cells((640, 560), seed=3)
+    settings = dict(seed_threshold=0.95, min_seed_size=5, boundary_weight=8.0, max_cost=20.0,
+                    merge_threshold=0.3)
+    results = []
+    for i, chunks in enumerate([1000, (300, 260)]):
+        out = _output(tmp_path, image, chunks, f"s{i}.zarr")
+        results.append(chunkseg.label(str(out), cls=0, method="watershed", **settings).values)
+    assert results[0].max() > 30
+    np.testing.assert_array_equal(results[1], results[0])
 
 
 @pytest.mark.parametrize("agglomeration", ["multicut", "mutex"])
@@ -125,7 +139,7 @@ def test_library_agglomeration_missing(tmp_path, monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"pip install 'chunkseg\[agglomerate\]'"):
         chunkseg.label(str(out), cls=0, method="watershed", agglomeration="multicut",
                        merge_threshold=0.5)
-    assert not {"instances-seeds", "instances-fragments"} & set(zarr.open_group(str(out), mode="r"))
+    assert not {"instances-seeds", "instances-boundary", "instances-fragments"} & set(zarr.open_group(str(out), mode="r"))
 
 
 def test_watershed_needs_probabilities(tmp_path):
@@ -170,7 +184,7 @@ def test_watershed_in_the_ome_layout_equals_the_plain_one(tmp_path):
     assert a.attrs["objects"] == b.attrs["objects"] > 5
     g = zarr.open_group(ome, mode="r")
     assert g["labels"].attrs["ome"]["labels"] == ["classes", "instances"]
-    assert not {"instances-seeds", "instances-fragments"} & set(g)
+    assert not {"instances-seeds", "instances-boundary", "instances-fragments"} & set(g)
     assert g["labels/instances/1"].shape == (60, 65)
     chunkseg.label(ome, **settings, overwrite=True)  # replaced, listed once
     assert zarr.open_group(ome, mode="r")["labels"].attrs["ome"]["labels"] == [
