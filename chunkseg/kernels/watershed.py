@@ -84,24 +84,22 @@ def entry_costs(boundary: np.ndarray, weight: float,
 
     Returns
     -------
-    c1, c2 : (h, w) ndarray of int64
+    c1, c2 : (h, w) ndarray of int32
         Costs in 1/:data:`COST_UNIT` steps.
     limit : int
 
     Notes
     -----
     ``c1 = round(COST_UNIT * (1 + weight * boundary))``, ``c2`` the same times ``sqrt(2)``
-    (float32 arithmetic, the same for every window),
+    (float32 arithmetic, compiled by numba without fast-math, the same for every window),
     both at most ``limit + 1`` (a step that alone passes the limit ends every path), and
     ``limit = floor(max_cost * COST_UNIT)``. Each is at least ``COST_UNIT``: a path within the
     limit has at most ``floor(max_cost)`` steps.
     """
     limit = int(np.floor(max_cost * COST_UNIT))
-    base = np.asarray(boundary, np.float32) * np.float32(weight * COST_UNIT)
-    base += np.float32(COST_UNIT)
-    c1 = np.minimum(np.rint(base), limit + 1).astype(np.int64)
-    base *= np.float32(np.sqrt(2.0))
-    c2 = np.minimum(np.rint(base), limit + 1).astype(np.int64)
+    c1, c2 = _compiled()[0](np.ascontiguousarray(boundary, np.float32),
+                            np.float32(weight * COST_UNIT), np.float32(COST_UNIT),
+                            np.float32(np.sqrt(2.0)), limit + 1)
     return c1, c2, limit
 
 
@@ -143,18 +141,17 @@ def flood_block(seeds: np.ndarray, boundary: np.ndarray, weight: float,
     a process compiles them (cached on disk by numba).
     """
     c1, c2, limit = entry_costs(boundary, weight, max_cost)
-    key = np.where(seeds > 0, np.asarray(seeds, np.int64), _INF)
-    _passes()(key, c1, c2)
-    cost = key >> np.int64(32)
-    reached = cost <= limit
-    return np.where(reached, key & _LOW, 0), np.where(reached, cost, -1)
+    labels = np.zeros(seeds.shape, np.int64)
+    cost = np.empty(seeds.shape, np.int64)
+    _compiled()[1](np.ascontiguousarray(seeds, np.int64), c1, c2, limit, labels, cost)
+    return labels, cost
 
 
-_COMPILED = None
+_COMPILED: tuple | None = None
 
 
-def _passes():
-    """The compiled passes of :func:`flood_block` (numba imported and compiled at first use)."""
+def _compiled() -> tuple:
+    """The compiled cost and flooding loops (numba imported and compiling at first use)."""
     global _COMPILED
     if _COMPILED is None:
         try:
@@ -162,12 +159,29 @@ def _passes():
         except ImportError:
             raise ImportError(
                 "The watershed's flooding needs numba (pip install 'chunkseg[objects]').") from None
-        _COMPILED = numba.njit(nogil=True, cache=True)(_passes_py)
+        jit = numba.njit(nogil=True, cache=True)
+        _COMPILED = (jit(_costs_py), jit(_flood_py))
     return _COMPILED
 
 
-def _passes_py(key, c1, c2):  # pragma: no cover - compiled by numba; see flood_block
-    h, w = key.shape
+def _costs_py(b, wf, uf, sqrt2, top):  # pragma: no cover - compiled by numba; see entry_costs
+    h, w = b.shape
+    c1 = np.empty((h, w), np.int32)
+    c2 = np.empty((h, w), np.int32)
+    for y in range(h):
+        for x in range(w):
+            base = b[y, x] * wf + uf  # float32
+            c1[y, x] = min(np.rint(base), top)
+            c2[y, x] = min(np.rint(base * sqrt2), top)
+    return c1, c2
+
+
+def _flood_py(seeds, c1, c2, limit, labels, cost):  # pragma: no cover - numba; see flood_block
+    h, w = seeds.shape
+    key = np.empty((h, w), np.int64)
+    for y in range(h):
+        for x in range(w):
+            key[y, x] = seeds[y, x] if seeds[y, x] > 0 else _INF
     n = 0
     while True:
         changed = False
@@ -176,32 +190,40 @@ def _passes_py(key, c1, c2):  # pragma: no cover - compiled by numba; see flood_
             q = y - 1 if n % 2 == 0 else y + 1  # the row before, in the pass's direction
             if 0 <= q < h:
                 for x in range(w):
-                    best = key[q, x] + (c1[y, x] << 32)
+                    best = key[q, x] + (np.int64(c1[y, x]) << 32)
                     if x > 0:
-                        t = key[q, x - 1] + (c2[y, x] << 32)
+                        t = key[q, x - 1] + (np.int64(c2[y, x]) << 32)
                         if t < best:
                             best = t
                     if x < w - 1:
-                        t = key[q, x + 1] + (c2[y, x] << 32)
+                        t = key[q, x + 1] + (np.int64(c2[y, x]) << 32)
                         if t < best:
                             best = t
                     if best < key[y, x]:
                         key[y, x] = best
                         changed = True
             for x in range(1, w):
-                t = key[y, x - 1] + (c1[y, x] << 32)
+                t = key[y, x - 1] + (np.int64(c1[y, x]) << 32)
                 if t < key[y, x]:
                     key[y, x] = t
                     changed = True
             for x in range(w - 2, -1, -1):
-                t = key[y, x + 1] + (c1[y, x] << 32)
+                t = key[y, x + 1] + (np.int64(c1[y, x]) << 32)
                 if t < key[y, x]:
                     key[y, x] = t
                     changed = True
         # a pass that changes nothing after a pass the other way: every relation holds
         if n > 0 and not changed:
-            return n + 1
+            break
         n += 1
+    for y in range(h):
+        for x in range(w):
+            c = key[y, x] >> 32
+            if c <= limit:
+                labels[y, x] = key[y, x] & _LOW
+                cost[y, x] = c
+            else:
+                cost[y, x] = -1
 
 
 def flood_reference(seeds: np.ndarray, boundary: np.ndarray, weight: float,

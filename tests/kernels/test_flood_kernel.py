@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from chunkseg.kernels import watershed as ws
+from chunkseg.kernels.watershed import COST_UNIT, entry_costs
 
 
 def _field(shape, seed, levels=None, sigma=2.0):
@@ -91,3 +92,18 @@ def test_boundary_pairs_against_a_pixel_count():
                 t0, n0 = got.get((int(a), int(c)), (0, 0))
                 got[(int(a), int(c))] = (t0 + int(t), n0 + int(n))
     assert got == expected
+
+
+@pytest.mark.parametrize("weight, max_cost", [(10.0, 32.0), (0.0, 1.0), (3.7, 256.0)])
+def test_entry_costs_are_the_float32_formula(weight, max_cost):
+    """The compiled costs equal numpy's float32 arithmetic of the documented formula."""
+    rng = np.random.default_rng(1)
+    b = np.concatenate([rng.random(5000), np.linspace(0, 1, 4097), [0.0, 1.0, 0.5]])
+    b = b.astype(np.float32).reshape(1, -1)
+    c1, c2, limit = entry_costs(b, weight, max_cost)
+    base = b * np.float32(weight * COST_UNIT) + np.float32(COST_UNIT)
+    top = limit + 1
+    assert limit == int(np.floor(max_cost * COST_UNIT))
+    np.testing.assert_array_equal(c1, np.minimum(np.rint(base), top))
+    np.testing.assert_array_equal(c2, np.minimum(np.rint(base * np.float32(np.sqrt(2.0))), top))
+    assert c1.min() >= COST_UNIT and c2.min() >= COST_UNIT
