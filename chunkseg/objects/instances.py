@@ -29,7 +29,13 @@ from ..kernels import components as kern
 from ..outputs import _pyramid
 from ..outputs._arrays import ArrayWriter, create_array
 from ..outputs._lifecycle import leased
-from ..outputs._manifest import MANIFEST, _so, consolidate, open_output_group
+from ..outputs._manifest import (
+    MANIFEST,
+    _so,
+    check_same_settings,
+    consolidate,
+    open_output_group,
+)
 from ..outputs._marks import ChunkMarks
 from ..outputs._ownership import require_group
 from ..outputs._target import describe_location
@@ -371,14 +377,7 @@ def _check_resumable(group, record_path: str, fingerprint: dict, name: str, over
             f"{location!r}; there is none (a finished run leaves no record). Drop `resume`"
             + (" (and pass `overwrite=True` to replace the finished array)."
                if _ome.find(group, name) is not None else "."))
-    old = dict(group[record_path].attrs.get("settings") or {})
-    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-    if diff:
-        raise InvalidValueError(
-            "`resume=True` needs the same settings as the interrupted run; these differ: "
-            + ", ".join(f"{k} (was {old.get(k)!r}, now {fingerprint.get(k)!r})" for k in diff)
-            + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
-            "again.")
+    check_same_settings(dict(group[record_path].attrs.get("settings") or {}), fingerprint)
 
 
 def _instance_levels(group, name: str, target, scheduler, progress: bool, location: str) -> None:

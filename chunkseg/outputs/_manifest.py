@@ -32,6 +32,7 @@ from ..io._locations import _refuse_url_password
 from ..models.spec import Normalization
 from ..plan import TilePlan
 from ._lifecycle import staging_path
+from ._marks import ChunkMarks
 from ._ownership import MARKER
 from ._target import describe_location
 
@@ -149,6 +150,23 @@ def _missing_chunks(store: Any, so: dict | None, targets: dict, done: np.ndarray
     return sorted(missing)
 
 
+def check_same_settings(old: dict, new: dict) -> None:
+    """Raise unless an interrupted run's recorded settings ``old`` equal ``new`` (a resume).
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        Naming every setting that differs, with both values.
+    """
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise InvalidValueError(
+            "`resume=True` needs the same settings as the interrupted run; these differ: "
+            + ", ".join(f"{k} (was {old.get(k)!r}, now {new.get(k)!r})" for k in diff)
+            + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
+            "again.")
+
+
 def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
     """The group, variable arrays, manifest and finished chunks (a set of ``(jy, jx)``) of an
     output to resume, after checking it."""
@@ -165,26 +183,9 @@ def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
             f"{redact_text(str(err), secrets_of(so))}. Drop "
             "`resume` to start a new run."
         ) from None
-    old = dict(group.attrs.get("fingerprint") or {})
-    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-    if diff:
-        raise InvalidValueError(
-            "`resume=True` needs the same settings as the interrupted run; these differ: "
-            + ", ".join(f"{k} (was {old.get(k)!r}, now {fingerprint.get(k)!r})" for k in diff)
-            + ". Use the original settings, or drop `resume` (with `overwrite=True`) to start "
-            "again."
-        )
-    try:
-        marks = np.asarray(done[...])
-    except (OSError, ValueError, RuntimeError) as err:  # a codec's RuntimeError on bad bytes
-        marks, reason = None, f"{type(err).__name__}: {err}"
-    else:
-        reason = "values other than 0 and 1"
-    if marks is None or marks.shape != tuple(done.shape) or not np.isin(marks, (0, 1)).all():
-        raise InvalidValueError(
-            f"`resume=True` needs a readable manifest; {describe_location(store)!r}'s "
-            f"'chunkseg/done' cannot be trusted ({reason}), so which chunks are finished is "
-            "not known. Start again with `overwrite=True` (CLI: --overwrite).")
+    check_same_settings(dict(group.attrs.get("fingerprint") or {}), fingerprint)
+    marks = np.asarray(ChunkMarks.open(group[MANIFEST], "done", None,
+                                       describe_location(store)).array[...])
     missing = _missing_chunks(store, so, targets, marks)
     if missing:
         raise InvalidValueError(

@@ -3,8 +3,10 @@
 A pass that writes one chunk of an array per task marks the chunk (one ``uint8`` element of a
 ``(rows, cols)`` array with ``(1, 1)`` chunks, so every mark is its own stored chunk, written
 once) after its data is written; an interrupted run leaves the marks of exactly the chunks it
-finished, and its resumption writes the others. The marks of :func:`chunkseg.label`'s passes
-live in the run's record group (``chunkseg/label-NAME``, deleted when the run finishes).
+finished, and its resumption writes the others. A prediction's completion manifest is one
+(``chunkseg/done``, :func:`chunkseg.outputs._variables.create_variables`); the marks of
+:func:`chunkseg.label`'s passes live in the run's record group (``chunkseg/label-NAME``,
+deleted when the run finishes).
 """
 
 from __future__ import annotations
@@ -37,34 +39,44 @@ class ChunkMarks:
         self.writer = ArrayWriter(array, location, str(array.path))
 
     @classmethod
-    def create(cls, group: Any, name: str, grid: tuple[int, int], location: str) -> ChunkMarks:
-        """New marks, all 0, as array ``name`` of ``group`` (which must not hold it)."""
+    def create(cls, group: Any, name: str, grid: tuple[int, int], location: str,
+               compressor: Any = None,
+               meaning: str = "1 where the chunk is written") -> ChunkMarks:
+        """New marks, all 0, as array ``name`` of ``group`` (which must not hold it);
+        ``compressor`` defaults to zstd level 1, ``meaning`` is its ``meaning`` attribute."""
         array = create_array(group, name=name, shape=grid, chunks=(1, 1), dtype="uint8",
-                             compressor=ZstdCodec(level=1), dimension_names=("chunk_y", "chunk_x"),
-                             attributes={"long_name": "1: the chunk is written"})
+                             compressor=compressor or ZstdCodec(level=1),
+                             dimension_names=("chunk_y", "chunk_x"),
+                             attributes={"meaning": meaning})
         return cls(array, location)
 
     @classmethod
-    def open(cls, group: Any, name: str, grid: tuple[int, int], location: str) -> ChunkMarks:
-        """The marks ``name`` of ``group``, checked: the grid's shape, values 0 and 1 only.
+    def open(cls, group: Any, name: str, grid: tuple[int, int] | None,
+             location: str) -> ChunkMarks:
+        """The marks ``name`` of ``group``, checked: the grid's shape (any with None), values
+        0 and 1 only.
 
         Raises
         ------
         chunkseg.errors.InvalidValueError
             If they cannot be read or trusted (another shape, other values).
         """
-        try:
-            array = group[name]
-            marks = np.asarray(array[...])
-        except (KeyError, OSError, ValueError, RuntimeError) as err:
+        array = group.get(name)
+        try:  # a codec's RuntimeError on bad bytes
+            marks = None if array is None else np.asarray(array[...])
+        except (OSError, ValueError, RuntimeError) as err:
             marks, reason = None, f"{type(err).__name__}: {err}"
         else:
-            reason = f"shape {marks.shape}, expected {grid}, or values other than 0 and 1"
-        if marks is None or marks.shape != tuple(grid) or not np.isin(marks, (0, 1)).all():
+            reason = ("missing" if array is None else
+                      f"shape {marks.shape}, expected {grid}, or values other than 0 and 1")
+        expected = tuple(array.shape) if grid is None and array is not None else grid
+        if (marks is None or marks.shape != tuple(expected)
+                or not np.isin(marks, (0, 1)).all()):
+            where = f"{group.path}/{name}".lstrip("/")
             raise InvalidValueError(
-                f"`resume=True` needs readable chunk marks; {location!r}'s {name!r} cannot be "
-                f"trusted ({reason}), so which chunks are finished is not known. Start again "
-                "with `overwrite=True` (CLI: --overwrite).")
+                f"`resume=True` needs a readable manifest of finished chunks; {location!r}'s "
+                f"{where!r} cannot be trusted ({reason}), so which chunks are finished is not "
+                "known. Start again with `overwrite=True` (CLI: --overwrite).")
         return cls(array, location)
 
     def finished(self) -> set[tuple[int, int]]:

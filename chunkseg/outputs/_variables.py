@@ -21,6 +21,7 @@ from ..plan import TilePlan
 from . import _pyramid
 from ._arrays import ArrayWriter, check_aligned, create_array
 from ._manifest import MANIFEST
+from ._marks import ChunkMarks
 from ._ownership import require_group
 from ._target import describe_location
 
@@ -66,8 +67,7 @@ class ChunkWriter:
         where = location or "the output store"
         # one writer for every write: an OSError becomes an OutputWriteError naming the chunk
         self._writers = {name: ArrayWriter(array, where, name) for name, array in targets.items()}
-        if done is not None:
-            self._writers[MANIFEST] = ArrayWriter(done, where, f"{MANIFEST}/done")
+        self._marks = None if done is None else ChunkMarks(done, where)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -82,9 +82,8 @@ class ChunkWriter:
         region = (slice(jy * c_y, jy * c_y + h), slice(jx * c_x, jx * c_x + w))
         for name, data in outs.items():
             self._writers[name].write((slice(None),) * (data.ndim - 2) + region, data, what)
-        if self.done is not None:  # after every variable of the chunk is written
-            self._writers[MANIFEST].write((slice(jy, jy + 1), slice(jx, jx + 1)),
-                                          np.ones((1, 1), np.uint8), what)
+        if self._marks is not None:  # after every variable of the chunk is written
+            self._marks.mark(jy, jx)
 
 
 def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: int,
@@ -149,11 +148,10 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
                        compression_level=compression_level)
     # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
     # concurrent tasks never write the same object
-    done = create_array(
-        require_group(group, MANIFEST), name="done", shape=plan.chunk_grid, chunks=(1, 1),
-        dtype="uint8", compressor=compressor("done", compression_level),
-        dimension_names=("chunk_y", "chunk_x"),
-        attributes={"meaning": "1 where every variable of that output chunk is written"})
+    done = ChunkMarks.create(
+        require_group(group, MANIFEST), "done", plan.chunk_grid, str(group.store),
+        compressor=compressor("done", compression_level),
+        meaning="1 where every variable of that output chunk is written").array
     return targets, done
 
 
