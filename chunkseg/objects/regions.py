@@ -102,7 +102,8 @@ def regions(
     Parameters
     ----------
     store : str, os.PathLike or zarr store
-        An output holding ``name`` (from :func:`label` or :func:`chunkseg.predict_instances`).
+        An output holding ``name`` (from :func:`chunkseg.label` or
+        :func:`chunkseg.predict_instances`).
     table : str or os.PathLike
         The Parquet file to write (pyarrow); read it with ``pandas.read_parquet`` or
         ``dask.dataframe.read_parquet``.
@@ -117,7 +118,7 @@ def regions(
     overwrite : bool, default False
         Replace an existing ``table`` file.
     storage_options, scheduler, workers, progress
-        As :func:`label`.
+        As :func:`chunkseg.label`.
 
     Returns
     -------
