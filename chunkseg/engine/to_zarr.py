@@ -74,15 +74,23 @@ class ChunkOutputs:
         self.writer = writer
         self.dtype = np.dtype(dtype)
         self._cast = blend.LogitsCast(self.dtype)  # warns once per run (per worker process)
+        # an NGFF label image (OME layout) stores class k as k + 1, 0 where no tile ran
+        labels = writer.targets.get("labels")
+        self.ngff_labels = labels is not None and _ome.class_offset(labels) > 0
 
     def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
         names = self.writer.names
         what = f"output chunk ({jy}, {jx}) (y, x of the chunk grid)"
+        # where a tile ran (only a mask leaves pixels without one)
+        need_covered = self.ngff_labels and runner.fill_nan
+        covered = None
         if hasattr(acc, "clone"):
             from ..kernels.blend_torch import outputs_torch
 
             clamped: list = []
-            outs = outputs_torch(acc, names, self.dtype, runner.fill_value, clamped=clamped)
+            outs = outputs_torch(acc, names + (("covered",) if need_covered else ()),
+                                 self.dtype, runner.fill_value, clamped=clamped)
+            covered = outs.pop("covered", None)
             self._cast.clamped(sum(clamped), what)
         else:
             logits = blend.normalize_accumulator(acc, np.float32, runner.fill_value)
@@ -93,6 +101,10 @@ class ChunkOutputs:
                 outs["probabilities"] = blend.probabilities_from_logits(logits, self.dtype)
             if "labels" in names:
                 outs["labels"] = blend.labels_from_logits(logits)
+            if need_covered:
+                covered = acc[-1] > 0
+        if self.ngff_labels and "labels" in outs:
+            outs["labels"] = _ome.encode_classes(outs["labels"], covered, runner.classes)
         self.writer.write(jy, jx, outs, what)
         return 1
 
@@ -226,8 +238,13 @@ def predict_to_zarr(
         the input's units) and ``scale``/``translation`` from the input's pixel size, and the
         class labels are an NGFF label image ``labels/classes`` (a colour and the name of
         each class), so OME-Zarr viewers (napari with napari-ome-zarr, ome-zarr-py, vizarr)
-        open it. ``xarray.open_zarr(store)`` still opens the full-resolution image variables,
-        ``xarray.open_zarr(store, group="1")`` level 1; :func:`open_output` adds the labels.
+        open it. That label image stores 0 for "no prediction" (outside the ``mask``; viewers
+        draw it transparent) and class ``k`` as ``k + 1`` (its ``image-label`` ``properties``
+        and ``colors`` use ``label-value`` ``k + 1``); the ``labels`` variable that
+        :func:`open_output` (and this function) return, and every chunkseg reader, hold class
+        indices ``0..K-1`` as in the plain layout. ``xarray.open_zarr(store)`` still opens the
+        full-resolution image variables, ``xarray.open_zarr(store, group="1")`` level 1;
+        :func:`open_output` adds the labels.
         Needs ome-zarr-py (``pip install 'chunkseg[ome]'``).
     levels : int, optional
         With ``ome``: pyramid levels, full resolution included. Default: halve until the larger

@@ -48,7 +48,8 @@ def _open_group_labels(group: zarr.Group, param: str, option: str, variable: str
         names = None
         if isinstance(group.get("class"), zarr.Array):
             names = _class_names(group["class"][...])
-        return open_image(group[path]), names, f"{source} ({path})"
+        # class labels as class indices (the NGFF label image stores class k as k + 1)
+        return open_image(_ome.open_classes(group[path])), names, f"{source} ({path})"
     if MARKER in group.attrs:
         arrays = sorted(group.array_keys())
         raise NotFoundError(
