@@ -84,7 +84,7 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
             (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def _ome():
+def _ome(what: str = "`ome=True`"):
     try:
         with warnings.catch_warnings():
             # ome-zarr 0.18's writer builds a deprecated Scaler as a default argument at import
@@ -93,7 +93,7 @@ def _ome():
             from ome_zarr import writer
     except ImportError as err:
         raise MissingDependencyError(
-            "`ome=True` writes its NGFF metadata with ome-zarr-py, which is not installed. "
+            f"{what} writes its NGFF metadata with ome-zarr-py, which is not installed. "
             "Install it with `pip install 'chunkseg[ome]'` (or `pip install ome-zarr`)."
         ) from err
     return writer, ome_format.FormatV05()

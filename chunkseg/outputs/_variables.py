@@ -30,6 +30,7 @@ __all__ = [
     "class_names",
     "compressor",
     "create_variables",
+    "pixel_grid",
     "shard_layout",
     "write_levels",
 ]
@@ -217,9 +218,18 @@ def _var_attrs(name: str, k: int, coords: dict | None = None, ome: bool = False)
     return attrs
 
 
-def _pixel_grid(coords: dict) -> tuple[list, list, dict]:
-    """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from the output's coordinates:
-    their spacing and first value where they are evenly spaced and increasing, else pixels."""
+def pixel_grid(coords: Mapping[str, Any]) -> tuple[list, list, dict]:
+    """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from an image's coordinates
+    (an output's, or an input's as :func:`chunkseg.open_image` read them): their spacing and
+    first value where they are evenly spaced and increasing, else pixels (1, 0, no unit).
+
+    Returns
+    -------
+    scale, translation : [float, float]
+        ``y`` then ``x``.
+    units : dict
+        ``{"y": ..., "x": ...}``, NGFF unit names (:func:`chunkseg._ome.ngff_unit`) or None.
+    """
     scale, translation, units = [1.0, 1.0], [0.0, 0.0], {}
     for i, dim in enumerate(("y", "x")):
         c = coords.get(dim)
@@ -301,7 +311,7 @@ def _create_levels(group, targets: dict, shapes: list, chunks0: tuple[int, int],
     """Create the pyramid arrays (levels 1...) of the image variable and the labels, their
     coordinates and the NGFF metadata of the OME layout (written with ome-zarr-py)."""
     image_var = _ome.image_variable(outputs)
-    scale, translation, units = _pixel_grid(coords)
+    scale, translation, units = pixel_grid(coords)
     k = classes
     for i, shape in enumerate(shapes[1:], start=1):
         chunks = _pyramid.level_chunks(chunks0, shape)
