@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, default=None,
                    help="with --ome: pyramid levels, full resolution included (default: halve "
                         "until the larger side is <= 512 px)")
+    p.add_argument("--labels-into-source", action="store_true",
+                   help="with --ome: also write the label image into the input's own NGFF "
+                        "labels/ group (the input must be an OME-NGFF 0.5 image)")
     p.add_argument("--mask", default=None,
                    help="low-resolution foreground mask (.npy, PNG/TIFF or Zarr); tiles that "
                         "touch no foreground are skipped (NaN logits, label 0 there)")

@@ -154,7 +154,7 @@ def _cmd_predict(args) -> int:
         array_name=args.array_name, mask=_mask_arg(args.mask),
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
-        **settings,
+        labels_into_source=args.labels_into_source, **settings,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")
