@@ -107,6 +107,11 @@ def test_readers_see_class_indices_equal_to_the_plain_layout(pair, tmp_path):
     a, b = chunkseg.evaluate(ome_path, truth), chunkseg.evaluate(plain_path, truth)
     np.testing.assert_array_equal(a["confusion_matrix"], b["confusion_matrix"])
     assert a["classes"] == NAMES
+    # ... also given the label image itself (its group, a level's path, the zarr.Array)
+    level0 = zarr.open_group(ome_path, mode="r")["labels/classes/0"]
+    for pred in (f"{ome_path}/labels/classes", f"{ome_path}/labels/classes/0", level0):
+        np.testing.assert_array_equal(chunkseg.evaluate(pred, truth, classes=NAMES)[
+            "confusion_matrix"], b["confusion_matrix"])
     # label: the same objects of class 2 ("middle")
     la = chunkseg.label(ome_path, cls=2, name="mid")
     lb = chunkseg.label(plain_path, cls=2, name="mid")
