@@ -116,7 +116,10 @@ def lowres_figure(out: Path, path: Path) -> dict:
     level = int(top.attrs["levels"]) - 1
     ds = xr.open_zarr(store, group=str(level), consolidated=False)
     prob = ds.probabilities.sel({"class": "membrane"}).astype("float32").values
-    labels = top[f"labels/classes/{level}"][...]
+    # class indices (the NGFF label image stores class k as k + 1, 0 for no prediction)
+    from chunkseg._ome import class_labels
+
+    labels = class_labels(top[f"labels/classes/{level}"])[...]
     seconds = time.perf_counter() - t0
     data_keys = [k for k in store.keys if "/c/" in k]
     full_res = [k for k in data_keys if k.startswith(("probabilities/c/", "labels/classes/0/c/"))]

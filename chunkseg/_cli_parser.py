@@ -65,12 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
-    p = sub.add_parser("ingest", help="convert PNG/JPEG/TIFF/Zarr to a chunked Zarr v3 store")
+    p = sub.add_parser("ingest", help="convert PNG/JPEG/TIFF/Zarr to an OME-NGFF image "
+                       "(Zarr v3, pyramid, pixel size)")
     p.add_argument("source", help="image file, Zarr store or URL")
     p.add_argument("store", help="output Zarr path or URL")
     p.add_argument("--chunk", type=_pair, default=1024, help="Zarr chunk, px (1024)")
     p.add_argument("--array-name", default=None, help="array inside a source Zarr group")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--levels", type=int, default=None,
+                   help="pyramid levels, full resolution included (default: halve to 512 px)")
 
     p = sub.add_parser("plan", help="show the tile grid and chunks, reading no pixels")
     p.add_argument("image", help="image path/URL, or a shape such as 40000x40000[x3]")
@@ -108,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, default=None,
                    help="with --ome: pyramid levels, full resolution included (default: halve "
                         "until the larger side is <= 512 px)")
+    p.add_argument("--labels-into-source", action="store_true",
+                   help="with --ome: also write the label image into the input's own NGFF "
+                        "labels/ group (the input must be an OME-NGFF 0.5 image)")
     p.add_argument("--mask", default=None,
                    help="low-resolution foreground mask (.npy, PNG/TIFF or Zarr); tiles that "
                         "touch no foreground are skipped (NaN logits, label 0 there)")

@@ -1,4 +1,5 @@
-""":func:`ingest`: anything :func:`open_image` reads -> a Zarr v3 array, chunk by chunk."""
+""":func:`ingest`: anything :func:`open_image` reads -> an OME-NGFF 0.5 image (Zarr v3, with a
+pyramid and the pixel size), chunk by chunk."""
 
 from __future__ import annotations
 
@@ -19,14 +20,19 @@ from chunkseg.errors import (
     InvalidValueError,
 )
 
-from ._check import int_pair
-from ._version import __version__
-from .io._axes import DIMS
+from . import _ome
+from ._check import int_pair, positive_int
 from .io._locations import _check_storage_options, _fspath
 from .io.api import open_image
+from .outputs import _pyramid
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._lifecycle import writing
-from .outputs._target import MARKER, describe_location
+from .outputs._ownership import stamp
+from .outputs._target import describe_location
+from .outputs._variables import pixel_grid
+
+AXES = ("c", "y", "x")
+"""Axes of every level of an ingested image (NGFF: the channel axis before the space axes)."""
 
 
 def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
@@ -51,8 +57,10 @@ def ingest(
     progress: bool = False,
     array_name: str | None = None,
     source_storage_options: Mapping[str, Any] | None = None,
-) -> zarr.Array:
-    """Convert an image into a chunked, zstd-compressed Zarr v3 array, one chunk at a time.
+    levels: int | None = None,
+) -> zarr.Group:
+    """Convert an image into an OME-NGFF 0.5 image: a Zarr v3 group with a pyramid of chunked,
+    zstd-compressed arrays and the pixel size, one chunk at a time.
 
     Parameters
     ----------
@@ -61,10 +69,10 @@ def ingest(
         path/URL of a Zarr store or a PNG/JPEG/TIFF file.
     store : str, os.PathLike or zarr.abc.store.Store
         Where to write: local path, fsspec URL (``s3://bucket/image.zarr``) or zarr store. The
-        array is written at the store's root.
+        NGFF image is the store's root group.
     chunks : int or (int, int), default 1024
         Zarr chunk size ``(cy, cx)`` in pixels; an int means square chunks. The channel axis is
-        always one chunk, so the chunk shape is ``(cy, cx, C)``. Clipped to the image size.
+        always one chunk, so the chunk shape is ``(C, cy, cx)``. Clipped to each level's size.
     overwrite : bool, default False
         Replace a Zarr store chunkseg wrote at ``store`` (every node stamped
         ``attrs["chunkseg_version"]``). A location that holds anything else, at any depth
@@ -82,32 +90,51 @@ def ingest(
         Passed to :func:`open_image` for a Zarr-group ``source``.
     source_storage_options : mapping, optional
         fsspec options for a URL ``source`` (``storage_options`` is for ``store``).
+    levels : int, optional
+        Pyramid levels, full resolution included (1: none). Default: halve until the larger
+        side is at most 512 px (:func:`chunkseg.outputs._pyramid.level_shapes`), as
+        :func:`predict_to_zarr` with ``ome=True``.
 
     Returns
     -------
-    zarr.Array
-        The written array: shape ``(Y, X, C)``, the source's dtype, ``dimension_names``
-        ``("y", "x", "c")``, chunks ``(min(cy, Y), min(cx, X), C)``, one
-        :class:`zarr.codecs.ZstdCodec`, ``attrs["source"]`` naming the source (no credentials),
-        ``attrs["complete"]`` True (False until the last chunk was written: chunkseg refuses
-        to read an incomplete store as an input).
+    zarr.Group
+        The NGFF image. Its arrays ``"0"``, ``"1"``, ... are the levels, ``"0"`` the full
+        resolution ``(C, Y, X)`` and level ``k`` ``(C, ceil(Y / 2^k), ceil(X / 2^k))``, all of
+        the source's dtype, ``dimension_names`` ``("c", "y", "x")``, chunks
+        ``(C, min(cy, Y_k), min(cx, X_k))``, one :class:`zarr.codecs.ZstdCodec`. The group's
+        ``attrs["ome"]["multiscales"]`` (NGFF 0.5, written with ome-zarr-py) has axes ``c``
+        (channel), ``y``, ``x`` (space, with the unit of the source's pixel size where it has
+        one: TIFF resolution tags, an NGFF source's transforms, an xarray source's evenly
+        spaced ``y``/``x`` coordinates with ``units``) and, per level, ``scale`` = pixel size
+        ``* 2^k`` and ``translation`` = the centre of its first pixel (the centre of the
+        ``2^k x 2^k`` square it summarises). ``attrs["source"]`` names the source (no
+        credentials); ``attrs["complete"]`` of the group and of ``"0"`` is True (False until
+        the last level was written: chunkseg refuses to read an incomplete store as an
+        input). :func:`open_image` (and so every chunkseg command) reads the store as level 0
+        with ``y``/``x`` coordinates in the physical unit.
 
     Raises
     ------
     chunkseg.errors.OutputExistsError
         If ``store`` already holds data and ``overwrite`` is False (nothing is written), or it
         holds anything but a Zarr store chunkseg wrote.
+    chunkseg.errors.MissingDependencyError
+        If ome-zarr-py, which writes the NGFF metadata, is not installed (nothing is written).
     TypeError, ValueError, FileNotFoundError
-        For a bad ``source`` (see :func:`open_image`), bad ``chunks`` or ``compressor_level``,
-        or ``store`` overlapping a path ``source``.
+        For a bad ``source`` (see :func:`open_image`), bad ``chunks``, ``levels`` or
+        ``compressor_level``, or ``store`` overlapping a path ``source``.
 
     Notes
     -----
     Never loads the whole image: the source is read lazily (see :func:`open_image`), rechunked to
     exactly the Zarr chunks and written with :func:`dask.array.store` (``lock=False``), so each
     task writes whole Zarr chunks and peak memory is a few chunks per worker thread, e.g. for
-    1024 x 1024 x 3 uint16 chunks about 6 MiB each, plus the source blocks that overlap them.
-    Chunks equal to the fill value 0 are not stored (Zarr's default); they read back as 0.
+    3 x 1024 x 1024 uint16 chunks about 6 MiB each, plus the source blocks that overlap them.
+    Each further level is computed from the level before it as stored, one task per chunk
+    reading four chunks (the NaN-aware mean of each 2 x 2 square, rounded for integer images:
+    :func:`chunkseg.outputs._pyramid.downsample_mean`; the scheme of ome-zarr-py's and
+    ngff-zarr's writers, factor 2 per level). Chunks of level 0 equal to the fill value 0 are
+    not stored (Zarr's default); they read back as 0.
     """
     cy, cx = _normalise_chunks(chunks)
     if isinstance(compressor_level, bool) or not isinstance(compressor_level, int | np.integer):
@@ -116,6 +143,10 @@ def ingest(
         )
     if not 0 <= compressor_level <= 22:
         raise InvalidValueError(f"`compressor_level` must be an int from 0 to 22. Got {compressor_level}.")
+    if levels is not None:
+        levels = positive_int(levels, "levels", "Pyramid levels, full resolution included: "
+                              "pass levels >= 1, or drop `levels` for the default.")
+    _ome._ome("`chunkseg ingest`")  # ome-zarr-py is needed: say so before anything is written
     if isinstance(store, Store):
         if storage_options is not None:
             raise InvalidValueError(
@@ -137,17 +168,28 @@ def ingest(
         image = open_image(source, storage_options=source_storage_options,
                            array_name=array_name)
         height, width, channels = image.shape
-        zarr_chunks = (min(cy, height), min(cx, width), channels)
-
-        data = image.data.rechunk(zarr_chunks)
-        check_aligned("image", data.chunks, zarr_chunks)
-        array = create_array(
-            out.store, shape=image.shape, chunks=zarr_chunks, dtype=image.dtype,
-            compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)), dimension_names=DIMS,
-            attributes={"source": image.attrs["source"], MARKER: __version__,
-                        "complete": False},
-            storage_options=options if out.store is target else None, overwrite=overwrite)
-        writer = ArrayWriter(array, describe_location(target), "image",
+        shapes = _pyramid.level_shapes((height, width), levels)
+        data = image.data.transpose(2, 0, 1).rechunk((channels, min(cy, height),
+                                                      min(cx, width)))
+        source_name = image.attrs["source"]
+        group = zarr.open_group(
+            out.store, mode="w", zarr_format=3,
+            storage_options=options if out.store is target else None,
+            attributes=stamp({"source": source_name, "complete": False}))
+        arrays = [create_array(
+            group, name=str(k), shape=(channels,) + shape,
+            chunks=(channels,) + _pyramid.level_chunks((cy, cx), shape), dtype=image.dtype,
+            compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)),
+            dimension_names=AXES, attributes={"source": source_name, "complete": False}
+            if k == 0 else {"level": k}) for k, shape in enumerate(shapes)]
+        check_aligned("image", data.chunks, arrays[0].chunks)
+        # the NGFF metadata first: an interrupted ingest is then an NGFF image whose level 0
+        # says it is incomplete (open_image refuses it and says so)
+        scale, translation, units = pixel_grid(image.coords)
+        _ome.write_multiscales(group, [str(k) for k in range(len(arrays))], scale, translation, units,
+                               name="image", channel_axis="c")
+        location = describe_location(target)
+        writer = ArrayWriter(arrays[0], location, "image",
                              fix="Free space (or fix the store) and ingest again with "
                                  "overwrite=True (CLI: --overwrite).")
         bar: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -156,9 +198,12 @@ def ingest(
 
             bar = ProgressBar()
         # the libraries' warnings while it writes, without credentials
-        with redacting_warnings(secrets_of((storage_options, source_storage_options))), bar:
-            da.store(data, writer, lock=False, compute=True)
-        array.attrs["complete"] = True  # last: every chunk is written
-    if out.staged:  # the array now lives at the output's own path
-        array = zarr.open_array(target, mode="r")
-    return array
+        with redacting_warnings(secrets_of((storage_options, source_storage_options))):
+            with bar:
+                da.store(data, writer, lock=False, compute=True)
+            _pyramid.write_levels([(arrays, "mean")], location, progress=progress)
+        arrays[0].attrs["complete"] = True  # last: every level is written
+        group.attrs["complete"] = True
+    if out.staged:  # the group now lives at the output's own path
+        group = zarr.open_group(target, mode="r")
+    return group

@@ -66,10 +66,15 @@ def _normalization(args):
 def _cmd_ingest(args) -> int:
     from ._ingest import ingest
 
-    arr = ingest(args.source, args.store, chunks=args.chunk, overwrite=args.overwrite,
-                 array_name=args.array_name, progress=True)
-    print(f"wrote {args.store}: shape {arr.shape} (y, x, c), dtype {arr.dtype}, "
-          f"chunks {arr.chunks}")
+    group = ingest(args.source, args.store, chunks=args.chunk, overwrite=args.overwrite,
+                   array_name=args.array_name, progress=True, levels=args.levels)
+    arr = group["0"]
+    ms = group.attrs["ome"]["multiscales"][0]
+    scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"][1:]
+    unit = ms["axes"][1].get("unit", "px")
+    print(f"wrote {args.store}: OME-NGFF image, shape {arr.shape} (c, y, x), dtype {arr.dtype}, "
+          f"chunks {arr.chunks}, {len(ms['datasets'])} level(s), pixel size "
+          f"{scale[0]:g} x {scale[1]:g} {unit} (y x)")
     return 0
 
 
@@ -149,7 +154,7 @@ def _cmd_predict(args) -> int:
         array_name=args.array_name, mask=_mask_arg(args.mask),
         scheduler=args.scheduler, workers=args.workers,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
-        **settings,
+        labels_into_source=args.labels_into_source, **settings,
     )
     names = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in ds.data_vars.items())
     print(f"wrote {args.store}: {names}")

@@ -12,7 +12,7 @@ import chunkseg
 
 tmp = Path(tempfile.mkdtemp())
 image = np.random.default_rng(0).integers(0, 256, (3000, 2000), dtype=np.uint8)
-chunkseg.ingest(image, tmp / "image.zarr", chunks=1024)  # a chunked Zarr store
+chunkseg.ingest(image, tmp / "image.zarr", chunks=1024)  # an OME-NGFF image, with a pyramid
 
 
 def model(batch):  # float32 (N, C_in, y, x) -> logits (N, K, y, x)

@@ -42,9 +42,10 @@ def test_ingest_then_predict(tmp_path, png, capsys):
     path, img = png
     store = tmp_path / "img.zarr"
     assert main(["ingest", str(path), str(store), "--chunk", "64"]) == 0
-    arr = zarr.open_array(store, mode="r")
-    assert arr.chunks == (64, 64, 1)
-    np.testing.assert_array_equal(arr[..., 0], img)
+    arr = zarr.open_group(store, mode="r")["0"]  # level 0 of the NGFF image
+    assert arr.chunks == (1, 64, 64)
+    np.testing.assert_array_equal(arr[0], img)
+    assert "OME-NGFF image" in capsys.readouterr().out
     out = tmp_path / "seg.zarr"
     assert main(["predict", str(store), str(out), "--model", "model_factories:numpy_two_class",
                  "--tile", "48", "--overlap", "16", "--chunk", "64",

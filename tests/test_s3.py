@@ -126,7 +126,7 @@ def test_ingest_then_open_roundtrip(bucket, options):
     assert image.dims == ("y", "x", "c") and image.shape == IMAGE.shape + (1,)
     assert image.dtype == np.uint8 and image.data.chunksize == (64, 64, 1)
     np.testing.assert_array_equal(image.values[..., 0], IMAGE)
-    assert image.attrs["source"] == url
+    assert image.attrs["source"] == f"{url}/0"  # level 0 of the NGFF image
     with pytest.raises(OutputExistsError, match="overwrite"):
         chunkseg.ingest(IMAGE[::-1], url, chunks=64, storage_options=options)
     chunkseg.ingest(IMAGE[::-1], url, chunks=32, storage_options=options, overwrite=True)
@@ -146,11 +146,11 @@ def test_predict_s3_to_s3_equals_local(bucket, options, tmp_path):
     _assert_same_data(reopened, expected)
     _assert_same_data(returned, expected)
     assert reopened.logits.shape == (3,) + IMAGE.shape and reopened.labels.dtype == np.uint8
-    assert reopened.attrs["source"] == src
+    assert reopened.attrs["source"] == f"{src}/0"  # level 0 of the NGFF image
     local_attrs = {k: v for k, v in expected.attrs.items() if k not in ("source", "fingerprint")}
     assert {k: v for k, v in reopened.attrs.items()
             if k not in ("source", "fingerprint")} == local_attrs
-    assert reopened.attrs["fingerprint"] == dict(expected.attrs["fingerprint"], source=src)
+    assert reopened.attrs["fingerprint"] == dict(expected.attrs["fingerprint"], source=f"{src}/0")
 
 
 @pytest.mark.timeout(120)

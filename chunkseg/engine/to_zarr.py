@@ -26,12 +26,21 @@ from ..kernels import blend
 from ..models.spec import Normalization
 from ..outputs import _pyramid
 from ..outputs._lifecycle import writing
-from ..outputs._manifest import _fingerprint, _open, _reopen, _so, consolidate
+from ..outputs._manifest import (
+    _fingerprint,
+    _open,
+    _reopen,
+    _so,
+    consolidate,
+    open_output_group,
+)
+from ..outputs._source_labels import source_labels_target, write_labels_into_source
 from ..outputs._target import describe_location
 from ..outputs._variables import (
     ChunkWriter,
     check_compression_level,
     create_variables,
+    pixel_grid,
     shard_layout,
     write_levels,
 )
@@ -74,15 +83,23 @@ class ChunkOutputs:
         self.writer = writer
         self.dtype = np.dtype(dtype)
         self._cast = blend.LogitsCast(self.dtype)  # warns once per run (per worker process)
+        # an NGFF label image (OME layout) stores class k as k + 1, 0 where no tile ran
+        labels = writer.targets.get("labels")
+        self.ngff_labels = labels is not None and _ome.class_offset(labels) > 0
 
     def __call__(self, runner: TileRunner, jy: int, jx: int, acc) -> int:
         names = self.writer.names
         what = f"output chunk ({jy}, {jx}) (y, x of the chunk grid)"
+        # where a tile ran (only a mask leaves pixels without one)
+        need_covered = self.ngff_labels and runner.fill_nan
+        covered = None
         if hasattr(acc, "clone"):
             from ..kernels.blend_torch import outputs_torch
 
             clamped: list = []
-            outs = outputs_torch(acc, names, self.dtype, runner.fill_value, clamped=clamped)
+            outs = outputs_torch(acc, names + (("covered",) if need_covered else ()),
+                                 self.dtype, runner.fill_value, clamped=clamped)
+            covered = outs.pop("covered", None)
             self._cast.clamped(sum(clamped), what)
         else:
             logits = blend.normalize_accumulator(acc, np.float32, runner.fill_value)
@@ -93,6 +110,10 @@ class ChunkOutputs:
                 outs["probabilities"] = blend.probabilities_from_logits(logits, self.dtype)
             if "labels" in names:
                 outs["labels"] = blend.labels_from_logits(logits)
+            if need_covered:
+                covered = acc[-1] > 0
+        if self.ngff_labels and "labels" in outs:
+            outs["labels"] = _ome.encode_classes(outs["labels"], covered, runner.classes)
         self.writer.write(jy, jx, outs, what)
         return 1
 
@@ -126,6 +147,7 @@ def predict_to_zarr(
     shards: int | tuple[int, int] | None = None,
     ome: bool = False,
     levels: int | None = None,
+    labels_into_source: bool = False,
 ) -> xr.Dataset:
     """Run :func:`predict` and write its outputs to a Zarr v3 group, each chunk written once.
 
@@ -226,14 +248,31 @@ def predict_to_zarr(
         the input's units) and ``scale``/``translation`` from the input's pixel size, and the
         class labels are an NGFF label image ``labels/classes`` (a colour and the name of
         each class), so OME-Zarr viewers (napari with napari-ome-zarr, ome-zarr-py, vizarr)
-        open it. ``xarray.open_zarr(store)`` still opens the full-resolution image variables,
-        ``xarray.open_zarr(store, group="1")`` level 1; :func:`open_output` adds the labels.
+        open it. That label image stores 0 for "no prediction" (outside the ``mask``; viewers
+        draw it transparent) and class ``k`` as ``k + 1`` (its ``image-label`` ``properties``
+        and ``colors`` use ``label-value`` ``k + 1``); the ``labels`` variable that
+        :func:`open_output` (and this function) return, and every chunkseg reader, hold class
+        indices ``0..K-1`` as in the plain layout. ``xarray.open_zarr(store)`` still opens the
+        full-resolution image variables, ``xarray.open_zarr(store, group="1")`` level 1;
+        :func:`open_output` adds the labels.
         Needs ome-zarr-py (``pip install 'chunkseg[ome]'``).
     levels : int, optional
         With ``ome``: pyramid levels, full resolution included. Default: halve until the larger
         side is at most 512 px. Levels are computed out of core after every chunk is written,
         each from the one before it as stored (mean of 2 x 2 for probabilities and logits,
         mode for labels; :mod:`chunkseg.outputs._pyramid`), one task per chunk.
+    labels_into_source : bool, default False
+        Also write the class label image into the input's own NGFF ``labels/`` group, as
+        ``labels/classes`` (its levels, values and ``image-label`` metadata as the output's:
+        0 "no prediction", class ``k`` as ``k + 1``), so that viewers opening the input show
+        the segmentation over it. The only write chunkseg ever makes inside an input, and only
+        when asked: ``image`` must be an OME-NGFF 0.5 image (path, URL or writable
+        ``zarr.Group`` of a Zarr v3 group with ``multiscales``, as :func:`chunkseg.ingest`
+        writes), and the run needs ``ome=True`` and ``labels`` in ``outputs``. Checked
+        before anything is computed; written after the output is complete (copied from it
+        chunk by chunk). An existing ``labels/classes`` is replaced only when chunkseg wrote
+        it and ``overwrite`` is True; nothing else of the input is written (other label
+        images are kept and stay listed). :mod:`chunkseg.outputs._source_labels`.
 
     Returns
     -------
@@ -247,6 +286,12 @@ def predict_to_zarr(
         anything but a Zarr store chunkseg wrote (``attrs["chunkseg_version"]``).
     chunkseg.errors.OutputOverlapError
         If ``store`` is, contains or lies inside a path/URL ``image``.
+    chunkseg.errors.InvalidValueError
+        With ``labels_into_source``: without ``ome=True`` and ``labels``, or when ``image`` is
+        not an OME-NGFF 0.5 image (nothing is written).
+    chunkseg.errors.OutputExistsError
+        With ``labels_into_source``: the input's ``labels/classes`` was not written by
+        chunkseg, or was and ``overwrite`` is False (nothing is written).
     ValueError, TypeError, chunkseg.errors.ModelOutputError
         As :func:`predict`, all before anything is written.
 
@@ -284,6 +329,18 @@ def predict_to_zarr(
     check_compression_level(compression_level, _normalize_outputs(outputs))
     if ome:
         _ome._ome()  # ome-zarr-py is needed: say so before anything is written
+    source_labels = None  # the input's NGFF image, when labels go into its labels/ too
+    if not isinstance(labels_into_source, bool):
+        raise InvalidTypeError(f"`labels_into_source` must be True or False. Got "
+                               f"{labels_into_source!r}.")
+    if labels_into_source:
+        if not ome or "labels" not in _normalize_outputs(outputs):
+            raise InvalidValueError(
+                "`labels_into_source` writes the output's NGFF label image into the input, so "
+                f"it needs `ome=True` and 'labels' in `outputs`. Got ome={ome!r}, "
+                f"outputs={outputs!r}; pass ome=True (CLI: --ome) with labels in the outputs.")
+        source_labels = source_labels_target(image, _so(image, storage_options), array_name,
+                                             overwrite)
     inner = None  # the inner Zarr chunks of a sharded output
     if shards is not None:
         chunks, inner = shard_layout(shards, chunks, GPU_CHUNK if str(device).startswith("cuda")
@@ -360,6 +417,13 @@ def predict_to_zarr(
                               scheduler if client is None else client, progress)
             group.attrs["complete"] = True  # last: the output is whole
         consolidate(group)
+    if source_labels is not None:  # the output is complete and in place: copy its labels
+        scale, translation, units = pixel_grid(setup.coords)
+        with redacting_warnings(secrets_of(storage_options)):  # a local copy, chunk by chunk
+            write_labels_into_source(
+                source_labels, open_output_group(store, storage_options=so, mode="r"),
+                class_names=setup.class_names, scale=scale, translation=translation,
+                units=units, progress=progress)
     return _open(store, so, consolidated=True)
 
 

@@ -17,6 +17,7 @@ from ..errors import InvalidTypeError, InvalidValueError, NotFoundError
 from ..io import is_zarr_url_or_path, open_image
 from ..io._files import _read_npy
 from ..io._locations import _fspath, _is_url, _redact
+from ..io._zarr import _pick_group_array
 from ..outputs._manifest import warn_if_incomplete
 from ..outputs._target import MARKER
 
@@ -35,6 +36,22 @@ def _warn_incomplete(group: zarr.Group, source: str) -> None:
         warn_if_incomplete(group, source, stacklevel=5)
 
 
+def _open_zarr_labels(node: zarr.Array | zarr.Group, array_name: str | None = None
+                      ) -> xr.DataArray:
+    """:func:`open_image` of a Zarr node, but an NGFF class label image chunkseg wrote
+    (``labels/classes`` or one of its levels, :data:`chunkseg._ome.CLASS_OFFSET` set) as class
+    indices (:func:`chunkseg._ome.open_classes`)."""
+    array = node
+    if isinstance(node, zarr.Group):
+        try:
+            array = _pick_group_array(node, array_name)[0]
+        except InvalidValueError:
+            array = None  # open_image says why
+    if isinstance(array, zarr.Array) and _ome.class_offset(array):
+        return open_image(_ome.open_classes(array))
+    return open_image(node, array_name=array_name)
+
+
 def _open_group_labels(group: zarr.Group, param: str, option: str, variable: str | None,
                        default: str | None, source: str) -> tuple[xr.DataArray, list | None, str]:
     """The label array of a Zarr group: a chunkseg output's variable (either layout), else the
@@ -48,15 +65,16 @@ def _open_group_labels(group: zarr.Group, param: str, option: str, variable: str
         names = None
         if isinstance(group.get("class"), zarr.Array):
             names = _class_names(group["class"][...])
-        return open_image(group[path]), names, f"{source} ({path})"
-    if MARKER in group.attrs:
+        # class labels as class indices (the NGFF label image stores class k as k + 1)
+        return _open_zarr_labels(group[path]), names, f"{source} ({path})"
+    if MARKER in group.attrs and "image-label" not in (group.attrs.get("ome") or {}):
         arrays = sorted(group.array_keys())
         raise NotFoundError(
             f"`{option}` must name a variable of the chunkseg output `{param}`. Got "
             f"{wanted!r}, which {source!r} does not hold (its arrays: {arrays}); pass one of "
             "them, or write labels with predict_to_zarr(..., outputs='...,labels').")
     explicit = variable if variable is not None and variable != default else None
-    return open_image(group, array_name=explicit), None, source
+    return _open_zarr_labels(group, explicit), None, source
 
 
 def open_labels(obj: Any, param: str, option: str, variable: str | None, default: str | None,
@@ -92,7 +110,7 @@ def open_labels(obj: Any, param: str, option: str, variable: str | None, default
                 image, names, source = _open_group_labels(node, param, option, variable,
                                                           default, source)
             else:
-                image = open_image(node)
+                image = _open_zarr_labels(node)
         else:
             image = open_image(location, storage_options=so)
     elif isinstance(obj, zarr.Group):
@@ -100,7 +118,7 @@ def open_labels(obj: Any, param: str, option: str, variable: str | None, default
         image, names, source = _open_group_labels(obj, param, option, variable, default,
                                                   source)
     else:
-        image = open_image(obj)
+        image = _open_zarr_labels(obj) if isinstance(obj, zarr.Array) else open_image(obj)
     if image.sizes["c"] != 1:
         raise InvalidValueError(
             f"`{param}` must be a single-channel label image (y, x). Got {image.sizes['c']} "

@@ -56,7 +56,8 @@ def evaluate(
     pred : str, os.PathLike, zarr.Group, xarray.Dataset or anything :func:`chunkseg.open_image` opens
         The prediction: a :func:`chunkseg.predict_to_zarr` output (path, URL, open group or
         the Dataset :func:`chunkseg.open_output` returns; its ``labels``, also in the
-        ``ome=True`` layout where they are the NGFF label image ``labels/classes/0``), or a
+        ``ome=True`` layout where they are the NGFF label image ``labels/classes/0``, read as
+        class indices: that image stores class ``k`` as ``k + 1``), or a
         label image ``(Y, X)`` of class indices: Zarr array/group, NGFF image, TIFF, PNG,
         ``.npy`` (memory-mapped), numpy/dask array or xarray DataArray. Integer or bool.
     truth : same types as ``pred``

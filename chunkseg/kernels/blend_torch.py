@@ -333,7 +333,8 @@ def outputs_torch(acc, names: Sequence[str], dtype=np.float32, fill_value: float
     Parameters
     ----------
     acc : (K + 1, y, x) float32 tensor
-    names : sequence of {"logits", "probabilities", "labels"}
+    names : sequence of {"logits", "probabilities", "labels", "covered"}
+        ``covered``: where the weight sum is positive (some tile ran), a ``(y, x)`` bool array.
     dtype : {float32, float16}, default float32
         dtype of ``logits`` and ``probabilities``.
     fill_value : float, default 0.0
@@ -388,6 +389,8 @@ def _outputs_enqueue(acc, names, dtype, fill_value):
             out["probabilities"] = p.to(tdtype)
         if "labels" in names:
             out["labels"] = _argmax_planes(torch, logits, _torch_int(torch, labels_dtype(k)))
+        if "covered" in names:
+            out["covered"] = weights[0] > 0
         return _to_host_async(out)
 
 

@@ -309,7 +309,9 @@ def label(
         record = group[record_path]
         extra: dict[str, Any] = {"method": method}
         if settings is None:
-            read = _Foreground(src, cls, None if threshold is None else float(threshold))
+            # class labels read as class indices (the NGFF label image stores k + 1)
+            read = _Foreground(_ome.class_labels(src), cls,
+                               None if threshold is None else float(threshold))
             tasks = {(iy, ix): dask.delayed(_summary_task, pure=False)(
                 read, ys, xs, connectivity, width)
                 for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}

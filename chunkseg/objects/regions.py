@@ -173,7 +173,7 @@ def regions(
             f"`name` {name!r} must be an array of {describe_location(store)!r}. Got none; make "
             "it with chunkseg.instances (CLI: chunkseg label)."
         )
-    ids = group[found]
+    ids = _ome.class_labels(group[found])  # class labels as class indices; ids as they are
     height, width = ids.shape
     scale = None
     if pixel_size is not None:

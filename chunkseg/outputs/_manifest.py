@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -110,7 +109,8 @@ def _so(store: Any, storage_options: dict | None) -> dict | None:
 
 def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
     """An output as one Dataset: the root's variables and, in the OME layout, the class labels
-    of ``labels/classes/0`` (an NGFF label image, not a root array)."""
+    of ``labels/classes/0`` (an NGFF label image, not a root array), as class indices
+    (:func:`chunkseg._ome.open_classes`: the stored ``k + 1`` read as ``k``)."""
     import zarr
 
     ds = xr.open_zarr(store, storage_options=so, consolidated=consolidated)
@@ -119,8 +119,10 @@ def _open(store: Any, so: dict | None, consolidated: bool) -> xr.Dataset:
         path = _ome.var_path("labels")
         if path in group:
             array = group[path]
-            data = da.from_zarr(array, chunks=getattr(array, "shards", None) or array.chunks)
-            ds["labels"] = xr.DataArray(data, dims=("y", "x"), attrs=array.attrs.asdict())
+            attrs = {k: v for k, v in array.attrs.asdict().items() if k != _ome.CLASS_OFFSET}
+            if _ome.class_offset(array):
+                attrs["long_name"] = "argmax class labels"
+            ds["labels"] = xr.DataArray(_ome.open_classes(array), dims=("y", "x"), attrs=attrs)
     return ds
 
 

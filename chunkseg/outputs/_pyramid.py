@@ -49,15 +49,17 @@ def downsample_mean(block: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    block : (..., H, W) float ndarray
-        Probabilities or logits; NaN marks pixels no tile ran on.
+    block : (..., H, W) ndarray
+        Probabilities or logits (NaN marks pixels no tile ran on), or an ingested image of any
+        numeric dtype.
 
     Returns
     -------
     (..., ceil(H / 2), ceil(W / 2)) ndarray
         Same dtype (the sum is taken in float32 or wider). Each value is the mean of the finite
         values of its 2 x 2 square (an odd last row/column is repeated first); NaN where none of
-        the four is finite.
+        the four is finite. An integer (or boolean) dtype gets the mean rounded to the nearest
+        integer (halves to even, :func:`numpy.rint`).
     """
     work = np.result_type(block.dtype, np.float32)
     quads = [q.astype(work, copy=False) for q in _quads(block)]
@@ -66,6 +68,8 @@ def downsample_mean(block: np.ndarray) -> np.ndarray:
     count = sum(f.astype(work) for f in finite)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / count
+    if block.dtype.kind in "biu":
+        out = np.rint(out)
     return out.astype(block.dtype, copy=False)
 
 

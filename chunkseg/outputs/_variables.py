@@ -31,6 +31,7 @@ __all__ = [
     "class_names",
     "compressor",
     "create_variables",
+    "pixel_grid",
     "shard_layout",
     "write_levels",
 ]
@@ -103,7 +104,8 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
     classes : int
         ``K``.
     dtype, labels_dtype : numpy.dtype
-        Of ``logits``/``probabilities``, and of ``labels``.
+        Of ``logits``/``probabilities``, and of ``labels`` (with ``ome``, the NGFF label image
+        is :func:`chunkseg._ome.stored_dtype` instead: class ``k`` stored as ``k + 1``).
     inner : (int, int), optional
         The inner Zarr chunks of a sharded output.
     ome : bool
@@ -127,7 +129,9 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
         require_group(group, "labels/classes")
     for name in outputs:
         if name == "labels":
-            shape, chunks, dt, dims = plan.image_shape, plan.chunks, labels_dtype, ("y", "x")
+            shape, chunks, dims = plan.image_shape, plan.chunks, ("y", "x")
+            # the NGFF label image stores class k as k + 1 (0: no prediction; _ome)
+            dt = _ome.stored_dtype(k) if ome else labels_dtype
         else:
             shape, chunks, dt, dims = (k,) + plan.image_shape, (k,) + plan.chunks, \
                 dtype, ("class", "y", "x")
@@ -139,7 +143,7 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
         targets[name] = create_array(
             group, name=_ome.var_path(name) if ome else name, shape=shape,
             chunks=chunks, dtype=dt, compressor=compressor(name, compression_level),
-            dimension_names=dims, attributes=_var_attrs(name, k, coords),
+            dimension_names=dims, attributes=_var_attrs(name, k, coords, ome=ome),
             write_empty_chunks=True, shards=shard_shape)
     _write_coords(group, coords, class_names)
     if ome:
@@ -196,22 +200,34 @@ def compressor(name: str, level: int):
     return ZstdCodec(level=level)
 
 
-def _var_attrs(name: str, k: int, coords: dict | None = None) -> dict:
+def _var_attrs(name: str, k: int, coords: dict | None = None, ome: bool = False) -> dict:
     attrs = {
         "logits": {"long_name": "blended logits", "units": "1"},
         "probabilities": {"long_name": "class probabilities", "units": "1",
                           "activation": "softmax" if k > 1 else "sigmoid"},
         "labels": {"long_name": "argmax class labels", "classes": k},
     }[name]
+    if name == "labels" and ome:  # the NGFF label image (_ome.encode_classes)
+        attrs = {"long_name": "argmax class labels + 1 (0: no prediction)", "classes": k,
+                 _ome.CLASS_OFFSET: 1}
     scalars = sorted(n for n, v in (coords or {}).items() if v.ndim == 0)
     if scalars:  # CF: the scalar coordinates (e.g. rioxarray's spatial_ref) of the variable
         attrs["coordinates"] = " ".join(scalars)
     return attrs
 
 
-def _pixel_grid(coords: dict) -> tuple[list, list, dict]:
-    """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from the output's coordinates:
-    their spacing and first value where they are evenly spaced and increasing, else pixels."""
+def pixel_grid(coords: Mapping[str, Any]) -> tuple[list, list, dict]:
+    """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from an image's coordinates
+    (an output's, or an input's as :func:`chunkseg.open_image` read them): their spacing and
+    first value where they are evenly spaced and increasing, else pixels (1, 0, no unit).
+
+    Returns
+    -------
+    scale, translation : [float, float]
+        ``y`` then ``x``.
+    units : dict
+        ``{"y": ..., "x": ...}``, NGFF unit names (:func:`chunkseg._ome.ngff_unit`) or None.
+    """
     scale, translation, units = [1.0, 1.0], [0.0, 0.0], {}
     for i, dim in enumerate(("y", "x")):
         c = coords.get(dim)
@@ -293,7 +309,7 @@ def _create_levels(group, targets: dict, shapes: list, chunks0: tuple[int, int],
     """Create the pyramid arrays (levels 1...) of the image variable and the labels, their
     coordinates and the NGFF metadata of the OME layout (written with ome-zarr-py)."""
     image_var = _ome.image_variable(outputs)
-    scale, translation, units = _pixel_grid(coords)
+    scale, translation, units = pixel_grid(coords)
     k = classes
     for i, shape in enumerate(shapes[1:], start=1):
         chunks = _pyramid.level_chunks(chunks0, shape)
@@ -302,8 +318,8 @@ def _create_levels(group, targets: dict, shapes: list, chunks0: tuple[int, int],
             if name == "labels":
                 create_array(group, name=_ome.var_path("labels", i), shape=shape, chunks=chunks,
                              dtype=arr0.dtype, compressor=compressor(name, compression_level),
-                             dimension_names=("y", "x"), attributes=_var_attrs(name, k),
-                             write_empty_chunks=True)
+                             dimension_names=("y", "x"),
+                             attributes=_var_attrs(name, k, ome=True), write_empty_chunks=True)
             elif name == image_var:
                 create_array(sub, name=name, shape=(k,) + shape, chunks=(k,) + chunks,
                              dtype=arr0.dtype, compressor=compressor(name, compression_level),
@@ -320,8 +336,8 @@ def _create_levels(group, targets: dict, shapes: list, chunks0: tuple[int, int],
         _ome.write_image_metadata(group, image_var, len(shapes), class_names, scale,
                                   translation, units)
     if "labels" in targets:
-        _ome.write_labels_metadata(group, len(shapes), class_names, scale,
-                                   translation, units)
+        _ome.write_labels_metadata(group["labels"], "classes", len(shapes), class_names,
+                                   scale, translation, units)
 
 
 def write_levels(group, outputs, n_levels: int, store, scheduler, progress: bool) -> None:

@@ -29,7 +29,9 @@ def open_output(store: Any, *, storage_options: dict | None = None) -> xr.Datase
         Dask-backed. Chunks not yet written read as 0. The full-resolution variables with their
         coordinates (``class`` names; ``y``, ``x`` where the input had them); for an OME-layout
         output (``ome=True``) also ``labels``, read from the NGFF label image
-        ``labels/classes/0``.
+        ``labels/classes/0`` as class indices ``0..K-1`` (that image stores class ``k`` as
+        ``k + 1`` and 0 where nothing was predicted; :mod:`chunkseg._ome`), so ``labels``
+        holds the same values in both layouts.
 
     Warns
     -----

@@ -203,8 +203,8 @@ class _Output:
         self.arrays = {}
         for name in ("labels", "probabilities", "logits", "instances"):
             path = _ome.find(group, name)  # either layout (OME: labels/classes/0...)
-            if path is not None:
-                self.arrays[name] = group[path]
+            if path is not None:  # class labels read as class indices, either layout
+                self.arrays[name] = _ome.class_labels(group[path])
         missing = [k for k in ("tile", "overlap", "chunks") if k not in self.attrs]
         if missing or not {"labels", "probabilities", "logits"} & set(self.arrays):
             lacks = missing + ([] if {"labels", "probabilities", "logits"} & set(self.arrays)

@@ -622,28 +622,29 @@ def test_store_has_data_url_and_store_object():
 @pytest.mark.parametrize(
     ("chunks", "zarr_chunks"),
     [
-        (64, (64, 64, 3)),  # divides neither 150 nor 100
-        ((50, 100), (50, 100, 3)),  # divides exactly
-        (1024, (150, 100, 3)),  # one chunk, clipped to the image
-        ((7, 33), (7, 33, 3)),
+        (64, (3, 64, 64)),  # divides neither 150 nor 100
+        ((50, 100), (3, 50, 100)),  # divides exactly
+        (1024, (3, 150, 100)),  # one chunk, clipped to the image
+        ((7, 33), (3, 7, 33)),
     ],
 )
 def test_ingest_numpy_round_trip(tmp_path, chunks, zarr_chunks):
     a = _rand((150, 100, 3), "uint16")
     out = tmp_path / "out.zarr"
-    z = ingest(a, out, chunks=chunks)
-    assert isinstance(z, zarr.Array)
+    g = ingest(a, out, chunks=chunks, levels=1)
+    assert isinstance(g, zarr.Group) and list(g.array_keys()) == ["0"]
+    z = g["0"]
     assert z.metadata.zarr_format == 3
-    assert z.shape == a.shape and z.dtype == a.dtype
+    assert z.shape == (3, 150, 100) and z.dtype == a.dtype
     assert z.chunks == zarr_chunks
-    assert z.metadata.dimension_names == ("y", "x", "c")
+    assert z.metadata.dimension_names == ("c", "y", "x")
     assert [type(c).__name__ for c in z.compressors] == ["ZstdCodec"]
-    assert z.attrs["source"] == "numpy.ndarray"
-    grid = [-(-s // c) for s, c in zip(a.shape, zarr_chunks, strict=True)]
-    assert len(_chunk_files(out)) == int(np.prod(grid))
+    assert z.attrs["source"] == g.attrs["source"] == "numpy.ndarray"
+    grid = [-(-s // c) for s, c in zip(z.shape, zarr_chunks, strict=True)]
+    assert len(_chunk_files(out / "0")) == int(np.prod(grid))
     back = open_image(out)
-    _check(back, a, source=str(out))
-    assert back.data.chunks == da.empty(a.shape, chunks=zarr_chunks).chunks
+    _check(back, a, source=f"{out}/0")
+    assert back.data.chunks == da.empty(a.shape, chunks=zarr_chunks[1:] + (3,)).chunks
 
 
 def test_ingest_tiled_tiff(tmp_path):
@@ -651,20 +652,20 @@ def test_ingest_tiled_tiff(tmp_path):
     src = tmp_path / "big.tif"
     tifffile.imwrite(src, a, tile=(256, 256), photometric="rgb", compression="zlib")
     out = tmp_path / "big.zarr"
-    z = ingest(src, out, chunks=(512, 1024), compressor_level=1)
-    assert z.chunks == (512, 1024, 3)
+    z = ingest(src, out, chunks=(512, 1024), compressor_level=1, levels=1)["0"]
+    assert z.chunks == (3, 512, 1024)
     assert z.compressors[0].level == 1
     assert z.attrs["source"] == str(src)
-    assert len(_chunk_files(out)) == 4 * 2
+    assert len(_chunk_files(out / "0")) == 4 * 2
     _check(open_image(out), a)
 
 
 def test_ingest_png_and_2d(tmp_path):
     a = _rand((40, 30))
     Image.fromarray(a).save(tmp_path / "g.png")
-    z = ingest(tmp_path / "g.png", tmp_path / "g.zarr", chunks=16)
-    assert z.shape == (40, 30, 1) and z.chunks == (16, 16, 1)
-    np.testing.assert_array_equal(z[:, :, 0], a)
+    z = ingest(tmp_path / "g.png", tmp_path / "g.zarr", chunks=16)["0"]
+    assert z.shape == (1, 40, 30) and z.chunks == (1, 16, 16)
+    np.testing.assert_array_equal(z[0], a)
 
 
 def test_ingest_from_zarr_group_with_array_name(tmp_path):
@@ -672,8 +673,8 @@ def test_ingest_from_zarr_group_with_array_name(tmp_path):
     g = zarr.open_group(tmp_path / "g.zarr", mode="w")
     g.create_array("a", shape=a.shape, dtype=a.dtype)[:] = a
     g.create_array("b", shape=a.shape, dtype=a.dtype)
-    z = ingest(tmp_path / "g.zarr", tmp_path / "o.zarr", array_name="a", chunks=8)
-    np.testing.assert_array_equal(z[..., 0], a)
+    z = ingest(tmp_path / "g.zarr", tmp_path / "o.zarr", array_name="a", chunks=8)["0"]
+    np.testing.assert_array_equal(z[0], a)
     assert z.attrs["source"] == f"{tmp_path / 'g.zarr'}/a"
 
 
@@ -685,7 +686,7 @@ def test_ingest_refuses_existing_store(tmp_path):
     with pytest.raises(OutputExistsError, match=r"`overwrite=True` \(CLI: `--overwrite`\)"):
         ingest(np.zeros((5, 5), np.uint8), out)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], first)
+    np.testing.assert_array_equal(open_image(out).values, first)
     # OutputExistsError is a FileExistsError for callers that catch the built-in.
     with pytest.raises(FileExistsError):
         ingest(np.zeros((5, 5), np.uint8), out)
@@ -693,12 +694,13 @@ def test_ingest_refuses_existing_store(tmp_path):
 
 def test_ingest_overwrite_replaces_everything(tmp_path):
     out = tmp_path / "out.zarr"
-    ingest(_rand((64, 64, 2)), out, chunks=8)
-    assert len(_chunk_files(out)) == 64
+    ingest(_rand((64, 64, 2)), out, chunks=8, levels=2)
+    assert len(_chunk_files(out / "0")) == 64 and len(_chunk_files(out / "1")) == 16
     a = _rand((10, 12, 1), "float32")
-    z = ingest(a, out, chunks=5, overwrite=True)
-    assert z.shape == (10, 12, 1) and z.dtype == np.float32
-    assert len(_chunk_files(out)) == 2 * 3  # no chunk of the old array is left
+    z = ingest(a, out, chunks=5, overwrite=True)["0"]
+    assert z.shape == (1, 10, 12) and z.dtype == np.float32
+    assert len(_chunk_files(out / "0")) == 2 * 3  # no chunk of the old array is left
+    assert not (out / "1").exists()
     np.testing.assert_array_equal(open_image(out).values, a)
 
 
@@ -713,8 +715,8 @@ def test_ingest_refuses_non_empty_non_zarr_directory(tmp_path):
 
 def test_ingest_into_empty_directory(tmp_path):
     (tmp_path / "out.zarr").mkdir()
-    z = ingest(np.ones((4, 4), np.uint8), tmp_path / "out.zarr")
-    assert z.shape == (4, 4, 1)
+    z = ingest(np.ones((4, 4), np.uint8), tmp_path / "out.zarr")["0"]
+    assert z.shape == (1, 4, 4)
 
 
 def test_ingest_memory_url_and_store_object():
@@ -726,7 +728,7 @@ def test_ingest_memory_url_and_store_object():
         ingest(a, url)
     store = MemoryStore()
     ingest(a, store, chunks=16)
-    _check(open_image(zarr.open_array(store, mode="r")), a)
+    _check(open_image(zarr.open_group(store, mode="r")), a)
     with pytest.raises(OutputExistsError):
         ingest(a, store)
 
@@ -743,7 +745,7 @@ def test_ingest_refuses_overlapping_source(tmp_path):
         ingest(src, src, overwrite=True)
     with pytest.raises(ValueError, match="`store` must not overlap the `source`"):
         ingest(src, src / "inner.zarr")
-    assert zarr.open_array(src, mode="r")[0, 0, 0] == 1
+    assert zarr.open_array(src / "0", mode="r")[0, 0, 0] == 1
 
 
 @pytest.mark.parametrize(
@@ -773,4 +775,4 @@ def test_ingest_cwd_relative_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ingest(np.ones((4, 4), np.uint8), "rel.zarr")
     assert os.path.isdir(tmp_path / "rel.zarr")
-    assert open_image("rel.zarr").attrs["source"] == "rel.zarr"
+    assert open_image("rel.zarr").attrs["source"] == "rel.zarr/0"

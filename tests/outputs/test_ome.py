@@ -103,9 +103,10 @@ def test_ome_zarr_reader_opens_image_and_labels(ome_output):
     labels = [n for n in nodes if n.load(Label) is not None]
     assert len(labels) == 1 and len(labels[0].data) == 3
     meta = labels[0].metadata
-    assert meta["properties"] == {0: {"class": "background"}, 1: {"class": "membrane"}}
-    assert set(meta["color"]) == {0, 1}
-    assert meta["color"][0] != meta["color"][1]
+    # 0 is "no prediction" (transparent in viewers); class k is label value k + 1
+    assert meta["properties"] == {1: {"class": "background"}, 2: {"class": "membrane"}}
+    assert set(meta["color"]) == {1, 2}
+    assert meta["color"][1] != meta["color"][2]
 
 
 def test_ome_store_validates_with_ome_zarr_models(ome_output):

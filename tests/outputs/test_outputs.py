@@ -615,14 +615,15 @@ def test_an_unfinished_ingest_is_marked_and_refused_as_an_input(tmp_path):
     source = da.from_array(_image(), chunks=50).map_blocks(late_failure, dtype=np.uint8)
     with pytest.raises(OSError, match="went away"):
         chunkseg.ingest(source, str(out), chunks=50)
-    assert zarr.open_array(str(out), mode="r").attrs["complete"] is False
+    assert zarr.open_array(str(out / "0"), mode="r").attrs["complete"] is False
+    assert zarr.open_group(str(out), mode="r").attrs["complete"] is False
     with pytest.raises(InputReadError, match="did not finish"):
         chunkseg.predict_to_zarr(str(out), numpy_conv3x3(), str(tmp_path / "seg.zarr"), **KW)
     assert not (tmp_path / "seg.zarr").exists()
     assert main(["predict", str(out), str(tmp_path / "seg.zarr"), "--model",
                  "model_factories:numpy_conv3x3", "--no-progress"]) == 2
     chunkseg.ingest(_image(), str(out), chunks=50, overwrite=True)
-    assert zarr.open_array(str(out), mode="r").attrs["complete"] is True
+    assert zarr.open_array(str(out / "0"), mode="r").attrs["complete"] is True
 
 
 def test_a_single_file_is_replaced_only_when_its_writer_succeeds(tmp_path):

@@ -111,8 +111,9 @@ def test_every_writer_uses_the_check(tmp_path):
     # its own output is replaced with overwrite
     out = tmp_path / "ingested.zarr"
     chunkseg.ingest(np.zeros((10, 10), np.uint8), str(out))
-    arr = chunkseg.ingest(np.ones((12, 10), np.uint8), str(out), overwrite=True)
-    assert arr.shape == (12, 10, 1) and arr.attrs["chunkseg_version"]
+    group = chunkseg.ingest(np.ones((12, 10), np.uint8), str(out), overwrite=True)
+    assert group["0"].shape == (1, 12, 10) and group["0"].attrs["chunkseg_version"]
+    assert group.attrs["chunkseg_version"]
     # the demo's mosaic writer
     folder = tmp_path / "folder"
     folder.mkdir()
