@@ -137,7 +137,8 @@ def _shapes(ids, df, ys_: Sequence, xs_: Sequence, max_object_pixels: int, sched
             f"regions: {int(big.sum())} object(s) have a bounding box over `max_object_pixels` "
             f"= {max_object_pixels} pixels (the largest, label {int(labels[worst])}, "
             f"{int(boxes[worst, 2] - boxes[worst, 0])} x {int(boxes[worst, 3] - boxes[worst, 1])}"
-            f"); their {', '.join(SHAPE_COLUMNS)} are NaN. Raise `max_object_pixels` to measure "
+            f"); their {', '.join(SHAPE_COLUMNS)} are NaN. Raise `max_object_pixels` (CLI: "
+            "--max-object-pixels) to measure "
             "them (each box is held in memory whole).", stacklevel=3)
     jobs = []
     for ys in ys_:
