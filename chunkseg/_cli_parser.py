@@ -5,7 +5,47 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["build_parser"]
+__all__ = ["build_parser", "option_flags"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` that keeps the actions ``add_argument`` returns and
+    the action ``add_subparsers`` returns, so that :func:`option_flags` reads a command's
+    options from the parser itself (argparse has no public list of them)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.arguments: list[argparse.Action] = []  # before __init__ adds --help
+        self.commands: argparse.Action | None = None
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:  # noqa: D102
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+    def add_subparsers(self, **kwargs) -> argparse.Action:  # noqa: D102
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
+
+
+def option_flags(parser: argparse.ArgumentParser, command: str) -> dict[str, tuple[str, bool]]:
+    """The options of one subcommand of :func:`build_parser`'s parser.
+
+    Returns
+    -------
+    dict
+        ``dest -> (flag, switch)``: the option's long flag (``"--batch-size"``) and whether it
+        is an on/off switch (``store_true``: it takes no value); ``--help`` left out. Empty
+        for a parser not built by :func:`build_parser` or an unknown command.
+    """
+    commands = getattr(parser, "commands", None)
+    sub = commands.choices.get(command) if commands is not None else None
+    flags = {}
+    for action in getattr(sub, "arguments", ()):
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long and action.dest != "help":
+            flags[action.dest] = (long[0], action.nargs == 0 and action.const is True)
+    return flags
 
 
 def _pair(text: str) -> int | tuple[int, int]:
@@ -58,7 +98,7 @@ def _add_run_args(p: argparse.ArgumentParser, workers: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chunkseg",
         description="Seamless out-of-core segmentation of huge images with Dask and Zarr.",
     )
@@ -186,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel size Y,X (or one value) for physical areas and centroids")
     p.add_argument("--unit", default="micrometer", help="unit of --pixel-size (micrometer)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    p.add_argument("--no-shape", action="store_true",
+                   help="leave out the shape columns (perimeter, eccentricity, solidity)")
+    p.add_argument("--max-object-pixels", type=int, default=None,
+                   help="largest bounding box, px, whose shape is measured (held in memory; "
+                        "larger objects get NaN) (4194304)")
     _add_run_args(p)
 
     p = sub.add_parser("predict-instances",

@@ -8,13 +8,14 @@ stderr and exit status 2."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._check import parse_classes, parse_ignore, parse_label_map
-from ._cli_parser import build_parser
+from ._cli_parser import build_parser, option_flags
 from .errors import ChunksegError, InvalidValueError
 from .outputs._target import check_output_files
 
@@ -347,12 +348,15 @@ def _cmd_figures(args) -> int:
 
 
 def _cmd_regions(args) -> int:
-    from .objects.regions import regions
+    from .objects.regions import MAX_OBJECT_PIXELS, regions
 
     size = args.pixel_size
     table = regions(args.store, args.table, name=args.name, image=args.image,
                     pixel_size=None if size is None else (size if len(size) > 1 else size[0]),
-                    unit=args.unit, overwrite=args.overwrite, scheduler=args.scheduler,
+                    unit=args.unit, overwrite=args.overwrite, shape=not args.no_shape,
+                    max_object_pixels=(MAX_OBJECT_PIXELS if args.max_object_pixels is None
+                                       else args.max_object_pixels),
+                    scheduler=args.scheduler,
                     workers=args.workers, progress=not args.no_progress)
     print(f"wrote {args.table}: {len(table)} objects, columns {', '.join(table.columns)}")
     return 0
@@ -418,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interrupted runs, and the machine's failures chunkseg names where they happen (a
         # store that cannot be read or written, a scheduler that cannot be reached). Anything
         # else, an OSError from deep inside a library included, is a bug: its traceback shows.
-        print(f"chunkseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        line = _one_line(e, lambda text: _cli_terms(text, parser, args.command))
+        print(f"chunkseg {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Terminated)
         print(f"chunkseg {args.command}: error: {_interrupted(args, e)}", file=sys.stderr)
@@ -458,11 +463,91 @@ def _interrupted(args, error: KeyboardInterrupt) -> str:
             "stays marked incomplete; finish it with the same command and --resume.")
 
 
-def _one_line(error: BaseException) -> str:
+def _one_line(error: BaseException, terms: Callable[[str], str] | None = None) -> str:
     from ._redact import redact_text
 
+    text = " ".join(str(error).split())
+    if terms is not None:
+        text = terms(text)
     # the last guard: no URL credentials or query in the line, whatever the error says
-    return redact_text(" ".join(str(error).split())) or type(error).__name__
+    return redact_text(text) or type(error).__name__
+
+
+#: chunkseg's functions that error messages name -> the command that runs them.
+_API_COMMANDS = {"predict_to_zarr": "predict", "chunkseg.predict_to_zarr": "predict",
+                 "chunkseg.label": "label", "chunkseg.instances": "label",
+                 "chunkseg.regions": "regions", "chunkseg.predict_instances": "predict-instances"}
+#: keywords of chunkseg's functions whose option has another name (keyword -> option dest).
+_KEYWORD_DEST = {kw: dest for dest, kw in _RECORDED.items() if kw != dest} | {
+    "json_path": "json_out"}
+_API_CALL = re.compile(
+    r"(?<![\w.])(" + "|".join(re.escape(n) for n in sorted(_API_COMMANDS, key=len, reverse=True))
+    + r")(?:\(\.\.\.,\s*([^()]*)\))?(?!\w|\.\w)")
+_KEYWORD_VALUE = re.compile(
+    r"(?P<q>`?)(?<![\w.-])(?P<name>[A-Za-z_]\w*)=(?P<value>True|'[^']*'|\"[^\"]*\""
+    r"|\(-?\d+, -?\d+\)|-?\d+(?:\.\d+)?)?(?P=q)(?![\w(])")
+_KEYWORD = re.compile(r"`(?P<name>[A-Za-z_]\w*)`")
+_ASIDE = re.compile(r"\s*\(CLI:?\s*([^()]*)\)")
+
+
+def _cli_terms(text: str, parser, command: str) -> str:
+    """An error message of chunkseg's Python API in the terms of the ``chunkseg`` command
+    ``command``: its keywords become the command's options, as ``parser`` (that of
+    :func:`build_parser`) defines them (:func:`chunkseg._cli_parser.option_flags`).
+
+    ``overwrite=True`` -> ``--overwrite``; ``tile=(64, 64)`` -> ``--tile 64,64``;
+    ``dtype='float32'`` -> ``--dtype float32``; `` `tile` `` -> `` `--tile` ``;
+    ``predict_to_zarr(..., resume=True)`` -> ``chunkseg predict ... --resume``. A keyword that is
+    not an option of ``command`` keeps its Python form, except an on/off keyword set to True
+    that is a switch of another command (``resume=True`` in ``chunkseg label`` ->
+    ``--resume``). The messages' "(CLI: ...)" asides are dropped where the message names their
+    options (or their text) already, else kept without "CLI:" (``Use 'cpu' (--device cpu)``).
+    The Python API's messages stay as they are: only the command's line is translated.
+    """
+    tables = {name: option_flags(parser, name) for name in {command, *_API_COMMANDS.values()}}
+    switches = {}
+    for name in parser.commands.choices if getattr(parser, "commands", None) else ():
+        switches.update({d: f for d, (f, on) in option_flags(parser, name).items() if on})
+
+    def flag_of(name: str, flags: dict) -> tuple[str | None, bool]:
+        return flags.get(_KEYWORD_DEST.get(name, name), (None, False))
+
+    def keyword(match: re.Match, flags: dict) -> str:
+        q, name, value = match["q"], match["name"], match["value"]
+        flag, switch = flag_of(name, flags)
+        if flag is None and value == "True" and name in switches:
+            flag, switch = switches[name], True
+        if flag is None or (value is None and not q) or (
+                value is not None and switch != (value == "True")):
+            return match[0]  # not an option, or a value the option does not take
+        if value is None or value == "True":  # `array_name=`, overwrite=True
+            return f"{q}{flag}{q}"
+        value = value.strip("'\"")
+        if value.startswith("("):
+            value = value.strip("()").replace(" ", "")
+        return f"{q}{flag} {value}{q}"
+
+    def call(match: re.Match) -> str:
+        name = _API_COMMANDS[match[1]]
+        if match[2] is None:
+            return f"chunkseg {name}"
+        return f"chunkseg {name} ... " + _KEYWORD_VALUE.sub(
+            lambda m: keyword(m, tables[name]), match[2])
+
+    flags = tables[command]
+    text = _API_CALL.sub(call, text)
+    text = _KEYWORD_VALUE.sub(lambda m: keyword(m, flags), text)
+    text = _KEYWORD.sub(lambda m: f"`{flag_of(m['name'], flags)[0] or m['name']}`", text)
+    rest = _ASIDE.sub("", text)
+
+    def aside(match: re.Match) -> str:
+        named = re.findall(r"--[\w-]+", match[1])
+        said = [re.search(re.escape(f) + r"(?![\w-])", rest) for f in named]
+        if match[1].strip(" `") in rest or (named and all(said)):
+            return ""  # redundant: the message says it in the command's terms already
+        return f" ({match[1].strip()})"
+
+    return _ASIDE.sub(aside, text)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ KW = dict(tile=48, overlap=16, chunks=64, outputs="logits,labels")
 CLI = ["--model", "model_factories:numpy_conv3x3", "--tile", "48", "--overlap", "16",
        "--chunk", "64", "--outputs", "logits,labels", "--no-progress"]
 FIX = "free space (or fix the store) and finish the run with resume=True (CLI: --resume)"
+CLI_FIX = "free space (or fix the store) and finish the run with --resume."  # chunkseg.cli's terms
 NO_SPACE = f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}"
 
 
@@ -151,7 +152,7 @@ def test_path_store_full_cli_one_line_then_resume(tmp_path, monkeypatch, capsys)
     assert len(lines) == 1, lines
     line = lines[0]
     assert line.startswith("chunkseg predict: error: writing output chunk ("), line
-    assert f"to {str(out)!r}" in line and NO_SPACE in line and FIX in line
+    assert f"to {str(out)!r}" in line and NO_SPACE in line and CLI_FIX in line
     assert re.search(r"of '(logits|labels|chunkseg/done)'", line), line
     assert zarr.open_group(str(out), mode="r").attrs["complete"] is False
     done, total = chunkseg.output_progress(str(out))
@@ -203,7 +204,7 @@ def test_real_full_filesystem_cli_one_line_then_resume(small_fs, tmp_path, capsy
     assert len(lines) == 1, lines
     line = lines[0]
     assert line.startswith("chunkseg predict: error: writing output chunk ("), line
-    assert f"to {str(out)!r}" in line and NO_SPACE in line and FIX in line
+    assert f"to {str(out)!r}" in line and NO_SPACE in line and CLI_FIX in line
     assert zarr.open_group(str(out), mode="r").attrs["complete"] is False
     done, total = chunkseg.output_progress(str(out))
     assert 0 < done < total

@@ -229,7 +229,7 @@ def test_model_raising_late_on_cluster_fails_in_one_line_then_resumes(tmp_path, 
     assert "Traceback" not in stderr, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     m = re.match(r"chunkseg predict: error: in chunk \((\d+), (\d+)\) \(y, x of the chunk "
-                 r"grid\), .*`model` raised RuntimeError on a batch of shape .*: model failed on "
+                 r"grid\), .*`--model` raised RuntimeError on a batch of shape .*: model failed on "
                  r"a late tile .*--resume", last)
     assert m, stderr[-2000:]
     assert zarr.open_group(str(out)).attrs["complete"] is False

@@ -91,8 +91,8 @@ def _torchscript(tmp_path) -> str:
     return str(path)
 
 
-def _device_message(text: str, device: str) -> None:
-    assert "`device`" in text and repr(device) in text
+def _device_message(text: str, device: str, name: str = "`device`") -> None:
+    assert name in text and repr(device) in text
     assert f"{torch.cuda.device_count()} CUDA GPUs (torch.cuda.device_count())" in text
     assert "use 'cpu'" in text
 
@@ -114,7 +114,7 @@ def test_device_refused_cli(tmp_path, capsys, device, model):
     model = _torchscript(tmp_path) if model == "torchscript" else model
     text = _cli(_predict_argv(_store(tmp_path / "in.zarr"), tmp_path, model,
                               f"--device={device}"), capsys, tmp_path)
-    _device_message(text, device)
+    _device_message(text, device, "`--device`")  # the line names the option
 
 
 def _onnx(tmp_path) -> str:
@@ -255,7 +255,7 @@ def test_window_and_mask_files_cli(tmp_path, capsys, option, kind):
     path = _npy_files(tmp_path)[kind]
     text = _cli(_predict_argv(_store(tmp_path / "in.zarr"), tmp_path, MODEL,
                               f"--{option}={path}"), capsys, tmp_path)
-    assert f"`{option}`" in text and path in text and "numpy.save" in text
+    assert f"`--{option}`" in text and path in text and "numpy.save" in text
 
 
 @pytest.mark.parametrize("option, exc", [("window", InvalidValueError),

@@ -17,11 +17,12 @@ onnxruntime and keras are imported only when an adapter needs them.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,7 +37,39 @@ __all__ = [
     "TorchAdapter",
     "OnnxAdapter",
     "KerasAdapter",
+    "MODEL_METADATA",
 ]
+
+MODEL_METADATA = "chunkseg.json"
+"""The metadata chunkseg writes into the models it exports
+(:func:`chunkseg.training.train.export_model`): JSON ``{"class_names": [...]}``, a TorchScript
+extra file of this name (``torch.jit.save(..., _extra_files=...)``) and an ONNX
+``metadata_props`` entry of this key. :class:`TorchAdapter` (through
+:func:`chunkseg.models.load_model`) and :class:`OnnxAdapter` read it back as their
+``class_names``, the class names a run takes when it is given none."""
+
+
+def metadata_class_names(text: str | bytes | None, source: str) -> tuple[str, ...] | None:
+    """The class names in a model file's :data:`MODEL_METADATA` text (None without any).
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If the text is not JSON holding ``"class_names"``, a non-empty list of non-empty str.
+    """
+    if not text:
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
+        raise InvalidValueError(
+            f"`model` file {source!r} must hold chunkseg's metadata ({MODEL_METADATA}) as JSON "
+            f"with \"class_names\", a list of names. Got {str(text)[:200]!r}. Export the model "
+            "again (chunkseg.training.train.export_model).")
+    return tuple(names)
 
 
 @runtime_checkable
@@ -100,6 +133,9 @@ class TorchAdapter:
         Any ``torch.device`` string.
     normalization : Normalization, optional
         Applied on the numpy batch before it is sent to the device.
+    class_names : sequence of str, optional
+        The classes the module's output channels are, as its file states them
+        (:data:`MODEL_METADATA`); the attribute ``class_names`` (None: not stated).
 
     Raises
     ------
@@ -107,10 +143,12 @@ class TorchAdapter:
         If torch is not installed (``pip install "chunkseg[torch]"``).
     """
 
-    def __init__(self, module: Any, device: str = "cpu", normalization: Normalization | None = None):
+    def __init__(self, module: Any, device: str = "cpu", normalization: Normalization | None = None,
+                 class_names: Sequence[str] | None = None):
         self.device = _torch_device(device)
         self.module = module.to(self.device).eval()
         self.normalization = normalization or Normalization()
+        self.class_names = None if class_names is None else tuple(class_names)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         torch = _import_torch()
@@ -193,6 +231,9 @@ class OnnxAdapter:
             ) from err
         self.input_name = self.session.get_inputs()[0].name
         self.normalization = normalization or Normalization()
+        #: the class names the file states (:data:`MODEL_METADATA`), else None
+        self.class_names = metadata_class_names(
+            self.session.get_modelmeta().custom_metadata_map.get(MODEL_METADATA), str(path))
 
     def __reduce__(self):
         # An InferenceSession cannot be pickled: send the path and rebuild it on arrival.

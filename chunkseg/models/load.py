@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InvalidTypeError, InvalidValueError, NotFoundError
 from .adapters import (
+    MODEL_METADATA,
     CallableAdapter,
     KerasAdapter,
     ModelAdapter,
@@ -36,6 +37,7 @@ from .adapters import (
     _import_torch,
     _torch_device,
     _wrap,
+    metadata_class_names,
 )
 from .bioimageio import BioimageioModel, _package_defaults, is_bioimageio_source, load_bioimageio
 from .spec import (
@@ -207,15 +209,17 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
             raise NotFoundError(f"`model` file {source!r} does not exist.")
         torch = _import_torch()
         device = _torch_device(spec.device)
+        extra = {MODEL_METADATA: ""}  # filled when the file holds chunkseg's metadata
         try:
-            module = torch.jit.load(source, map_location=device)
+            module = torch.jit.load(source, map_location=device, _extra_files=extra)
         except RuntimeError as err:  # torch's error for a file that is not a TorchScript zip
             raise InvalidValueError(
                 f"`model` file {source!r} must be a TorchScript archive (saved with "
                 f"torch.jit.save). Got a file torch cannot load as one: {_first_line(err)}. "
                 "Export the model with torch.jit.script(model).save(path)."
             ) from err
-        return TorchAdapter(module, spec.device, norm)
+        return TorchAdapter(module, spec.device, norm,
+                            class_names=metadata_class_names(extra[MODEL_METADATA], source))
     if ":" in source and not Path(source).exists():
         return _wrap(_load_factory(source, spec.device, dict(spec.options)), spec.device, norm)
     raise InvalidValueError(

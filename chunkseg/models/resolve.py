@@ -122,7 +122,8 @@ def resolve_model(model: Any, *, device: str = "cpu",
     defaults = model_defaults(model)  # a bioimage.io package's tile, overlap, class names
     predictor = as_model(model, device=device, normalization=normalization)
     loaded = load_model(predictor.spec) if isinstance(predictor, LazyModel) else predictor
-    names = defaults.get("class_names")
+    # a package's class names, else those the model file states (chunkseg's export metadata)
+    names = defaults.get("class_names") or getattr(loaded, "class_names", None)
     return ResolvedModel(
         model=predictor, normalization=normalization, tile=defaults.get("tile"),
         overlap=defaults.get("overlap"),

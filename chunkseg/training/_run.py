@@ -130,20 +130,45 @@ def write_checkpoint(out: Path, *, model, optimizer, schedule, average, epoch: i
 
 def read_checkpoint(out: Path, config: dict) -> dict[str, Any]:
     """The checkpoint in ``out`` (CPU tensors) of a run with the settings ``config`` (a
-    :meth:`TrainConfig.to_dict`).
+    :meth:`TrainConfig.to_dict`), every setting but ``epochs`` the same (a resume may extend
+    the run: :func:`check_epochs`).
 
     Raises
     ------
     ValueError
-        If the checkpoint was written with other settings (names them).
+        If the checkpoint was written with other settings (names them), or ``epochs`` does
+        not continue the run (:func:`check_epochs`).
     """
     import torch
 
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     old = with_defaults(state["config"])
-    if old != config:
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    diff = sorted(k for k in set(old) | set(config)
+                  if k != "epochs" and old.get(k) != config.get(k))
+    if diff:
         raise InvalidValueError(
             f"`resume` needs the config of the interrupted run; these settings differ: "
             f"{diff}. Restore them, or start a new run with --overwrite.")
+    check_epochs(out, config["epochs"], done=state["epoch"], planned=old["epochs"])
     return state
+
+
+def check_epochs(out: Path, epochs: int, *, done: int, planned: int) -> None:
+    """Refuse ``epochs`` for resuming the run in ``out``, whose checkpoint holds ``done``
+    epochs of the ``planned`` ones: a finished run (``train.json`` says ``"done"``, early
+    stopping included) needs more than ``planned`` epochs to go on, and no run can go back
+    before ``done``. An unfinished run may keep ``planned`` (it finishes, exports included)."""
+    try:
+        finished = json.loads((out / MARKER_FILE).read_text()).get("status") == "done"
+    except (OSError, ValueError, AttributeError):  # unreadable: the checkpoint decides
+        finished = False
+    if finished and epochs <= planned:
+        raise InvalidValueError(
+            f"`epochs` must be larger than the run's {planned} to resume "
+            f"{str(out)!r}: the run is already finished (it ran {done} epochs). Got "
+            f"epochs={epochs}. Pass a larger value to train on from its last checkpoint "
+            f"(CLI: --set epochs={planned + 10}), or start a new run with --overwrite.")
+    if epochs < done:
+        raise InvalidValueError(
+            f"`epochs` must be at least the {done} epochs the run in {str(out)!r} has done "
+            f"to resume it. Got epochs={epochs}. Pass epochs={planned} (its setting) or more.")

@@ -77,6 +77,8 @@ class TrainConfig:
         Cosine decay from ``lr`` to ``lr * min_lr_ratio`` over all iterations.
     min_lr_ratio : float, default 0.01
     epochs : int, default 50
+        With ``resume``, a larger value than a finished run's extends it (see
+        :func:`chunkseg.training.train.train`).
     batch_size : int, default 4
     val_every : int, default 1
         Validate every this many epochs (and after the last).

@@ -12,7 +12,7 @@ on each whole validation image (the tiled engine, as at inference) and scores it
 The output folder holds, as each epoch ends: ``checkpoint.pt`` (everything a resume needs),
 ``best.pt`` (the best weights so far), ``metrics.csv`` and ``metrics.json`` (one row per epoch),
 and at the end ``loss_curve.png``, ``model.pt`` (a state_dict of the best epoch), ``model.ts``
-(TorchScript) and ``model.onnx``, both with the input normalisation built in, so
+(TorchScript) and ``model.onnx``, both with the input normalisation and the class names built in, so
 ``chunkseg predict IMAGE OUT --model run/model.ts`` needs no other setting, and ``train.json``
 (the config, the best epoch and its scores, the environment). The same folder written by a
 later ``--resume`` run continues the interrupted training where its last checkpoint left it
@@ -22,6 +22,7 @@ later ``--resume`` run continues the interrupted training where its last checkpo
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import tempfile
@@ -236,7 +237,8 @@ class _Normalized:
 
 
 def export_model(model, normalization, out: str | os.PathLike, *, in_channels: int,
-                 tile: int, kinds: Sequence[str] = ("torchscript", "onnx")) -> dict:
+                 tile: int, kinds: Sequence[str] = ("torchscript", "onnx"),
+                 class_names: Sequence[str] | None = None) -> dict:
     """Export a trained network with its input normalisation built in.
 
     Parameters
@@ -252,6 +254,12 @@ def export_model(model, normalization, out: str | os.PathLike, *, in_channels: i
     in_channels, tile : int
         The example input of the trace, ``(1, in_channels, tile, tile)``.
     kinds : sequence of {"torchscript", "onnx"}
+    class_names : sequence of str, optional
+        The classes of the output channels, kept in each file as chunkseg's metadata
+        (:data:`chunkseg.models.adapters.MODEL_METADATA`: a TorchScript extra file, an ONNX
+        ``metadata_props`` entry), so a run of the file names its classes as the training did
+        (``chunkseg predict ... --model run/model.ts`` writes them, not ``0, 1``). Default:
+        none kept.
 
     Returns
     -------
@@ -265,14 +273,18 @@ def export_model(model, normalization, out: str | os.PathLike, *, in_channels: i
     """
     import torch
 
+    from ..models.adapters import MODEL_METADATA
+
     out = Path(out)
+    meta = {} if class_names is None else {
+        MODEL_METADATA: json.dumps({"class_names": [str(n) for n in class_names]})}
     wrapped = _Normalized.build(copy.deepcopy(model).cpu().eval(), normalization)
     example = torch.zeros(1, in_channels, tile, tile)
     files = {}
     with torch.no_grad():
         if "torchscript" in kinds:
             traced = torch.jit.trace(wrapped, example, check_trace=False)
-            torch.jit.save(traced, str(out / "model.ts"))
+            torch.jit.save(traced, str(out / "model.ts"), _extra_files=meta)
             files["torchscript"] = out / "model.ts"
         if "onnx" in kinds:
             torch.onnx.export(
@@ -280,6 +292,12 @@ def export_model(model, normalization, out: str | os.PathLike, *, in_channels: i
                 output_names=["logits"], opset_version=17, dynamo=False,
                 dynamic_axes={"input": {0: "n", 2: "h", 3: "w"},
                               "logits": {0: "n", 2: "h", 3: "w"}})
+            if meta:  # torch.onnx.export needs the onnx package: it is there
+                import onnx
+
+                proto = onnx.load(str(out / "model.onnx"))
+                onnx.helper.set_model_props(proto, meta)
+                onnx.save(proto, str(out / "model.onnx"))
             files["onnx"] = out / "model.onnx"
     return files
 
@@ -299,7 +317,15 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
     resume : bool, default False
         Continue the run whose ``checkpoint.pt`` is in ``config.out``: the config must be the
         same; model, optimiser, schedule, history, best score and random state are restored,
-        and the run goes on from the next epoch as if it had not stopped.
+        and the run goes on from the next epoch as if it had not stopped. ``epochs`` alone
+        may differ: a larger value extends a finished run (``chunkseg train CONFIG --resume
+        --set epochs=N``) from its last checkpoint to ``N`` epochs, the same as a run of
+        ``N`` epochs where the settings do not depend on ``epochs`` (a ``constant`` schedule;
+        a ``cosine`` one, which spanned the original epochs, goes on as torch's
+        ``CosineAnnealingLR`` does past its end: back up the same cosine, ``k`` iterations
+        past the end at the rate of ``k`` iterations before it; and ``patience`` still
+        counts the validations since the best). A finished run resumed
+        with ``epochs`` at most its own is refused (already finished).
     overwrite : bool, default False
         Replace an earlier run in ``config.out`` (only a folder holding ``train.json`` and
         files a run writes; anything else is refused, never deleted).
@@ -320,6 +346,9 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         For a bad config (before anything is written).
     chunkseg.errors.OutputExistsError
         If ``config.out`` holds files and neither ``resume`` nor ``overwrite`` is given.
+    chunkseg.errors.InvalidValueError
+        With ``resume``, if the checkpoint's config differs in more than ``epochs``, or if
+        ``epochs`` does not extend a finished run (or is below the epochs done).
 
     Notes
     -----
@@ -391,6 +420,8 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
             torch.set_rng_state(state["torch_rng"])
             log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
+            # an extension of a finished run is running again (not "done") until it ends
+            write_marker(out, {"config": cfg.to_dict(), "status": "running"})
         else:
             write_marker(out, {"config": cfg.to_dict(), "status": "running"})
         loader = torch.utils.data.DataLoader(
@@ -464,7 +495,7 @@ def train(config: TrainConfig | Mapping | str | os.PathLike, *, resume: bool = F
         torch.save(model.state_dict(), out / "model.pt")
         files = {"state_dict": out / "model.pt", "checkpoint": out / "checkpoint.pt"}
         files.update(export_model(model, normalization, out, in_channels=channels, tile=cfg.tile,
-                                  kinds=cfg.export))
+                                  kinds=cfg.export, class_names=cfg.classes))
         files["loss_curve"] = loss_curve(history, out, cfg.monitor)
         record = {"config": cfg.to_dict(), "status": "done", "epochs_run": len(history),
                   "best": best, "last": history[-1] if history else {},

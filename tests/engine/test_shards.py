@@ -141,7 +141,7 @@ def test_cli_shards(tmp_path, capsys):
             "--tile", "48", "--overlap", "16", "--chunk", "32", "--outputs", "logits,labels",
             "--no-progress"]
     assert main(args + ["--shards", "100"]) == 2
-    assert "`shards` must be a multiple of `chunks`" in capsys.readouterr().err
+    assert "`--shards` must be a multiple of `--chunk`" in capsys.readouterr().err
     assert not Path(out).exists()
     assert main(args + ["--shards", "128,64"]) == 0
     group = zarr.open_group(str(out), mode="r")

@@ -393,5 +393,5 @@ def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, case):
     assert main(["evaluate", str(tmp_path / "p.npy"), gt, *extra, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("chunkseg evaluate: error: `") and "\n" not in err
-    assert {"shape": "same shape", "label_map": "`label_map`",
+    assert {"shape": "same shape", "label_map": "`--label-map`",
             "missing": "does not exist"}[case] in err

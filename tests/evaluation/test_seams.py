@@ -299,6 +299,6 @@ def test_cli_refuses_an_oversize_image(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("chunkseg seams: error: `image` must have at most `max_pixels`")
+    assert err.startswith("chunkseg seams: error: `image` must have at most `--max-pixels`")
     assert "48 x 56 = 2688" in err and "--max-pixels" in err
     assert not (tmp_path / "o").exists()

@@ -288,7 +288,7 @@ def test_missing_weights_file_cli(package, tmp_path, capsys):
                  "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0].startswith("chunkseg predict: error: `model` bioimage.io package")
+    assert err[0].startswith("chunkseg predict: error: `--model` bioimage.io package")
     assert "isbi2012_unet.pt" in err[0] and not out.exists()
 
 

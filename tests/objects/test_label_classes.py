@@ -119,7 +119,7 @@ def test_cli_class_by_name_and_by_index_give_identical_instances(tmp_path, capsy
     capsys.readouterr()
     assert main(["label", str(a), "--class", "nucleus", "--overwrite", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "`cls` must be a class of the output" in err and "['cell', 'membrane']" in err
+    assert "`--class` must be a class of the output" in err and "['cell', 'membrane']" in err
     assert "'nucleus'" in err and "--class" in err, err
 
 

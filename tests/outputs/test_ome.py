@@ -358,7 +358,7 @@ def test_cli_ome_levels_classes(tmp_path, capsys):
     assert nodes[0].metadata["channel_names"] == ["cell", "membrane"]
     assert main(["predict", str(src), str(tmp_path / "bad.zarr"), "--model",
                  "model_factories:numpy_conv3x3", "--classes", "one"]) == 2
-    assert "`classes` must hold 2 distinct names" in capsys.readouterr().err
+    assert "`--classes` must hold 2 distinct names" in capsys.readouterr().err
 
 
 def test_instances_regions_and_figures_on_an_ome_output(tmp_path):
