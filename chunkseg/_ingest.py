@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,7 +12,7 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-from chunkseg._redact import redacting_warnings, secrets_of
+from chunkseg._redact import secrets_of
 from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -27,6 +26,7 @@ from .io.api import open_image
 from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._lifecycle import writing
 from .outputs._target import MARKER, describe_location
+from .scheduling import compute
 
 
 def _normalise_chunks(chunks: int | Sequence[int]) -> tuple[int, int]:
@@ -77,7 +77,7 @@ def ingest(
     compressor_level : int, default 3
         zstd level, 1 (fast) to 22 (small); 0 means zstd's default (3).
     progress : bool, default False
-        Show a :class:`dask.diagnostics.ProgressBar` (local schedulers only).
+        Show a progress bar on stderr (:mod:`chunkseg.progress`), labelled ``ingesting``.
     array_name : str, optional
         Passed to :func:`open_image` for a Zarr-group ``source``.
     source_storage_options : mapping, optional
@@ -150,14 +150,9 @@ def ingest(
         writer = ArrayWriter(array, describe_location(target), "image",
                              fix="Free space (or fix the store) and ingest again with "
                                  "overwrite=True (CLI: --overwrite).")
-        bar: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            bar = ProgressBar()
         # the libraries' warnings while it writes, without credentials
-        with redacting_warnings(secrets_of((storage_options, source_storage_options))), bar:
-            da.store(data, writer, lock=False, compute=True)
+        compute(da.store(data, writer, lock=False, compute=False), progress=progress,
+                label="ingesting", secrets=secrets_of((storage_options, source_storage_options)))
         array.attrs["complete"] = True  # last: every chunk is written
     if out.staged:  # the array now lives at the output's own path
         array = zarr.open_array(target, mode="r")

@@ -285,7 +285,8 @@ def label(
                 for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
             keys = list(tasks)
             summaries = dict(zip(keys, compute(*tasks.values(), scheduler=sched,
-                                               progress=progress, secrets=secrets)))
+                                               progress=progress, label="labelling: components",
+                                               secrets=secrets)))
             lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
             block = _Components(read, connectivity, lookups)
         else:
@@ -309,7 +310,8 @@ def label(
         jobs = [dask.delayed(_relabel_task, pure=False)(
             block, iy, ix, ys, xs, writer, f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-        compute(*jobs, scheduler=sched, progress=progress, secrets=secrets)
+        compute(*jobs, scheduler=sched, progress=progress, label=f"labelling: writing {name}",
+                secrets=secrets)
         for scratch in scratches:
             if scratch in group:
                 del group[scratch]

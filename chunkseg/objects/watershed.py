@@ -212,7 +212,7 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         src, cls, settings.seed_threshold, ys, xs, connectivity, width)
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
     results = dict(zip(tasks, compute(*tasks.values(), scheduler=scheduler, progress=progress,
-                                      secrets=secrets)))
+                                      label="labelling: watershed seeds", secrets=secrets)))
     lookups, n_comp = kern.merge_summaries({k: r[0] for k, r in results.items()}, grid,
                                            connectivity)
     sizes = np.zeros(n_comp + 1, np.int64)
@@ -241,7 +241,8 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         src, cls, settings.seed_threshold, ys, xs, connectivity, renumber[lookups[(iy, ix)]],
         seed_writer, f"chunk ({iy}, {ix}) of the seeds")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-    compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    compute(*jobs, scheduler=scheduler, progress=progress, label="labelling: writing seeds",
+            secrets=secrets)
     # 3. flooding with the halo (one more pixel: the pairs look at the next row and column)
     fragments, frag_writer = scratch(scratch_names[1], "fragments")
     depth = ws.halo(settings.max_cost) + 1
@@ -249,7 +250,8 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         seeds, src, cls, ys, xs, (height, width), depth, settings.boundary_weight,
         settings.max_cost, frag_writer, f"chunk ({iy}, {ix}) of the fragments")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)]
-    parts = compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    parts = compute(*jobs, scheduler=scheduler, progress=progress,
+                    label="labelling: watershed flooding", secrets=secrets)
     first = np.full(n_seeds, np.iinfo(np.int64).max, np.int64)
     for _, ids, f in parts:
         np.minimum.at(first, ids - 1, f)
