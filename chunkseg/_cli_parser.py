@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--levels", type=int, default=None,
                    help="pyramid levels, full resolution included (default: halve to 512 px)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("plan", help="show the tile grid and chunks, reading no pixels")
     p.add_argument("image", help="image path/URL, or a shape such as 40000x40000[x3]")
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class of the objects, a name (cell) or an index (0) (default: that "
                         "of instances, else the object class, as for label)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier PNGs")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("evaluate", help="compare a prediction with ground truth, one chunk at "
                                         "a time: per-class IoU and Dice, mean IoU, accuracy")
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for seam_report.png (.)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier PNG/JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("train", help="train a segmentation network on patches of big images, "
                                       "as a TOML/JSON config says")

@@ -3,7 +3,6 @@ pyramid and the pixel size), chunk by chunk."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,7 +13,7 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-from chunkseg._redact import redacting_warnings, secrets_of
+from chunkseg._redact import secrets_of
 from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -30,6 +29,7 @@ from .outputs._lifecycle import writing
 from .outputs._ownership import stamp
 from .outputs._target import describe_location
 from .outputs._variables import pixel_grid
+from .scheduling import compute
 
 AXES = ("c", "y", "x")
 """Axes of every level of an ingested image (NGFF: the channel axis before the space axes)."""
@@ -85,7 +85,7 @@ def ingest(
     compressor_level : int, default 3
         zstd level, 1 (fast) to 22 (small); 0 means zstd's default (3).
     progress : bool, default False
-        Show a :class:`dask.diagnostics.ProgressBar` (local schedulers only).
+        Show a progress bar on stderr (:mod:`chunkseg.progress`), labelled ``ingesting``.
     array_name : str, optional
         Passed to :func:`open_image` for a Zarr-group ``source``.
     source_storage_options : mapping, optional
@@ -192,16 +192,10 @@ def ingest(
         writer = ArrayWriter(arrays[0], location, "image",
                              fix="Free space (or fix the store) and ingest again with "
                                  "overwrite=True (CLI: --overwrite).")
-        bar: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            bar = ProgressBar()
         # the libraries' warnings while it writes, without credentials
-        with redacting_warnings(secrets_of((storage_options, source_storage_options))):
-            with bar:
-                da.store(data, writer, lock=False, compute=True)
-            _pyramid.write_levels([(arrays, "mean")], location, progress=progress)
+        compute(da.store(data, writer, lock=False, compute=False), progress=progress,
+                label="ingesting", secrets=secrets_of((storage_options, source_storage_options)))
+        _pyramid.write_levels([(arrays, "mean")], location, progress=progress)
         arrays[0].attrs["complete"] = True  # last: every level is written
         group.attrs["complete"] = True
     if out.staged:  # the group now lives at the output's own path

@@ -192,7 +192,7 @@ def run_demo(
                   title=f"chunkseg demo: ISBI 2012 test mosaic, shipped U-Net, {window} "
                         f"blending, {plan.n_tiles} tiles in {plan.n_chunks} chunks")
     shown = figures(str(paths["segmentation"]), paths["figures"], image=str(paths["mosaic"]),
-                    model="isbi2012-unet", cls=0, overwrite=True)
+                    model="isbi2012-unet", cls=0, overwrite=True, progress=progress)
     membrane = float((ds.labels.data == 1).mean().compute())
     return {**{k: str(v) for k, v in paths.items()}, "plan": plan.to_dict(),
             "seconds": seconds, "membrane_fraction": membrane,

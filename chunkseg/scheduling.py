@@ -1,5 +1,5 @@
 """Where the Dask graph runs: the local threaded scheduler, a LocalCluster, or any
-``dask.distributed`` cluster, with a progress bar."""
+``dask.distributed`` cluster, with a progress bar on stderr (:mod:`chunkseg.progress`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dask
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from ._check import positive_int
 from ._redact import redact_text, redacting_warnings
 from .errors import InvalidValueError, SchedulerError
+from .progress import TaskProgress, stage, watch_futures
 
 __all__ = ["compute", "dask_threads", "local_cluster", "open_client", "LOCAL_SCHEDULERS",
            "WORKER_ENVIRON_UNSET"]
@@ -153,7 +156,8 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1) -> Iterator[Any]:
 
 
 def compute(*collections: Any, scheduler: Any = None, workers: int | None = None,
-            progress: bool = False, secrets: Iterable[str] = ()) -> tuple:
+            progress: bool = False, label: str = "computing",
+            count: Iterable[Any] | None = None, secrets: Iterable[str] = ()) -> tuple:
     """Compute dask collections on the chosen scheduler, optionally with a progress bar.
 
     Every warning raised in this process while they compute (chunkseg's, zarr's, fsspec's...)
@@ -166,8 +170,19 @@ def compute(*collections: Any, scheduler: Any = None, workers: int | None = None
     scheduler, workers
         See :func:`open_client`. Default: dask's threaded scheduler.
     progress : bool, default False
-        Show a progress bar (``dask.diagnostics.ProgressBar`` locally,
-        ``distributed.progress`` on a cluster).
+        Show one bar labelled ``label`` on stderr (:mod:`chunkseg.progress`: a tqdm bar on a
+        terminal, else a line at the start, one a minute and one at the end). On dask's local
+        schedulers it counts the graph's tasks as they finish
+        (:class:`chunkseg.progress.TaskProgress`, a ``dask.callbacks.Callback``); on a
+        ``distributed`` cluster the collections' results (one per collection) as they arrive
+        (``distributed.as_completed``). With ``count``, both count those tasks only.
+    label : str, default "computing"
+        What the computation does, as the bar shows it: ``"predicting 484 chunks"``,
+        ``"pyramid level 2"``, ``"measuring regions"``.
+    count : iterable of keys, optional
+        Count only these tasks of the graph (e.g. one per chunk, not the reads they need).
+        They must be keys of the collections' graph that dask's optimisation keeps (the keys
+        of a graph built as a dict, as :func:`chunkseg.engine.graph.blend_graph` does).
     secrets : iterable of str, optional
         Strings to hide in those warnings, e.g. ``chunkseg._redact.secrets_of(storage_options)``.
 
@@ -176,13 +191,11 @@ def compute(*collections: Any, scheduler: Any = None, workers: int | None = None
     tuple
         The computed results, as ``dask.compute``.
     """
-    with redacting_warnings(secrets), open_client(scheduler, workers) as client:
+    count = None if count is None else list(count)
+    with redacting_warnings(secrets), open_client(scheduler, workers) as client, \
+            stage(label, progress) as bar:
         if client is None:
-            ctx: Any = contextlib.nullcontext()
-            if progress:
-                from dask.diagnostics import ProgressBar
-
-                ctx = ProgressBar()
+            ctx: Any = TaskProgress(bar, count) if progress else contextlib.nullcontext()
             if scheduler is None and "distributed" not in sys.modules:
                 # no distributed Client can exist: dask's config, else threads, without dask
                 # importing distributed to look for one (0.4 s on this machine)
@@ -190,10 +203,15 @@ def compute(*collections: Any, scheduler: Any = None, workers: int | None = None
             with ctx:
                 # scheduler=None leaves the choice to dask's config (threads by default)
                 return dask.compute(*collections, scheduler=scheduler)
-        futures = client.compute(list(collections))
+        watched: list = []
+        if progress and count is not None:  # futures of those keys, in the same submission
+            graph = HighLevelGraph.merge(*(c.__dask_graph__() for c in collections))
+            # a Delayed of a HighLevelGraph names the layer that holds its key
+            layer_of = {key: name for name, layer in graph.layers.items() for key in layer}
+            watched = [Delayed(key, graph, layer=layer_of[key]) for key in count]
+        futures = client.compute([*collections, *watched])
+        results = futures[:len(collections)]
         if progress:
-            from distributed import progress as dist_progress
-
-            dist_progress(futures)
-        return tuple(client.gather(futures))
-
+            watch_futures(futures[len(collections):] if watched else list(results), bar)
+        del futures
+        return tuple(client.gather(results))

@@ -46,6 +46,7 @@ from ..outputs._variables import (
 )
 from ..outputs.api import output_progress
 from ..plan import DEFAULT_CHUNK_TARGET
+from ..progress import stage
 from ..scheduling import compute, dask_threads, open_client
 from .graph import _count, _gpu_resources, _graph, _write_task, blend_graph
 from .placement import on_every_worker
@@ -216,7 +217,9 @@ def predict_to_zarr(
     workers : int, optional
         Start a LocalCluster of this many worker processes.
     progress : bool, default False
-        Show a progress bar.
+        Show progress on stderr (:mod:`chunkseg.progress`), one labelled bar per stage:
+        ``loading the model``, ``predicting N chunks`` (N: the chunks to compute), and with
+        ``ome`` ``pyramid level 1``... The CLI shows it unless ``--no-progress``.
     compression_level : int, default 1
         Compression level of every array: zstd for ``labels`` and ``probabilities``, Blosc
         lz4 with byte shuffle for ``logits``. Level 1 wrote 12 % faster than level 3 for the
@@ -355,12 +358,13 @@ def predict_to_zarr(
             threads = dask_threads(client)
             cores = os.cpu_count() or 1
             local = client is None or workers is not None
-            setup = _setup(image, model, tile=tile, overlap=overlap, window=window, chunks=chunks,
-                           batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
-                           normalization=normalization,
-                           storage_options=_so(image, storage_options), array_name=array_name,
-                           mask=mask, kernel=kernel, classes=classes, tta=tta,
-                           torch_threads=max(1, cores // threads) if local else None)
+            with stage("loading the model", progress):  # and probing it on one tile
+                setup = _setup(image, model, tile=tile, overlap=overlap, window=window,
+                               chunks=chunks, batch_size=batch_size, outputs=outputs, dtype=dtype,
+                               device=device, normalization=normalization,
+                               storage_options=_so(image, storage_options),
+                               array_name=array_name, mask=mask, kernel=kernel, classes=classes,
+                               tta=tta, torch_threads=max(1, cores // threads) if local else None)
             runner, ds_attrs = setup.runner, setup.attrs
             plan, dtype_ = runner.plan, setup.dtype
             if inner is not None:  # the computation chunks (ds_attrs["chunks"]) are the shards
@@ -400,6 +404,7 @@ def predict_to_zarr(
                 with _restore_torch_threads(), on_every_worker(client, dsk):
                     written = compute(Delayed(done_key, graph), scheduler=scheduler if client is None
                                       else client, progress=progress,
+                                      label=f"predicting {len(fold_keys)} chunks", count=fold_keys,
                                       secrets=secrets_of(storage_options))[0]
             except (asyncio.CancelledError, concurrent.futures.CancelledError) as err:
                 # e.g. distributed's FutureCancelledError when the scheduler is lost

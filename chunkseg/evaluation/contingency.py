@@ -151,7 +151,7 @@ def truth_components(truth: da.Array, values: Sequence[int], *, connectivity: in
                                                          width, connectivity)
              for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
     done = compute(*tasks.values(), scheduler=scheduler, workers=workers, progress=progress,
-                   secrets=secrets)
+                   label="evaluating: true objects", secrets=secrets)
     lookups, n = kern.merge_summaries(dict(zip(tasks, done)), (len(ys_), len(xs_)), connectivity)
     out = truth.map_blocks(_relabel, vals, connectivity, lookups, dtype=np.int64,
                            token="truth-components")

@@ -193,7 +193,7 @@ def evaluate_instances(
         tables.append(contingency_table_dask(thin_boundaries(p, halo), t, mask=m,
                                              ignore=ignore_values))
     done = compute(*tables, scheduler=scheduler, workers=workers, progress=progress,
-                   secrets=secrets)
+                   label="evaluating: contingency tables", secrets=secrets)
     plain = done[0]
     thinned = done[-1]
     foreground = int(plain[2][plain[0] != 0].sum())

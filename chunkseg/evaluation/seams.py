@@ -43,6 +43,7 @@ from ..kernels.windows import WINDOWS
 from ..models.resolve import ResolvedModel, resolve_model
 from ..outputs._target import check_output_files
 from ..plan import plan_tiles
+from ..progress import stage
 from ._seam_methods import (
     bin_labels,
     crop_only_logits,
@@ -222,6 +223,7 @@ def seam_report(
     maps: Sequence[str] = (NAIVE, "gaussian"),
     storage_options: dict | None = None,
     array_name: str | None = None,
+    progress: bool = False,
 ) -> SeamReport:
     """Measure how tiling changes a model's output against its whole-image forward pass.
 
@@ -297,6 +299,10 @@ def seam_report(
         fsspec options for a URL ``image``.
     array_name : str, optional
         Array inside a Zarr group ``image``.
+    progress : bool, default False
+        Show progress on stderr (:mod:`chunkseg.progress`): ``loading the model``, the
+        whole-image reference pass, then one step per compared tiling. The CLI (``chunkseg
+        seams``) shows it unless ``--no-progress``.
 
     Returns
     -------
@@ -333,7 +339,8 @@ def seam_report(
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
     h, w, c = arr.shape
     _check_size((h, w), max_pixels)
-    resolved = resolve_model(model, device=device, normalization=normalization)
+    with stage("loading the model", progress):
+        resolved = resolve_model(model, device=device, normalization=normalization)
     predictor, description = resolved.model, resolved.description
     tile, overlap = tile_and_overlap(resolved, tile, overlap)
     plan = plan_tiles((h, w, c), tile, overlap, chunks)
@@ -350,7 +357,8 @@ def seam_report(
                            fix="Use 0 (px) for no reflect padding.")
     raw = np.asarray(arr.data.compute())  # (H, W, C), checked small above
 
-    ref, ref_info = reference_logits(raw, predictor, multiple_, margin_)
+    with stage("seams: whole-image reference pass", progress):
+        ref, ref_info = reference_logits(raw, predictor, multiple_, margin_)
     k = ref.shape[0]
     ref_labels = labels_from_logits(ref)
     dist_naive, dist_grid = edge_distance(naive_plan), edge_distance(plan)
@@ -358,27 +366,30 @@ def seam_report(
     methods: dict[str, dict] = {}
     kept: dict[str, np.ndarray] = {}
     runs = [(NAIVE, None), (CROP, None)] + [(name, name) for name in windows_]
-    for name, window in runs:
-        t0 = time.perf_counter()
-        if name == NAIVE:
-            logits = engine_logits(raw, predictor, naive_plan, "uniform", batch_size)
-            used, desc = naive_plan, ("non-overlapping patches edge to edge, each pixel from "
-                                      "its patch (chunkseg.predict, overlap 0, uniform)")
-        elif name == CROP:
-            logits = crop_only_logits(raw, predictor, plan, batch_size, k)
-            used, desc = plan, ("overlapping grid tiles, each pixel from the tile whose centre "
-                                "is nearest, margins discarded (in memory)")
-        else:
-            logits = engine_logits(raw, predictor, plan, window, batch_size)
-            used, desc = plan, f"chunkseg.predict, {window} window"
-        seconds = time.perf_counter() - t0
-        stats, diff = measure(logits, ref, ref_labels,
-                               dist_naive if name == NAIVE else dist_grid, bins_)
-        methods[name] = {"description": desc, "window": window, "grid": grid_summary(used),
-                         **stats, "seconds": seconds}
-        if name in wanted:
-            kept[name] = diff
-        del logits
+    with stage(f"seams: {len(runs)} tilings", progress, total=len(runs)) as bar:
+        for name, window in runs:
+            t0 = time.perf_counter()
+            if name == NAIVE:
+                logits = engine_logits(raw, predictor, naive_plan, "uniform", batch_size)
+                used, desc = naive_plan, ("non-overlapping patches edge to edge, each pixel "
+                                          "from its patch (chunkseg.predict, overlap 0, "
+                                          "uniform)")
+            elif name == CROP:
+                logits = crop_only_logits(raw, predictor, plan, batch_size, k)
+                used, desc = plan, ("overlapping grid tiles, each pixel from the tile whose "
+                                    "centre is nearest, margins discarded (in memory)")
+            else:
+                logits = engine_logits(raw, predictor, plan, window, batch_size)
+                used, desc = plan, f"chunkseg.predict, {window} window"
+            seconds = time.perf_counter() - t0
+            stats, diff = measure(logits, ref, ref_labels,
+                                   dist_naive if name == NAIVE else dist_grid, bins_)
+            methods[name] = {"description": desc, "window": window, "grid": grid_summary(used),
+                             **stats, "seconds": seconds}
+            if name in wanted:
+                kept[name] = diff
+            del logits
+            bar.update()
     return SeamReport(image_shape=(h, w), channels=int(c), classes=int(k), tile=plan.tile,
                       overlap=plan.overlap, bins=bins_, reference=ref_info, methods=methods,
                       model=description, maps=kept)

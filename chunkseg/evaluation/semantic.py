@@ -162,7 +162,7 @@ def evaluate(
     matrix = confusion_matrix_dask(p, t, classes=k, ignore=ignore_values, mask=m,
                                    label_map=label_map)
     (cm,) = compute(matrix, scheduler=scheduler, workers=workers, progress=progress,
-                    secrets=secrets_of(storage_options))
+                    label="evaluating: confusion matrix", secrets=secrets_of(storage_options))
     if k is None:
         k = max(cm.shape[0], 1, *(int(v) + 1 for v in (label_map or {}).values()))
         cm = add_matrices(cm, np.zeros((k, k), dtype=np.int64))

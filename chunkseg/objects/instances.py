@@ -317,7 +317,8 @@ def label(
                 for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
             keys = list(tasks)
             summaries = dict(zip(keys, compute(*tasks.values(), scheduler=sched,
-                                               progress=progress, secrets=secrets)))
+                                               progress=progress, label="labelling: components",
+                                               secrets=secrets)))
             lookups, n_objects = kern.merge_summaries(summaries, grid, connectivity)
             block = _Components(read, connectivity, lookups)
         else:
@@ -349,7 +350,8 @@ def label(
         jobs = [dask.delayed(_relabel_task, pure=False)(
             block, iy, ix, ys, xs, writer, marks, f"chunk ({iy}, {ix}) (y, x of the chunk grid)")
             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
-        compute(*jobs, scheduler=sched, progress=progress, secrets=secrets)
+        compute(*jobs, scheduler=sched, progress=progress, label=f"labelling: writing {name}",
+                secrets=secrets)
         if ome:
             _instance_levels(group, name, target, sched, progress, location)
         for scratch in scratches:

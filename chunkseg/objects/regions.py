@@ -312,7 +312,7 @@ def regions(
         sched = scheduler if client is None else client
         jobs = [dask.delayed(_region_task, pure=False)(ids, ys, xs, reader, prob, cls_of)
                 for ys in ys_ for xs in xs_]
-        parts = compute(*jobs, scheduler=sched, progress=progress,
+        parts = compute(*jobs, scheduler=sched, progress=progress, label="measuring regions",
                         secrets=secrets_of(storage_options))
         df = _merge_parts(parts)
         shapes = _shapes(ids, df, ys_, xs_, max_object_pixels, sched, progress,

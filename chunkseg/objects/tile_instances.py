@@ -425,6 +425,7 @@ def predict_instances(
             run_on = scheduler if client is None else client
             stats = compute(Delayed(gather_key, HighLevelGraph.from_collections(
                 gather_key, dsk, dependencies=[])), scheduler=run_on, progress=progress,
+                label=f"predicting instances in {len(fold_keys)} chunks", count=fold_keys,
                 secrets=secrets_of(storage_options))[0]
             merged = merge_tables(stats)
             del stats
@@ -454,6 +455,7 @@ def predict_instances(
             dsk2[done_key] = (sum, keys2)
             written = compute(Delayed(done_key, HighLevelGraph.from_collections(
                 done_key, dsk2, dependencies=[])), scheduler=run_on, progress=progress,
+                label=f"writing instances: {len(keys2)} chunks", count=keys2,
                 secrets=secrets_of(storage_options))[0]
             if written != plan.n_chunks:
                 raise RuntimeError(f"wrote {written} of {plan.n_chunks} chunks.")

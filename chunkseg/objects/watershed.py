@@ -280,7 +280,7 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         src, cls, settings.seed_threshold, ys, xs, connectivity, width)
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
     results = dict(zip(tasks, compute(*tasks.values(), scheduler=scheduler, progress=progress,
-                                      secrets=secrets)))
+                                      label="labelling: watershed seeds", secrets=secrets)))
     lookups, n_comp = kern.merge_summaries({k: r[0] for k, r in results.items()}, grid,
                                            connectivity)
     sizes = np.zeros(n_comp + 1, np.int64)
@@ -324,7 +324,8 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         src, cls, settings.seed_threshold, ys, xs, connectivity, renumber[lookups[(iy, ix)]],
         seed_writer, boundary_writer, seed_marks, iy, ix, f"chunk ({iy}, {ix}) of the seeds")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
-    compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    compute(*jobs, scheduler=scheduler, progress=progress, label="labelling: writing seeds",
+            secrets=secrets)
     # 3. flooding with the halo (one more pixel: the pairs look at the next row and column)
     fragments, frag_writer = scratch(scratch_names[2], "fragments", kern.ids_dtype(n_seeds),
                                        "fragments")
@@ -337,7 +338,8 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
         settings.max_cost, frag_writer, graph, frag_marks, iy, ix,
         f"chunk ({iy}, {ix}) of the fragments")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
-    compute(*jobs, scheduler=scheduler, progress=progress, secrets=secrets)
+    compute(*jobs, scheduler=scheduler, progress=progress,
+            label="labelling: watershed flooding", secrets=secrets)
     u, v, total, count, ids, f = _read_records(graph, [(iy, ix) for iy in range(grid[0])
                                                        for ix in range(grid[1])])
     first = np.full(n_seeds, np.iinfo(np.int64).max, np.int64)

@@ -180,4 +180,4 @@ def write_levels(pyramids: Sequence[tuple[Sequence[Any], str]], location: str, *
     for i in range(1, max((len(arrays) for arrays, _ in pyramids), default=0)):
         writes = [build_level(arrays[i - 1], ArrayWriter(arrays[i].with_config(full), location),
                               kind) for arrays, kind in pyramids if i < len(arrays)]
-        compute(*writes, scheduler=scheduler, progress=progress)
+        compute(*writes, scheduler=scheduler, progress=progress, label=f"pyramid level {i}")

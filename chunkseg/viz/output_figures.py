@@ -20,6 +20,7 @@ from .._check import is_int, positive_int
 from ..errors import InvalidTypeError, InvalidValueError
 from ..outputs._lifecycle import replacing
 from ..outputs._target import check_output_files
+from ..progress import stage
 from ._draw import (
     _CROP_COLOUR,
     _PATCH_COLOUR,
@@ -406,7 +407,7 @@ def _seams(out: _Output, a: dict):
 def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=None,
             cls: int | str | None = None, max_side: int = 2048, batch_size: int = 8,
             device: str = "cpu", normalization=None, storage_options: dict | None = None,
-            dpi: int = 110, overwrite: bool = False) -> dict[str, Path]:
+            dpi: int = 110, overwrite: bool = False, progress: bool = False) -> dict[str, Path]:
     """Write the figures of a finished output as PNG files (``chunkseg figures OUT``).
 
     Parameters
@@ -445,6 +446,10 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
         Resolution of the PNGs.
     overwrite : bool, default False
         Replace PNGs of an earlier call.
+    progress : bool, default False
+        Show progress on stderr (:mod:`chunkseg.progress`): ``loading the model`` (with
+        ``model``), then ``drawing N figures``, one step per figure. The CLI shows it unless
+        ``--no-progress``.
 
     Returns
     -------
@@ -496,7 +501,10 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     paths = {n: folder / f"{n}.png" for n in names}
     # never over an input, under any name (the image, the output store)
     check_output_files(paths.values(), overwrite=overwrite, sources=(store, image))
-    predictor = None if model is None else _predictor(model, device, normalization)
+    predictor = None
+    if model is not None:
+        with stage("loading the model", progress):
+            predictor = _predictor(model, device, normalization)
     makers = {
         "overview": lambda: _overview(out, img, crop_, max_side),
         "tiles": lambda: _tile_decomposition(out, img, crop_),
@@ -508,9 +516,11 @@ def figures(store, out_dir: str | os.PathLike, *, image=None, model=None, crop=N
     max_side = positive_int(max_side, "max_side")
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name in names:
-        fig = makers[name]()
-        with replacing(paths[name]) as part:  # an earlier figure stays until this one is whole
-            fig.savefig(part, dpi=int(dpi))
-        written[name] = paths[name]
+    with stage(f"drawing {len(names)} figures", progress, total=len(names)) as bar:
+        for name in names:
+            fig = makers[name]()
+            with replacing(paths[name]) as part:  # an earlier figure stays until it is whole
+                fig.savefig(part, dpi=int(dpi))
+            written[name] = paths[name]
+            bar.update()
     return written

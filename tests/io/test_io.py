@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import uuid
 from pathlib import Path
 
@@ -735,7 +736,13 @@ def test_ingest_memory_url_and_store_object():
 
 def test_ingest_progress_bar(tmp_path, capsys):
     ingest(np.ones((8, 8), np.uint8), tmp_path / "p.zarr", chunks=4, progress=True)
-    assert "Completed" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out == ""  # progress goes to stderr (chunkseg.progress), never stdout
+    lines = err.splitlines()
+    assert lines[0] == "chunkseg: ingesting: started"
+    assert re.fullmatch(r"chunkseg: ingesting: (\d+)/\1 \(100%\) \d+:\d\d:\d\d, done", lines[-1])
+    ingest(np.ones((8, 8), np.uint8), tmp_path / "q.zarr", chunks=4)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_ingest_refuses_overlapping_source(tmp_path):
