@@ -210,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="watershed: join touching fragments whose border's mean boundary "
                         "probability is below this (default: no merging); with --agglomeration "
                         "multicut|mutex, the probability where joining and cutting cost the same")
+    p.add_argument("--seeds", default="threshold", choices=("threshold", "maxima", "both"),
+                   help="watershed seeds: probability >= --seed-threshold, maxima of the "
+                        "(capped) distance transform of probability >= 0.5, or both (threshold)")
+    p.add_argument("--maxima-radius", type=int, default=4,
+                   help="watershed maxima seeds: neighbourhood radius, px (4)")
     p.add_argument("--agglomeration", default="threshold",
                    choices=("threshold", "multicut", "mutex"),
                    help="watershed: how fragments are joined: threshold on the mean boundary "

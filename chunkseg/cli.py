@@ -315,7 +315,8 @@ def _cmd_label(args) -> int:
                     resume=args.resume, method=args.method, seed_threshold=args.seed_threshold,
                     min_seed_size=args.min_seed_size, boundary_weight=args.boundary_weight,
                     max_cost=args.max_cost, merge_threshold=args.merge_threshold,
-                    agglomeration=args.agglomeration,
+                    agglomeration=args.agglomeration, seeds=args.seeds,
+                    maxima_radius=args.maxima_radius,
                     scheduler=args.scheduler, workers=args.workers,
                     progress=not args.no_progress)
     print(f"wrote {args.name} {tuple(ids.shape)} {ids.dtype} into {args.store}: "

@@ -169,17 +169,44 @@ def reference_halve(a, kind):
     return out
 
 
+def maxima_seeds_reference(p, radius):
+    """Distance-transform maxima of ``p >= 0.5`` on the whole image, pixel by pixel: the
+    distance to the nearest background pixel (brute force over the background pixels), capped
+    at ``2 * radius`` (the cap where there is no background), equal to the largest value of
+    the ``(2 radius + 1)^2`` square around it, clipped at the image's edges (which is what
+    ``mode="nearest"`` gives for a maximum)."""
+    fg = p >= 0.5
+    cap = 2.0 * radius
+    by, bx = np.nonzero(~fg)
+    h, w = p.shape
+    d = np.full((h, w), cap)
+    if len(by):
+        for y, x in zip(*np.nonzero(fg)):
+            d[y, x] = min(cap, float(np.sqrt(((by - y) ** 2 + (bx - x) ** 2).min())))
+        d[~fg] = 0.0
+    peak = np.zeros((h, w), bool)
+    for y in range(h):
+        for x in range(w):
+            sq = d[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+            peak[y, x] = d[y, x] == sq.max()
+    return fg & peak
+
+
 def watershed_reference(p, seed_threshold, min_seed_size, weight, max_cost, merge_threshold,
-                        agglomeration="threshold"):
+                        agglomeration="threshold", seeds="threshold", maxima_radius=4):
     """``chunkseg.label(method="watershed")`` in memory on the whole image: seeds
-    (``scipy.ndimage.label``, size filter, raster numbering), flooding, region graph, merge,
-    numbering by first pixel. Returns ``(ids, n_objects)``."""
+    (``scipy.ndimage.label`` of the threshold and/or :func:`maxima_seeds_reference`, size
+    filter, raster numbering), flooding, region graph, merge, numbering by first pixel.
+    Returns ``(ids, n_objects)``."""
     from scipy import ndimage
 
     from chunkseg.kernels import watershed as ws
     from chunkseg.kernels.agglomerate import agglomerate
 
-    seeds, _ = ndimage.label(p >= seed_threshold)
+    mask = (p >= seed_threshold) if seeds in ("threshold", "both") else np.zeros(p.shape, bool)
+    if seeds in ("maxima", "both"):
+        mask |= maxima_seeds_reference(p, maxima_radius)
+    seeds, _ = ndimage.label(mask)
     sizes = np.bincount(seeds.ravel())
     keep = sizes >= min_seed_size
     keep[0] = False

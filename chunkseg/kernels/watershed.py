@@ -35,7 +35,7 @@ import heapq
 import numpy as np
 
 __all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs", "QUANT",
-           "COST_UNIT", "MAX_COST"]
+           "COST_UNIT", "MAX_COST", "seed_mask", "seed_halo", "SEED_MODES", "FOREGROUND"]
 
 # (dy, dx, diagonal): p = (y, x) takes from its neighbour q = (y - dy, x - dx)
 _OFFSETS = ((-1, 0, False), (1, 0, False), (0, -1, False), (0, 1, False),
@@ -67,6 +67,64 @@ def halo(max_cost: float) -> int:
         most that many steps (chessboard distance).
     """
     return int(np.floor(max_cost))
+
+
+SEED_MODES = ("threshold", "maxima", "both")
+"""Where seeds come from: a strict threshold, distance-transform maxima, or either."""
+FOREGROUND = 0.5
+"""The foreground whose distance transform gives the maxima seeds: ``p >= FOREGROUND``."""
+
+
+def seed_halo(mode: str, radius: int) -> int:
+    """Pixels of context :func:`seed_mask` needs around a chunk: 0 for ``"threshold"``, else
+    ``3 * radius`` (the distance transform is capped at ``2 * radius``, so it is exact where
+    the nearest background lies within that many pixels, and the maxima look ``radius``
+    further)."""
+    return 0 if mode == "threshold" else 3 * int(radius)
+
+
+def seed_mask(p: np.ndarray, mode: str, threshold: float, radius: int) -> np.ndarray:
+    """The seed pixels of a window: a strict threshold, distance-transform maxima, or both.
+
+    Parameters
+    ----------
+    p : (h, w) ndarray of float
+        The object class's probability.
+    mode : {"threshold", "maxima", "both"}
+        ``"threshold"``: ``p >= threshold``. ``"maxima"``: pixels of the foreground
+        ``p >= FOREGROUND`` (0.5) where its Euclidean distance transform (the distance to
+        the nearest background pixel), capped at ``2 * radius``, equals its maximum over the ``(2 radius + 1)^2`` square around them
+        (plateaus included: a core wider than the cap is one plateau). ``"both"``: either.
+    threshold : float
+    radius : int
+        Of the maxima's neighbourhood, px (>= 1).
+
+    Returns
+    -------
+    (h, w) ndarray of bool
+        Exact for the pixels at least :func:`seed_halo` from a window edge that is not the
+        image's edge (the cap bounds where the transform looks), so a chunk read with that
+        halo gets the whole image's seeds.
+
+    Notes
+    -----
+    The distance-transform seeds of a classic watershed (scikit-image's "watershed
+    segmentation" example: ``ndimage.distance_transform_edt`` then ``peak_local_max``), with
+    the transform capped so that the result is local (scipy's ``distance_transform_edt`` and
+    ``maximum_filter``, ``mode="nearest"`` at the image's edges).
+    """
+    from scipy import ndimage
+
+    mask = p >= threshold if mode in ("threshold", "both") else np.zeros(p.shape, bool)
+    if mode in ("maxima", "both"):
+        fg = p >= FOREGROUND
+        cap = 2.0 * radius  # where the window has no background at all: the cap (no pixel
+        # of its exact part has background within the cap; scipy measures from its corner)
+        d = (np.minimum(ndimage.distance_transform_edt(fg), cap) if not fg.all()
+             else np.full(p.shape, cap))
+        peak = d == ndimage.maximum_filter(d, size=2 * int(radius) + 1, mode="nearest")
+        mask |= fg & peak
+    return mask
 
 
 def entry_costs(boundary: np.ndarray, weight: float,

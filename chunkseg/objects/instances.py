@@ -112,6 +112,8 @@ def label(
     max_cost: float = 32.0,
     merge_threshold: float | None = None,
     agglomeration: str = "threshold",
+    seeds: str = "threshold",
+    maxima_radius: int = 4,
     name: str = "instances",
     overwrite: bool = False,
     resume: bool = False,
@@ -172,6 +174,16 @@ def label(
         Watershed only: how fragments are joined on their region adjacency graph: the
         threshold above, a multicut or a mutex watershed (these two need ``pip install
         'chunkseg[agglomerate]'``); see :mod:`chunkseg.kernels.agglomerate`.
+    seeds : {"threshold", "maxima", "both"}, default "threshold"
+        Watershed only: where seeds come from: ``probabilities[cls] >= seed_threshold``; the
+        local maxima of the Euclidean distance transform of ``probabilities[cls] >= 0.5``,
+        capped at ``2 * maxima_radius`` px, over a ``(2 * maxima_radius + 1)^2`` square (the
+        distance-transform seeds of a classic watershed, made local by the cap); or either.
+        ``min_seed_size`` applies to all (the maxima are small: lower it). See
+        :func:`chunkseg.kernels.watershed.seed_mask`.
+    maxima_radius : int, default 4
+        Watershed with maxima seeds only: the radius above, 1 to 64 px; the seeds are read
+        with a halo of ``3 * maxima_radius``.
     name : str, default "instances"
         The array written in the group.
     overwrite : bool, default False
@@ -243,7 +255,7 @@ def label(
                 f"`threshold` is for method='components'. Got {threshold!r} with "
                 "method='watershed'; pass `seed_threshold` instead.")
         settings = WatershedSettings(seed_threshold, min_seed_size, boundary_weight, max_cost,
-                                     merge_threshold, agglomeration)
+                                     merge_threshold, agglomeration, seeds, maxima_radius)
     group = _open_group(store, storage_options, "r+")
     _check_complete(group, store)
     cls = class_index_arg(cls, class_names(group), fix="(CLI: --class NAME or --class INDEX)")

@@ -3,8 +3,10 @@
 Four passes over the chunks of a written output's probabilities, each task holding one chunk
 (plus a halo in the third):
 
-1. **Seeds**: connected components of ``probabilities[cls] >= seed_threshold`` with one global id
-   each (:mod:`chunkseg.kernels.components`: label, summarise, merge on the client); objects
+1. **Seeds**: connected components of the seed mask (``probabilities[cls] >= seed_threshold``,
+   the maxima of a capped distance transform, or either:
+   :func:`chunkseg.kernels.watershed.seed_mask`, exact on a chunk read with its halo) with one
+   global id each (:mod:`chunkseg.kernels.components`: label, summarise, merge on the client); objects
    smaller than ``min_seed_size`` pixels are dropped and the rest numbered in raster order.
 2. **Seeds, written**: each chunk's seeds again, mapped to their global ids, into a scratch
    array (``NAME-seeds``), and its boundary probability ``1 - probabilities[cls]`` (float32)
@@ -100,6 +102,13 @@ class WatershedSettings:
         same, in (0, 1), required.
     agglomeration : {"threshold", "multicut", "mutex"}
         How fragments are joined (:func:`chunkseg.kernels.agglomerate.agglomerate`).
+    seeds : {"threshold", "maxima", "both"}
+        Seed pixels: ``probabilities[cls] >= seed_threshold``, the maxima of the capped
+        distance transform of ``probabilities[cls] >= 0.5``, or either
+        (:func:`chunkseg.kernels.watershed.seed_mask`).
+    maxima_radius : int
+        The maxima's neighbourhood radius, px, 1 to 64; the seeds' halo is
+        ``3 * maxima_radius`` (:func:`chunkseg.kernels.watershed.seed_halo`).
     """
 
     seed_threshold: float = 0.98
@@ -108,6 +117,8 @@ class WatershedSettings:
     max_cost: float = 32.0
     merge_threshold: float | None = None
     agglomeration: str = "threshold"
+    seeds: str = "threshold"
+    maxima_radius: int = 4
 
     def __post_init__(self) -> None:
         def number(name: str, value: Any) -> float:
@@ -140,6 +151,15 @@ class WatershedSettings:
                     f"`merge_threshold` must be a probability in [0, 1] or None (no merging). "
                     f"Got {self.merge_threshold!r}.")
         agg.check(self.agglomeration, self.merge_threshold)
+        if self.seeds not in ws.SEED_MODES:
+            raise InvalidValueError(
+                f"`seeds` must be one of {ws.SEED_MODES}. Got {self.seeds!r}.")
+        if (isinstance(self.maxima_radius, bool)
+                or not isinstance(self.maxima_radius, int | np.integer)):
+            raise InvalidTypeError(f"`maxima_radius` must be an int. Got {self.maxima_radius!r}.")
+        if not 1 <= self.maxima_radius <= 64:
+            raise InvalidValueError(
+                f"`maxima_radius` must be between 1 and 64 px. Got {self.maxima_radius!r}.")
 
     def to_dict(self) -> dict:
         """The settings as plain JSON values (the attrs of the written array)."""
@@ -148,29 +168,44 @@ class WatershedSettings:
                 "boundary_weight": float(self.boundary_weight), "max_cost": float(self.max_cost),
                 "merge_threshold": (None if self.merge_threshold is None
                                     else float(self.merge_threshold)),
-                "agglomeration": self.agglomeration}
+                "agglomeration": self.agglomeration, "seeds": self.seeds,
+                "maxima_radius": int(self.maxima_radius)}
 
     @classmethod
     def from_dict(cls, d: dict) -> WatershedSettings:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (settings written before ``seeds`` existed are
+        threshold seeds)."""
         return cls(**{k: d[k] for k in ("seed_threshold", "min_seed_size", "boundary_weight",
-                                        "max_cost", "merge_threshold", "agglomeration")})
+                                        "max_cost", "merge_threshold", "agglomeration",
+                                        "seeds", "maxima_radius") if k in d})
 
 
-def _seed_summary(src, cls: int, threshold: float, ys, xs, connectivity: int, width: int):
-    seeds, n = kern.label_block(np.asarray(src[cls, ys[0]:ys[1], xs[0]:xs[1]]) >= threshold,
-                                connectivity)
+def _seed_block(src, cls: int, settings: WatershedSettings, ys, xs) -> tuple:
+    """One chunk's seed mask (read with the seeds' halo) and its probability."""
+    height, width = src.shape[-2:]
+    h = ws.seed_halo(settings.seeds, settings.maxima_radius)
+    wy0, wx0 = max(ys[0] - h, 0), max(xs[0] - h, 0)
+    window = np.asarray(src[cls, wy0:min(ys[1] + h, height), wx0:min(xs[1] + h, width)])
+    mask = ws.seed_mask(window, settings.seeds, settings.seed_threshold,
+                        settings.maxima_radius)
+    inner = (slice(ys[0] - wy0, ys[1] - wy0), slice(xs[0] - wx0, xs[1] - wx0))
+    return mask[inner], window[inner]
+
+
+def _seed_summary(src, cls: int, settings: WatershedSettings, ys, xs, connectivity: int,
+                  width: int):
+    seeds, n = kern.label_block(_seed_block(src, cls, settings, ys, xs)[0], connectivity)
     return kern.summarise_block(seeds, n, (ys[0], xs[0]), width), np.bincount(
         seeds.ravel(), minlength=n + 1)
 
 
-def _seed_task(src, cls: int, threshold: float, ys, xs, connectivity: int, lookup: np.ndarray,
-               writer: ArrayWriter, boundary_writer: ArrayWriter, marks: ChunkMarks, iy: int,
-               ix: int, what: str) -> int:
+def _seed_task(src, cls: int, settings: WatershedSettings, ys, xs, connectivity: int,
+               lookup: np.ndarray, writer: ArrayWriter, boundary_writer: ArrayWriter,
+               marks: ChunkMarks, iy: int, ix: int, what: str) -> int:
     """Label one chunk's seeds again, map them to their global ids, write them and the
     chunk's boundary probability (once each), mark."""
-    p = np.asarray(src[cls, ys[0]:ys[1], xs[0]:xs[1]])
-    seeds, _ = kern.label_block(p >= threshold, connectivity)
+    mask, p = _seed_block(src, cls, settings, ys, xs)
+    seeds, _ = kern.label_block(mask, connectivity)
     region = (slice(*ys), slice(*xs))
     writer.write(region, lookup.astype(writer.dtype)[seeds], what)
     boundary_writer.write(region, 1.0 - p.astype(np.float32), what)
@@ -277,7 +312,7 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     grid = (len(ys_), len(xs_))
     # 1. seeds (reads only: run again on resume, the same result)
     tasks = {(iy, ix): dask.delayed(_seed_summary, pure=False)(
-        src, cls, settings.seed_threshold, ys, xs, connectivity, width)
+        src, cls, settings, ys, xs, connectivity, width)
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
     results = dict(zip(tasks, compute(*tasks.values(), scheduler=scheduler, progress=progress,
                                       label="labelling: watershed seeds", secrets=secrets)))
@@ -321,7 +356,7 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     seed_marks = marks("seeds")
     done = seed_marks.finished()
     jobs = [dask.delayed(_seed_task, pure=False)(
-        src, cls, settings.seed_threshold, ys, xs, connectivity, renumber[lookups[(iy, ix)]],
+        src, cls, settings, ys, xs, connectivity, renumber[lookups[(iy, ix)]],
         seed_writer, boundary_writer, seed_marks, iy, ix, f"chunk ({iy}, {ix}) of the seeds")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
     compute(*jobs, scheduler=scheduler, progress=progress, label="labelling: writing seeds",

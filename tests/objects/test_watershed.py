@@ -204,3 +204,40 @@ def test_a_foreign_array_with_a_scratch_name_is_refused_and_kept(tmp_path):
         chunkseg.label(str(out), cls=0, method="watershed", name="cells", seed_threshold=0.95)
     group = zarr.open_group(str(out), mode="r", use_consolidated=False)
     assert group["cells-seeds"][...].tolist() == [1, 2, 3] and "cells" not in group
+
+
+@pytest.mark.parametrize("mode", ["maxima", "both"])
+def test_maxima_seeds_are_the_same_for_any_chunking_and_equal_the_reference(tmp_path, mode):
+    """Distance-transform maxima seeds read with their halo (3 * radius): the whole image's
+    seeds for chunks of 1000, 47, (40, 64) and 16 px, equal to a brute-force reference."""
+    image = _cells()
+    settings = dict(seed_threshold=0.95, min_seed_size=1, boundary_weight=8.0, max_cost=20.0,
+                    merge_threshold=0.3, seeds=mode, maxima_radius=4)
+    p = None
+    results = []
+    for i, chunks in enumerate([1000, 47, (40, 64), 16]):
+        out = _output(tmp_path, image, chunks, f"m{i}.zarr")
+        got = chunkseg.label(str(out), cls=0, method="watershed", **settings)
+        assert got.attrs["watershed"]["seeds"] == mode
+        results.append(got.values)
+        if p is None:
+            p = zarr.open_group(str(out), mode="r")["probabilities"][0]
+    ref, n = watershed_reference(p, 0.95, 1, 8.0, 20.0, 0.3, seeds=mode, maxima_radius=4)
+    assert n > 10
+    for got in results:
+        np.testing.assert_array_equal(got, ref)
+    threshold_only, n_threshold = watershed_reference(p, 0.95, 1, 8.0, 20.0, 0.3)
+    assert not np.array_equal(ref, threshold_only)  # the maxima changed the seeds
+
+
+def test_seed_mask_kernel_against_the_reference_with_no_background_and_plateaus():
+    from reference import maxima_seeds_reference
+
+    from chunkseg.kernels.watershed import seed_mask
+
+    rng = np.random.default_rng(5)
+    for p in (np.ones((20, 30)), ndimage.gaussian_filter(rng.random((60, 50)), 3) * 4 - 1.5,
+              np.pad(np.ones((25, 25)), 10)):  # no background; smooth; one square: a plateau
+        for r in (1, 3, 6):
+            np.testing.assert_array_equal(seed_mask(p, "maxima", 0.99, r),
+                                          maxima_seeds_reference(p, r))
