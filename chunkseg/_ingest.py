@@ -9,11 +9,12 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import xarray as xr
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-from chunkseg._redact import secrets_of
+from chunkseg._redact import redact_attrs, secrets_of
 from chunkseg.errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -28,7 +29,7 @@ from .outputs._arrays import ArrayWriter, check_aligned, create_array
 from .outputs._lifecycle import writing
 from .outputs._ownership import stamp
 from .outputs._target import describe_location
-from .outputs._variables import pixel_grid
+from .outputs._variables import pixel_grid, var_coord_attrs, write_coords
 from .scheduling import compute
 
 AXES = ("c", "y", "x")
@@ -107,11 +108,18 @@ def ingest(
         one: TIFF resolution tags, an NGFF source's transforms, an xarray source's evenly
         spaced ``y``/``x`` coordinates with ``units``) and, per level, ``scale`` = pixel size
         ``* 2^k`` and ``translation`` = the centre of its first pixel (the centre of the
-        ``2^k x 2^k`` square it summarises). ``attrs["source"]`` names the source (no
+        ``2^k x 2^k`` square it summarises); in pixels on both axes where NGFF cannot
+        describe the grid (:func:`chunkseg.outputs._variables.pixel_grid`: e.g. a north-up
+        GeoTIFF). The source's ``y``/``x`` and scalar coordinates (a GeoTIFF's or rioxarray
+        DataArray's ``spatial_ref``: CRS and transform) are stored beside ``"0"`` as arrays
+        ``y``, ``x``, ``spatial_ref``, which its CF ``coordinates``/``grid_mapping`` attrs
+        name, where the NGFF metadata cannot hold them (scalar coordinates; ``y``/``x`` left
+        in pixels). ``attrs["source"]`` names the source (no
         credentials); ``attrs["complete"]`` of the group and of ``"0"`` is True (False until
         the last level was written: chunkseg refuses to read an incomplete store as an
         input). :func:`open_image` (and so every chunkseg command) reads the store as level 0
-        with ``y``/``x`` coordinates in the physical unit.
+        with those ``y``/``x`` coordinates (else the NGFF ones, in the physical unit) and
+        scalar coordinates.
 
     Raises
     ------
@@ -176,16 +184,27 @@ def ingest(
             out.store, mode="w", zarr_format=3,
             storage_options=options if out.store is target else None,
             attributes=stamp({"source": source_name, "complete": False}))
+        # what the NGFF metadata cannot hold -- scalar coordinates (a GeoTIFF's spatial_ref:
+        # CRS, transform), y/x that pixel_grid leaves in pixels (north-up) -- is stored with
+        # y/x beside level 0, which names them (CF), so open_image reads them back
+        scale, translation, units = pixel_grid(image.coords)
+        secrets = secrets_of((storage_options, source_storage_options))
+        coords = {n: xr.Variable(c.dims, c.values, redact_attrs(c.attrs, secrets))
+                  for n, c in image.coords.items() if n in ("y", "x") or c.ndim == 0}
+        in_ngff = (scale, translation) != ([1.0, 1.0], [0.0, 0.0])  # NGFF holds y/x
+        if in_ngff and not any(c.ndim == 0 for c in coords.values()):
+            coords = {}
         arrays = [create_array(
             group, name=str(k), shape=(channels,) + shape,
             chunks=(channels,) + _pyramid.level_chunks((cy, cx), shape), dtype=image.dtype,
             compressor=zarr.codecs.ZstdCodec(level=int(compressor_level)),
-            dimension_names=AXES, attributes={"source": source_name, "complete": False}
+            dimension_names=AXES,
+            attributes={"source": source_name, "complete": False, **var_coord_attrs(coords)}
             if k == 0 else {"level": k}) for k, shape in enumerate(shapes)]
+        write_coords(group, coords, None)
         check_aligned("image", data.chunks, arrays[0].chunks)
         # the NGFF metadata first: an interrupted ingest is then an NGFF image whose level 0
         # says it is incomplete (open_image refuses it and says so)
-        scale, translation, units = pixel_grid(image.coords)
         _ome.write_multiscales(group, [str(k) for k in range(len(arrays))], scale, translation, units,
                                name="image", channel_axis="c")
         location = describe_location(target)
@@ -194,7 +213,7 @@ def ingest(
                                  "overwrite=True (CLI: --overwrite).")
         # the libraries' warnings while it writes, without credentials
         compute(da.store(data, writer, lock=False, compute=False), progress=progress,
-                label="ingesting", secrets=secrets_of((storage_options, source_storage_options)))
+                label="ingesting", secrets=secrets)
         _pyramid.write_levels([(arrays, "mean")], location, progress=progress)
         arrays[0].attrs["complete"] = True  # last: every level is written
         group.attrs["complete"] = True

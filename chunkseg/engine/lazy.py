@@ -15,6 +15,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from .. import _geo
 from ..kernels import blend
 from ..models.spec import Normalization
 from ..plan import TilePlan
@@ -222,6 +223,11 @@ def predict(
         data_vars["labels"] = (("y", "x"), labels)
     coords = {"class": ("class", np.asarray(setup.class_names, dtype=object)),
               **setup.coords}
-    return xr.Dataset(data_vars, coords=coords, attrs=setup.attrs)
+    out = xr.Dataset(data_vars, coords=coords, attrs=setup.attrs)
+    mapping = _geo.grid_mapping(setup.coords)
+    if mapping is not None:  # CF / rioxarray: the coordinate holding the input's CRS
+        for var in out.data_vars.values():
+            var.attrs["grid_mapping"] = mapping
+    return out
 
 

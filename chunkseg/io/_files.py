@@ -16,6 +16,7 @@ import zarr.errors
 
 from chunkseg.errors import InputReadError, InvalidValueError, NotFoundError
 
+from .._geo import geotiff_coords
 from .._ome import ngff_unit
 from ._axes import _finish, _to_yxc
 from ._locations import _access_refused, _is_url, _reason, _redact
@@ -30,11 +31,20 @@ if TYPE_CHECKING:
 _MEMMAP_MIN_BYTES = 32 * 2**20
 
 
+#: GeoTIFF's georeferencing tags (ModelPixelScale, ModelTiepoint, ModelTransformation): a file
+#: with a transform but no GeoKeyDirectory (no CRS) is georeferenced too.
+_GEOTIFF_TAGS = (33550, 33922, 34264)
+
+
 def _tiff_coords(location: str, storage_options: Mapping[str, Any] | None,
                  shape_yx: Sequence[int]) -> dict[str, xr.Variable]:
-    """``y``/``x`` coordinates (pixel centres, with ``units``) from a TIFF's resolution tags
-    (``XResolution``, ``YResolution``, ``ResolutionUnit``; ImageJ's ``unit`` where present).
-    Empty when the file has no physical unit (ResolutionUnit NONE and no ImageJ unit)."""
+    """``y``/``x`` coordinates (pixel centres) of a TIFF. A GeoTIFF's are its georeferencing,
+    read with rioxarray (:func:`chunkseg._geo.geotiff_coords`: ``y``, ``x`` and the
+    ``spatial_ref`` coordinate holding the CRS and transform); without rioxarray it has none
+    (pixels), with a warning. Otherwise they come from the resolution tags
+    (``XResolution``, ``YResolution``, ``ResolutionUnit``; ImageJ's ``unit`` where present),
+    with ``units``. Empty when the file has no physical unit (no resolution tags, or
+    ResolutionUnit NONE and no ImageJ unit)."""
     import tifffile
 
     with contextlib.ExitStack() as stack:
@@ -47,6 +57,16 @@ def _tiff_coords(location: str, storage_options: Mapping[str, Any] | None,
             opened = location
         tif = stack.enter_context(tifffile.TiffFile(opened))
         page = tif.pages.first
+        if page.is_geotiff or any(t in page.tags for t in _GEOTIFF_TAGS):
+            if not isinstance(opened, str):
+                opened.seek(0)
+            geo = geotiff_coords(opened, _redact(location))
+            if geo is None:
+                return {}  # no rioxarray: pixels (it warned), not the resolution tags
+            return {n: v for n, v in geo.items()
+                    if v.ndim == 0 or v.size == shape_yx[("y", "x").index(n)]}
+        if "XResolution" not in page.tags or "YResolution" not in page.tags:
+            return {}  # tifffile's defaults (1 pixel per inch) are not a pixel size
         unit = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micrometer"}.get(
             int(page.resolutionunit))
         ij_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None

@@ -108,6 +108,35 @@ def _ngff_coords(multiscale: Mapping[str, Any], path: str, names: Sequence[str],
     return coords
 
 
+def _stored_coords(parent: zarr.Group, array: zarr.Array, names: Sequence[str],
+                   source_dims: Mapping[str, Any]) -> dict[str, xr.Variable]:
+    """The coordinates stored beside ``array`` in ``parent``, as xarray (and chunkseg's
+    outputs and :func:`chunkseg.ingest`) write them: for ``y`` and ``x``, a 1-D array named as
+    that dimension, of its length (pixel centres, with their attrs); and the scalar arrays the
+    CF ``coordinates`` and ``grid_mapping`` attributes of ``array`` name (rioxarray's
+    ``spatial_ref``: the CRS and transform). Coordinates that are not stored are left out."""
+    coords = {}
+    members = set(parent.array_keys())
+    for dim in ("y", "x"):
+        original = source_dims.get(dim)
+        if original is None or original not in names or str(original) not in members:
+            continue
+        c = parent[str(original)]
+        if c.ndim == 1 and c.shape[0] == array.shape[list(names).index(original)]:
+            coords[dim] = xr.Variable(dim, c[...], _coord_attrs(c))
+    linked = str(array.attrs.get("coordinates") or "").split()
+    mapping = array.attrs.get("grid_mapping")
+    for scalar in linked + ([str(mapping)] if isinstance(mapping, str) else []):
+        if scalar in members and scalar not in coords and parent[scalar].ndim == 0:
+            coords[scalar] = xr.Variable((), parent[scalar][...], _coord_attrs(parent[scalar]))
+    return coords
+
+
+def _coord_attrs(array: zarr.Array) -> dict[str, Any]:
+    """A stored coordinate's attrs, without chunkseg's ownership stamp."""
+    return {k: v for k, v in array.attrs.asdict().items() if k != MARKER}
+
+
 def _pick_group_array(
     group: zarr.Group, array_name: str | None
 ) -> tuple[zarr.Array, str, tuple[str, ...] | None]:
@@ -174,8 +203,9 @@ def _open_zarr_node(
     node: zarr.Array | zarr.Group, array_name: str | None, source: str
 ) -> xr.DataArray:
     """:func:`open_image` for an already opened Zarr array or group."""
-    ngff_axes = multiscale = name = None
+    ngff_axes = multiscale = name = group = None
     if isinstance(node, zarr.Group):
+        group = node
         multiscale = _ngff_multiscale(node.attrs.asdict())
         node, name, ngff_axes = _pick_group_array(node, array_name)
         ngff_axes = ngff_axes or (_ngff_axis_names(multiscale) if multiscale else None)
@@ -195,6 +225,9 @@ def _open_zarr_node(
     coords = {}
     if multiscale is not None and names is not None:
         coords = _ngff_coords(multiscale, name, names, node.shape, source_dims)
+    if group is not None and names is not None:  # the stored coordinates, where there are
+        parent = group[name.rsplit("/", 1)[0]] if "/" in name else group
+        coords.update(_stored_coords(parent, node, names, source_dims))
     out = _finish(data, source, coords=coords)
     reader = ZarrRegionReader.for_array(node, names)
     if reader is not None and out.dtype == node.dtype:

@@ -136,7 +136,10 @@ def open_image(
         * path or fsspec URL (``s3://bucket/x.zarr``, ``memory://x.zarr``) of a Zarr store holding
           such an array or group.
         * path or URL of a ``.png``, ``.jpg``/``.jpeg`` (Pillow; palette images become RGB/RGBA)
-          or ``.tif``/``.tiff`` (tifffile: series 0, full resolution) file.
+          or ``.tif``/``.tiff`` (tifffile: series 0, full resolution) file. A GeoTIFF's CRS
+          and transform are read with rioxarray when it is installed (``chunkseg[geo]``):
+          ``y``/``x`` at the pixel centres and a ``spatial_ref`` coordinate, as
+          :func:`rioxarray.open_rasterio` gives them; without it, a warning and no coordinates.
     storage_options : mapping, optional
         fsspec options (credentials, endpoint, ...) for a URL ``image``; never stored in the
         result. Must be None for a local path.
@@ -151,6 +154,9 @@ def open_image(
         source's dtype (uint8, uint16, float32, ...; byte order made native). Chunks are the
         store's: Zarr shards or chunks, TIFF tiles or strips; in-memory inputs are chunked
         automatically with ``c`` whole. Named ``"image"`` (an input DataArray keeps its name).
+        Coordinates ``y``/``x`` where the source has them (an xarray input's, stored Zarr
+        coordinates, NGFF ``scale``/``translation``, TIFF resolution tags, a GeoTIFF's
+        georeferencing), and scalar ones such as rioxarray's ``spatial_ref`` (CRS, transform).
         ``attrs["source"]`` says where the image came from (a path or URL without credentials,
         or the type of the in-memory object).
 

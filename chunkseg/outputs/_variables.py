@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .. import _ome
+from .. import _geo, _ome
 from .._check import int_pair, is_int
 from ..errors import InvalidTypeError, InvalidValueError
 from ..plan import TilePlan
@@ -33,6 +33,8 @@ __all__ = [
     "create_variables",
     "pixel_grid",
     "shard_layout",
+    "var_coord_attrs",
+    "write_coords",
     "write_levels",
 ]
 
@@ -145,7 +147,7 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
             chunks=chunks, dtype=dt, compressor=compressor(name, compression_level),
             dimension_names=dims, attributes=_var_attrs(name, k, coords, ome=ome),
             write_empty_chunks=True, shards=shard_shape)
-    _write_coords(group, coords, class_names)
+    write_coords(group, coords, class_names)
     if ome:
         _create_levels(group, targets, level_shapes, plan.chunks, outputs=outputs,
                        coords=coords, classes=k, class_names=class_names,
@@ -210,48 +212,90 @@ def _var_attrs(name: str, k: int, coords: dict | None = None, ome: bool = False)
     if name == "labels" and ome:  # the NGFF label image (_ome.encode_classes)
         attrs = {"long_name": "argmax class labels + 1 (0: no prediction)", "classes": k,
                  _ome.CLASS_OFFSET: 1}
-    scalars = sorted(n for n, v in (coords or {}).items() if v.ndim == 0)
+    return {**attrs, **var_coord_attrs(coords or {})}
+
+
+def var_coord_attrs(coords: Mapping[str, Any]) -> dict:
+    """The CF attributes of a variable that tie it to the scalar coordinates of ``coords``:
+    ``coordinates`` (their names) and ``grid_mapping`` (the one holding the CRS and transform,
+    rioxarray's ``spatial_ref``: :func:`chunkseg._geo.grid_mapping`); empty without them."""
+    attrs = {}
+    scalars = sorted(n for n, v in coords.items() if v.ndim == 0)
     if scalars:  # CF: the scalar coordinates (e.g. rioxarray's spatial_ref) of the variable
         attrs["coordinates"] = " ".join(scalars)
+    mapping = _geo.grid_mapping(coords)
+    if mapping is not None:  # CF: the coordinate holding its CRS and transform (rioxarray)
+        attrs["grid_mapping"] = mapping
     return attrs
+
+
+def _even_grid(coord: Any) -> tuple[float, float] | None:
+    """``(first value, step)`` of a 1-D coordinate that is evenly spaced (either direction;
+    one value: step 1), or None."""
+    if coord is None or coord.ndim != 1 or coord.size < 1:
+        return None
+    values = np.asarray(coord.values, dtype=float)
+    step = float(values[1] - values[0]) if values.size > 1 else 1.0
+    if step == 0 or not np.all(np.isfinite(values)) \
+            or not np.allclose(np.diff(values), step, rtol=1e-6, atol=0):
+        return None
+    return float(values[0]), step
 
 
 def pixel_grid(coords: Mapping[str, Any]) -> tuple[list, list, dict]:
     """NGFF ``scale``, ``translation`` and units of ``y``, ``x`` from an image's coordinates
-    (an output's, or an input's as :func:`chunkseg.open_image` read them): their spacing and
-    first value where they are evenly spaced and increasing, else pixels (1, 0, no unit).
+    (an output's, or an input's as :func:`chunkseg.open_image` read them).
+
+    NGFF 0.5 describes a grid by a positive scale and a translation per axis, each axis in one
+    unit. The coordinates' spacing, first value and ``units`` are used only where both ``y``
+    and ``x`` fit that: evenly spaced and increasing, both with an NGFF unit
+    (:func:`chunkseg._ome.ngff_unit`) or both without ``units``, and no rotated
+    ``GeoTransform`` in a grid-mapping coordinate (:mod:`chunkseg._geo`). Otherwise -- e.g. a
+    north-up geospatial raster, whose ``y`` decreases, or coordinates in degrees -- both axes
+    are in pixels (scale 1, translation 0, no unit): never one axis in metres and the other in
+    pixels. The coordinates themselves (and ``spatial_ref``) still hold the true grid.
 
     Returns
     -------
     scale, translation : [float, float]
         ``y`` then ``x``.
     units : dict
-        ``{"y": ..., "x": ...}``, NGFF unit names (:func:`chunkseg._ome.ngff_unit`) or None.
+        ``{"y": ..., "x": ...}``, NGFF unit names or None; empty in pixels.
     """
+    pixels = [1.0, 1.0], [0.0, 0.0], {}
+    if _geo.is_rotated(coords):
+        return pixels
     scale, translation, units = [1.0, 1.0], [0.0, 0.0], {}
     for i, dim in enumerate(("y", "x")):
         c = coords.get(dim)
-        if c is None or c.size < 1:
-            continue
-        values = np.asarray(c.values, dtype=float)
-        step = float(values[1] - values[0]) if values.size > 1 else 1.0
-        if step > 0 and np.allclose(np.diff(values), step, rtol=1e-6, atol=0):
-            scale[i], translation[i] = step, float(values[0])
-            units[dim] = _ome.ngff_unit(c.attrs.get("units"))
+        grid = _even_grid(c)
+        if grid is None or grid[1] <= 0:
+            return pixels
+        named = c.attrs.get("units")
+        unit = _ome.ngff_unit(named)
+        if named is not None and unit is None:
+            return pixels  # a unit NGFF has no name for (degrees, "pixel"...)
+        translation[i], scale[i] = grid
+        units[dim] = unit
+    if (units["y"] is None) != (units["x"] is None):
+        return pixels
     return scale, translation, units
 
 
-def _write_coords(group, coords: dict, class_names: Sequence[str]) -> None:
-    """Write the ``class`` coordinate (names) and the ``y``/``x`` and scalar coordinates as
-    Zarr arrays of ``group``, which xarray reads as coordinates (1-D arrays named as their
-    dimension; scalars through the variables' CF ``coordinates`` attribute)."""
+def write_coords(group, coords: dict, class_names: Sequence[str] | None) -> None:
+    """Write the ``class`` coordinate (names; none when ``class_names`` is None) and the
+    ``y``/``x`` and scalar coordinates as Zarr arrays of ``group``, which xarray reads as
+    coordinates (1-D arrays named as their dimension; scalars, such as rioxarray's
+    ``spatial_ref``, through the variables' CF ``coordinates`` and ``grid_mapping``
+    attributes: :func:`var_coord_attrs`)."""
     from zarr.codecs import ZstdCodec
 
-    arr = create_array(group, name="class", shape=(len(class_names),),
-                       chunks=(max(1, len(class_names)),), dtype=str, fill_value="",
-                       compressor=ZstdCodec(level=1), dimension_names=("class",),
-                       attributes={"long_name": "class name"})
-    arr[...] = np.asarray(class_names, dtype=str)
+    if class_names is not None:
+        arr = create_array(group, name="class", shape=(len(class_names),),
+                           chunks=(max(1, len(class_names)),), dtype=str, fill_value="",
+                           compressor=ZstdCodec(level=1), dimension_names=("class",),
+                           attributes={"long_name": "class name"})
+        arr[...] = np.asarray(class_names, dtype=str)
     for name, var in coords.items():
         values = np.asarray(var.values)
         if var.ndim == 1:
@@ -266,7 +310,7 @@ def _write_coords(group, coords: dict, class_names: Sequence[str]) -> None:
 
 
 def class_names(group, classes: int | None = None) -> tuple[str, ...]:
-    """The class names of an output group: its ``class`` coordinate (:func:`_write_coords`).
+    """The class names of an output group: its ``class`` coordinate (:func:`write_coords`).
 
     Parameters
     ----------
@@ -314,6 +358,7 @@ def _create_levels(group, targets: dict, shapes: list, chunks0: tuple[int, int],
     for i, shape in enumerate(shapes[1:], start=1):
         chunks = _pyramid.level_chunks(chunks0, shape)
         sub = require_group(group, str(i)) if image_var is not None else None
+        level_coords = _level_coords(coords, 2 ** i, shape)
         for name, arr0 in targets.items():
             if name == "labels":
                 create_array(group, name=_ome.var_path("labels", i), shape=shape, chunks=chunks,
@@ -324,20 +369,36 @@ def _create_levels(group, targets: dict, shapes: list, chunks0: tuple[int, int],
                 create_array(sub, name=name, shape=(k,) + shape, chunks=(k,) + chunks,
                              dtype=arr0.dtype, compressor=compressor(name, compression_level),
                              dimension_names=("class", "y", "x"),
-                             attributes=_var_attrs(name, k), write_empty_chunks=True)
-        if sub is not None:  # the level's own coordinates: pixel centres of its 2^i squares
-            f = 2 ** i
-            level_coords = {d: xr.Variable(d, translation[j] + (f - 1) / 2 * scale[j]
-                                     + f * scale[j] * np.arange(shape[j]),
-                                     coords[d].attrs)
-                      for j, d in enumerate(("y", "x")) if d in coords}
-            _write_coords(sub, level_coords, class_names)
+                             attributes=_var_attrs(name, k, level_coords),
+                             write_empty_chunks=True)
+        if sub is not None:
+            write_coords(sub, level_coords, class_names)
     if image_var is not None:
         _ome.write_image_metadata(group, image_var, len(shapes), class_names, scale,
                                   translation, units)
     if "labels" in targets:
         _ome.write_labels_metadata(group["labels"], "classes", len(shapes), class_names,
                                    scale, translation, units)
+
+
+def _level_coords(coords: Mapping[str, Any], factor: int, shape: tuple[int, int]) -> dict:
+    """The coordinates of a pyramid level whose pixels are ``factor x factor`` squares of the
+    full-resolution ones: ``y``/``x`` at the centres of those squares (from the full-resolution
+    coordinates' first value and step, either sign; an unevenly spaced one is left out), the
+    grid mapping with the level's ``GeoTransform`` (:func:`chunkseg._geo.level_grid_mapping`)
+    and the other scalar coordinates as they are."""
+    out = {}
+    for j, d in enumerate(("y", "x")):
+        grid = _even_grid(coords.get(d))
+        if grid is not None:
+            first, step = grid
+            out[d] = xr.Variable(d, first + (factor - 1) / 2 * step
+                                 + factor * step * np.arange(shape[j]), coords[d].attrs)
+    mapping = _geo.grid_mapping(coords)
+    for name, var in coords.items():
+        if var.ndim == 0:
+            out[name] = _geo.level_grid_mapping(var, factor) if name == mapping else var
+    return out
 
 
 def write_levels(group, outputs, n_levels: int, store, scheduler, progress: bool) -> None:

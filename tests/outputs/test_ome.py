@@ -261,10 +261,12 @@ def test_geospatial_dataarray_keeps_coords_and_crs(tmp_path):
     assert "spatial_ref" in ds.coords
     assert {k: v for k, v in ds.spatial_ref.attrs.items() if k != "chunkseg_version"} == crs
     np.testing.assert_array_equal(ds.logits.values, lazy.logits.values)
-    # NGFF cannot say "y decreases": its transform stays in pixels along y, metres along x
+    # NGFF cannot say "y decreases": its transform is in pixels along both axes (never pixels
+    # along y and metres along x); the coordinates and spatial_ref hold the grid
     meta = zarr.open_group(str(out), mode="r").attrs["ome"]["multiscales"][0]
-    assert meta["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 10.0]
-    assert "unit" not in meta["axes"][2]  # the coordinates had no units attribute
+    assert meta["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 1.0, 1.0]}]
+    assert "unit" not in meta["axes"][1] and "unit" not in meta["axes"][2]
 
 
 def test_ngff_input_scale_and_translation_become_coords(tmp_path):
