@@ -18,7 +18,15 @@ import numpy as np
 
 from ..errors import InvalidTypeError
 from .adapters import TorchAdapter
-from .load import LazyModel, _load_factory, as_model, describe_model, load_model, model_defaults
+from .load import (
+    LazyModel,
+    _load_factory,
+    as_model,
+    describe_model,
+    is_torch_spec,
+    load_model,
+    model_defaults,
+)
 from .spec import Normalization
 
 __all__ = ["ResolvedModel", "resolve_instance_model", "resolve_model"]
@@ -115,19 +123,26 @@ def resolve_model(model: Any, *, device: str = "cpu",
     chunkseg.errors.NotFoundError, chunkseg.errors.InvalidValueError,
     chunkseg.errors.MissingDependencyError
         For a spec that cannot be read or loaded: a spec is loaded here, on the client, once
-        per process (to learn whether it is a torch model).
+        per process, when only loading tells whether it is a torch model (a factory, a
+        bioimage.io package); a built-in model or a TorchScript, ONNX or Keras file is not
+        (:func:`~chunkseg.models.load.is_torch_spec`): it loads at its first call.
     """
     if isinstance(model, ResolvedModel):
         return model
     defaults = model_defaults(model)  # a bioimage.io package's tile, overlap, class names
     predictor = as_model(model, device=device, normalization=normalization)
-    loaded = load_model(predictor.spec) if isinstance(predictor, LazyModel) else predictor
+    if isinstance(predictor, LazyModel):
+        torch_model = is_torch_spec(predictor.spec)
+        if torch_model is None:
+            torch_model = isinstance(load_model(predictor.spec), TorchAdapter)
+    else:
+        torch_model = isinstance(predictor, TorchAdapter)
     names = defaults.get("class_names")
     return ResolvedModel(
         model=predictor, normalization=normalization, tile=defaults.get("tile"),
         overlap=defaults.get("overlap"),
         class_names=None if names is None else tuple(names),
-        kernels=("torch", "numpy") if isinstance(loaded, TorchAdapter) else ("numpy",),
+        kernels=("torch", "numpy") if torch_model else ("numpy",),
         description=describe_model(predictor))
 
 
