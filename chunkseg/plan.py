@@ -311,9 +311,11 @@ class TilePlan:
                 f"tile      {self.tile[0]} x {self.tile[1]}, overlap {self.overlap[0]} x "
                 f"{self.overlap[1]}, stride {self.stride[0]} x {self.stride[1]}",
                 f"tiles     {self.grid_shape[0]} x {self.grid_shape[1]} = {self.n_tiles}",
-                f"chunks    {self.chunks[0]} x {self.chunks[1]} px -> {self.chunk_grid[0]} x "
-                f"{self.chunk_grid[1]} = {self.n_chunks}, up to {self.tiles_per_chunk[0]} x "
-                f"{self.tiles_per_chunk[1]} tiles each",
+                f"chunks    {self.chunks[0]} x {self.chunks[1]} px"
+                + (f" (grid shifted by {self.chunk_offset[0]} x {self.chunk_offset[1]})"
+                   if self.chunk_offset != (0, 0) else "")
+                + f" -> {self.chunk_grid[0]} x {self.chunk_grid[1]} = {self.n_chunks}, up to "
+                f"{self.tiles_per_chunk[0]} x {self.tiles_per_chunk[1]} tiles each",
                 f"padding   reflect {self.pad_width[0]} (y), {self.pad_width[1]} (x)",
                 f"memory    ~{mem / 2**20:.1f} MiB per task for {classes} classes, batch "
                 f"{batch_size} (model activations not included)",
