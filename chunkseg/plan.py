@@ -24,6 +24,11 @@ the chunk and overhangs the chunk's end by less than a tile. The overlap-add is 
 (with ``C >= T``, its upper, left and upper-left neighbours) and nothing from the chunks after
 it, so it is final as soon as its own block is done. A chunk owns no tile when it is shorter than
 the stride at the image's end; its pixels then come from its neighbours' overhang alone.
+
+The chunk grid may be shifted (``chunk_offset``, boundaries at ``j * C - offset``). *Tile cells*
+(``chunks="tiles"``: ``C = S``, ``offset = b``) put every boundary on a tile's start: chunk ``k``
+owns tile ``k`` alone and receives only the overhang of tiles ``k - 1`` along each axis, so at
+most 2 x 2 tiles feed an output chunk (what a lazy slice of :func:`chunkseg.predict` runs).
 """
 
 from __future__ import annotations
@@ -94,6 +99,12 @@ class TilePlan:
     """Computation (and output) chunk ``(C_y, C_x)``, pixels; any positive size."""
     channels: int = 1
     """Number of input channels ``C_in``."""
+    chunk_offset: tuple[int, int] = (0, 0)
+    """Shift of the chunk grid, pixels, ``0 <= chunk_offset < chunks``: chunk boundaries lie at
+    ``j * chunks - chunk_offset`` (clipped to the image), so the first chunk is
+    ``chunks - chunk_offset`` long. With ``chunks == stride`` and ``chunk_offset ==
+    halo_before`` every chunk is one tile's stride cell shifted onto the tile's start (a *tile
+    cell*, :meth:`tile_cells`), which only 2 x 2 tiles touch."""
 
     # -- per-axis geometry -------------------------------------------------------------------
     @property
@@ -142,8 +153,16 @@ class TilePlan:
 
     @property
     def chunk_grid(self) -> tuple[int, int]:
-        """Number of chunks per axis, ``ceil(H / chunk)``."""
-        return tuple(math.ceil(h / c) for h, c in zip(self.image_shape, self.chunks))  # type: ignore[return-value]
+        """Number of chunks per axis, ``ceil((H + chunk_offset) / chunk)``."""
+        return tuple(math.ceil((h + o) / c) for h, c, o in  # type: ignore[return-value]
+                     zip(self.image_shape, self.chunks, self.chunk_offset))
+
+    @property
+    def tile_cells(self) -> bool:
+        """Whether every chunk is a tile cell (``chunks == stride``, ``chunk_offset ==
+        halo_before``): an output chunk then gets its pixels from the 2 x 2 tiles that start in
+        it and before it, so a lazy slice computes only the tiles of the cells it touches."""
+        return self.chunks == self.stride and self.chunk_offset == self.halo_before
 
     @property
     def n_chunks(self) -> int:
@@ -154,18 +173,18 @@ class TilePlan:
     def output_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Dask-style chunk sizes of the output (image coordinates), per axis."""
         return tuple(  # type: ignore[return-value]
-            _split(h, c) for h, c in zip(self.image_shape, self.chunks)
+            _split(h, c, o) for h, c, o in zip(self.image_shape, self.chunks, self.chunk_offset)
         )
 
     def owned_tiles(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Per axis, the range ``(k0, k1)`` of tile indices each chunk owns (may be empty).
 
         Chunk ``j`` owns the tiles whose start (image coordinates, clipped at 0) lies in
-        ``[j * C, (j + 1) * C)``.
+        ``[j * C - offset, (j + 1) * C - offset)`` (``offset``: :attr:`chunk_offset`).
         """
         out = []
         for axis in range(2):
-            starts = np.maximum(self.tile_origins()[axis], 0)
+            starts = np.maximum(self.tile_origins()[axis], 0) + self.chunk_offset[axis]
             owner = np.minimum(starts // self.chunks[axis], self.chunk_grid[axis] - 1)
             bounds = np.searchsorted(owner, np.arange(self.chunk_grid[axis] + 1))
             out.append([(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
@@ -189,7 +208,8 @@ class TilePlan:
                 if k1 > k0:
                     ext.append((int(origins[k0]), int(origins[k1 - 1]) + t))
                 else:
-                    ext.append((j * self.chunks[axis], j * self.chunks[axis]))
+                    start = max(j * self.chunks[axis] - self.chunk_offset[axis], 0)
+                    ext.append((start, start))
             out.append(ext)
         return tuple(out)  # type: ignore[return-value]
 
@@ -248,6 +268,8 @@ class TilePlan:
     def to_dict(self) -> dict:
         """JSON-serialisable description: the fields plus the derived geometry."""
         d = asdict(self)
+        if d["chunk_offset"] == (0, 0):  # the regular grid: described as before the shift
+            del d["chunk_offset"]
         d.update(
             stride=list(self.stride),
             grid_shape=list(self.grid_shape),
@@ -276,7 +298,8 @@ class TilePlan:
             raise InvalidValueError(f"`d` must hold the plan's fields; missing {missing}. Got keys "
                              f"{sorted(d)}.")
         return plan_tiles(tuple(d["image_shape"]), tuple(d["tile"]), tuple(d["overlap"]),
-                          tuple(d["chunks"]), channels=int(d.get("channels", 1)))
+                          tuple(d["chunks"]), channels=int(d.get("channels", 1)),
+                          chunk_offset=tuple(d.get("chunk_offset", (0, 0))))
 
     def summary(self, classes: int = 2, batch_size: int = 8, input_itemsize: int = 1) -> str:
         """A few human-readable lines describing the plan (what ``chunkseg plan`` prints)."""
@@ -288,9 +311,11 @@ class TilePlan:
                 f"tile      {self.tile[0]} x {self.tile[1]}, overlap {self.overlap[0]} x "
                 f"{self.overlap[1]}, stride {self.stride[0]} x {self.stride[1]}",
                 f"tiles     {self.grid_shape[0]} x {self.grid_shape[1]} = {self.n_tiles}",
-                f"chunks    {self.chunks[0]} x {self.chunks[1]} px -> {self.chunk_grid[0]} x "
-                f"{self.chunk_grid[1]} = {self.n_chunks}, up to {self.tiles_per_chunk[0]} x "
-                f"{self.tiles_per_chunk[1]} tiles each",
+                f"chunks    {self.chunks[0]} x {self.chunks[1]} px"
+                + (f" (grid shifted by {self.chunk_offset[0]} x {self.chunk_offset[1]})"
+                   if self.chunk_offset != (0, 0) else "")
+                + f" -> {self.chunk_grid[0]} x {self.chunk_grid[1]} = {self.n_chunks}, up to "
+                f"{self.tiles_per_chunk[0]} x {self.tiles_per_chunk[1]} tiles each",
                 f"padding   reflect {self.pad_width[0]} (y), {self.pad_width[1]} (x)",
                 f"memory    ~{mem / 2**20:.1f} MiB per task for {classes} classes, batch "
                 f"{batch_size} (model activations not included)",
@@ -298,18 +323,20 @@ class TilePlan:
         )
 
 
-def _split(length: int, chunk: int) -> tuple[int, ...]:
-    full, rest = divmod(length, chunk)
-    return (chunk,) * full + ((rest,) if rest else ())
+def _split(length: int, chunk: int, offset: int = 0) -> tuple[int, ...]:
+    first = min(chunk - offset, length)
+    full, rest = divmod(length - first, chunk)
+    return (first,) + (chunk,) * full + ((rest,) if rest else ())
 
 
 def plan_tiles(
     image_shape: tuple[int, ...],
     tile: int | tuple[int, int] = 256,
     overlap: int | tuple[int, int] = 64,
-    chunks: int | tuple[int, int] | None = None,
+    chunks: int | tuple[int, int] | str | None = None,
     *,
     channels: int = 1,
+    chunk_offset: int | tuple[int, int] = 0,
 ) -> TilePlan:
     """Lay the global tile grid over an image and choose the computation chunks.
 
@@ -323,13 +350,17 @@ def plan_tiles(
     overlap : int or (int, int), default 64
         Overlap between neighbouring tiles, ``0 <= overlap < tile``. Stride is
         ``tile - overlap``.
-    chunks : int or (int, int), optional
+    chunks : int or (int, int) or "tiles", optional
         Computation chunk (also the output Zarr chunk), pixels, any positive size; at least the
         tile keeps the tasks few and big (1024, 2048 or the input's own chunks are good
         choices). Default: 1536 px (:data:`DEFAULT_CHUNK_TARGET`), or the image's size where
-        that is smaller.
+        that is smaller. ``"tiles"``: one chunk per tile cell (the stride, shifted by the
+        halo before; ``chunk_offset`` is then ignored), see :attr:`TilePlan.tile_cells`.
     channels : int, default 1
         Number of input channels (for the memory estimate).
+    chunk_offset : int or (int, int), default 0
+        Shift of the chunk grid, pixels, ``0 <= chunk_offset < chunks``
+        (:attr:`TilePlan.chunk_offset`).
 
     Returns
     -------
@@ -368,10 +399,19 @@ def plan_tiles(
         raise InvalidValueError(f"`channels` must be >= 1. Got {channels!r}.")
     if chunks is None:
         chunks_ = tuple(min(h, DEFAULT_CHUNK_TARGET) for h in shape)
+    elif isinstance(chunks, str) and chunks == "tiles":
+        chunks_ = tuple(t - o for t, o in zip(tile_, overlap_))
+        chunk_offset = tuple(o // 2 for o in overlap_)
     else:
-        chunks_ = int_pair(chunks, "chunks", minimum=1, fix=f"Use a number of pixels; at least "
-                           f"the tile {tile_!r} is best (fewer, bigger tasks).")
-    return TilePlan(shape, tile_, overlap_, chunks_, channels)  # type: ignore[arg-type]
+        chunks_ = int_pair(chunks, "chunks", minimum=1, fix=f"Use a number of pixels (at least "
+                           f"the tile {tile_!r} is best: fewer, bigger tasks) or 'tiles'.")
+    offset_ = int_pair(chunk_offset, "chunk_offset", minimum=0)
+    if any(o >= c for o, c in zip(offset_, chunks_)):
+        raise InvalidValueError(
+            f"`chunk_offset` must be smaller than `chunks` (it shifts the chunk grid by less than "
+            f"a chunk). Got chunk_offset={offset_!r}, chunks={chunks_!r}. Use e.g. "
+            "chunk_offset=0.")
+    return TilePlan(shape, tile_, overlap_, chunks_, channels, offset_)  # type: ignore[arg-type]
 
 
 def fold_sources(plan: TilePlan) -> tuple[list[list[tuple[int, slice, slice]]], ...]:

@@ -23,6 +23,10 @@ block is done, and only the overhanging pieces (less than a tile wide) wait for 
     fold (k, l): overlap-add of its own piece and the overhang of the blocks before it,
                  normalise -> logits (k, l)   [predict]
                  ... -> logits / probabilities / labels written to Zarr   [predict_to_zarr]
+
+:func:`predict`'s default chunks on the CPU are tile cells (one tile per block, 2 x 2 tiles per
+output chunk, :attr:`chunkseg.plan.TilePlan.tile_cells`): dask's culling of this same graph
+then runs only the tiles of the cells a slice touches.
 """
 
 from __future__ import annotations

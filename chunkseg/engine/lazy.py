@@ -125,10 +125,15 @@ def predict(
         bioimage.io package's halo), else 64.
     window : str or (T_y, T_x) array, default "gaussian"
         Blending window: ``"uniform"``, ``"linear"``, ``"gaussian"``, ``"cosine"`` or weights.
-    chunks : int or (int, int), optional
+    chunks : int or (int, int) or "tiles", optional
         Computation and output chunk, pixels, any size (at least the tile is best: 1024, 2048
-        or the input's chunks); default 1536 px, 2048 px with a CUDA ``device``
-        (:data:`GPU_CHUNK`; see :func:`chunkseg.plan.plan_tiles`).
+        or the input's chunks), or ``"tiles"``. Default on the CPU ``"tiles"``: one chunk per
+        tile cell (the stride ``tile - overlap``, the grid shifted by ``overlap // 2`` onto the
+        tiles' starts, :attr:`chunkseg.plan.TilePlan.tile_cells`), so a lazy slice runs only
+        the tiles of the cells it touches (2 x 2 tiles for a window inside one cell; dask's
+        culling drops the rest). Default with a CUDA ``device``: 2048 px (:data:`GPU_CHUNK`,
+        full GPU batches). A number of pixels gives fewer, bigger tasks for whole images (see
+        :func:`chunkseg.plan.plan_tiles`).
     batch_size : int, default 8
         Tiles per model call.
     outputs : str or sequence of str, default ("logits", "labels")
@@ -160,7 +165,9 @@ def predict(
     classes : sequence of str, optional
         One name per class (``K`` of them), the ``class`` coordinate. Default: the model's
         (the shipped U-Net's ``("cell", "membrane")``, a bioimage.io package's output channel
-        names), else ``"0"``, ``"1"``...
+        names), else ``"0"``, ``"1"``... When either gives ``K``, the dataset is built without
+        running the model (it loads and runs in the tasks); else the model runs once on the
+        first tile here to learn ``K``.
     tta : {None, "flips", "d4"}, default None
         Test-time augmentation (:mod:`chunkseg.kernels.tta`): each tile's logits are the mean of the
         model's logits on its 4 mirrored (``"flips"``) or 8 rotated/mirrored (``"d4"``, square
@@ -172,7 +179,8 @@ def predict(
     xarray.Dataset
         Dask-backed, nothing computed yet. ``logits`` and ``probabilities``: dims
         ``("class", "y", "x")``, ``dtype``; ``labels``: dims ``("y", "x")``, the smallest unsigned
-        integer holding ``K``. Chunks equal the computation chunks. Coordinates: ``class`` (the
+        integer holding ``K``. Chunks equal the computation chunks (irregular for tile cells:
+        the first one ``stride - overlap // 2`` long). Coordinates: ``class`` (the
         class names, str), and ``y``/``x`` where the input has them (pixel centres in its
         units, with ``attrs["units"]``: an xarray input's own coordinates, an OME-NGFF input's
         ``scale``/``translation``, a TIFF's resolution tags), plus an xarray input's scalar
@@ -187,8 +195,9 @@ def predict(
         For bad arguments (wrong image dimensionality, ``overlap >= tile``, unknown window,
         outputs or kernel...).
     chunkseg.errors.ModelOutputError
-        If the model's output on the first tile has the wrong shape or is not finite (checked
-        here, before anything is computed), or later on any other tile.
+        If the model's output has the wrong shape (also a number of classes other than
+        ``classes``) or is not finite: on the first tile here when ``K`` is not known
+        beforehand, else when a tile runs.
 
     Notes
     -----
@@ -203,7 +212,7 @@ def predict(
                    batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
                    normalization=normalization, storage_options=storage_options,
                    array_name=array_name, mask=mask, kernel=kernel, classes=classes,
-                   tta=tta, torch_threads=max(1, cores // dask_threads(None)))
+                   tta=tta, torch_threads=max(1, cores // dask_threads(None)), lazy=True)
     runner, outputs_, dtype_ = setup.runner, setup.outputs, setup.dtype
     classes = runner.classes
     logits = _logits_array(runner, setup.image.name)

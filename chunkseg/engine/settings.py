@@ -145,23 +145,42 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
            dtype: str | np.dtype, device: str, normalization: Normalization | None,
            storage_options: dict | None, array_name: str | None, mask: Any, kernel: str,
            classes: Sequence[str] | None, tta: str | None,
-           torch_threads: int | None) -> RunSetup:
-    """Validate :func:`predict`'s arguments and build the runner and the output attrs."""
+           torch_threads: int | None, lazy: bool = False) -> RunSetup:
+    """Validate :func:`predict`'s arguments and build the runner and the output attrs.
+
+    ``lazy`` (:func:`predict`): the default chunks are tile cells on the CPU
+    (:attr:`chunkseg.plan.TilePlan.tile_cells`), and the model does not run on the client when
+    the number of classes is known (``classes``, or the model's class names); else (the
+    writer) chunks on a regular grid and a probe of the model on the first tile, before any
+    output exists.
+    """
     outputs_ = _normalize_outputs(outputs)
     dtype_ = _validate_dtype(dtype)
     batch_size = positive_int(batch_size, "batch_size", "Tiles per model call: e.g. 8.")
     arr = open_image(image, storage_options=storage_options, array_name=array_name)
-    if chunks is None and str(device).startswith("cuda"):
-        chunks = GPU_CHUNK
+    if chunks is None:
+        # CUDA: big chunks keep the GPU's batches full; lazily on the CPU, tile cells (a slice
+        # runs only the tiles it touches; the model's batches matter little on the CPU)
+        chunks = GPU_CHUNK if str(device).startswith("cuda") else ("tiles" if lazy else None)
     # once per run: the adapter, a bioimage.io package's tile, overlap and class names, the
     # kernels the model allows, its description
     resolved = resolve_model(model, device=device, normalization=normalization)
     tile, overlap = tile_and_overlap(resolved, tile, overlap)
     plan = plan_tiles(arr.shape, tile, overlap, chunks)
+    if not lazy and plan.chunk_offset != (0, 0):
+        raise InvalidValueError(
+            f"`chunks` must be a number of pixels when writing to Zarr (its chunks lie on a "
+            f"regular grid from 0). Got {chunks!r}; use e.g. chunks=1536, or predict(...) for "
+            "tile cells.")
     weights = get_window(window, plan.tile, plan.overlap)
     tta = check_tta(tta, plan.tile)
+    known = None  # the number of classes, when known without running the model
+    if lazy and classes is not None:
+        known = len(class_names_arg(classes, fix="(CLI: --classes a,b)."))
+    elif lazy and classes is None and resolved.class_names is not None:
+        known = len(resolved.class_names)
     runner = make_runner(arr.data, resolved, plan, weights, batch_size=int(batch_size),
-                         mask=mask, kernel=kernel, torch_threads=torch_threads,
+                         classes=known, mask=mask, kernel=kernel, torch_threads=torch_threads,
                          direct=arr.encoding.get("chunkseg_reader"), tta=tta)
     class_names = _class_names(classes, runner.classes, resolved.class_names)
     # the input's coordinate attrs are copied into the output: without credentials
@@ -189,6 +208,8 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
         "source": str(arr.attrs.get("source", "array")),
         "class_names": list(class_names),
     }
+    if plan.chunk_offset != (0, 0):  # tile cells (lazy predict)
+        attrs["chunk_offset"] = list(plan.chunk_offset)
     attrs = redact_attrs(attrs, secrets)
     return RunSetup(image=arr.data, runner=runner, outputs=outputs_, dtype=dtype_, attrs=attrs,
                     class_names=class_names, coords=coords, input_attrs=dict(arr.attrs))

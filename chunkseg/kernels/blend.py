@@ -253,7 +253,7 @@ def check_model_output(
     if classes is not None and arr.shape[1] != classes:
         raise ModelOutputError(
             f"`model` returned {arr.shape[1]} classes, but {classes} were expected (from the "
-            f"first tile). {fix}"
+            f"first tile, or the names in `classes` or the model's own). {fix}"
         )
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():

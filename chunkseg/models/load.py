@@ -66,6 +66,30 @@ _BUILTIN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "isbi2012-unet": ("cell", "membrane"),  # class 0 cell interior, class 1 membrane
 }
 
+_BUILTIN_TORCH = frozenset({"isbi2012-unet"})  # built-in models whose factory returns a torch module
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".ts")
+
+
+def is_torch_spec(spec: ModelSpec) -> bool | None:
+    """Whether a spec loads as a torch model, told from its source without loading it.
+
+    Returns
+    -------
+    bool or None
+        True for a built-in torch model or an existing TorchScript file (.pt, .pth, .ts),
+        False for an existing ONNX or Keras file, None when only loading tells (a
+        ``package.module:factory``, a bioimage.io package, a missing file: loading it also
+        raises the error that names it).
+    """
+    source = spec.source
+    if source in _BUILTIN_TORCH:
+        return True
+    suffix = Path(source).suffix.lower()
+    if suffix in _TORCH_SUFFIXES + (".onnx", ".keras") and Path(source).is_file():
+        return suffix in _TORCH_SUFFIXES
+    return None
+
 
 def _is_bioimageio(source: Any) -> bool:
     return is_bioimageio_source(source)
@@ -204,7 +228,7 @@ def _load_model_cached(spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
                 f"`options` of a .keras spec may only hold 'data_format'. Got {sorted(options)}."
             )
         return KerasAdapter(source, spec.device, norm, data_format)
-    if suffix in (".pt", ".pth", ".ts"):
+    if suffix in _TORCH_SUFFIXES:
         if not Path(source).exists():
             raise NotFoundError(f"`model` file {source!r} does not exist.")
         torch = _import_torch()

@@ -18,7 +18,16 @@ import numpy as np
 
 from ..errors import InvalidTypeError
 from .adapters import TorchAdapter
-from .load import LazyModel, _load_factory, as_model, describe_model, load_model, model_defaults
+from .load import (
+    BUILTIN_MODELS,
+    LazyModel,
+    _load_factory,
+    as_model,
+    describe_model,
+    is_torch_spec,
+    load_model,
+    model_defaults,
+)
 from .spec import Normalization
 
 __all__ = ["ResolvedModel", "resolve_instance_model", "resolve_model"]
@@ -115,20 +124,31 @@ def resolve_model(model: Any, *, device: str = "cpu",
     chunkseg.errors.NotFoundError, chunkseg.errors.InvalidValueError,
     chunkseg.errors.MissingDependencyError
         For a spec that cannot be read or loaded: a spec is loaded here, on the client, once
-        per process (to learn whether it is a torch model).
+        per process, when only loading tells whether it is a torch model (a factory, a
+        bioimage.io package); a built-in model or a TorchScript, ONNX or Keras file is not
+        (:func:`~chunkseg.models.load.is_torch_spec`): it loads at its first call.
     """
     if isinstance(model, ResolvedModel):
         return model
     defaults = model_defaults(model)  # a bioimage.io package's tile, overlap, class names
     predictor = as_model(model, device=device, normalization=normalization)
-    loaded = load_model(predictor.spec) if isinstance(predictor, LazyModel) else predictor
-    # a package's class names, else those the model file states (chunkseg's export metadata)
-    names = defaults.get("class_names") or getattr(loaded, "class_names", None)
+    names = defaults.get("class_names")
+    if isinstance(predictor, LazyModel):
+        torch_model = is_torch_spec(predictor.spec)
+        # a file chunkseg exported states its class names: read them (loading it); a built-in
+        # model's names are in its defaults, so it is not loaded on the client
+        if torch_model is None or (names is None and predictor.spec.source not in BUILTIN_MODELS):
+            loaded = load_model(predictor.spec)
+            torch_model = isinstance(loaded, TorchAdapter)
+            names = names or getattr(loaded, "class_names", None)
+    else:
+        torch_model = isinstance(predictor, TorchAdapter)
+        names = names or getattr(predictor, "class_names", None)
     return ResolvedModel(
         model=predictor, normalization=normalization, tile=defaults.get("tile"),
         overlap=defaults.get("overlap"),
         class_names=None if names is None else tuple(names),
-        kernels=("torch", "numpy") if isinstance(loaded, TorchAdapter) else ("numpy",),
+        kernels=("torch", "numpy") if torch_model else ("numpy",),
         description=describe_model(predictor))
 
 

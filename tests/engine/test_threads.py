@@ -103,7 +103,7 @@ def test_predict_is_bit_identical_with_split_batches(monkeypatch, tta):
             return max(1, min(n // 2, parts))
 
         monkeypatch.setattr(threads.SplitBatches, "parts", fixed)
-        ds = chunkseg.predict(image, net, tile=64, overlap=16, batch_size=6, tta=tta,
+        ds = chunkseg.predict(image, net, tile=64, overlap=16, batch_size=6, tta=tta, chunks=256,
                               outputs="logits")
         return ds, ds["logits"].values
 

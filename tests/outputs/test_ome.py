@@ -14,7 +14,7 @@ from test_resume import FailsLate
 
 import chunkseg
 from chunkseg.cli import main
-from chunkseg.errors import InvalidTypeError, InvalidValueError
+from chunkseg.errors import InvalidTypeError, InvalidValueError, ModelOutputError
 from chunkseg.outputs import _pyramid
 from chunkseg.plan import plan_tiles
 
@@ -319,14 +319,20 @@ def test_tiff_resolution_becomes_coords(tmp_path):
     assert "y" not in chunkseg.predict(str(plain), numpy_conv3x3(), **KW).coords
 
 
-def test_class_names_default_and_errors():
+def test_class_names_default_and_errors(tmp_path):
     image = _image((100, 90))
     ds = chunkseg.predict(image, numpy_conv3x3(), **KW)
     assert list(ds["class"].values) == ["0", "1"]
     assert list(chunkseg.predict(image, "isbi2012-unet", tile=64, overlap=16)["class"].values) \
         == ["cell", "membrane"]
+    # lazily, the names give K without running the model: a model with another K fails in
+    # its tasks; the writer probes the model first
+    ds = chunkseg.predict(image, numpy_conv3x3(), classes=["a"], **KW)
+    with pytest.raises(ModelOutputError, match="returned 2 classes, but 1 were expected"):
+        ds.logits.compute()
     with pytest.raises(InvalidValueError, match="`classes` must hold 2 distinct names"):
-        chunkseg.predict(image, numpy_conv3x3(), classes=["a"], **KW)
+        chunkseg.predict_to_zarr(image, numpy_conv3x3(), tmp_path / "o.zarr", classes=["a"],
+                                 **KW)
     with pytest.raises(InvalidValueError, match="distinct"):
         chunkseg.predict(image, numpy_conv3x3(), classes=["a", "a"], **KW)
     with pytest.raises(InvalidTypeError, match="`classes` must be a sequence of str"):
