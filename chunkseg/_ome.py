@@ -13,7 +13,7 @@ xarray dataset and an OME-NGFF 0.5 image (https://ngff.openmicroscopy.org/0.5/):
           0, 1, 2 ...          stored class labels (y, x), level 0, 1, 2 ...
       chunkseg/done            completion manifest
 
-Two conventions for the class labels (both documented in the README, "Outputs"):
+Two conventions for the class labels (both documented in the README, "Outputs", and docs/ome.md):
 
 * the NGFF label image ``labels/classes`` stores **0 for "no prediction"** (a pixel no tile ran
   on: outside the ``mask``; or a chunk never written) and **class k as k + 1**, so that viewers

@@ -20,7 +20,7 @@ def reflect_coord(i, length):
 
 
 def tile_origins_1d(length, tile, overlap):
-    """Start coordinates of the global grid's tiles along one axis, from README "How the
+    """Start coordinates of the global grid's tiles along one axis, from docs/blending.md "How the
     blending works": stride ``S = T - O``; tile ``k`` holds the stride cell ``[k*S, (k+1)*S)``
     with ``O // 2`` pixels of context before it (the rest of the overlap after it), and there is
     one tile for every stride cell that starts inside the image (``k*S < length``). No last tile

@@ -1,7 +1,7 @@
 """pyproject.toml's extras leave torch to the user: a CPU build installed first stays.
 
 PyPI's torch for x86_64 Linux is a CUDA build (about 3.2 GB of nvidia-* packages), so a CPU-only
-install puts torch's CPU wheel in first (README, "CPU-only install"). That only helps if nothing
+install puts torch's CPU wheel in first (README, "Install"; docs/install.md). That only helps if nothing
 the extras bring asks for a torch release the CPU wheel is not: each torchvision release needs
 the torch of its own release or newer (0.28.0: ``torch==2.13.0``; 0.29.1: ``torch>=2.14.0``), so
 pip takes the newest torchvision and swaps the CPU build for PyPI's CUDA one (measured here: a

@@ -203,7 +203,7 @@ def thin_boundaries(pred: da.Array, halo: int) -> da.Array:
     Fiji's. Per chunk it is an approximation: a boundary pixel farther than ``halo`` from
     every object of its chunk's window, or a front whose order depends on pixels beyond the
     halo, can be assigned differently than in a whole-image flooding. The differences in
-    V_rand and V_info are measured in ``tests/evaluation/test_evaluate_instances.py`` and in the README.
+    V_rand and V_info are measured in ``tests/evaluation/test_evaluate_instances.py`` and in docs/evaluate.md.
     """
     depth = int(min(halo, *(min(c) for c in pred.chunks)))
     if depth <= 0:

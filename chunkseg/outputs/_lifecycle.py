@@ -12,7 +12,7 @@ demo) wraps its writes in:
    renamed into place only after the writer finished; a run that fails midway leaves the
    earlier output as it was (and its staging folder, which ``resume`` finishes). On an object
    store there is no rename: the earlier output is deleted first (zarr's ``mode="w"``), as
-   README's "Safety and resuming" says.
+   docs/safety.md says.
 """
 
 from __future__ import annotations
