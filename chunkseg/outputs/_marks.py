@@ -83,7 +83,8 @@ class ChunkMarks:
         """The ``(iy, ix)`` chunks marked done."""
         return {(int(a), int(b)) for a, b in np.argwhere(np.asarray(self.array[...]) == 1)}
 
-    def mark(self, iy: int, ix: int) -> None:
-        """Mark chunk ``(iy, ix)`` done (after its data is written)."""
+    def mark(self, iy: int, ix: int, what: str | None = None) -> None:
+        """Mark chunk ``(iy, ix)`` done (after its data is written); ``what`` names the chunk
+        in a failed write's message (default: "the mark of chunk (iy, ix)")."""
         self.writer.write((slice(iy, iy + 1), slice(ix, ix + 1)), np.ones((1, 1), np.uint8),
-                          f"the mark of chunk ({iy}, {ix})")
+                          what or f"the mark of chunk ({iy}, {ix})")

@@ -86,7 +86,7 @@ class ChunkWriter:
         for name, data in outs.items():
             self._writers[name].write((slice(None),) * (data.ndim - 2) + region, data, what)
         if self._marks is not None:  # after every variable of the chunk is written
-            self._marks.mark(jy, jx)
+            self._marks.mark(jy, jx, what)
 
 
 def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: int,
