@@ -20,7 +20,7 @@ from chunkseg.errors import (
 )
 
 from .._version import MARKER
-from ._axes import _canonical_dim, _finish, _to_yxc
+from ._axes import _canonical_dim, _finish, _to_stack, _to_yxc, lead_coords
 from ._locations import _ACCEPTED, _access_refused, _missing_bucket, _reason, _redact
 
 if TYPE_CHECKING:
@@ -200,7 +200,8 @@ def _zarr_to_dask(array: zarr.Array) -> da.Array:
 
 
 def _open_zarr_node(
-    node: zarr.Array | zarr.Group, array_name: str | None, source: str
+    node: zarr.Array | zarr.Group, array_name: str | None, source: str,
+    isel: Mapping[str, int | slice] | None = None, stack: bool = False,
 ) -> xr.DataArray:
     """:func:`open_image` for an already opened Zarr array or group."""
     ngff_axes = multiscale = name = group = None
@@ -221,15 +222,16 @@ def _open_zarr_node(
             "which did not finish (attrs['complete'] is False: some chunks are missing and "
             "would read as 0). Ingest it again with --overwrite.")
     names = _zarr_dim_names(node) or ngff_axes
-    data, source_dims = _to_yxc(_zarr_to_dask(node), names)
-    coords = {}
+    data, source_dims, positions = _to_stack(_zarr_to_dask(node), names, isel, stack)
+    coords = lead_coords(positions)
     if multiscale is not None and names is not None:
         coords = _ngff_coords(multiscale, name, names, node.shape, source_dims)
     if group is not None and names is not None:  # the stored coordinates, where there are
         parent = group[name.rsplit("/", 1)[0]] if "/" in name else group
         coords.update(_stored_coords(parent, node, names, source_dims))
-    out = _finish(data, source, coords=coords)
-    reader = ZarrRegionReader.for_array(node, names)
+    out = _finish(data, source, coords=coords, lead=tuple(positions))
+    # the direct reader reads (y, x, c) regions of the whole array: not of a selected plane
+    reader = None if isel or positions else ZarrRegionReader.for_array(node, names)
     if reader is not None and out.dtype == node.dtype:
         out.encoding["chunkseg_reader"] = reader
     return out
@@ -288,7 +290,8 @@ class ZarrRegionReader:
 
 
 def _open_zarr_location(
-    location: str, storage_options: dict[str, Any] | None, array_name: str | None
+    location: str, storage_options: dict[str, Any] | None, array_name: str | None,
+    isel: Mapping[str, int | slice] | None = None, stack: bool = False,
 ) -> xr.DataArray:
     """:func:`open_image` for a Zarr store given as a local path or an fsspec URL."""
     kwargs: dict[str, Any] = {"mode": "r"}
@@ -313,4 +316,4 @@ def _open_zarr_location(
             f"zarr.json (or .zarray/.zgroup) zarr cannot parse: {_reason(err)}. The store may be "
             "truncated or only partly written: write it again (chunkseg ingest) and rerun."
         ) from err
-    return _open_zarr_node(node, array_name, _redact(location))
+    return _open_zarr_node(node, array_name, _redact(location), isel, stack)
