@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="package.module:factory returning model(batch) -> (N, T, T) int ids")
     _add_grid_args(p)
+    _add_planes_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     _add_run_args(p, workers=False)
 

@@ -335,7 +335,7 @@ def _cmd_predict_instances(args) -> int:
     ids = predict_instances(args.image, args.model, args.store, tile=args.tile,
                             overlap=args.overlap, chunks=args.chunk, batch_size=args.batch_size,
                             overwrite=args.overwrite, scheduler=args.scheduler,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, isel=args.planes)
     print(f"wrote instances {tuple(ids.shape)} {ids.dtype} into {args.store}: "
           f"{ids.attrs['n_objects']} objects")
     return 0

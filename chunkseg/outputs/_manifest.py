@@ -256,6 +256,44 @@ def open_output_group(store: Any, *, storage_options: dict | None = None, mode: 
     return group
 
 
+def refuse_stack(group: Any, where: str, param: str, what: str) -> None:
+    """Refuse an output that is a stack of planes (``attrs["stack"]``: a run over an input
+    with leading dims such as ``t``, ``z``) where ``what`` reads one 2-D output.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The output's root group.
+    where : str
+        The output, for the message (no credentials).
+    param : str
+        The parameter that named it (``store``, ``pred``...).
+    what : str
+        The reader, for the message (``chunkseg.label``...).
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        Naming the stack's dims and lengths and the fix: write one plane's output
+        (``isel``, CLI ``--planes``).
+    """
+    lead = group.attrs.get("stack")
+    if not lead:
+        return
+    lead = [str(d) for d in lead]
+    try:
+        lengths = tuple(group[MANIFEST]["done"].shape[:len(lead)])
+    except (KeyError, OSError, ValueError):
+        lengths = ()
+    one = ",".join(f"{d}=0" for d in lead)
+    raise InvalidValueError(
+        f"`{param}` must be a 2-D output (y, x) for {what}. Got {where!r}, a stack of planes "
+        f"with leading dims {tuple(lead)}" + (f" of lengths {lengths}" if lengths else "")
+        + f". Write the output of one plane and use that: predict_to_zarr(..., isel="
+        f"{{{', '.join(repr(d) + ': 0' for d in lead)}}}) (CLI: chunkseg predict ... --planes "
+        f"{one}).")
+
+
 def warn_if_incomplete(group: Any, where: str, *, stacklevel: int = 2) -> None:
     """Warn that a :func:`predict_to_zarr` output is not finished, with its chunks written.
 

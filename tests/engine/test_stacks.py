@@ -232,3 +232,45 @@ def test_cli_refuses_bad_planes(text, capsys):
     with pytest.raises(SystemExit):
         main(["plan", "100x100", "--planes", text])
     assert "--planes` must be NAME=INDEX or NAME=START:STOP" in capsys.readouterr().err
+
+
+def test_commands_reading_an_output_refuse_a_stack(tmp_path):
+    from chunkseg.viz.output_figures import figures
+
+    store = str(tmp_path / "out.zarr")
+    chunkseg.predict_to_zarr(_tzyx(), numpy_conv3x3(), store, **KW)
+    fix = r"stack of planes with leading dims \('t', 'z'\) of lengths \(2, 3\).*--planes t=0,z=0"
+    with pytest.raises(InvalidValueError, match="`store` must be a 2-D output .* for "
+                                                "chunkseg.label.*" + fix):
+        chunkseg.label(store, cls=1)
+    with pytest.raises(InvalidValueError, match="chunkseg.regions.*" + fix):
+        chunkseg.regions(store, str(tmp_path / "t.parquet"), name="labels")
+    with pytest.raises(InvalidValueError, match="`pred` must be a 2-D output.*" + fix):
+        chunkseg.evaluate(store, np.zeros((70, 90), np.uint8))
+    with pytest.raises(InvalidValueError, match="the figures.*" + fix):
+        figures(store, tmp_path / "figs")
+    assert not (tmp_path / "figs").exists() and not (tmp_path / "t.parquet").exists()
+    # the output itself is untouched: nothing was added by the refused label run
+    assert "instances" not in zarr.open_group(store, mode="r")
+
+
+def test_predict_instances_and_cli_planes_select_one_plane(tmp_path):
+    from model_factories import threshold_instances
+
+    image = _tzyx()
+    src = _ngff_like(tmp_path / "in.zarr", image.values[:, None])
+    ref = chunkseg.predict_instances(image.values[1, 2], threshold_instances(),
+                                     str(tmp_path / "ref.zarr"), tile=32, overlap=8, chunks=40)
+    got = chunkseg.predict_instances(src, threshold_instances(), str(tmp_path / "one.zarr"),
+                                     tile=32, overlap=8, chunks=40, isel={"t": 1, "z": 2})
+    assert ref.attrs["n_objects"] > 0
+    np.testing.assert_array_equal(got.values, ref.values)
+    assert main(["predict-instances", src, str(tmp_path / "cli.zarr"), "--model",
+                 "model_factories:threshold_instances", "--tile", "32", "--overlap", "8",
+                 "--chunk", "40", "--planes", "t=1,z=2", "--no-progress"]) == 0
+    cli = zarr.open_group(str(tmp_path / "cli.zarr"), mode="r")
+    np.testing.assert_array_equal(cli["instances"][...], ref.values)
+    assert cli.attrs["planes"] == "t=1,z=2"
+    with pytest.raises(InvalidValueError, match=r"\('z', 3\)\] cannot be squeezed"):
+        chunkseg.predict_instances(src, threshold_instances(), str(tmp_path / "all.zarr"),
+                                   tile=32, overlap=8, chunks=40, isel={"t": 0})
