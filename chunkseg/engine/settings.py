@@ -200,12 +200,15 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
     elif lazy and classes is None and resolved.class_names is not None:
         known = len(resolved.class_names)
     planes: list[TileRunner] = []
+    stack_reader = arr.encoding.get("chunkseg_stack_reader")  # a Zarr stack's, per plane
     for index in np.ndindex(*arr.shape[:len(lead)]):  # one plane (index ()) for one image
+        direct = arr.encoding.get("chunkseg_reader") if stack_reader is None \
+            else stack_reader.plane(index)
         planes.append(make_runner(
             arr.data[index] if index else arr.data, resolved, plan, weights,
             batch_size=int(batch_size),
             classes=planes[0].classes if planes else known, mask=mask, kernel=kernel,
-            torch_threads=torch_threads, direct=arr.encoding.get("chunkseg_reader"), tta=tta))
+            torch_threads=torch_threads, direct=direct, tta=tta))
     runner = planes[0]
     class_names = _class_names(classes, runner.classes, resolved.class_names)
     # the input's coordinate attrs are copied into the output: without credentials

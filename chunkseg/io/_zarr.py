@@ -230,10 +230,15 @@ def _open_zarr_node(
         parent = group[name.rsplit("/", 1)[0]] if "/" in name else group
         coords.update(_stored_coords(parent, node, names, source_dims))
     out = _finish(data, source, coords=coords, lead=tuple(positions))
-    # the direct reader reads (y, x, c) regions of the whole array: not of a selected plane
-    reader = None if isel or positions else ZarrRegionReader.for_array(node, names)
+    reader = ZarrRegionReader.for_array(node, names)
     if reader is not None and out.dtype == node.dtype:
-        out.encoding["chunkseg_reader"] = reader
+        if names is not None and (isel or positions):  # the planes selected, and a stack's
+            canonical = [_canonical_dim(n) for n in names]
+            reader = ZarrRegionReader(
+                node, names, {canonical.index(_canonical_dim(k)): v for k, v in
+                              (isel or {}).items() if not isinstance(v, slice)},
+                [(canonical.index(d), p) for d, p in positions.items()])
+        out.encoding["chunkseg_stack_reader" if positions else "chunkseg_reader"] = reader
     return out
 
 
@@ -245,21 +250,41 @@ class ZarrRegionReader:
     (zarr fetches and decodes the chunks concurrently). Picklable: a cluster's workers open
     the same store.
 
+    For a selected plane (``isel``) or a stack's planes, ``fixed`` holds the index of the
+    plane along each leading axis; :meth:`plane` gives the reader of one plane of a stack
+    (:func:`open_image` puts the stack's in ``encoding["chunkseg_stack_reader"]``).
+
     Parameters
     ----------
     array : zarr.Array
     names : sequence of str or None
         The array's dimension names, as :func:`open_image` read them.
+    fixed : mapping of int to int, optional
+        Source axis -> the index read along it (a selected plane).
+    lead : sequence of (int, ndarray), optional
+        A stack's leading axes: each one's source axis and the source index of each of its
+        planes (:meth:`plane`).
     """
 
-    def __init__(self, array: zarr.Array, names: Sequence[object] | None):
+    def __init__(self, array: zarr.Array, names: Sequence[object] | None,
+                 fixed: Mapping[int, int] | None = None,
+                 lead: Sequence[tuple[int, np.ndarray]] = ()):
         self.array = array
         self.names = None if names is None else tuple(str(n) for n in names)
+        self.fixed = {int(a): int(i) % array.shape[a] for a, i in (fixed or {}).items()}
+        self.lead = tuple(lead)
         if self.names is None:
             self.axes = (0, 1)
         else:
             canonical = [_canonical_dim(n) for n in self.names]
             self.axes = (canonical.index("y"), canonical.index("x"))
+
+    def plane(self, index: Sequence[int]) -> ZarrRegionReader:
+        """The reader of plane ``index`` of a stack (its indices along the leading dims)."""
+        fixed = dict(self.fixed)
+        fixed.update({axis: int(positions[i])
+                      for (axis, positions), i in zip(self.lead, index, strict=True)})
+        return ZarrRegionReader(self.array, self.names, fixed)
 
     @classmethod
     def for_array(cls, array: zarr.Array, names) -> ZarrRegionReader | None:
@@ -273,7 +298,9 @@ class ZarrRegionReader:
 
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``[y0, y1) x [x0, x1)`` as a ``(y, x, c)`` ndarray of the array's dtype."""
-        sel = [slice(None)] * self.array.ndim
+        sel: list[Any] = [slice(None)] * self.array.ndim
+        for axis, i in self.fixed.items():  # a selected plane: its axes dropped
+            sel[axis] = i
         sel[self.axes[0]], sel[self.axes[1]] = slice(y0, y1), slice(x0, x1)
         try:
             region = np.asarray(self.array[tuple(sel)])
@@ -285,7 +312,9 @@ class ZarrRegionReader:
                 "of the input may be truncated or corrupt: write the input again (chunkseg "
                 "ingest) and rerun."
             ) from err
-        data, _ = _to_yxc(region, self.names)
+        names = self.names if self.names is None else \
+            [n for a, n in enumerate(self.names) if a not in self.fixed]
+        data, _ = _to_yxc(region, names)
         return data
 
 

@@ -263,13 +263,10 @@ def refuse_stack(group: Any, where: str, param: str, what: str) -> None:
     Parameters
     ----------
     group : zarr.Group
-        The output's root group.
-    where : str
-        The output, for the message (no credentials).
-    param : str
-        The parameter that named it (``store``, ``pred``...).
-    what : str
-        The reader, for the message (``chunkseg.label``...).
+        Root group of the output to be read (its attrs and manifest are looked at).
+    where, param, what : str
+        For the message: the output's location (without credentials), the parameter that
+        named it (``store``, ``pred``...) and the reader (``chunkseg.label``...).
 
     Raises
     ------

@@ -15,6 +15,7 @@ from test_resume import FailsLate, tiles_to_resume
 
 import chunkseg
 from chunkseg.cli import main
+from chunkseg.engine.settings import _setup
 from chunkseg.errors import InvalidTypeError, InvalidValueError
 
 KW = dict(tile=32, overlap=8, chunks=40, outputs="logits,probabilities,labels")
@@ -84,6 +85,16 @@ def test_zyxc_zarr_stack_equals_the_2d_path_plane_by_plane(tmp_path):
     out = chunkseg.predict_to_zarr(str(tmp_path / "in.zarr"), model, str(tmp_path / "o.zarr"),
                                    **KW)
     _assert_planes(out, planes, ("z",))
+    # each plane's blocks are read straight from the store (one Zarr selection), that plane's
+    setup = _setup(str(tmp_path / "in.zarr"), model, tile=32, overlap=8, window="gaussian",
+                   chunks=40, batch_size=8, outputs="labels", dtype="float32", device="cpu",
+                   normalization=None, storage_options=None, array_name=None, mask=None,
+                   kernel="numpy", classes=None, tta=None, torch_threads=None,
+                   isel={"z": slice(1, None)})
+    assert len(setup.planes) == 3
+    for i, runner in enumerate(setup.planes):
+        assert runner.reader.direct is not None
+        np.testing.assert_array_equal(runner.reader.direct(5, 30, 7, 60), a[i + 1, 5:30, 7:60])
 
 
 def test_each_plane_is_independent_of_the_chunking():
