@@ -288,3 +288,41 @@ def test_predict_instances_and_cli_planes_select_one_plane(tmp_path):
     with pytest.raises(InvalidValueError, match=r"\('z', 3\)\] cannot be squeezed"):
         chunkseg.predict_instances(src, threshold_instances(), str(tmp_path / "all.zarr"),
                                    tile=32, overlap=8, chunks=40, isel={"t": 0})
+
+
+def test_rolling_window_runs_on_from_one_plane_to_the_next():
+    """The write graph of a stack: plane p's first ``lag`` blocks wait for plane p - 1's last
+    ``lag`` chunks (not every plane's first blocks at once), skipped chunks gate nothing."""
+    from chunkseg.engine.to_zarr import _stack_graph
+
+    image = xr.DataArray(np.zeros((3, 70, 90), np.uint8), dims=("z", "y", "x"))
+    setup = _setup(image, numpy_conv3x3(), tile=32, overlap=8, window="gaussian", chunks=40,
+                   batch_size=8, outputs="labels", dtype="float32", device="cpu",
+                   normalization=None, storage_options=None, array_name=None, mask=None,
+                   kernel="numpy", classes=None, tta=None, torch_threads=None)
+    assert setup.runner.plan.chunk_grid == (2, 3)
+    finished = {(0, 1, 2)}  # plane 0's last chunk was written before (a resume)
+    dsk, folds = _stack_graph(setup, {}, None, np.dtype("float32"), "here", lag=2, token="t",
+                              finished=finished)
+    assert len(folds) == 3 * 6 - 1
+    fold = {p: f"chunkseg-fold-t-{p}" for p in range(3)}  # one graph per plane
+
+    def deps(plane, iy, ix):
+        name = f"chunkseg-accumulate-t-{plane}"
+        return {a for a in dsk[(name, iy, ix)][1:] if isinstance(a, tuple) and
+                str(a[0]).startswith("chunkseg-fold")}
+
+    blocks = [(iy, ix) for iy in range(2) for ix in range(3)
+              if ("chunkseg-accumulate-t-0", iy, ix) in dsk]
+    assert (0, 0) in blocks and (0, 1) in blocks and len(blocks) >= 4
+    for plane in range(3):
+        for iy, ix in blocks:
+            p = iy * 3 + ix
+            q = divmod((p - 2) % 6, 3)  # the chunk 2 blocks back, row-major, across planes
+            owner = plane if p >= 2 else plane - 1
+            if owner < 0 or (owner, *q) in finished:
+                expected = set()  # the first plane starts at once; a finished chunk: no gate
+            else:
+                expected = {(fold[owner], 0, *q)}
+            assert deps(plane, iy, ix) == expected, (plane, iy, ix)
+    assert deps(1, 0, 0) == {(fold[0], 0, 1, 1)} and deps(1, 0, 1) == set()
