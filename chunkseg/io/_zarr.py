@@ -75,10 +75,13 @@ def _ngff_axis_names(multiscale: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 
 def _ngff_coords(multiscale: Mapping[str, Any], path: str, names: Sequence[str],
-                 shape: Sequence[int], source_dims: Mapping[str, Any]) -> dict[str, xr.Variable]:
+                 shape: Sequence[int], source_dims: Mapping[str, Any],
+                 positions: Mapping[str, np.ndarray] | None = None) -> dict[str, xr.Variable]:
     """``y``/``x`` coordinates (pixel centres, with ``units``) of dataset ``path`` of an NGFF
     multiscale, from its ``scale``/``translation`` and the multiscale's own transforms (applied
-    after the dataset's, as the spec says). Empty when ``path`` is not one of its datasets."""
+    after the dataset's, as the spec says), and those of a stack's leading dims (``t``, ``z``:
+    at the source indices ``positions`` of its planes). Empty when ``path`` is not one of its
+    datasets."""
     dataset = next((d for d in multiscale.get("datasets", []) if str(d.get("path")) == path), None)
     if dataset is None or len(names) != len(shape):
         return {}
@@ -97,14 +100,16 @@ def _ngff_coords(multiscale: Mapping[str, Any], path: str, names: Sequence[str],
                 translation = translation + np.asarray(values, float)
     axes = multiscale.get("axes") or []
     coords = {}
-    for dim in ("y", "x"):
+    positions = positions or {}
+    for dim in ("y", "x", *positions):
         original = source_dims.get(dim)
         if original is None or original not in names:
             continue
         i = list(names).index(original)
         axis = axes[i] if i < len(axes) and isinstance(axes[i], Mapping) else {}
         attrs = {"units": str(axis["unit"])} if axis.get("unit") else {}
-        coords[dim] = xr.Variable(dim, translation[i] + scale[i] * np.arange(shape[i]), attrs)
+        index = positions.get(dim, np.arange(shape[i]))
+        coords[dim] = xr.Variable(dim, translation[i] + scale[i] * index, attrs)
     return coords
 
 
@@ -225,7 +230,8 @@ def _open_zarr_node(
     data, source_dims, positions = _to_stack(_zarr_to_dask(node), names, isel, stack)
     coords = lead_coords(positions)
     if multiscale is not None and names is not None:
-        coords = _ngff_coords(multiscale, name, names, node.shape, source_dims)
+        coords.update(_ngff_coords(multiscale, name, names, node.shape, source_dims,
+                                   positions))
     if group is not None and names is not None:  # the stored coordinates, where there are
         parent = group[name.rsplit("/", 1)[0]] if "/" in name else group
         coords.update(_stored_coords(parent, node, names, source_dims))

@@ -326,3 +326,33 @@ def test_rolling_window_runs_on_from_one_plane_to_the_next():
                 expected = {(fold[owner], 0, *q)}
             assert deps(plane, iy, ix) == expected, (plane, iy, ix)
     assert deps(1, 0, 0) == {(fold[0], 0, 1, 1)} and deps(1, 0, 1) == set()
+
+
+def test_ngff_stack_keeps_its_planes_positions_and_units(tmp_path):
+    """An OME-NGFF (t, c, z, y, x) image: the output's t and z are the NGFF scale and
+    translation at the selected planes, with the axes' units; y and x as for a 2-D image."""
+    a = (RNG.random((2, 1, 4, 50, 60)) * 255).astype(np.uint8)
+    group = zarr.open_group(str(tmp_path / "in.ome.zarr"), mode="w")
+    arr = group.create_array("0", shape=a.shape, dtype="u1", chunks=(1, 1, 1, 50, 60))
+    arr[...] = a
+    axes = [{"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"},
+            {"name": "z", "type": "space", "unit": "micrometer"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"}]
+    transforms = [{"type": "scale", "scale": [30.0, 1.0, 2.0, 0.5, 0.5]},
+                  {"type": "translation", "translation": [0.0, 0.0, 10.0, 0.0, 0.0]}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": transforms}]}]}
+    ds = chunkseg.predict(str(tmp_path / "in.ome.zarr"), numpy_conv3x3(),
+                          isel={"z": slice(1, 4, 2)}, **KW)
+    assert ds.labels.dims == ("t", "z", "y", "x")
+    np.testing.assert_array_equal(ds.t.values, [0.0, 30.0])
+    np.testing.assert_array_equal(ds.z.values, [12.0, 16.0])  # planes 1 and 3
+    assert ds.t.attrs["units"] == "second" and ds.z.attrs["units"] == "micrometer"
+    np.testing.assert_array_equal(ds.y.values[:2], [0.0, 0.5])
+    _assert_planes(ds, {(t, i): chunkseg.predict(a[t, 0, z], numpy_conv3x3(), **KW)
+                        for t in range(2) for i, z in enumerate((1, 3))}, ("t", "z"))
+    out = chunkseg.predict_to_zarr(str(tmp_path / "in.ome.zarr"), numpy_conv3x3(),
+                                   str(tmp_path / "out.zarr"), isel={"z": slice(1, 4, 2)}, **KW)
+    np.testing.assert_array_equal(out.z.values, [12.0, 16.0])
+    assert out.z.attrs["units"] == "micrometer"
