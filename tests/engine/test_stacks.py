@@ -356,3 +356,27 @@ def test_ngff_stack_keeps_its_planes_positions_and_units(tmp_path):
                                    str(tmp_path / "out.zarr"), isel={"z": slice(1, 4, 2)}, **KW)
     np.testing.assert_array_equal(out.z.values, [12.0, 16.0])
     assert out.z.attrs["units"] == "micrometer"
+
+
+@pytest.mark.slow  # importing torch: keeps the module in the fast tier's budget
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_torch_kernel_stack_equals_its_2d_planes(tmp_path, device):
+    """The torch kernel (the chunk's outputs computed on the model's device) writes each plane
+    as its 2-D run does."""
+    torch = pytest.importorskip("torch")
+    from model_factories import torch_conv1x1
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+
+    a = (RNG.random((3, 50, 66, 3)) * 255).astype(np.uint8)
+    image = xr.DataArray(a, dims=("z", "y", "x", "c"))
+    kw = dict(KW, kernel="torch", device=device)
+    out = chunkseg.predict_to_zarr(image, torch_conv1x1(device), str(tmp_path / "o.zarr"),
+                                   **kw)
+    assert out.attrs["kernel"] == "torch"
+    planes = {}
+    for i in range(3):
+        planes[(i,)] = chunkseg.predict_to_zarr(a[i], torch_conv1x1(device),
+                                                str(tmp_path / f"p{i}.zarr"), **kw)
+    _assert_planes(out, planes, ("z",))
