@@ -21,7 +21,8 @@ from .errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["positive_int", "non_negative_int", "int_pair", "class_names_arg", "classes_arg",
            "class_index_arg", "object_class", "BACKGROUND_NAMES", "label_map_arg",
-           "parse_classes", "parse_label_map", "parse_ignore", "is_int"]
+           "parse_classes", "parse_label_map", "parse_ignore", "is_int", "isel_arg",
+           "parse_planes", "planes_text", "isel_attrs"]
 
 
 def is_int(value: Any) -> bool:
@@ -477,3 +478,94 @@ def parse_ignore(text: str | None, name: str = "ignore") -> list[int] | None:
     except ValueError:
         raise InvalidValueError(f"`{name}` must be an integer ground-truth value or several, "
                                 f"comma-separated, e.g. 255. Got {text!r}.") from None
+
+
+def isel_arg(isel: Any) -> dict[str, int | slice] | None:
+    """``isel`` (plane selection) checked for its form: None, or a mapping of dimension names
+    (str) to an int or a slice of ints with a positive step. The axes (compared as
+    :func:`chunkseg.open_image` reads dims: in lower case) and their lengths are checked when
+    the image's axes are read.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidTypeError
+        If ``isel`` is not a mapping, a key is not a str, or a value is neither an int nor a
+        slice of ints.
+    chunkseg.errors.InvalidValueError
+        If a slice's step is not positive.
+    """
+    if isel is None:
+        return None
+    if not isinstance(isel, Mapping):
+        raise InvalidTypeError(
+            "`isel` must be a mapping of dimension names to an index or a slice, e.g. "
+            f"{{'z': 10}} or {{'z': slice(10, 20)}} (CLI: --planes z=10:20). Got {isel!r}.")
+    out: dict[str, int | slice] = {}
+    for key, value in isel.items():
+        if not isinstance(key, str):
+            raise InvalidTypeError(f"`isel` keys must be dimension names (str). Got {key!r} in "
+                                   f"{isel!r}; e.g. {{'z': 10}}.")
+        bounds = (value.start, value.stop, value.step) if isinstance(value, slice) else (value,)
+        if not all(b is None or is_int(b) for b in bounds) or bounds == (None,):
+            raise InvalidTypeError(
+                f"`isel` values must be an int or a slice of ints. Got {key!r}: {value!r}; "
+                f"e.g. {{{key!r}: 10}} or {{{key!r}: slice(10, 20)}} (CLI: --planes {key}=10:20).")
+        if isinstance(value, slice) and value.step is not None and value.step < 1:
+            raise InvalidValueError(f"`isel` slices must have a positive step. Got {key!r}: "
+                                    f"{value!r}; select the planes in increasing order.")
+        if isinstance(value, slice):  # step 1 is the default: one form for one selection
+            start, stop, step = (None if b is None else int(b) for b in bounds)
+            out[key] = slice(start, stop, None if step == 1 else step)
+        else:
+            out[key] = int(value)
+    return out
+
+
+def _sel_text(sel: int | slice) -> str:
+    """An ``isel`` value as ``--planes`` writes it (``10``, ``10:20``, ``::2``)."""
+    if isinstance(sel, slice):
+        parts = ["" if b is None else str(b) for b in (sel.start, sel.stop, sel.step)]
+        return ":".join(parts[:2] if sel.step is None else parts)
+    return str(sel)
+
+
+def planes_text(isel: Mapping[str, int | slice]) -> str:
+    """An ``isel`` as ``--planes`` writes it: ``"z=10:20,t=0"``."""
+    return ",".join(f"{k}={_sel_text(v)}" for k, v in isel.items())
+
+
+def isel_attrs(isel: Mapping[str, int | slice] | None) -> dict[str, Any]:
+    """The ``planes`` attribute of an output (``{"planes": "z=10:20,t=0"}``), empty without
+    ``isel``: a resumed run must select the same planes."""
+    return {"planes": planes_text(isel)} if isel else {}
+
+
+def parse_planes(text: str | None) -> dict[str, int | slice] | None:
+    """``--planes`` text -> an ``isel`` mapping: ``"z=10"`` -> ``{"z": 10}``,
+    ``"z=10:20,t=0"`` -> ``{"z": slice(10, 20), "t": 0}`` (``start:stop[:step]``, each part
+    optional, as Python slices); None stays None.
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        If an item is not ``NAME=INDEX`` or ``NAME=START:STOP[:STEP]`` with integers, or a
+        name repeats.
+    """
+    if text is None:
+        return None
+    out: dict[str, int | slice] = {}
+    for item in (i.strip() for i in str(text).split(",")):
+        name, _, value = item.partition("=")
+        parts = value.split(":")
+        try:
+            bounds = [None if p.strip() == "" else int(p) for p in parts]
+        except ValueError:
+            bounds = []
+        if not name.strip() or not 1 <= len(parts) <= 3 or not bounds \
+                or (len(parts) == 1 and bounds[0] is None) or name.strip() in out:
+            raise InvalidValueError(
+                f"`--planes` must be NAME=INDEX or NAME=START:STOP items, comma-separated, each "
+                f"axis once (e.g. --planes z=10 or --planes z=10:20,t=0). Got {text!r}; fix the "
+                f"item {item!r}.")
+        out[name.strip()] = bounds[0] if len(parts) == 1 else slice(*bounds)
+    return isel_arg(out)

@@ -69,6 +69,24 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
+def _planes(text: str) -> dict:
+    """``--planes z=10:20,t=0`` -> ``{"z": slice(10, 20), "t": 0}``
+    (:func:`chunkseg._check.parse_planes`; its message on a bad value)."""
+    from ._check import parse_planes
+    from .errors import ChunksegError
+
+    try:
+        return parse_planes(text)
+    except ChunksegError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_planes_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--planes", type=_planes, default=None,
+                   help="planes of a stack to read, by axis: z=10, z=10:20 or z=10:20,t=0 "
+                        "(default: all; a stack runs plane by plane)")
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",")]
 
@@ -119,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the tile grid and chunks, reading no pixels")
     p.add_argument("image", help="image path/URL, or a shape such as 40000x40000[x3]")
     _add_grid_args(p)
+    _add_planes_arg(p)
     p.add_argument("--classes", type=int, default=2, help="classes, for the memory estimate")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -144,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: average each tile's logits over its 4 mirrored "
                         "(flips) or 8 rotated/mirrored (d4) copies (none)")
     p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
+    _add_planes_arg(p)
     p.add_argument("--classes", type=_names, default=None,
                    help="class names, comma-separated, one per class (the model's, else 0,1..)")
     p.add_argument("--ome", action="store_true",
@@ -247,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="package.module:factory returning model(batch) -> (N, T, T) int ids")
     _add_grid_args(p)
+    _add_planes_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     _add_run_args(p, workers=False)
 

@@ -8,6 +8,7 @@ stderr and exit status 2."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import sys
@@ -90,8 +91,11 @@ def _cmd_plan(args) -> int:
     else:
         from .io import open_image
 
-        arr = open_image(args.image)
-        shape, itemsize = arr.shape, arr.dtype.itemsize
+        arr = open_image(args.image, isel=args.planes, stack=True)
+        shape, itemsize = arr.shape[-3:], arr.dtype.itemsize  # each plane of a stack
+        if arr.ndim > 3 and not args.json:
+            print("planes    " + " x ".join(f"{d} {n}" for d, n in zip(arr.dims[:-3], arr.shape))
+                  + f" = {math.prod(arr.shape[:-3])}, each planned as below")
     plan = plan_tiles(shape, args.tile, args.overlap, args.chunk)
     if args.json:
         d = plan.to_dict()
@@ -107,7 +111,8 @@ def _cmd_plan(args) -> int:
 _RECORDED = {"model": "model", "tile": "tile", "overlap": "overlap", "window": "window",
              "chunk": "chunks", "shards": "shards", "batch_size": "batch_size",
              "outputs": "outputs", "dtype": "dtype", "device": "device", "kernel": "kernel",
-             "tta": "tta", "classes": "classes", "ome": "ome", "levels": "levels"}
+             "tta": "tta", "classes": "classes", "ome": "ome", "levels": "levels",
+             "planes": "isel"}
 
 
 def _given(args, dest: str) -> bool:
@@ -330,7 +335,7 @@ def _cmd_predict_instances(args) -> int:
     ids = predict_instances(args.image, args.model, args.store, tile=args.tile,
                             overlap=args.overlap, chunks=args.chunk, batch_size=args.batch_size,
                             overwrite=args.overwrite, scheduler=args.scheduler,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, isel=args.planes)
     print(f"wrote instances {tuple(ids.shape)} {ids.dtype} into {args.store}: "
           f"{ids.attrs['n_objects']} objects")
     return 0

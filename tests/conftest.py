@@ -29,7 +29,7 @@ FAST_MODULES = frozenset({
     "test_plan", "test_windows", "test_blend", "test_engine", "test_torch_kernel",
     "test_reference_geometry", "test_tta", "test_seams", "test_shards", "test_mask",
     "test_instances", "test_tile_instances", "test_metrics", "test_ome", "test_flood_kernel",
-    "test_watershed", "test_lazy_slices",
+    "test_watershed", "test_lazy_slices", "test_stacks",
 })
 
 

@@ -35,7 +35,8 @@ def _logits_task(runner: TileRunner, _context, jy: int, jx: int, dsts, *pieces) 
 
 
 def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | None = None,
-                token: str | None = None, skip=None) -> tuple[dict, str, list]:
+                token: str | None = None, skip=None,
+                before: Any = None) -> tuple[dict, str, list]:
     """The task graph of accumulation, pieces and fold, with ``finish`` applied per chunk.
 
     Parameters
@@ -56,6 +57,11 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
     skip : collection of (int, int), optional
         Output chunks to leave out (finished ones, when resuming): no fold task for them, and
         no block that feeds only them.
+    before : sequence of keys, optional
+        With ``lag``, for the planes of a stack, the fold keys of the plane written before this
+        one, in row-major order (None for a chunk it skipped): its last ``lag`` chunks gate
+        this plane's first ``lag`` blocks, so the rolling window runs on across planes
+        instead of starting every plane at once.
 
     Returns
     -------
@@ -108,6 +114,9 @@ def blend_graph(runner: TileRunner, finish, *, context: Any = None, lag: int | N
                 q = divmod(p - lag, nc)
                 gate = [fold_of[q]] if q in fold_of else []
                 task += (*gate, *pieces_of.get(q, []))
+            elif lag is not None and before and len(before) + p - lag >= 0:
+                gate = before[len(before) + p - lag]
+                task += (gate,) if gate is not None else ()
             dsk[(acc_name, iy, ix)] = task
     return dsk, fold_name, fold_keys
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -81,6 +81,37 @@ def _logits_array(runner: TileRunner, name: str) -> da.Array:
                     dtype=np.float32, meta=np.empty((0, 0, 0), dtype=np.float32))
 
 
+def _plane_variables(logits: da.Array, outputs: Sequence[str], dtype: np.dtype,
+                     classes: int) -> dict[str, tuple[tuple[str, ...], da.Array]]:
+    """The requested variables of one plane from its blended ``(K, H, W)`` float32 logits:
+    name -> (dims, dask array)."""
+    data_vars = {}
+    if "logits" in outputs:
+        # float16: clamped to +-65504 (a Float16OverflowWarning, once), never infinite
+        data_vars["logits"] = (("class", "y", "x"), logits.map_blocks(
+            blend.LogitsCast(dtype), dtype=dtype, meta=np.empty((0, 0, 0), dtype)))
+    if "probabilities" in outputs:
+        probs = logits.map_blocks(blend.probabilities_from_logits, dtype, dtype=dtype,
+                                  meta=np.empty((0, 0, 0), dtype))
+        data_vars["probabilities"] = (("class", "y", "x"), probs)
+    if "labels" in outputs:
+        ldt = blend.labels_dtype(classes)
+        labels = logits.map_blocks(blend.labels_from_logits, drop_axis=0, dtype=ldt,
+                                   meta=np.empty((0, 0), ldt))
+        data_vars["labels"] = (("y", "x"), labels)
+    return data_vars
+
+
+def _stack_planes(arrays: Sequence[da.Array], shape: tuple[int, ...]) -> da.Array:
+    """The planes' arrays (row-major over ``shape``) stacked into ``(*shape, ...)``: the one
+    array itself when ``shape`` is ``()``."""
+    if not shape:
+        return arrays[0]
+    step = len(arrays) // shape[0]
+    return da.stack([_stack_planes(arrays[i * step:(i + 1) * step], shape[1:])
+                     for i in range(shape[0])])
+
+
 def predict(
     image: Any,
     model: Any,
@@ -100,6 +131,7 @@ def predict(
     kernel: str = DEFAULT_KERNEL,
     classes: Sequence[str] | None = None,
     tta: str | None = None,
+    isel: Mapping[str, int | slice] | None = None,
 ) -> xr.Dataset:
     """Segment an image of any size with a tiled model and seamless blending, lazily.
 
@@ -112,7 +144,9 @@ def predict(
     Parameters
     ----------
     image : array_like, str or path
-        ``(y, x)`` or ``(y, x, c)``: numpy, dask or xarray array (dims ``y``, ``x``[, ``c``]),
+        ``(y, x)`` or ``(y, x, c)``, or a stack of planes with named leading dims (``t``,
+        ``z``...: ``(t, c, z, y, x)`` OME-Zarr, run plane by plane): numpy, dask or xarray
+        array (dims ``y``, ``x``[, ``c``]),
         a Zarr array/group, a Zarr store path or fsspec URL, or a small PNG/JPEG/TIFF file (see
         :func:`chunkseg.io.open_image`).
     model : callable, torch.nn.Module, ModelSpec or str
@@ -173,6 +207,11 @@ def predict(
         model's logits on its 4 mirrored (``"flips"``) or 8 rotated/mirrored (``"d4"``, square
         tiles only) copies, mapped back, before the window weights them. The model runs 4 or 8
         times per tile; the output stays independent of the chunking.
+    isel : mapping of str to int or slice, optional
+        Planes of the input to run, by dimension name (:func:`chunkseg.open_image`), applied
+        lazily before its axes are read: ``{"z": 10}``, ``{"z": slice(10, 20), "t": 0}``
+        (CLI: ``--planes z=10:20,t=0``). An int for every axis other than ``y``, ``x``, ``c``
+        gives the 2-D result of that plane; the axes left longer than 1 make a stack.
 
     Returns
     -------
@@ -185,7 +224,12 @@ def predict(
         units, with ``attrs["units"]``: an xarray input's own coordinates, an OME-NGFF input's
         ``scale``/``translation``, a TIFF's resolution tags), plus an xarray input's scalar
         coordinates (rioxarray's ``spatial_ref``). ``attrs`` record the plan, window, model,
-        class names and chunkseg version. The coordinates' attrs and ``attrs`` are JSON values
+        class names and chunkseg version. A stack (an input with
+        leading dims such as ``t``, ``z``) keeps them in front, with their coordinates (the
+        input's, else the planes' indices in the source): ``logits`` ``(t, z, class, y, x)``,
+        ``labels`` ``(t, z, y, x)``, one chunk per plane, each plane the 2-D result of that
+        plane (its own graph; ``attrs["stack"]`` names the dims). The coordinates' attrs and
+        ``attrs`` are JSON values
         without credentials (:func:`chunkseg._redact.redact_attrs`: credential-named attrs
         become ``"***"``, URLs lose their user name, password and query).
 
@@ -212,24 +256,16 @@ def predict(
                    batch_size=batch_size, outputs=outputs, dtype=dtype, device=device,
                    normalization=normalization, storage_options=storage_options,
                    array_name=array_name, mask=mask, kernel=kernel, classes=classes,
-                   tta=tta, torch_threads=max(1, cores // dask_threads(None)), lazy=True)
-    runner, outputs_, dtype_ = setup.runner, setup.outputs, setup.dtype
-    classes = runner.classes
-    logits = _logits_array(runner, setup.image.name)
-    data_vars = {}
-    if "logits" in outputs_:
-        # float16: clamped to +-65504 (a Float16OverflowWarning, once), never infinite
-        data_vars["logits"] = (("class", "y", "x"), logits.map_blocks(
-            blend.LogitsCast(dtype_), dtype=dtype_, meta=np.empty((0, 0, 0), dtype_)))
-    if "probabilities" in outputs_:
-        probs = logits.map_blocks(blend.probabilities_from_logits, dtype_, dtype=dtype_,
-                                  meta=np.empty((0, 0, 0), dtype_))
-        data_vars["probabilities"] = (("class", "y", "x"), probs)
-    if "labels" in outputs_:
-        ldt = blend.labels_dtype(classes)
-        labels = logits.map_blocks(blend.labels_from_logits, drop_axis=0, dtype=ldt,
-                                   meta=np.empty((0, 0), ldt))
-        data_vars["labels"] = (("y", "x"), labels)
+                   tta=tta, isel=isel, torch_threads=max(1, cores // dask_threads(None)),
+                   lazy=True)
+    outputs_, dtype_ = setup.outputs, setup.dtype
+    planes = [_plane_variables(_logits_array(runner, setup.image.name), outputs_, dtype_,
+                               runner.classes) for runner in setup.planes]
+    # a stack: each plane's variables (the 2-D graph of that plane) stacked along the
+    # leading dims, one chunk per plane
+    data_vars = {name: ((*setup.lead, *dims), _stack_planes([p[name][1] for p in planes],
+                                                           setup.lead_shape))
+                 for name, (dims, _) in planes[0].items()}
     coords = {"class": ("class", np.asarray(setup.class_names, dtype=object)),
               **setup.coords}
     out = xr.Dataset(data_vars, coords=coords, attrs=setup.attrs)

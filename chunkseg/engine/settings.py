@@ -5,7 +5,7 @@ turns them into a :class:`RunSetup` (the input as read, the tile runner, the out
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .._check import class_names_arg, positive_int
+from .._check import class_names_arg, isel_arg, isel_attrs, positive_int
 from .._redact import redact_attrs, secrets_of
 from .._version import __version__
 from ..errors import InvalidValueError
@@ -114,6 +114,11 @@ class RunSetup:
         The input's ``y``/``x`` and scalar coordinates, attrs without credentials.
     input_attrs : dict
         The opened input's attrs (its source, pixel size...), for the input's identity.
+    lead : tuple of str
+        The leading dims of a stack of planes (``("t", "z")``...), empty for one image.
+    planes : tuple of TileRunner
+        One runner per plane, in row-major order over the leading dims (``(runner,)`` for one
+        image): the same model, plan and window over each plane.
     """
 
     image: da.Array
@@ -124,6 +129,13 @@ class RunSetup:
     class_names: tuple[str, ...]
     coords: dict[str, xr.Variable]
     input_attrs: dict[str, Any]
+    lead: tuple[str, ...]
+    planes: tuple[TileRunner, ...]
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        """The stack's shape over its leading dims (``()`` for one image)."""
+        return tuple(self.image.shape[:len(self.lead)])
 
 
 def tile_and_overlap(resolved: ResolvedModel, tile: int | tuple[int, int] | None,
@@ -145,7 +157,8 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
            dtype: str | np.dtype, device: str, normalization: Normalization | None,
            storage_options: dict | None, array_name: str | None, mask: Any, kernel: str,
            classes: Sequence[str] | None, tta: str | None,
-           torch_threads: int | None, lazy: bool = False) -> RunSetup:
+           torch_threads: int | None, lazy: bool = False,
+           isel: Mapping[str, int | slice] | None = None) -> RunSetup:
     """Validate :func:`predict`'s arguments and build the runner and the output attrs.
 
     ``lazy`` (:func:`predict`): the default chunks are tile cells on the CPU
@@ -153,11 +166,18 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
     the number of classes is known (``classes``, or the model's class names); else (the
     writer) chunks on a regular grid and a probe of the model on the first tile, before any
     output exists.
+
+    ``isel`` selects planes (:func:`chunkseg.open_image`); the axes other than ``y``, ``x``,
+    ``c`` left longer than 1 make a stack, one runner per plane (the model's classes probed
+    once, on the first plane).
     """
     outputs_ = _normalize_outputs(outputs)
+    isel = isel_arg(isel)
     dtype_ = _validate_dtype(dtype)
     batch_size = positive_int(batch_size, "batch_size", "Tiles per model call: e.g. 8.")
-    arr = open_image(image, storage_options=storage_options, array_name=array_name)
+    arr = open_image(image, storage_options=storage_options, array_name=array_name, isel=isel,
+                     stack=True)
+    lead = tuple(str(d) for d in arr.dims[:-3])
     if chunks is None:
         # CUDA: big chunks keep the GPU's batches full; lazily on the CPU, tile cells (a slice
         # runs only the tiles it touches; the model's batches matter little on the CPU)
@@ -166,7 +186,7 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
     # kernels the model allows, its description
     resolved = resolve_model(model, device=device, normalization=normalization)
     tile, overlap = tile_and_overlap(resolved, tile, overlap)
-    plan = plan_tiles(arr.shape, tile, overlap, chunks)
+    plan = plan_tiles(arr.shape[-3:], tile, overlap, chunks)
     if not lazy and plan.chunk_offset != (0, 0):
         raise InvalidValueError(
             f"`chunks` must be a number of pixels when writing to Zarr (its chunks lie on a "
@@ -179,14 +199,22 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
         known = len(class_names_arg(classes, fix="(CLI: --classes a,b)."))
     elif lazy and classes is None and resolved.class_names is not None:
         known = len(resolved.class_names)
-    runner = make_runner(arr.data, resolved, plan, weights, batch_size=int(batch_size),
-                         classes=known, mask=mask, kernel=kernel, torch_threads=torch_threads,
-                         direct=arr.encoding.get("chunkseg_reader"), tta=tta)
+    planes: list[TileRunner] = []
+    stack_reader = arr.encoding.get("chunkseg_stack_reader")  # a Zarr stack's, per plane
+    for index in np.ndindex(*arr.shape[:len(lead)]):  # one plane (index ()) for one image
+        direct = arr.encoding.get("chunkseg_reader") if stack_reader is None \
+            else stack_reader.plane(index)
+        planes.append(make_runner(
+            arr.data[index] if index else arr.data, resolved, plan, weights,
+            batch_size=int(batch_size),
+            classes=planes[0].classes if planes else known, mask=mask, kernel=kernel,
+            torch_threads=torch_threads, direct=direct, tta=tta))
+    runner = planes[0]
     class_names = _class_names(classes, runner.classes, resolved.class_names)
     # the input's coordinate attrs are copied into the output: without credentials
     secrets = secrets_of(storage_options)
     coords = {name: c.variable.copy(deep=False) for name, c in arr.coords.items()
-              if name in ("y", "x") or (c.ndim == 0 and name not in ("c", "class"))}
+              if name in ("y", "x", *lead) or (c.ndim == 0 and name not in ("c", "class"))}
     for var in coords.values():
         var.attrs = redact_attrs(var.attrs, secrets)
     classes = runner.classes
@@ -210,8 +238,12 @@ def _setup(image: Any, model: Any, *, tile: int | tuple[int, int] | None,
     }
     if plan.chunk_offset != (0, 0):  # tile cells (lazy predict)
         attrs["chunk_offset"] = list(plan.chunk_offset)
+    attrs.update(isel_attrs(isel))
+    if lead:  # a stack: the 2-D model ran plane by plane over these dims
+        attrs["stack"] = list(lead)
     attrs = redact_attrs(attrs, secrets)
     return RunSetup(image=arr.data, runner=runner, outputs=outputs_, dtype=dtype_, attrs=attrs,
-                    class_names=class_names, coords=coords, input_attrs=dict(arr.attrs))
+                    class_names=class_names, coords=coords, input_attrs=dict(arr.attrs),
+                    lead=lead, planes=tuple(planes))
 
 

@@ -10,7 +10,7 @@ import concurrent.futures
 import contextlib
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,6 +138,7 @@ def predict_to_zarr(
     kernel: str = DEFAULT_KERNEL,
     classes: Sequence[str] | None = None,
     tta: str | None = None,
+    isel: Mapping[str, int | slice] | None = None,
     overwrite: bool = False,
     storage_options: dict | None = None,
     scheduler: Any = None,
@@ -155,7 +156,9 @@ def predict_to_zarr(
     Parameters
     ----------
     image : array_like, str or path
-        ``(y, x)`` or ``(y, x, c)``: numpy, dask or xarray array, a Zarr array/group, a Zarr
+        ``(y, x)`` or ``(y, x, c)``, or a stack of planes with named leading dims (``t``,
+        ``z``...: ``(t, c, z, y, x)`` OME-Zarr, run plane by plane): numpy, dask or xarray
+        array, a Zarr array/group, a Zarr
         store path or fsspec URL, or a small PNG/JPEG/TIFF file (as :func:`predict`).
     model : callable, torch.nn.Module, ModelSpec or str
         Maps a float32 batch ``(N, C_in, T_y, T_x)`` to logits ``(N, K, T_y, T_x)``; see
@@ -205,6 +208,11 @@ def predict_to_zarr(
         model's logits on its 4 mirrored (``"flips"``) or 8 rotated/mirrored (``"d4"``, square
         tiles only) copies, mapped back, before the window weights them. The model runs 4 or 8
         times per tile; the output stays independent of the chunking.
+    isel : mapping of str to int or slice, optional
+        Planes of the input to run, by dimension name (:func:`chunkseg.open_image`), applied
+        lazily before its axes are read: ``{"z": 10}``, ``{"z": slice(10, 20), "t": 0}``
+        (CLI: ``--planes z=10:20,t=0``). An int for every axis other than ``y``, ``x``, ``c``
+        gives the 2-D result of that plane; the axes left longer than 1 make a stack.
     overwrite : bool, default False
         Replace a previous chunkseg output at ``store``. Without it, a store that already holds
         data is refused before anything is computed or written; even with it, a folder that is
@@ -364,9 +372,18 @@ def predict_to_zarr(
                                device=device, normalization=normalization,
                                storage_options=_so(image, storage_options),
                                array_name=array_name, mask=mask, kernel=kernel, classes=classes,
-                               tta=tta, torch_threads=max(1, cores // threads) if local else None)
+                               tta=tta, isel=isel,
+                               torch_threads=max(1, cores // threads) if local else None)
             runner, ds_attrs = setup.runner, setup.attrs
             plan, dtype_ = runner.plan, setup.dtype
+            if setup.lead and ome:
+                raise InvalidValueError(
+                    "`ome=True` writes a 2-D NGFF image (class, y, x); a stack of planes is not "
+                    f"written in the OME layout. Got an input with leading dims {setup.lead} of "
+                    f"lengths {setup.lead_shape}. Drop `ome` (CLI: --ome) for a plain Zarr "
+                    "output with those dims, or select one plane with `isel` (CLI: --planes "
+                    + ",".join(f"{d}=0" for d in setup.lead) + ").")
+            n_chunks = plan.n_chunks * len(setup.planes)  # every plane's chunks
             if inner is not None:  # the computation chunks (ds_attrs["chunks"]) are the shards
                 ds_attrs.update(shards=list(plan.chunks), zarr_chunks=list(inner))
             level_shapes = _pyramid.level_shapes(plan.image_shape, levels) if ome else []
@@ -385,16 +402,15 @@ def predict_to_zarr(
                     group, outputs=setup.outputs, plan=plan, classes=runner.classes,
                     dtype=dtype_, labels_dtype=blend.labels_dtype(runner.classes), inner=inner,
                     ome=ome, level_shapes=level_shapes, coords=setup.coords,
-                    class_names=setup.class_names, compression_level=compression_level)
+                    class_names=setup.class_names, compression_level=compression_level,
+                    lead=setup.lead, lead_shape=setup.lead_shape)
                 finished = set()
-            writer = ChunkOutputs(ChunkWriter(targets, plan, done=done,
-                                              location=describe_location(store)), dtype_)
             token = tokenize(setup.image.name, plan, uuid.uuid4().hex)
             gpu = str(device).startswith("cuda") and runner.kernel == "torch"
             # on a GPU a few blocks read ahead keep it busy; more only compete with it for the GIL
             lag = (min(threads, GPU_READ_AHEAD) if gpu else threads) + 2
-            dsk, _, fold_keys = blend_graph(runner, _write_task, context=writer, lag=lag,
-                                            token=token, skip=finished)
+            dsk, fold_keys = _stack_graph(setup, targets, done, dtype_, describe_location(store),
+                                          lag=lag, token=token, finished=finished)
             resources = _gpu_resources(client, device)
             done_key = f"chunkseg-done-{token}"
             dsk[done_key] = (_count, list(fold_keys))
@@ -412,11 +428,11 @@ def predict_to_zarr(
                 reason = redact_text(" ".join(str(err).split()), secrets_of(storage_options))
                 raise RunInterruptedError(
                     f"the run was interrupted before it finished ({reason}). {done_now} of "
-                    f"{plan.n_chunks} chunks are written and marked in {describe_location(store)!r}; "
+                    f"{n_chunks} chunks are written and marked in {describe_location(store)!r}; "
                     "finish it with resume=True (CLI: --resume)."
                 ) from None
-            if written + len(finished) != plan.n_chunks:
-                raise RuntimeError(f"wrote {written + len(finished)} of {plan.n_chunks} chunks.")
+            if written + len(finished) != n_chunks:
+                raise RuntimeError(f"wrote {written + len(finished)} of {n_chunks} chunks.")
             if ome:  # every chunk is written: the pyramid, level by level, each from the one before
                 write_levels(group, setup.outputs, len(level_shapes), store,
                               scheduler if client is None else client, progress)
@@ -430,6 +446,38 @@ def predict_to_zarr(
                 class_names=setup.class_names, scale=scale, translation=translation,
                 units=units, progress=progress)
     return _open(store, so, consolidated=True)
+
+
+def _stack_graph(setup, targets: dict, done, dtype: np.dtype, location: str, *, lag: int,
+                 token: str, finished: set) -> tuple[dict, list]:
+    """The write graph of every plane (one plane for a single image): each plane's own
+    :func:`blend_graph` with its runner and a writer of its plane, merged; ``finished`` holds
+    the ``(*plane, jy, jx)`` chunks to skip. The rolling window runs on from one plane to the
+    next (``before``), so memory holds about ``lag`` blocks, whatever the number of planes.
+
+    Returns
+    -------
+    dsk : dict
+    fold_keys : list
+        Every plane's fold keys, plane after plane.
+    """
+    dsk: dict = {}
+    fold_keys: list = []
+    before = None
+    nr, nc = setup.runner.plan.chunk_grid
+    for index, runner in zip(np.ndindex(*setup.lead_shape), setup.planes, strict=True):
+        writer = ChunkOutputs(ChunkWriter(targets, runner.plan, done=done, location=location,
+                                          plane=index), dtype)
+        skip = {ij[-2:] for ij in finished if tuple(ij[:-2]) == index}
+        plane_dsk, fold_name, keys = blend_graph(
+            runner, _write_task, context=writer, lag=lag, skip=skip, before=before,
+            token=token if not index else f"{token}-{'-'.join(map(str, index))}")
+        dsk.update(plane_dsk)
+        fold_keys += keys
+        # this plane's chunks in row-major order, the skipped ones None: the next plane's gates
+        before = [(fold_name, 0, jy, jx) if (jy, jx) not in skip else None
+                  for jy in range(nr) for jx in range(nc)]
+    return dsk, fold_keys
 
 
 @contextlib.contextmanager

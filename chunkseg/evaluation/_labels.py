@@ -18,7 +18,7 @@ from ..io import is_zarr_url_or_path, open_image
 from ..io._files import _read_npy
 from ..io._locations import _fspath, _is_url, _redact
 from ..io._zarr import _pick_group_array
-from ..outputs._manifest import warn_if_incomplete
+from ..outputs._manifest import refuse_stack, warn_if_incomplete
 from ..outputs._target import MARKER
 
 __all__ = ["open_labels", "open_inputs"]
@@ -61,6 +61,8 @@ def _open_group_labels(group: zarr.Group, param: str, option: str, variable: str
     if path is None and variable is not None and isinstance(group.get(variable), zarr.Array):
         path = variable
     if path is not None:
+        if MARKER in group.attrs:  # a chunkseg output: one plane, not a stack of them
+            refuse_stack(group, source, param, "the evaluation")
         _warn_incomplete(group, source)
         names = None
         if isinstance(group.get("class"), zarr.Array):

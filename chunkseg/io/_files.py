@@ -18,7 +18,7 @@ from chunkseg.errors import InputReadError, InvalidValueError, NotFoundError
 
 from .._geo import geotiff_coords
 from .._ome import ngff_unit
-from ._axes import _finish, _to_yxc
+from ._axes import _finish, _to_stack, lead_coords
 from ._locations import _access_refused, _is_url, _reason, _redact
 from ._zarr import _zarr_dim_names
 
@@ -237,7 +237,9 @@ def _tiff_memmappable(location: str) -> bool:
         return tif.series[0].levels[0].dataoffset is not None
 
 
-def _open_tiff(location: str, storage_options: dict[str, Any] | None) -> xr.DataArray:
+def _open_tiff(location: str, storage_options: dict[str, Any] | None,
+               isel: Mapping[str, int | slice] | None = None,
+               stack: bool = False) -> xr.DataArray:
     """:func:`open_image` for a TIFF: lazy, one Dask task per TIFF tile or strip."""
     import tifffile
 
@@ -268,6 +270,7 @@ def _open_tiff(location: str, storage_options: dict[str, Any] | None) -> xr.Data
         chunks = da.core.normalize_chunks(auto, shape, limit=_MEMMAP_MIN_BYTES, dtype=dtype)
     reader = _LazyTiff(location, storage_options, shape, dtype, memmap=memmap)
     data = da.from_array(reader, chunks=chunks, meta=np.empty((0,) * len(shape), dtype=dtype))
-    data, _ = _to_yxc(data, names)
-    return _finish(data, _redact(location), coords=_tiff_coords(location, storage_options,
-                                                                data.shape[:2]))
+    data, _, positions = _to_stack(data, names, isel, stack)
+    coords = {**lead_coords(positions),
+              **_tiff_coords(location, storage_options, data.shape[-3:-1])}
+    return _finish(data, _redact(location), coords=coords, lead=tuple(positions))

@@ -20,7 +20,7 @@ from chunkseg.errors import (
 )
 
 from .._version import MARKER
-from ._axes import _canonical_dim, _finish, _to_yxc
+from ._axes import _canonical_dim, _finish, _to_stack, _to_yxc, lead_coords
 from ._locations import _ACCEPTED, _access_refused, _missing_bucket, _reason, _redact
 
 if TYPE_CHECKING:
@@ -75,10 +75,13 @@ def _ngff_axis_names(multiscale: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 
 def _ngff_coords(multiscale: Mapping[str, Any], path: str, names: Sequence[str],
-                 shape: Sequence[int], source_dims: Mapping[str, Any]) -> dict[str, xr.Variable]:
+                 shape: Sequence[int], source_dims: Mapping[str, Any],
+                 positions: Mapping[str, np.ndarray] | None = None) -> dict[str, xr.Variable]:
     """``y``/``x`` coordinates (pixel centres, with ``units``) of dataset ``path`` of an NGFF
     multiscale, from its ``scale``/``translation`` and the multiscale's own transforms (applied
-    after the dataset's, as the spec says). Empty when ``path`` is not one of its datasets."""
+    after the dataset's, as the spec says), and those of a stack's leading dims (``t``, ``z``:
+    at the source indices ``positions`` of its planes). Empty when ``path`` is not one of its
+    datasets."""
     dataset = next((d for d in multiscale.get("datasets", []) if str(d.get("path")) == path), None)
     if dataset is None or len(names) != len(shape):
         return {}
@@ -97,14 +100,16 @@ def _ngff_coords(multiscale: Mapping[str, Any], path: str, names: Sequence[str],
                 translation = translation + np.asarray(values, float)
     axes = multiscale.get("axes") or []
     coords = {}
-    for dim in ("y", "x"):
+    positions = positions or {}
+    for dim in ("y", "x", *positions):
         original = source_dims.get(dim)
         if original is None or original not in names:
             continue
         i = list(names).index(original)
         axis = axes[i] if i < len(axes) and isinstance(axes[i], Mapping) else {}
         attrs = {"units": str(axis["unit"])} if axis.get("unit") else {}
-        coords[dim] = xr.Variable(dim, translation[i] + scale[i] * np.arange(shape[i]), attrs)
+        index = positions.get(dim, np.arange(shape[i]))
+        coords[dim] = xr.Variable(dim, translation[i] + scale[i] * index, attrs)
     return coords
 
 
@@ -200,7 +205,8 @@ def _zarr_to_dask(array: zarr.Array) -> da.Array:
 
 
 def _open_zarr_node(
-    node: zarr.Array | zarr.Group, array_name: str | None, source: str
+    node: zarr.Array | zarr.Group, array_name: str | None, source: str,
+    isel: Mapping[str, int | slice] | None = None, stack: bool = False,
 ) -> xr.DataArray:
     """:func:`open_image` for an already opened Zarr array or group."""
     ngff_axes = multiscale = name = group = None
@@ -221,17 +227,24 @@ def _open_zarr_node(
             "which did not finish (attrs['complete'] is False: some chunks are missing and "
             "would read as 0). Ingest it again with --overwrite.")
     names = _zarr_dim_names(node) or ngff_axes
-    data, source_dims = _to_yxc(_zarr_to_dask(node), names)
-    coords = {}
+    data, source_dims, positions = _to_stack(_zarr_to_dask(node), names, isel, stack)
+    coords = lead_coords(positions)
     if multiscale is not None and names is not None:
-        coords = _ngff_coords(multiscale, name, names, node.shape, source_dims)
+        coords.update(_ngff_coords(multiscale, name, names, node.shape, source_dims,
+                                   positions))
     if group is not None and names is not None:  # the stored coordinates, where there are
         parent = group[name.rsplit("/", 1)[0]] if "/" in name else group
         coords.update(_stored_coords(parent, node, names, source_dims))
-    out = _finish(data, source, coords=coords)
+    out = _finish(data, source, coords=coords, lead=tuple(positions))
     reader = ZarrRegionReader.for_array(node, names)
     if reader is not None and out.dtype == node.dtype:
-        out.encoding["chunkseg_reader"] = reader
+        if names is not None and (isel or positions):  # the planes selected, and a stack's
+            canonical = [_canonical_dim(n) for n in names]
+            reader = ZarrRegionReader(
+                node, names, {canonical.index(_canonical_dim(k)): v for k, v in
+                              (isel or {}).items() if not isinstance(v, slice)},
+                [(canonical.index(d), p) for d, p in positions.items()])
+        out.encoding["chunkseg_stack_reader" if positions else "chunkseg_reader"] = reader
     return out
 
 
@@ -243,21 +256,41 @@ class ZarrRegionReader:
     (zarr fetches and decodes the chunks concurrently). Picklable: a cluster's workers open
     the same store.
 
+    For a selected plane (``isel``) or a stack's planes, ``fixed`` holds the index of the
+    plane along each leading axis; :meth:`plane` gives the reader of one plane of a stack
+    (:func:`open_image` puts the stack's in ``encoding["chunkseg_stack_reader"]``).
+
     Parameters
     ----------
     array : zarr.Array
     names : sequence of str or None
         The array's dimension names, as :func:`open_image` read them.
+    fixed : mapping of int to int, optional
+        Source axis -> the index read along it (a selected plane).
+    lead : sequence of (int, ndarray), optional
+        A stack's leading axes: each one's source axis and the source index of each of its
+        planes (:meth:`plane`).
     """
 
-    def __init__(self, array: zarr.Array, names: Sequence[object] | None):
+    def __init__(self, array: zarr.Array, names: Sequence[object] | None,
+                 fixed: Mapping[int, int] | None = None,
+                 lead: Sequence[tuple[int, np.ndarray]] = ()):
         self.array = array
         self.names = None if names is None else tuple(str(n) for n in names)
+        self.fixed = {int(a): int(i) % array.shape[a] for a, i in (fixed or {}).items()}
+        self.lead = tuple(lead)
         if self.names is None:
             self.axes = (0, 1)
         else:
             canonical = [_canonical_dim(n) for n in self.names]
             self.axes = (canonical.index("y"), canonical.index("x"))
+
+    def plane(self, index: Sequence[int]) -> ZarrRegionReader:
+        """The reader of plane ``index`` of a stack (its indices along the leading dims)."""
+        fixed = dict(self.fixed)
+        fixed.update({axis: int(positions[i])
+                      for (axis, positions), i in zip(self.lead, index, strict=True)})
+        return ZarrRegionReader(self.array, self.names, fixed)
 
     @classmethod
     def for_array(cls, array: zarr.Array, names) -> ZarrRegionReader | None:
@@ -271,7 +304,9 @@ class ZarrRegionReader:
 
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``[y0, y1) x [x0, x1)`` as a ``(y, x, c)`` ndarray of the array's dtype."""
-        sel = [slice(None)] * self.array.ndim
+        sel: list[Any] = [slice(None)] * self.array.ndim
+        for axis, i in self.fixed.items():  # a selected plane: its axes dropped
+            sel[axis] = i
         sel[self.axes[0]], sel[self.axes[1]] = slice(y0, y1), slice(x0, x1)
         try:
             region = np.asarray(self.array[tuple(sel)])
@@ -283,12 +318,15 @@ class ZarrRegionReader:
                 "of the input may be truncated or corrupt: write the input again (chunkseg "
                 "ingest) and rerun."
             ) from err
-        data, _ = _to_yxc(region, self.names)
+        names = self.names if self.names is None else \
+            [n for a, n in enumerate(self.names) if a not in self.fixed]
+        data, _ = _to_yxc(region, names)
         return data
 
 
 def _open_zarr_location(
-    location: str, storage_options: dict[str, Any] | None, array_name: str | None
+    location: str, storage_options: dict[str, Any] | None, array_name: str | None,
+    isel: Mapping[str, int | slice] | None = None, stack: bool = False,
 ) -> xr.DataArray:
     """:func:`open_image` for a Zarr store given as a local path or an fsspec URL."""
     kwargs: dict[str, Any] = {"mode": "r"}
@@ -313,4 +351,4 @@ def _open_zarr_location(
             f"zarr.json (or .zarray/.zgroup) zarr cannot parse: {_reason(err)}. The store may be "
             "truncated or only partly written: write it again (chunkseg ingest) and rerun."
         ) from err
-    return _open_zarr_node(node, array_name, _redact(location))
+    return _open_zarr_node(node, array_name, _redact(location), isel, stack)

@@ -12,6 +12,7 @@ import xarray as xr
 import zarr
 import zarr.errors
 
+from chunkseg._check import isel_arg
 from chunkseg._redact import redact_text, secrets_of, url_secrets
 from chunkseg.errors import (
     ChunksegError,
@@ -21,7 +22,14 @@ from chunkseg.errors import (
     NotFoundError,
 )
 
-from ._axes import _check_dtype, _finish, _in_memory_to_dask, _to_yxc
+from ._axes import (
+    _canonical_dim,
+    _check_dtype,
+    _finish,
+    _in_memory_to_dask,
+    _to_stack,
+    lead_coords,
+)
 from ._files import _open_tiff, _read_pil
 from ._locations import (
     _ACCEPTED,
@@ -45,17 +53,19 @@ def _open_location(
     image: str | os.PathLike[str],
     storage_options: Mapping[str, Any] | None,
     array_name: str | None,
+    isel: Mapping[str, int | slice] | None = None,
+    stack: bool = False,
 ) -> xr.DataArray:
     """:func:`open_image` for a path or URL: image file by suffix, otherwise a Zarr store."""
     location = _fspath(image, "image")
     options = _check_storage_options(storage_options, location, "image")
     if not _is_url(location):
-        return _open_checked_location(location, options, array_name)
+        return _open_checked_location(location, options, array_name, isel, stack)
     # fsspec and the storage clients repeat the URL (its user name, its query) in their errors:
     # a URL's failure is one chunkseg error, redacted, without the library's exception chained
     secrets = secrets_of(options) + url_secrets(location)
     try:
-        return _open_checked_location(location, options, array_name)
+        return _open_checked_location(location, options, array_name, isel, stack)
     except ChunksegError as err:
         failure: ChunksegError = err
         if len(err.args) == 1 and isinstance(err.args[0], str):
@@ -80,7 +90,8 @@ def _open_location(
 
 
 def _open_checked_location(
-    location: str, options: dict[str, Any] | None, array_name: str | None
+    location: str, options: dict[str, Any] | None, array_name: str | None,
+    isel: Mapping[str, int | slice] | None, stack: bool,
 ) -> xr.DataArray:
     """:func:`_open_location` once ``location`` and ``options`` are checked."""
     if not _is_url(location) and not os.path.exists(location):
@@ -96,15 +107,15 @@ def _open_checked_location(
                 f"Got array_name={array_name!r} for an image file; drop `array_name`."
             )
         if suffix in TIFF_SUFFIXES:
-            return _open_tiff(location, options)
-        data, _ = _to_yxc(_read_pil(location, options), None)
+            return _open_tiff(location, options, isel, stack)
+        data, _, _ = _to_stack(_read_pil(location, options), None, isel)
         return _finish(_in_memory_to_dask(data), _redact(location))
     if not _is_url(location) and os.path.isfile(location):
         raise InvalidValueError(
             f"`image` must be {_ACCEPTED}. Got the file {location!r} with unsupported suffix "
             f"{suffix!r}; convert it to TIFF or Zarr first."
         )
-    return _open_zarr_location(location, options, array_name)
+    return _open_zarr_location(location, options, array_name, isel, stack)
 
 
 def open_image(
@@ -112,6 +123,8 @@ def open_image(
     *,
     storage_options: Mapping[str, Any] | None = None,
     array_name: str | None = None,
+    isel: Mapping[str, int | slice] | None = None,
+    stack: bool = False,
 ) -> xr.DataArray:
     """Open an image of any size as a lazy, Dask-backed ``(y, x, c)`` DataArray.
 
@@ -146,6 +159,19 @@ def open_image(
     array_name : str, optional
         Path of the image array inside a Zarr group (e.g. ``"0"`` or ``"raw/0"``). Only for a
         group; required when the group's choice is ambiguous.
+    isel : mapping of str to int or slice, optional
+        Planes to read, by dimension name, applied lazily before the axes are read (as
+        :meth:`xarray.DataArray.isel`): ``{"z": 10}`` drops ``z``, ``{"z": slice(10, 20)}``
+        keeps planes 10..19, ``{"t": 0, "z": 3}`` selects one plane of an OME-Zarr
+        ``(t, c, z, y, x)``. Only axes other than ``y``, ``x`` and ``c``, and only where the
+        image names its axes (xarray dims, Zarr ``dimension_names``, NGFF ``axes``, TIFF axes).
+        An int of every leading axis gives the plain ``(y, x, c)`` image.
+    stack : bool, default False
+        Keep the named axes other than ``y``, ``x``, ``c`` that are longer than 1 (``t``,
+        ``z``...) in front, in the source's order: ``(*lead, y, x, c)``, a stack of planes
+        (what :func:`chunkseg.predict` runs plane by plane). Each leading dim gets a
+        coordinate: the xarray input's own, else the planes' indices in the source. Without it
+        such axes are refused (select a plane with ``isel``).
 
     Returns
     -------
@@ -167,7 +193,9 @@ def open_image(
         floating-point; if ``storage_options`` is not a mapping.
     ValueError
         If the axes cannot be read as ``(y, x[, c])`` (1-D, 4-D+ with more than one non-singleton
-        extra axis, unknown dim names, an unnamed 3-D array with more than 16 channels last),
+        extra axis and no ``stack``, unknown dim names, an unnamed 3-D array with more than 16
+        channels last); if ``isel`` names an axis the image does not have (or ``y``, ``x``,
+        ``c``), an index out of range or an empty slice, or the image has no axis names;
         the image is empty, the file suffix is not supported,
         a group's image array is ambiguous or ``array_name`` is not one of its arrays, or a
         PNG/JPEG is over Pillow's decompression-bomb limit.
@@ -201,8 +229,11 @@ def open_image(
         raise InvalidTypeError(
             f"`array_name` must be a str path inside the Zarr group, or None. Got {array_name!r}."
         )
+    isel = isel_arg(isel)
+    if not isinstance(stack, bool):
+        raise InvalidTypeError(f"`stack` must be True or False. Got {stack!r}.")
     if isinstance(image, str | os.PathLike):
-        return _open_location(image, storage_options, array_name)
+        return _open_location(image, storage_options, array_name, isel, stack)
 
     _check_storage_options(storage_options, None, "image")
     if storage_options is not None:
@@ -211,37 +242,43 @@ def open_image(
             f"Got storage_options with a {type(image).__name__}; drop `storage_options`."
         )
     if isinstance(image, zarr.Array | zarr.Group):
-        return _open_zarr_node(image, array_name, _describe_zarr(image))
+        return _open_zarr_node(image, array_name, _describe_zarr(image), isel, stack)
     if array_name is not None:
         raise InvalidValueError(
             "`array_name` must be None unless `image` is a Zarr group. "
             f"Got array_name={array_name!r} for a {type(image).__name__}; drop `array_name`."
         )
     if isinstance(image, xr.DataArray):
-        return _open_dataarray(image)
+        return _open_dataarray(image, isel, stack)
     if isinstance(image, da.Array):
-        data, _ = _to_yxc(image, None)
+        data, _, _ = _to_stack(image, None, isel)
         return _finish(data, "dask.array.Array")
     if isinstance(image, np.ndarray):
-        data, _ = _to_yxc(image, None)
+        data, _, _ = _to_stack(image, None, isel)
         return _finish(_in_memory_to_dask(data), "numpy.ndarray")
     hint = " Pick one variable, e.g. `ds['image']`." if isinstance(image, xr.Dataset) else ""
     raise InvalidTypeError(f"`image` must be {_ACCEPTED}. Got {type(image).__name__}.{hint}")
 
 
-def _open_dataarray(image: xr.DataArray) -> xr.DataArray:
+def _open_dataarray(image: xr.DataArray, isel: Mapping[str, int | slice] | None,
+                    stack: bool) -> xr.DataArray:
     """:func:`open_image` for an xarray.DataArray (kept lazy: a non-Dask one is chunked first)."""
     _check_dtype(image.dtype)  # before `.chunk`, whose automatic chunks fail on objects
     if image.chunks is None:
         # `.data` would load a lazily indexed backend array; `.chunk` wraps it without reading.
         image = image.chunk("auto")
-    data, source_dims = _to_yxc(image.data, image.dims)
+    data, source_dims, positions = _to_stack(image.data, image.dims, isel, stack)
+    if isel:  # the coordinates of the planes kept (the data above is selected the same way)
+        names = {_canonical_dim(d): d for d in image.dims}
+        image = image.isel({names[_canonical_dim(d)]: sel for d, sel in isel.items()})
+    lead = tuple(positions)
     coords = {
         new: xr.Variable(new, image.indexes[old], image[old].attrs)
         for new, old in source_dims.items()
         if old is not None and old in image.indexes
     }
     # scalar coordinates travel too (rioxarray's ``spatial_ref`` holds the CRS in its attrs)
+    coords = {**lead_coords({d: p for d, p in positions.items() if d not in coords}), **coords}
     coords.update({name: c.variable for name, c in image.coords.items()
                    if c.ndim == 0 and name not in coords})
     source = image.attrs.get("source")
@@ -249,4 +286,4 @@ def _open_dataarray(image: xr.DataArray) -> xr.DataArray:
         source = "xarray.DataArray" + (f" {image.name!r}" if image.name is not None else "")
     source = redact_text(source)  # it is copied into outputs' attrs
     name = image.name if isinstance(image.name, str) else None
-    return _finish(data, source, coords=coords, attrs=image.attrs, name=name)
+    return _finish(data, source, coords=coords, attrs=image.attrs, name=name, lead=lead)

@@ -35,6 +35,7 @@ from ..outputs._manifest import (
     check_same_settings,
     consolidate,
     open_output_group,
+    refuse_stack,
 )
 from ..outputs._marks import ChunkMarks
 from ..outputs._ownership import require_group
@@ -257,6 +258,7 @@ def label(
         settings = WatershedSettings(seed_threshold, min_seed_size, boundary_weight, max_cost,
                                      merge_threshold, agglomeration, seeds, maxima_radius)
     group = _open_group(store, storage_options, "r+")
+    refuse_stack(group, describe_location(store), "store", "chunkseg.label")
     _check_complete(group, store)
     cls = class_index_arg(cls, class_names(group), fix="(CLI: --class NAME or --class INDEX)")
     variable = "labels" if threshold is None and settings is None else "probabilities"

@@ -27,7 +27,7 @@ from ..io import open_image
 from ..kernels import components as kern
 from ..outputs._identity import overlaps
 from ..outputs._lifecycle import replacing
-from ..outputs._manifest import open_output_group
+from ..outputs._manifest import open_output_group, refuse_stack
 from ..outputs._target import describe_location
 from ..scheduling import compute, open_client
 
@@ -279,6 +279,7 @@ def regions(
         raise OutputExistsError(f"`table` {path!r} is a folder; chunkseg writes one file there. "
                                 "Choose a file path.")
     group = open_output_group(store, storage_options=storage_options, mode="r")
+    refuse_stack(group, describe_location(store), "store", "chunkseg.regions")
     found = _ome.find(group, name)
     if found is None:
         raise NotFoundError(

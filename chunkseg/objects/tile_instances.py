@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from .._check import positive_int
+from .._check import isel_arg, isel_attrs, positive_int
 from .._redact import secrets_of
 from .._version import __version__
 from ..engine.graph import blend_graph
@@ -274,6 +274,7 @@ def predict_instances(
     storage_options: dict | None = None,
     scheduler: Any = None,
     progress: bool = False,
+    isel: Mapping[str, int | slice] | None = None,
 ) -> xr.DataArray:
     """Segment instances with a per-tile instance model and write one seamless label image.
 
@@ -313,6 +314,12 @@ def predict_instances(
         See :func:`chunkseg.scheduling.open_client`; default dask's threaded scheduler.
     progress : bool, default False
         Show progress bars (one per pass).
+
+    isel : mapping of str to int, optional
+        One plane of a stack, by dimension name (:func:`chunkseg.open_image`): e.g.
+        ``{"t": 0, "z": 10}`` of an OME-Zarr ``(t, c, z, y, x)`` (CLI: ``--planes t=0,z=10``).
+        Each axis other than ``y``, ``x``, ``c`` must be left of length 1: instances are
+        written for one 2-D image.
 
     Returns
     -------
@@ -389,7 +396,7 @@ def predict_instances(
     out_so = _so(store, storage_options)
     with writing(store, source=image, overwrite=overwrite, storage_options=out_so,
                  what="chunkseg predict-instances") as target:
-        arr = open_image(image, storage_options=_so(image, storage_options))
+        arr = open_image(image, storage_options=_so(image, storage_options), isel=isel)
         plan = plan_tiles(arr.shape, tile, overlap, chunks)
         check_id_space(plan)
         reader = BlockReader(arr.data, arr.encoding.get("chunkseg_reader"))
@@ -403,6 +410,7 @@ def predict_instances(
                        "stride cell; max-priority paste (centrality); IoU >= 0.5 matching; "
                        "ids 1..N in raster order of first pixel"),
             "source": str(arr.attrs.get("source", "array")),
+            **isel_attrs(isel_arg(isel)),
             "complete": False,
         }
         location = describe_location(store)

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .. import _ome
+from .._check import parse_planes
 from .._redact import redact_text, secrets_of
 from ..errors import (
     ChunksegError,
@@ -49,7 +50,8 @@ def input_identity(image: Any, attrs: dict | None = None, sample: int = 32) -> d
     Parameters
     ----------
     image : dask.array.Array
-        The input as read, ``(y, x, c)``.
+        The input as read, ``(y, x, c)``, or a stack ``(*lead, y, x, c)`` (its first and last
+        planes are sampled).
     attrs : dict, optional
         Its metadata (the opened DataArray's attrs: the source, pixel size...).
     sample : int, default 32
@@ -65,14 +67,16 @@ def input_identity(image: Any, attrs: dict | None = None, sample: int = 32) -> d
     """
     import hashlib
 
-    h, w = image.shape[:2]
+    h, w = image.shape[-3:-1]
     sy, sx = min(sample, h), min(sample, w)
     corners = {(0, 0), (0, w - sx), (h - sy, 0), (h - sy, w - sx),
                ((h - sy) // 2, (w - sx) // 2)}
+    lead = image.ndim - 3  # a stack of planes: its first and last plane are sampled
+    planes = [image] if not lead else [image[(0,) * lead], image[(-1,) * lead]]
     digest = hashlib.sha256()
-    for y, x in sorted(corners):
+    for plane, (y, x) in ((p, c) for p in planes for c in sorted(corners)):
         try:
-            digest.update(np.ascontiguousarray(np.asarray(image[y:y + sy, x:x + sx])).tobytes())
+            digest.update(np.ascontiguousarray(np.asarray(plane[y:y + sy, x:x + sx])).tobytes())
         except (OSError, ValueError, RuntimeError) as err:  # a corrupt chunk (a codec's error)
             # the run reads it again and reports it with the pixels; here it is a fact of the
             # input like any other
@@ -94,7 +98,7 @@ def _fingerprint(attrs: dict, plan: TilePlan, *, outputs: Sequence[str], dtype: 
     chunkseg's version."""
     keep = ("source", "model", "tile", "overlap", "window", "tta", "chunks", "classes", "mask",
             "kernel", "padding", "shards", "zarr_chunks", "class_names", "layout", "levels",
-            "chunkseg_version")
+            "planes", "stack", "chunkseg_version")
     fp = {k: attrs[k] for k in keep if k in attrs}
     fp.update(image_shape=list(plan.image_shape), outputs=sorted(outputs), dtype=str(dtype),
               input=input_identity(image, input_attrs))
@@ -139,6 +143,7 @@ def _missing_chunks(store: Any, so: dict | None, targets: dict, done: np.ndarray
 
     fs, root = fsspec.core.url_to_fs(os.fspath(store), **dict(so or {}))
     marked = {tuple(int(v) for v in ij) for ij in np.argwhere(done == 1)}
+    lead = done.ndim - 2  # a stack of planes: the manifest's leading dims
     missing: set = set()
     for array in targets.values():
         prefix = f"{root.rstrip('/')}/{array.path}/c"
@@ -147,7 +152,8 @@ def _missing_chunks(store: Any, so: dict | None, targets: dict, done: np.ndarray
             for key in fs.find(prefix):
                 parts = key[len(prefix) + 1:].split("/")
                 if all(p.isdigit() for p in parts) and len(parts) == array.ndim:
-                    present.add(tuple(int(p) for p in parts[-2:]))
+                    # a stack's plane (its leading indices) and the chunk's (y, x)
+                    present.add(tuple(int(p) for p in parts[:lead] + parts[-2:]))
         missing |= marked - present
     return sorted(missing)
 
@@ -250,6 +256,41 @@ def open_output_group(store: Any, *, storage_options: dict | None = None, mode: 
     return group
 
 
+def refuse_stack(group: Any, where: str, param: str, what: str) -> None:
+    """Refuse an output that is a stack of planes (``attrs["stack"]``: a run over an input
+    with leading dims such as ``t``, ``z``) where ``what`` reads one 2-D output.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        Root group of the output to be read (its attrs and manifest are looked at).
+    where, param, what : str
+        For the message: the output's location (without credentials), the parameter that
+        named it (``store``, ``pred``...) and the reader (``chunkseg.label``...).
+
+    Raises
+    ------
+    chunkseg.errors.InvalidValueError
+        Naming the stack's dims and lengths and the fix: write one plane's output
+        (``isel``, CLI ``--planes``).
+    """
+    lead = group.attrs.get("stack")
+    if not lead:
+        return
+    lead = [str(d) for d in lead]
+    try:
+        lengths = tuple(group[MANIFEST]["done"].shape[:len(lead)])
+    except (KeyError, OSError, ValueError):
+        lengths = ()
+    one = ",".join(f"{d}=0" for d in lead)
+    raise InvalidValueError(
+        f"`{param}` must be a 2-D output (y, x) for {what}. Got {where!r}, a stack of planes "
+        f"with leading dims {tuple(lead)}" + (f" of lengths {lengths}" if lengths else "")
+        + f". Write the output of one plane and use that: predict_to_zarr(..., isel="
+        f"{{{', '.join(repr(d) + ': 0' for d in lead)}}}) (CLI: chunkseg predict ... --planes "
+        f"{one}).")
+
+
 def warn_if_incomplete(group: Any, where: str, *, stacklevel: int = 2) -> None:
     """Warn that a :func:`predict_to_zarr` output is not finished, with its chunks written.
 
@@ -295,7 +336,8 @@ def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dic
         model that was an object in memory), ``normalization``, ``tile``, ``overlap``,
         ``window`` (absent for a window array), ``chunks`` and ``shards``, ``outputs``,
         ``dtype``, ``tta``, ``kernel``, ``classes``, ``ome``, ``levels``, ``batch_size``,
-        ``device``; and ``mask``: True when the run had a mask (which must be given again).
+        ``device``, ``isel`` (the planes selected, when some were); and ``mask``: True
+        when the run had a mask (which must be given again).
     """
     import os
 
@@ -337,6 +379,8 @@ def recorded_settings(store: Any, *, storage_options: dict | None = None) -> dic
     out["ome"] = fp.get("layout") is not None
     out["batch_size"] = attrs.get("batch_size")
     out["mask"] = fp.get("mask", "none") != "none"
+    if isinstance(fp.get("planes"), str):  # the planes selected (isel_attrs)
+        out["isel"] = parse_planes(fp["planes"])
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -39,14 +39,17 @@ class ChunkMarks:
         self.writer = ArrayWriter(array, location, str(array.path))
 
     @classmethod
-    def create(cls, group: Any, name: str, grid: tuple[int, int], location: str,
+    def create(cls, group: Any, name: str, grid: tuple[int, ...], location: str,
                compressor: Any = None,
-               meaning: str = "1 where the chunk is written") -> ChunkMarks:
+               meaning: str = "1 where the chunk is written",
+               lead: tuple[str, ...] = ()) -> ChunkMarks:
         """New marks, all 0, as array ``name`` of ``group`` (which must not hold it);
-        ``compressor`` defaults to zstd level 1, ``meaning`` is its ``meaning`` attribute."""
-        array = create_array(group, name=name, shape=grid, chunks=(1, 1), dtype="uint8",
-                             compressor=compressor or ZstdCodec(level=1),
-                             dimension_names=("chunk_y", "chunk_x"),
+        ``compressor`` defaults to zstd level 1, ``meaning`` is its ``meaning`` attribute.
+        ``grid`` is ``(rows, cols)``, or ``(*planes, rows, cols)`` for a stack of planes whose
+        leading dims are ``lead`` (one mark per plane and chunk)."""
+        array = create_array(group, name=name, shape=grid, chunks=(1,) * len(grid),
+                             dtype="uint8", compressor=compressor or ZstdCodec(level=1),
+                             dimension_names=(*lead, "chunk_y", "chunk_x"),
                              attributes={"meaning": meaning})
         return cls(array, location)
 
@@ -79,12 +82,15 @@ class ChunkMarks:
                 "known. Start again with `overwrite=True` (CLI: --overwrite).")
         return cls(array, location)
 
-    def finished(self) -> set[tuple[int, int]]:
-        """The ``(iy, ix)`` chunks marked done."""
-        return {(int(a), int(b)) for a, b in np.argwhere(np.asarray(self.array[...]) == 1)}
+    def finished(self) -> set[tuple[int, ...]]:
+        """The ``(iy, ix)`` chunks marked done (``(*plane, iy, ix)`` for a stack)."""
+        return {tuple(int(v) for v in ij)
+                for ij in np.argwhere(np.asarray(self.array[...]) == 1)}
 
-    def mark(self, iy: int, ix: int, what: str | None = None) -> None:
-        """Mark chunk ``(iy, ix)`` done (after its data is written); ``what`` names the chunk
-        in a failed write's message (default: "the mark of chunk (iy, ix)")."""
-        self.writer.write((slice(iy, iy + 1), slice(ix, ix + 1)), np.ones((1, 1), np.uint8),
-                          what or f"the mark of chunk ({iy}, {ix})")
+    def mark(self, *index: int, what: str | None = None) -> None:
+        """Mark chunk ``(iy, ix)`` (``(*plane, iy, ix)`` for a stack) done, after its data is
+        written; ``what`` names the chunk in a failed write's message (default: "the mark of
+        chunk (iy, ix)")."""
+        self.writer.write(tuple(slice(i, i + 1) for i in index),
+                          np.ones((1,) * len(index), np.uint8),
+                          what or f"the mark of chunk {tuple(index)}")

@@ -53,6 +53,10 @@ class ChunkWriter:
     location : str, optional
         The output store, for messages (:func:`chunkseg.outputs._target.describe_location`: no
         credentials).
+    plane : tuple of int, default ()
+        For a stack of planes, the index of the plane this writer writes along the arrays'
+        leading dims (and the manifest's): ``targets`` are then ``(*planes, K, H, W)`` and
+        ``(*planes, H, W)``.
 
     Raises
     ------
@@ -62,9 +66,11 @@ class ChunkWriter:
         unmarked.
     """
 
-    def __init__(self, targets: dict, plan: TilePlan, done=None, location: str | None = None):
+    def __init__(self, targets: dict, plan: TilePlan, done=None, location: str | None = None,
+                 plane: tuple[int, ...] = ()):
         self.targets = targets
         self.plan = plan
+        self.plane = tuple(int(i) for i in plane)
         self.done = done
         self.location = location
         where = location or "the output store"
@@ -83,16 +89,20 @@ class ChunkWriter:
         (c_y, c_x) = self.plan.chunks
         h, w = outs[self.names[0]].shape[-2:]
         region = (slice(jy * c_y, jy * c_y + h), slice(jx * c_x, jx * c_x + w))
+        plane = tuple(slice(i, i + 1) for i in self.plane)
         for name, data in outs.items():
-            self._writers[name].write((slice(None),) * (data.ndim - 2) + region, data, what)
+            data = data.reshape((1,) * len(plane) + data.shape)  # a stack's plane: 1 along each
+            self._writers[name].write(plane + (slice(None),) * (data.ndim - 2 - len(plane))
+                                      + region, data, what)
         if self._marks is not None:  # after every variable of the chunk is written
-            self._marks.mark(jy, jx, what)
+            self._marks.mark(*self.plane, jy, jx, what=what)
 
 
 def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: int,
                      dtype: np.dtype, labels_dtype: np.dtype,
                      inner: tuple[int, int] | None, ome: bool, level_shapes: list,
-                     coords: dict, class_names: Sequence[str], compression_level: int):
+                     coords: dict, class_names: Sequence[str], compression_level: int,
+                     lead: Sequence[str] = (), lead_shape: tuple[int, ...] = ()):
     """Create the output's arrays in a new ``group``: the variables, their coordinates, the
     pyramid levels (``ome``) and the completion manifest.
 
@@ -118,12 +128,16 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
         The input's ``y``/``x`` and scalar coordinates.
     class_names : sequence of str
     compression_level : int
+    lead, lead_shape : tuple, default ()
+        A stack of planes: its leading dims' names and lengths, in front of each variable's
+        dims (chunks of 1 along them: each chunk holds one plane) and of the manifest's
+        (``coords`` then holds their coordinates).
 
     Returns
     -------
     targets : dict of str -> zarr.Array
     done : zarr.Array
-        The manifest, ``(n_y, n_x)`` uint8.
+        The manifest, ``(n_y, n_x)`` uint8 (``(*lead_shape, n_y, n_x)`` for a stack).
     """
     targets = {}
     k = classes
@@ -139,6 +153,8 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
                 dtype, ("class", "y", "x")
         # each write task owns whole Zarr chunks, or whole shards when sharded
         check_aligned(name, plan.output_chunks(), chunks[-2:])
+        shape, chunks = tuple(lead_shape) + shape, (1,) * len(lead_shape) + chunks
+        dims = (*lead, *dims)
         shard_shape = None
         if inner is not None:
             shard_shape, chunks = chunks, chunks[:-2] + inner
@@ -155,9 +171,10 @@ def create_variables(group, *, outputs: Sequence[str], plan: TilePlan, classes: 
     # one element (and one Zarr chunk) per output chunk, set by the task that wrote it:
     # concurrent tasks never write the same object
     done = ChunkMarks.create(
-        require_group(group, MANIFEST), "done", plan.chunk_grid, str(group.store),
-        compressor=compressor("done", compression_level),
-        meaning="1 where every variable of that output chunk is written").array
+        require_group(group, MANIFEST), "done", tuple(lead_shape) + plan.chunk_grid,
+        str(group.store), compressor=compressor("done", compression_level),
+        meaning="1 where every variable of that output chunk is written",
+        lead=tuple(lead)).array
     return targets, done
 
 

@@ -20,6 +20,7 @@ from ..errors import IncompleteOutputWarning, InvalidValueError
 from ..io import open_image
 from ..kernels import blend
 from ..objects.instances import _open_group
+from ..outputs._manifest import refuse_stack
 from ..outputs._target import describe_location
 from ..outputs._variables import class_names
 from ..plan import TilePlan, plan_tiles
@@ -199,6 +200,7 @@ class _Output:
         else:
 
             group = _open_group(store, storage_options, "r")
+        refuse_stack(group, self.where, "store", "the figures")
         self.attrs = dict(group.attrs)
         self.arrays = {}
         for name in ("labels", "probabilities", "logits", "instances"):

@@ -568,7 +568,7 @@ def test_predict_to_zarr_takes_every_keyword_of_predict_with_its_default():
     assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in to_zarr.values())
     keywords = [p for p in inspect.signature(chunkseg.predict).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    assert len(keywords) == 15
+    assert len(keywords) == 16
     for p in keywords:
         assert to_zarr[p.name].kind is inspect.Parameter.KEYWORD_ONLY, p.name
         assert to_zarr[p.name].default == p.default, p.name
@@ -613,7 +613,9 @@ def test_setup_is_a_frozen_typed_record():
     with pytest.raises(dataclasses.FrozenInstanceError):
         setup.dtype = np.dtype("float32")
     assert {f.name for f in dataclasses.fields(setup)} == {
-        "image", "runner", "outputs", "dtype", "attrs", "class_names", "coords", "input_attrs"}
+        "image", "runner", "outputs", "dtype", "attrs", "class_names", "coords", "input_attrs",
+        "lead", "planes"}
+    assert setup.lead == () and setup.planes == (setup.runner,)  # one image: one plane
 
 
 @pytest.mark.parametrize("spec, kernel", [("model_factories:torch_conv1x1", "torch"),
