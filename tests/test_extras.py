@@ -27,7 +27,7 @@ _PROJECT = tomllib.loads(PYPROJECT.read_text())["project"]
 _EXTRAS: dict[str, list[str]] = _PROJECT["optional-dependencies"]
 
 # Extras that need torchvision, on purpose: on a CPU machine torch and torchvision come together
-# from PyTorch's CPU index (README); `dev` pins the pair CI tests.
+# from PyTorch's CPU index (docs/install.md); `dev` pins the pair CI tests.
 TORCHVISION_EXTRAS = {"train", "dev"}
 # Packages that tie torch to their own release; name prefixes of CUDA builds.
 TORCH_PINNERS = {"torchvision", "torchaudio"}
