@@ -183,6 +183,7 @@ def test_cli_label_and_regions(tmp_path, capsys):
 
 def test_cli_predict_instances_equals_label_of_the_whole_image(tmp_path, capsys):
     """The per-tile route through the CLI: small separated objects, each found once."""
+    pytest.importorskip("ome_zarr")  # not in the lowest-versions environment
     image = np.full((200, 230), 220, np.uint8)
     yy, xx = np.indices(image.shape)
     for cy in range(12, 200, 25):
@@ -200,6 +201,7 @@ def test_cli_predict_instances_equals_label_of_the_whole_image(tmp_path, capsys)
 
 
 def test_cli_figures(tmp_path, capsys):
+    pytest.importorskip("ome_zarr")  # not in the lowest-versions environment
     image = _blobs(seed=5)
     out = _output(tmp_path, image, 48)
     assert main(["label", str(out), "--no-progress"]) == 0
