@@ -3,23 +3,20 @@
 Four passes over the chunks of a written output's probabilities, each task holding one chunk
 (plus a halo in the third):
 
-1. **Seeds**: each chunk's connected components of the seed mask
-   (``probabilities[cls] >= seed_threshold``, the maxima of a capped distance transform, or
-   either: :func:`chunkseg.kernels.watershed.seed_mask`, exact on a chunk read with its halo),
-   labelled locally (:func:`chunkseg.kernels.components.label_block`) and written with the
-   chunk's boundary probability ``1 - probabilities[cls]`` (float32) into scratch arrays
-   (``NAME-seeds``, ``NAME-boundary``), each chunk written once; the task returns the
-   chunk's summary (its edge labels and seed sizes). The scratch arrays are sharded by
-   chunk with inner chunks of at most 256 px, so the next pass's windows decompress only the
-   inner chunks they touch (not the 3 x 3 chunks of the probabilities around them, both
-   classes each: 7.5 times fewer bytes at 1536 px chunks).
-2. **Global seed ids**, on the client: the summaries merged (the components' merge,
-   :func:`chunkseg.kernels.components.merge_summaries`), seeds smaller than ``min_seed_size``
-   pixels dropped and the rest numbered in raster order; one lookup table (local label ->
-   global seed id) per chunk.
+1. **Seeds**: connected components of the seed mask (``probabilities[cls] >= seed_threshold``,
+   the maxima of a capped distance transform, or either:
+   :func:`chunkseg.kernels.watershed.seed_mask`, exact on a chunk read with its halo) with one
+   global id each (:mod:`chunkseg.kernels.components`: label, summarise, merge on the client); objects
+   smaller than ``min_seed_size`` pixels are dropped and the rest numbered in raster order.
+2. **Seeds, written**: each chunk's seeds again, mapped to their global ids, into a scratch
+   array (``NAME-seeds``), and its boundary probability ``1 - probabilities[cls]`` (float32)
+   into another (``NAME-boundary``), each chunk written once. The scratch arrays are sharded
+   by chunk with inner chunks of at most 256 px, so the next pass's windows decompress
+   only the inner chunks they touch (not the 3 x 3 chunks of the probabilities around them,
+   both classes each: 7.5 times fewer bytes at 1536 px chunks).
 3. **Flooding and region graph**: every chunk is flooded from the seeds of its window (the
-   chunk and ``floor(max_cost) + 1`` pixels around it, read from the scratch arrays, each
-   chunk's part of it mapped through that chunk's lookup table) over the boundary probability
+   chunk and ``floor(max_cost) + 1`` pixels around it, read from the scratch arrays) over the
+   boundary probability
    (:func:`chunkseg.kernels.watershed.flood_block`); the halo is the proven bound of the
    flooding's reach, so the chunk, and the row and column after it, equal the whole image's
    flooding. The chunk's fragments go to a second scratch array (``NAME-fragments``); the
@@ -41,11 +38,10 @@ Four passes over the chunks of a written output's probabilities, each task holdi
 The result does not depend on the chunking (tested against the in-memory reference for several
 chunkings, including chunks smaller than the halo).
 
-**Resume.** Passes 1 and 3 and the final writing mark each chunk once it is written
-(:class:`chunkseg.outputs._marks.ChunkMarks` in the run's record), so ``label(...,
-resume=True)`` after an interruption writes only the chunks not marked; the summaries of the
-seeds' marked chunks are read back from their stored local labels, and the client's steps run
-again (the same result: every step is deterministic).
+**Resume.** Passes 1 and 4's merge only read; passes 2 and 3 and the final writing mark each
+chunk once it is written (:class:`chunkseg.outputs._marks.ChunkMarks` in the run's record), so
+``label(..., resume=True)`` after an interruption runs the reading passes again (the same
+result: every step is deterministic) and writes only the chunks not marked.
 """
 
 from __future__ import annotations
@@ -196,49 +192,36 @@ def _seed_block(src, cls: int, settings: WatershedSettings, ys, xs) -> tuple:
     return mask[inner], window[inner]
 
 
-def _summary(seeds: np.ndarray, n: int, ys, xs, width: int) -> tuple:
+def _seed_summary(src, cls: int, settings: WatershedSettings, ys, xs, connectivity: int,
+                  width: int):
+    seeds, n = kern.label_block(_seed_block(src, cls, settings, ys, xs)[0], connectivity)
     return kern.summarise_block(seeds, n, (ys[0], xs[0]), width), np.bincount(
         seeds.ravel(), minlength=n + 1)
 
 
 def _seed_task(src, cls: int, settings: WatershedSettings, ys, xs, connectivity: int,
-               width: int, writer: ArrayWriter, boundary_writer: ArrayWriter,
-               marks: ChunkMarks, iy: int, ix: int, what: str) -> tuple:
-    """Label one chunk's seeds (local ids, raster order), write them and the chunk's boundary
-    probability (once each), mark; return the chunk's summary and seed sizes."""
+               lookup: np.ndarray, writer: ArrayWriter, boundary_writer: ArrayWriter,
+               marks: ChunkMarks, iy: int, ix: int, what: str) -> int:
+    """Label one chunk's seeds again, map them to their global ids, write them and the
+    chunk's boundary probability (once each), mark."""
     mask, p = _seed_block(src, cls, settings, ys, xs)
-    seeds, n = kern.label_block(mask, connectivity)
+    seeds, _ = kern.label_block(mask, connectivity)
     region = (slice(*ys), slice(*xs))
-    writer.write(region, seeds.astype(writer.dtype), what)
+    writer.write(region, lookup.astype(writer.dtype)[seeds], what)
     boundary_writer.write(region, 1.0 - p.astype(np.float32), what)
     marks.mark(iy, ix)
-    return _summary(seeds, n, ys, xs, width)
-
-
-def _stored_summary(seeds_array, ys, xs, width: int) -> tuple:
-    """The summary of a chunk whose seeds an interrupted run wrote (resume): the same local
-    labels, so the same summary."""
-    seeds = np.asarray(seeds_array[ys[0]:ys[1], xs[0]:xs[1]]).astype(np.int64)
-    return _summary(seeds, int(seeds.max(initial=0)), ys, xs, width)
+    return 1
 
 
 def _flood_task(seeds_array, boundary_array, ys, xs, shape: tuple[int, int], depth: int,
-                weight: float, max_cost: float, seed_ids: dict, writer: ArrayWriter, graph,
-                marks: ChunkMarks, iy: int, ix: int, what: str) -> int:
-    """Flood one chunk from the seeds in its window (the chunk and ``depth`` pixels around it;
-    each chunk's part of the window mapped from its local seed labels to global seed ids by
-    ``seed_ids[(jy, jx)] = ((y0, y1, x0, x1), lookup)``, given for the chunks the window
-    touches), write its fragments (once) and its region-graph record (:func:`_write_record`),
-    mark."""
+                weight: float, max_cost: float, writer: ArrayWriter, graph, marks: ChunkMarks,
+                iy: int, ix: int, what: str) -> int:
+    """Flood one chunk from the seeds in its window (the chunk and ``depth`` pixels around it),
+    write its fragments (once) and its region-graph record (:func:`_write_record`), mark."""
     height, width = shape
     wy0, wx0 = max(ys[0] - depth, 0), max(xs[0] - depth, 0)
     wy1, wx1 = min(ys[1] + depth, height), min(xs[1] + depth, width)
-    local = np.asarray(seeds_array[wy0:wy1, wx0:wx1])
-    seeds = np.zeros(local.shape, np.int64)
-    for (y0, y1, x0, x1), lookup in seed_ids.values():
-        part = (slice(max(y0, wy0) - wy0, min(y1, wy1) - wy0),
-                slice(max(x0, wx0) - wx0, min(x1, wx1) - wx0))
-        seeds[part] = lookup[local[part]]
+    seeds = np.asarray(seeds_array[wy0:wy1, wx0:wx1])
     boundary = np.asarray(boundary_array[wy0:wy1, wx0:wx1])
     frag = ws.flood_block(seeds, boundary, weight, max_cost)[0].astype(np.uint32)
     rows, cols = ys[1] - ys[0], xs[1] - xs[0]
@@ -327,6 +310,25 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     cy, cx = src.chunks[-2:]
     ys_, xs_ = kern.block_grid((kern.axis_chunks(height, cy), kern.axis_chunks(width, cx)))
     grid = (len(ys_), len(xs_))
+    # 1. seeds (reads only: run again on resume, the same result)
+    tasks = {(iy, ix): dask.delayed(_seed_summary, pure=False)(
+        src, cls, settings, ys, xs, connectivity, width)
+        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
+    results = dict(zip(tasks, compute(*tasks.values(), scheduler=scheduler, progress=progress,
+                                      label="labelling: watershed seeds", secrets=secrets)))
+    lookups, n_comp = kern.merge_summaries({k: r[0] for k, r in results.items()}, grid,
+                                           connectivity)
+    sizes = np.zeros(n_comp + 1, np.int64)
+    for k, (_, local) in results.items():
+        np.add.at(sizes, lookups[k], local)
+    keep = sizes >= settings.min_seed_size
+    keep[0] = False
+    renumber = np.cumsum(keep) * keep  # raster order kept: ids were in raster order
+    n_seeds = int(keep.sum())
+    if n_seeds > np.iinfo(np.uint32).max:
+        raise InvalidValueError(
+            f"`seed_threshold` {settings.seed_threshold!r} gives {n_seeds} seeds; the watershed "
+            "takes at most 2**32 - 1. Raise `seed_threshold` or `min_seed_size`.")
     # scratch arrays in shards of one chunk, of inner chunks of at most 256 px: a window
     # decompresses the inner chunks it touches, not the 3 x 3 chunks around it
     inner = (_inner_chunk(cy), _inner_chunk(cx))
@@ -347,37 +349,18 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
             return ChunkMarks.open(record, what, grid, location)
         return ChunkMarks.create(record, what, grid, location)
 
-    # 1. seeds: each chunk's seed components with local labels (raster order) and its
-    # boundary probability, into scratch arrays (each chunk written once); the summaries of
-    # the chunks an interrupted run wrote are read back from their local labels
-    seeds, seed_writer = scratch(scratch_names[0], "seeds", "uint32", "seeds")
+    # 2. the seeds with their global ids and the boundary probability, into scratch arrays
+    # (each chunk written once)
+    seeds, seed_writer = scratch(scratch_names[0], "seeds", kern.ids_dtype(n_seeds), "seeds")
     boundary, boundary_writer = scratch(scratch_names[1], "boundary", "float32", "seeds")
     seed_marks = marks("seeds")
     done = seed_marks.finished()
-    tasks = {(iy, ix): dask.delayed(_stored_summary, pure=False)(seeds, ys, xs, width)
-             if (iy, ix) in done else dask.delayed(_seed_task, pure=False)(
-                 src, cls, settings, ys, xs, connectivity, width, seed_writer,
-                 boundary_writer, seed_marks, iy, ix, f"chunk ({iy}, {ix}) of the seeds")
-             for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_)}
-    results = dict(zip(tasks, compute(*tasks.values(), scheduler=scheduler, progress=progress,
-                                      label="labelling: watershed seeds", secrets=secrets)))
-    # 2. on the client: global seed ids (the components' merge), the size filter
-    lookups, n_comp = kern.merge_summaries({k: r[0] for k, r in results.items()}, grid,
-                                           connectivity)
-    sizes = np.zeros(n_comp + 1, np.int64)
-    for k, (_, local) in results.items():
-        np.add.at(sizes, lookups[k], local)
-    keep = sizes >= settings.min_seed_size
-    keep[0] = False
-    renumber = np.cumsum(keep) * keep  # raster order kept: ids were in raster order
-    n_seeds = int(keep.sum())
-    if n_seeds > np.iinfo(np.uint32).max:
-        raise InvalidValueError(
-            f"`seed_threshold` {settings.seed_threshold!r} gives {n_seeds} seeds; the watershed "
-            "takes at most 2**32 - 1. Raise `seed_threshold` or `min_seed_size`.")
-    # local label -> global seed id (0: none, or dropped by the size filter), per chunk
-    seed_ids = {(jy, jx): (ys_[jy] + xs_[jx], renumber[lookup])
-                for (jy, jx), lookup in lookups.items()}
+    jobs = [dask.delayed(_seed_task, pure=False)(
+        src, cls, settings, ys, xs, connectivity, renumber[lookups[(iy, ix)]],
+        seed_writer, boundary_writer, seed_marks, iy, ix, f"chunk ({iy}, {ix}) of the seeds")
+        for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
+    compute(*jobs, scheduler=scheduler, progress=progress, label="labelling: writing seeds",
+            secrets=secrets)
     # 3. flooding with the halo (one more pixel: the pairs look at the next row and column)
     fragments, frag_writer = scratch(scratch_names[2], "fragments", kern.ids_dtype(n_seeds),
                                        "fragments")
@@ -385,15 +368,9 @@ def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connecti
     graph = record.require_group("graph")
     depth = ws.halo(settings.max_cost) + 1
     done = frag_marks.finished()
-
-    def touching(ys, xs) -> dict:  # the chunks a window (the chunk and depth around) touches
-        return {(jy, jx): seed_ids[(jy, jx)]
-                for jy, (y0, y1) in enumerate(ys_) if y1 > ys[0] - depth and y0 < ys[1] + depth
-                for jx, (x0, x1) in enumerate(xs_) if x1 > xs[0] - depth and x0 < xs[1] + depth}
-
     jobs = [dask.delayed(_flood_task, pure=False)(
         seeds, boundary, ys, xs, (height, width), depth, settings.boundary_weight,
-        settings.max_cost, touching(ys, xs), frag_writer, graph, frag_marks, iy, ix,
+        settings.max_cost, frag_writer, graph, frag_marks, iy, ix,
         f"chunk ({iy}, {ix}) of the fragments")
         for iy, ys in enumerate(ys_) for ix, xs in enumerate(xs_) if (iy, ix) not in done]
     compute(*jobs, scheduler=scheduler, progress=progress,
