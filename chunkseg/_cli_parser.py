@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="output Zarr path or URL")
     p.add_argument("--chunk", type=_pair, default=1024, help="Zarr chunk, px (1024)")
     p.add_argument("--array-name", default=None, help="array inside a source Zarr group")
+    _add_planes_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--levels", type=int, default=None,
                    help="pyramid levels, full resolution included (default: halve to 512 px)")
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=_floats, default=None, help="... minus mean (per channel)")
     p.add_argument("--std", type=_floats, default=None, help="... divided by std (per channel)")
     p.add_argument("--array-name", default=None, help="array inside an input Zarr group")
+    _add_planes_arg(p)
     p.add_argument("--out", default=".", help="folder for seam_report.png (.)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier PNG/JSON")

@@ -57,6 +57,7 @@ def ingest(
     compressor_level: int = 3,
     progress: bool = False,
     array_name: str | None = None,
+    isel: Mapping[str, int | slice] | None = None,
     source_storage_options: Mapping[str, Any] | None = None,
     levels: int | None = None,
 ) -> zarr.Group:
@@ -89,6 +90,10 @@ def ingest(
         Show a progress bar on stderr (:mod:`chunkseg.progress`), labelled ``ingesting``.
     array_name : str, optional
         Passed to :func:`open_image` for a Zarr-group ``source``.
+    isel : mapping, optional
+        One plane of a stack, e.g. ``{"t": 0, "z": 10}`` (CLI ``--planes t=0,z=10``), passed
+        to :func:`open_image`: the ingested image is 2-D ``(c, y, x)``, so every leading axis
+        longer than 1 needs an index.
     source_storage_options : mapping, optional
         fsspec options for a URL ``source`` (``storage_options`` is for ``store``).
     levels : int, optional
@@ -174,7 +179,7 @@ def ingest(
     with writing(target, source=source, overwrite=overwrite, storage_options=options,
                  what="chunkseg ingest") as out:
         image = open_image(source, storage_options=source_storage_options,
-                           array_name=array_name)
+                           array_name=array_name, isel=isel)
         height, width, channels = image.shape
         shapes = _pyramid.level_shapes((height, width), levels)
         data = image.data.transpose(2, 0, 1).rechunk((channels, min(cy, height),

@@ -69,8 +69,8 @@ def _cmd_ingest(args) -> int:
     from ._ingest import ingest
 
     group = ingest(args.source, args.store, chunks=args.chunk, overwrite=args.overwrite,
-                   array_name=args.array_name, progress=not args.no_progress,
-                   levels=args.levels)
+                   array_name=args.array_name, isel=args.planes,
+                   progress=not args.no_progress, levels=args.levels)
     arr = group["0"]
     ms = group.attrs["ome"]["multiscales"][0]
     scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"][1:]
@@ -248,7 +248,7 @@ def _cmd_seams(args) -> int:
         bins=args.bins, normalization=_normalization(args), multiple=args.multiple,
         margin=args.margin, batch_size=args.batch_size, device=args.device, chunks=args.chunk,
         max_pixels=seams.MAX_PIXELS if args.max_pixels is None else args.max_pixels,
-        array_name=args.array_name, progress=not args.no_progress)
+        array_name=args.array_name, isel=args.planes, progress=not args.no_progress)
     print(seams.format_seam_table(report))
     paths = save_seam_report(report, args.out, json_path=args.json_out, overwrite=args.overwrite)
     for name, path in paths.items():

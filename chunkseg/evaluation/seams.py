@@ -223,6 +223,7 @@ def seam_report(
     maps: Sequence[str] = (NAIVE, "gaussian"),
     storage_options: dict | None = None,
     array_name: str | None = None,
+    isel: dict | None = None,
     progress: bool = False,
 ) -> SeamReport:
     """Measure how tiling changes a model's output against its whole-image forward pass.
@@ -299,6 +300,9 @@ def seam_report(
         fsspec options for a URL ``image``.
     array_name : str, optional
         Array inside a Zarr group ``image``.
+    isel : dict, optional
+        One plane of a stack, e.g. ``{"z": 10}`` (CLI ``--planes z=10``), passed to
+        :func:`chunkseg.open_image`.
     progress : bool, default False
         Show progress on stderr (:mod:`chunkseg.progress`): ``loading the model``, the
         whole-image reference pass, then one step per compared tiling. The CLI (``chunkseg
@@ -336,7 +340,7 @@ def seam_report(
     batch_size = positive_int(batch_size, "batch_size")
     if isinstance(maps, str):
         maps = tuple(m.strip() for m in maps.split(","))
-    arr = open_image(image, storage_options=storage_options, array_name=array_name)
+    arr = open_image(image, storage_options=storage_options, array_name=array_name, isel=isel)
     h, w, c = arr.shape
     _check_size((h, w), max_pixels)
     with stage("loading the model", progress):

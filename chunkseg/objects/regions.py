@@ -19,7 +19,7 @@ import dask
 import numpy as np
 
 from .. import _ome
-from .._check import positive_int
+from .._check import parse_planes, positive_int
 from .._redact import secrets_of
 from ..engine.runner import BlockReader
 from ..errors import InvalidValueError, NotFoundError, OutputExistsError, OutputOverlapError
@@ -298,7 +298,8 @@ def regions(
             )
     reader = None
     if image is not None:
-        arr = open_image(image)
+        # a plane of a stack: read at the planes the output was predicted from (--planes)
+        arr = open_image(image, isel=parse_planes(group.attrs.get("planes")))
         if arr.shape[:2] != (height, width):
             raise InvalidValueError(
                 f"`image` must have the output's height and width {(height, width)}. Got "

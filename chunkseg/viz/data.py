@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .. import _ome
-from .._check import class_index_arg, int_pair, is_int, positive_int
+from .._check import class_index_arg, int_pair, is_int, parse_planes, positive_int
 from ..engine.runner import BlockReader
 from ..errors import IncompleteOutputWarning, InvalidValueError
 from ..io import open_image
@@ -136,7 +136,8 @@ class _ShapeOnly:
 class _Image:
     """The input image, opened lazily: strided overviews, crops and reflect-padded tiles."""
 
-    def __init__(self, image, shape: tuple[int, int] | None, storage_options=None):
+    def __init__(self, image, shape: tuple[int, int] | None, storage_options=None,
+                 isel: dict | None = None):
         import dask.array as da
         import xarray as xr
         import zarr
@@ -154,7 +155,7 @@ class _Image:
                                       lambda y0, y1, x0, x1: self.read(slice(y0, y1),
                                                                        slice(x0, x1)))
         else:
-            arr = open_image(image, storage_options=storage_options)
+            arr = open_image(image, storage_options=storage_options, isel=isel)
             self.array = arr.data  # (y, x, c) dask
             self.rest = (slice(None),)
             full = tuple(int(s) for s in arr.shape)
@@ -291,9 +292,11 @@ def _open(store, storage_options=None) -> _Output:
 
 
 def _open_image(image, out: _Output, storage_options=None) -> _Image | None:
+    """The output's input image, read at the planes the output was predicted from (its
+    ``planes`` attribute, ``--planes``) when the image is a stack."""
     if image is None or isinstance(image, _Image):
         return image
-    return _Image(image, out.shape, storage_options)
+    return _Image(image, out.shape, storage_options, parse_planes(out.attrs.get("planes")))
 
 
 def output_plan(store, *, storage_options: dict | None = None) -> TilePlan:
