@@ -210,8 +210,8 @@ def ingest(
         check_aligned("image", data.chunks, arrays[0].chunks)
         # the NGFF metadata first: an interrupted ingest is then an NGFF image whose level 0
         # says it is incomplete (open_image refuses it and says so)
-        _ome.write_multiscales(group, [str(k) for k in range(len(arrays))], scale, translation, units,
-                               name="image", channel_axis="c")
+        _ome.write_multiscales(group, [str(k) for k in range(len(arrays))], scale, translation,
+                               units, name="image", channel_axis="c")
         location = describe_location(target)
         writer = ArrayWriter(arrays[0], location, "image",
                              fix="Free space (or fix the store) and ingest again with "

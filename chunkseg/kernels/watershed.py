@@ -34,6 +34,8 @@ import heapq
 
 import numpy as np
 
+from ..errors import MissingDependencyError
+
 __all__ = ["flood_block", "flood_reference", "entry_costs", "halo", "boundary_pairs", "QUANT",
            "COST_UNIT", "MAX_COST", "seed_mask", "seed_halo", "SEED_MODES", "FOREGROUND"]
 
@@ -93,8 +95,9 @@ def seed_mask(p: np.ndarray, mode: str, threshold: float, radius: int) -> np.nda
     mode : {"threshold", "maxima", "both"}
         ``"threshold"``: ``p >= threshold``. ``"maxima"``: pixels of the foreground
         ``p >= FOREGROUND`` (0.5) where its Euclidean distance transform (the distance to
-        the nearest background pixel), capped at ``2 * radius``, equals its maximum over the ``(2 radius + 1)^2`` square around them
-        (plateaus included: a core wider than the cap is one plateau). ``"both"``: either.
+        the nearest background pixel), capped at ``2 * radius``, equals its maximum over the
+        ``(2 radius + 1)^2`` square around them (plateaus included: a core wider than the cap
+        is one plateau). ``"both"``: either.
     threshold : float
     radius : int
         Of the maxima's neighbourhood, px (>= 1).
@@ -215,8 +218,9 @@ def _compiled() -> tuple:
         try:
             import numba
         except ImportError:
-            raise ImportError(
-                "The watershed's flooding needs numba (pip install 'chunkseg[objects]').") from None
+            raise MissingDependencyError(
+                "The watershed's flooding needs numba, which is not installed. Install it with "
+                "`pip install 'chunkseg[objects]'` (or `pip install numba`).") from None
         jit = numba.njit(nogil=True, cache=True)
         _COMPILED = (jit(_costs_py), jit(_flood_py))
     return _COMPILED

@@ -320,7 +320,8 @@ def label(
                 del group[record_path]
             record = require_group(group, record_path)
             record.attrs.update(settings=fingerprint)
-        record = group[record_path]
+        else:
+            record = group[record_path]
         extra: dict[str, Any] = {"method": method}
         if settings is None:
             # class labels read as class indices (the NGFF label image stores k + 1)

@@ -266,7 +266,8 @@ def _read_records(graph, keys) -> tuple[np.ndarray, ...]:
 
 
 def watershed_lookup(group, src, cls: int, settings: WatershedSettings, connectivity: int,
-                     scratch_names: tuple[str, str], record, resume: bool, location: str,
+                     scratch_names: tuple[str, str, str], record, resume: bool,
+                     location: str,
                      scheduler: Any, progress: bool, secrets) -> tuple[Callable, int, dict]:
     """Seeds, flooding into scratch arrays, region graph and agglomeration (passes 1-4).
 

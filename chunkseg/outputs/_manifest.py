@@ -192,8 +192,7 @@ def _reopen(store, so, fingerprint: dict, outputs, ome: bool = False) -> tuple:
             "`resume` to start a new run."
         ) from None
     check_same_settings(dict(group.attrs.get("fingerprint") or {}), fingerprint)
-    marks = np.asarray(ChunkMarks.open(group[MANIFEST], "done", None,
-                                       describe_location(store)).array[...])
+    marks = ChunkMarks.open(group[MANIFEST], "done", None, describe_location(store)).values
     missing = _missing_chunks(store, so, targets, marks)
     if missing:
         raise InvalidValueError(

@@ -32,10 +32,14 @@ class ChunkMarks:
         otherwise.
     location : str
         The store, for messages.
+    values : ndarray, optional
+        The marks as read (by :meth:`open`) or created (by :meth:`create`); :meth:`finished`
+        answers from them, so opening and asking read the marks once.
     """
 
-    def __init__(self, array: Any, location: str):
+    def __init__(self, array: Any, location: str, values: np.ndarray | None = None):
         self.array = array
+        self.values = values
         self.writer = ArrayWriter(array, location, str(array.path))
 
     @classmethod
@@ -51,10 +55,10 @@ class ChunkMarks:
                              dtype="uint8", compressor=compressor or ZstdCodec(level=1),
                              dimension_names=(*lead, "chunk_y", "chunk_x"),
                              attributes={"meaning": meaning})
-        return cls(array, location)
+        return cls(array, location, np.zeros(grid, np.uint8))
 
     @classmethod
-    def open(cls, group: Any, name: str, grid: tuple[int, int] | None,
+    def open(cls, group: Any, name: str, grid: tuple[int, ...] | None,
              location: str) -> ChunkMarks:
         """The marks ``name`` of ``group``, checked: the grid's shape (any with None), values
         0 and 1 only.
@@ -80,12 +84,13 @@ class ChunkMarks:
                 f"`resume=True` needs a readable manifest of finished chunks; {location!r}'s "
                 f"{where!r} cannot be trusted ({reason}), so which chunks are finished is not "
                 "known. Start again with `overwrite=True` (CLI: --overwrite).")
-        return cls(array, location)
+        return cls(array, location, marks)
 
     def finished(self) -> set[tuple[int, ...]]:
-        """The ``(iy, ix)`` chunks marked done (``(*plane, iy, ix)`` for a stack)."""
-        return {tuple(int(v) for v in ij)
-                for ij in np.argwhere(np.asarray(self.array[...]) == 1)}
+        """The ``(iy, ix)`` chunks marked done (``(*plane, iy, ix)`` for a stack) when the
+        marks were opened or created (:attr:`values`; read from the store without them)."""
+        values = np.asarray(self.array[...]) if self.values is None else self.values
+        return {tuple(int(v) for v in ij) for ij in np.argwhere(values == 1)}
 
     def mark(self, *index: int, what: str | None = None) -> None:
         """Mark chunk ``(iy, ix)`` (``(*plane, iy, ix)`` for a stack) done, after its data is

@@ -71,7 +71,6 @@ class ChunkWriter:
         self.targets = targets
         self.plan = plan
         self.plane = tuple(int(i) for i in plane)
-        self.done = done
         self.location = location
         where = location or "the output store"
         # one writer for every write: an OSError becomes an OutputWriteError naming the chunk
